@@ -1,0 +1,976 @@
+//! The case state machine: `advance(workflow, state, input, now) -> Transition`.
+//!
+//! A case is one run of one workflow version. The engine owns IO and time; this module owns
+//! every decision. Given the current state and what just happened (a wake-up, an action's
+//! result, a signal) it runs every pure step it can reach, changes the state, and returns the
+//! journal events to write plus the single effect the engine must perform next. The engine
+//! must persist the events and the new state in one transaction *before* performing the
+//! effect, so that a crash after the effect started is resumed with the same idempotency key.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::expr::{Activation, EvalError, Expr};
+use crate::workflow::{
+    Action, Decide, HitPolicy, JsonTemplate, Step, StepKind, Template, TemplatePart, Wait, Workflow,
+};
+
+/// The loop guard: a case that executes more steps than this fails with `loop_guard`.
+pub const MAX_STEPS_PER_CASE: u32 = 1_000;
+/// Largest response body kept in case data; larger bodies fail the action.
+pub const MAX_ACTION_RESPONSE_BYTES: usize = 1024 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Runnable now.
+    Running,
+    /// Parked on a timer, a signal, or an action's retry backoff.
+    Waiting,
+    Completed,
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Running => "running",
+            Status::Waiting => "waiting",
+            Status::Completed => "completed",
+            Status::Failed => "failed",
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, Status::Completed | Status::Failed)
+    }
+}
+
+/// Everything the state machine needs to continue a case; stored as JSON in the cases table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CaseState {
+    pub id: String,
+    pub workflow: String,
+    pub workflow_version: i64,
+    pub status: Status,
+    pub created_at_ms: i64,
+    pub input: Value,
+    /// Values produced by steps (`set`, `decide`, `action`, signals), keyed by name.
+    pub data: Value,
+    /// The step the case is at; `None` once finished.
+    pub step: Option<String>,
+    pub step_entered_at_ms: i64,
+    pub steps_executed: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<ActionProgress>,
+    /// When the current `wait` step fires or times out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_until_ms: Option<i64>,
+    /// Signals received and not yet consumed by a `wait` step.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub signals: BTreeMap<String, Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<CaseError>,
+    /// Set by the SLA ticker; visible condition picked up by the exception layer.
+    #[serde(default)]
+    pub sla_breached: bool,
+    /// Every SLA breach recorded for this case, so that each deadline is journaled once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sla_breaches: Vec<SlaBreach>,
+}
+
+/// One recorded SLA breach: of the whole case (`step` is `None`) or of one visit to a step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SlaBreach {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    /// When the step was entered (tells two visits to the same step apart).
+    pub entered_at_ms: i64,
+    pub deadline_ms: i64,
+    pub recorded_at_ms: i64,
+}
+
+/// Progress of the `action` step the case is at.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActionProgress {
+    pub attempt: u32,
+    pub idempotency_key: String,
+    /// The attempt was journaled as started and has no recorded result yet.
+    pub in_flight: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at_ms: Option<i64>,
+}
+
+/// Why a case failed: a stable kind, the step, a message for people, and details.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CaseError {
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub details: Value,
+}
+
+/// What just happened to the case.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// Run whatever is runnable (after creation, a timer, a lease takeover).
+    Wake,
+    /// The result of the action attempt that `Command::Execute` asked for.
+    ActionResult {
+        attempt: u32,
+        outcome: ActionOutcome,
+    },
+    /// An external signal by name.
+    Signal { name: String, payload: Value },
+}
+
+#[derive(Debug, Clone)]
+pub enum ActionOutcome {
+    /// An HTTP response; `body` is the parsed JSON or, if not JSON, a string.
+    Response {
+        status: u16,
+        body: Value,
+    },
+    Timeout,
+    ConnectionError(String),
+    /// The request could not be sent at all (bad URL, body too large); not retried.
+    Invalid(String),
+}
+
+/// One journal event produced by a transition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub kind: &'static str,
+    pub step: Option<String>,
+    pub data: Value,
+}
+
+/// The one effect the engine must perform after persisting the transition.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    Execute(ActionRequest),
+    /// Nothing to do before this time (timer, signal timeout, retry backoff); a signal may wake it earlier.
+    Sleep {
+        until_ms: i64,
+    },
+    /// The case is finished.
+    Stop,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ActionRequest {
+    pub step: String,
+    pub attempt: u32,
+    pub idempotency_key: String,
+    pub method: &'static str,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Option<Value>,
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    pub events: Vec<Event>,
+    pub command: Command,
+}
+
+impl CaseState {
+    /// A new case at the workflow's first step. The caller validated `input` against the schema.
+    pub fn new(
+        id: String,
+        workflow: &Workflow,
+        workflow_version: i64,
+        input: Value,
+        now_ms: i64,
+    ) -> CaseState {
+        CaseState {
+            id,
+            workflow: workflow.name.clone(),
+            workflow_version,
+            status: Status::Running,
+            created_at_ms: now_ms,
+            input,
+            data: Value::Object(Map::new()),
+            step: workflow.steps.first().map(|step| step.id.clone()),
+            step_entered_at_ms: now_ms,
+            steps_executed: 0,
+            action: None,
+            wait_until_ms: None,
+            signals: BTreeMap::new(),
+            outcome: None,
+            error: None,
+            sla_breached: false,
+            sla_breaches: Vec::new(),
+        }
+    }
+
+    /// The earliest SLA deadline not yet recorded as breached, if any.
+    pub fn next_sla_due(&self, workflow: &Workflow) -> Option<i64> {
+        let (case_deadline, step_deadline) = self.deadlines(workflow);
+        let case_deadline =
+            case_deadline.filter(|_| !self.sla_breaches.iter().any(|b| b.step.is_none()));
+        let step_deadline = step_deadline.filter(|_| {
+            !self
+                .sla_breaches
+                .iter()
+                .any(|b| b.step == self.step && b.entered_at_ms == self.step_entered_at_ms)
+        });
+        match (case_deadline, step_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Records every deadline that has passed by `now_ms` and was not recorded before; returns
+    /// one `sla.breached` event per new breach. The case keeps running: a breach is a visible
+    /// condition for people, not a failure.
+    pub fn record_sla_breaches(&mut self, workflow: &Workflow, now_ms: i64) -> Vec<Event> {
+        let mut events = Vec::new();
+        let (case_deadline, step_deadline) = self.deadlines(workflow);
+        if let Some(deadline) = case_deadline.filter(|d| *d <= now_ms) {
+            if !self.sla_breaches.iter().any(|b| b.step.is_none()) {
+                self.sla_breaches.push(SlaBreach {
+                    step: None,
+                    entered_at_ms: self.created_at_ms,
+                    deadline_ms: deadline,
+                    recorded_at_ms: now_ms,
+                });
+                events.push(Event {
+                    kind: "sla.breached",
+                    step: self.step.clone(),
+                    data: json!({ "scope": "case", "deadline_ms": deadline, "late_ms": now_ms - deadline }),
+                });
+            }
+        }
+        if let Some(deadline) = step_deadline.filter(|d| *d <= now_ms) {
+            let recorded = self
+                .sla_breaches
+                .iter()
+                .any(|b| b.step == self.step && b.entered_at_ms == self.step_entered_at_ms);
+            if !recorded {
+                self.sla_breaches.push(SlaBreach {
+                    step: self.step.clone(),
+                    entered_at_ms: self.step_entered_at_ms,
+                    deadline_ms: deadline,
+                    recorded_at_ms: now_ms,
+                });
+                events.push(Event {
+                    kind: "sla.breached",
+                    step: self.step.clone(),
+                    data: json!({ "scope": "step", "deadline_ms": deadline, "late_ms": now_ms - deadline }),
+                });
+            }
+        }
+        if !events.is_empty() {
+            self.sla_breached = true;
+        }
+        events
+    }
+
+    /// The case's workflow-level and current-step SLA deadlines (ms since the epoch).
+    pub fn deadlines(&self, workflow: &Workflow) -> (Option<i64>, Option<i64>) {
+        if self.status.is_final() {
+            return (None, None);
+        }
+        let case_deadline = workflow
+            .sla
+            .map(|sla| self.created_at_ms.saturating_add(sla.0 as i64));
+        let step_deadline = self
+            .step
+            .as_deref()
+            .and_then(|id| find_step(workflow, id))
+            .and_then(|step| step.sla)
+            .map(|sla| self.step_entered_at_ms.saturating_add(sla.0 as i64));
+        (case_deadline, step_deadline)
+    }
+}
+
+/// The deterministic idempotency key of one attempt of one action step of one case.
+pub fn idempotency_key(case_id: &str, step: &str, attempt: u32) -> String {
+    format!("keel:{case_id}:{step}:{attempt}")
+}
+
+pub fn find_step<'w>(workflow: &'w Workflow, id: &str) -> Option<&'w Step> {
+    workflow.steps.iter().find(|step| step.id == id)
+}
+
+/// Advances a case as far as it can go without an effect. `jitter` in [0, 1) is supplied by
+/// the caller (the core has no randomness) and scales retry backoff ("full jitter" between
+/// half and all of the exponential delay).
+pub fn advance(
+    workflow: &Workflow,
+    state: &mut CaseState,
+    input: Input,
+    now_ms: i64,
+    jitter: f64,
+) -> Transition {
+    let mut run = Run {
+        workflow,
+        events: Vec::new(),
+        now_ms,
+        jitter,
+    };
+    if state.status.is_final() {
+        if let Input::Signal { name, .. } = &input {
+            run.emit(
+                "signal.ignored",
+                None,
+                json!({ "signal": name, "reason": "case is finished" }),
+            );
+        }
+        return run.finish(Command::Stop);
+    }
+    match input {
+        Input::Wake => {}
+        Input::Signal { name, payload } => {
+            run.emit(
+                "signal.received",
+                state.step.clone(),
+                json!({ "signal": name, "payload": payload }),
+            );
+            state.signals.insert(name.clone(), payload);
+            if !waiting_for_signal(workflow, state, &name) {
+                let command = current_command(state);
+                return run.finish(command);
+            }
+        }
+        Input::ActionResult { attempt, outcome } => {
+            if let Some(command) = run.action_result(state, attempt, outcome) {
+                return run.finish(command);
+            }
+        }
+    }
+    let command = run.drive(state);
+    run.finish(command)
+}
+
+fn waiting_for_signal(workflow: &Workflow, state: &CaseState, name: &str) -> bool {
+    let Some(step) = state.step.as_deref().and_then(|id| find_step(workflow, id)) else {
+        return false;
+    };
+    matches!(&step.kind, StepKind::Wait(Wait::Signal { name: wanted, .. }) if wanted == name)
+}
+
+/// What a case parked without new input should keep doing.
+fn current_command(state: &CaseState) -> Command {
+    if state.status.is_final() {
+        return Command::Stop;
+    }
+    match (&state.action, state.wait_until_ms) {
+        (
+            Some(ActionProgress {
+                retry_at_ms: Some(at),
+                ..
+            }),
+            _,
+        ) => Command::Sleep { until_ms: *at },
+        (_, Some(at)) => Command::Sleep { until_ms: at },
+        _ => Command::Sleep {
+            until_ms: state.step_entered_at_ms,
+        },
+    }
+}
+
+struct Run<'w> {
+    workflow: &'w Workflow,
+    events: Vec<Event>,
+    now_ms: i64,
+    jitter: f64,
+}
+
+/// The result of executing one step: go on to a step, or stop with a command.
+enum Flow {
+    Goto(String),
+    Stop(Command),
+}
+
+impl<'w> Run<'w> {
+    fn emit(&mut self, kind: &'static str, step: Option<String>, data: Value) {
+        self.events.push(Event { kind, step, data });
+    }
+
+    fn finish(self, command: Command) -> Transition {
+        Transition {
+            events: self.events,
+            command,
+        }
+    }
+
+    fn fail(
+        &mut self,
+        state: &mut CaseState,
+        kind: &str,
+        message: String,
+        details: Value,
+    ) -> Command {
+        let error = CaseError {
+            kind: kind.to_string(),
+            step: state.step.clone(),
+            message,
+            details,
+        };
+        self.emit(
+            "case.failed",
+            state.step.clone(),
+            serde_json::to_value(&error).unwrap_or(Value::Null),
+        );
+        state.status = Status::Failed;
+        state.error = Some(error);
+        state.action = None;
+        state.wait_until_ms = None;
+        Command::Stop
+    }
+
+    /// Runs steps until one needs an effect or the case finishes.
+    fn drive(&mut self, state: &mut CaseState) -> Command {
+        loop {
+            if state.status.is_final() {
+                return Command::Stop;
+            }
+            let Some(step_id) = state.step.clone() else {
+                return self.fail(
+                    state,
+                    "internal",
+                    "case has no current step".into(),
+                    Value::Null,
+                );
+            };
+            let Some(step) = find_step(self.workflow, &step_id) else {
+                let message = format!("step `{step_id}` does not exist in workflow version");
+                return self.fail(state, "internal", message, Value::Null);
+            };
+            let flow = self.execute(state, step);
+            match flow {
+                Flow::Stop(command) => return command,
+                Flow::Goto(next) => {
+                    if state.steps_executed >= MAX_STEPS_PER_CASE {
+                        let message = format!(
+                            "the case executed {MAX_STEPS_PER_CASE} steps, the limit; the workflow probably loops"
+                        );
+                        return self.fail(
+                            state,
+                            "loop_guard",
+                            message,
+                            json!({ "limit": MAX_STEPS_PER_CASE }),
+                        );
+                    }
+                    state.steps_executed += 1;
+                    state.step = Some(next);
+                    state.step_entered_at_ms = self.now_ms;
+                    state.status = Status::Running;
+                    state.action = None;
+                    state.wait_until_ms = None;
+                }
+            }
+        }
+    }
+
+    fn activation(&self, state: &CaseState) -> Activation {
+        let case = json!({
+            "id": state.id,
+            "workflow": state.workflow,
+            "version": state.workflow_version,
+            "created_at_ms": state.created_at_ms,
+        });
+        Activation::new(
+            &state.input,
+            &state.data,
+            &case,
+            millis_to_datetime(self.now_ms),
+        )
+    }
+
+    fn execute(&mut self, state: &mut CaseState, step: &Step) -> Flow {
+        let id = Some(step.id.clone());
+        let next = step.next.clone().unwrap_or_default();
+        match &step.kind {
+            StepKind::Validate(validate) => {
+                let mut violations = Vec::new();
+                if let Some(schema) = &validate.schema {
+                    if let Err(found) = schema.validate(&state.input) {
+                        violations.extend(
+                            found
+                                .into_iter()
+                                .map(|v| json!({"path": v.path, "message": v.message})),
+                        );
+                    }
+                }
+                let act = self.activation(state);
+                for assertion in &validate.assertions {
+                    match assertion.expr.eval_bool(&act) {
+                        Ok(true) => {}
+                        Ok(false) => violations.push(json!({ "assert": assertion.expr.source(), "message": assertion.message })),
+                        Err(error) => violations.push(json!({
+                            "assert": assertion.expr.source(),
+                            "message": format!("{}: {error}", assertion.message),
+                        })),
+                    }
+                }
+                if !violations.is_empty() {
+                    let message = format!("validation failed: {} violation(s)", violations.len());
+                    return Flow::Stop(self.fail(
+                        state,
+                        "validation_failed",
+                        message,
+                        json!({ "violations": violations }),
+                    ));
+                }
+                self.emit("step.completed", id, json!({ "kind": "validate" }));
+                Flow::Goto(next)
+            }
+            StepKind::Switch(switch) => {
+                let act = self.activation(state);
+                let mut target = None;
+                for (index, case) in switch.cases.iter().enumerate() {
+                    match case.when.eval_bool(&act) {
+                        Ok(true) => {
+                            target = Some((case.goto.clone(), json!(index)));
+                            break;
+                        }
+                        Ok(false) => {}
+                        Err(error) => {
+                            return Flow::Stop(self.expression_failed(state, &case.when, error))
+                        }
+                    }
+                }
+                let (goto, matched) =
+                    target.unwrap_or_else(|| (switch.default.clone(), json!("default")));
+                self.emit(
+                    "step.completed",
+                    id,
+                    json!({ "kind": "switch", "matched": matched, "goto": goto }),
+                );
+                Flow::Goto(goto)
+            }
+            StepKind::Decide(decide) => match self.decide(state, decide) {
+                Ok(output) => {
+                    self.emit(
+                        "step.completed",
+                        id,
+                        json!({ "kind": "decide", "into": decide.into, "output": output }),
+                    );
+                    set_data(state, &decide.into, output);
+                    Flow::Goto(next)
+                }
+                Err(command) => Flow::Stop(command),
+            },
+            StepKind::Set(set) => {
+                let mut act = self.activation(state);
+                let mut values = Map::new();
+                for (name, expr) in &set.values {
+                    match expr.eval(&act) {
+                        Ok(value) => {
+                            values.insert(name.clone(), value.clone());
+                            set_data(state, name, value);
+                            act.set_data(&state.data);
+                        }
+                        Err(error) => {
+                            return Flow::Stop(self.expression_failed(state, expr, error))
+                        }
+                    }
+                }
+                self.emit(
+                    "step.completed",
+                    id,
+                    json!({ "kind": "set", "values": values }),
+                );
+                Flow::Goto(next)
+            }
+            StepKind::Action(action) => self.action(state, step, action),
+            StepKind::Wait(wait) => self.wait(state, step, wait),
+            StepKind::End(end) => {
+                state.status = Status::Completed;
+                state.outcome = Some(end.outcome.clone());
+                state.step = None;
+                self.emit("case.completed", id, json!({ "outcome": end.outcome }));
+                Flow::Stop(Command::Stop)
+            }
+        }
+    }
+
+    fn expression_failed(
+        &mut self,
+        state: &mut CaseState,
+        expr: &Expr,
+        error: EvalError,
+    ) -> Command {
+        let message = format!("expression `{}` failed: {error}", expr.source());
+        self.fail(
+            state,
+            "expression_error",
+            message,
+            json!({ "expr": expr.source() }),
+        )
+    }
+
+    fn decide(&mut self, state: &mut CaseState, decide: &Decide) -> Result<Value, Command> {
+        let act = self.activation(state);
+        let mut columns = Vec::with_capacity(decide.columns.len());
+        for column in &decide.columns {
+            match column.eval_bool(&act) {
+                Ok(value) => columns.push(value),
+                Err(error) => return Err(self.expression_failed(state, column, error)),
+            }
+        }
+        let mut hits = decide.rules.iter().filter(|rule| {
+            rule.when
+                .iter()
+                .zip(&columns)
+                .all(|(cell, value)| cell.is_none_or(|want| want == *value))
+        });
+        match decide.hit {
+            HitPolicy::First => match (hits.next(), &decide.default) {
+                (Some(rule), _) => Ok(rule.then.clone()),
+                (None, Some(default)) => Ok(default.clone()),
+                (None, None) => {
+                    let message = format!("no rule of the decision table matched columns {columns:?} and it has no default");
+                    Err(self.fail(
+                        state,
+                        "no_rule_matched",
+                        message,
+                        json!({ "columns": columns }),
+                    ))
+                }
+            },
+            HitPolicy::Collect => Ok(Value::Array(hits.map(|rule| rule.then.clone()).collect())),
+        }
+    }
+
+    fn action(&mut self, state: &mut CaseState, step: &Step, action: &Action) -> Flow {
+        if let Some(progress) = &state.action {
+            if let Some(retry_at) = progress.retry_at_ms {
+                if retry_at > self.now_ms {
+                    return Flow::Stop(Command::Sleep { until_ms: retry_at });
+                }
+            } else if progress.in_flight {
+                // Started but no result recorded (a crash or a lost lease): same attempt, same key.
+                let (attempt, key) = (progress.attempt, progress.idempotency_key.clone());
+                return match render_request(&self.activation(state), step, action, attempt, key) {
+                    Ok(request) => Flow::Stop(Command::Execute(request)),
+                    Err(message) => {
+                        Flow::Stop(self.fail(state, "template_error", message, Value::Null))
+                    }
+                };
+            }
+        }
+        let attempt = state
+            .action
+            .as_ref()
+            .map_or(1, |progress| progress.attempt + 1);
+        let key = idempotency_key(&state.id, &step.id, attempt);
+        let request =
+            match render_request(&self.activation(state), step, action, attempt, key.clone()) {
+                Ok(request) => request,
+                Err(message) => {
+                    return Flow::Stop(self.fail(state, "template_error", message, Value::Null))
+                }
+            };
+        self.emit(
+            "action.started",
+            Some(step.id.clone()),
+            json!({ "attempt": attempt, "idempotency_key": key, "method": request.method, "url": request.url }),
+        );
+        state.action = Some(ActionProgress {
+            attempt,
+            idempotency_key: key,
+            in_flight: true,
+            retry_at_ms: None,
+        });
+        state.status = Status::Running;
+        Flow::Stop(Command::Execute(request))
+    }
+
+    /// Applies an action result; returns a command if the case stops here, `None` to drive on.
+    fn action_result(
+        &mut self,
+        state: &mut CaseState,
+        attempt: u32,
+        outcome: ActionOutcome,
+    ) -> Option<Command> {
+        let workflow = self.workflow;
+        let step_id = state.step.clone()?;
+        let step = find_step(workflow, &step_id)?;
+        let StepKind::Action(action) = &step.kind else {
+            return Some(current_command(state));
+        };
+        let current = state
+            .action
+            .as_ref()
+            .filter(|p| p.in_flight && p.attempt == attempt)?
+            .clone();
+        let id = Some(step_id.clone());
+        let retryable_error = match outcome {
+            ActionOutcome::Response { status, body } if (200..300).contains(&status) => {
+                if let Some(schema) = &action.response_schema {
+                    if let Err(violations) = schema.validate(&body) {
+                        let message =
+                            format!("the response of `{step_id}` does not match response_schema");
+                        let details =
+                            json!({ "status": status, "body": body, "violations": violations });
+                        return Some(self.fail(state, "action_response_invalid", message, details));
+                    }
+                }
+                let result = json!({ "status": status, "body": body });
+                self.emit(
+                    "action.completed",
+                    id,
+                    json!({ "attempt": attempt, "status": status, "body": body }),
+                );
+                set_data(state, &action.into, result);
+                state.action = None;
+                let next = step.next.clone().unwrap_or_default();
+                state.steps_executed += 1;
+                state.step = Some(next);
+                state.step_entered_at_ms = self.now_ms;
+                return None;
+            }
+            ActionOutcome::Response { status, body }
+                if status >= 500 || status == 429 || status == 408 =>
+            {
+                json!({ "status": status, "body": body })
+            }
+            ActionOutcome::Response { status, body } => {
+                let message = format!("`{step_id}` got HTTP {status}, which is not retried");
+                return Some(self.fail(
+                    state,
+                    "action_failed",
+                    message,
+                    json!({ "status": status, "body": body, "attempt": attempt }),
+                ));
+            }
+            ActionOutcome::Timeout => json!({ "error": "timeout" }),
+            ActionOutcome::ConnectionError(error) => {
+                json!({ "error": "connection", "message": error })
+            }
+            ActionOutcome::Invalid(error) => {
+                let message = format!("`{step_id}` could not be sent: {error}");
+                return Some(self.fail(
+                    state,
+                    "action_failed",
+                    message,
+                    json!({ "attempt": attempt }),
+                ));
+            }
+        };
+        if attempt >= action.retry.max_attempts {
+            let message = format!("`{step_id}` failed after {attempt} attempt(s)");
+            let details = json!({ "attempts": attempt, "last": retryable_error });
+            return Some(self.fail(state, "action_failed", message, details));
+        }
+        let retry_at = self
+            .now_ms
+            .saturating_add(backoff_ms(action, attempt, self.jitter) as i64);
+        self.emit(
+            "action.attempt_failed",
+            id,
+            json!({ "attempt": attempt, "error": retryable_error, "retry_at_ms": retry_at }),
+        );
+        state.action = Some(ActionProgress {
+            in_flight: false,
+            retry_at_ms: Some(retry_at),
+            ..current
+        });
+        state.status = Status::Waiting;
+        Some(Command::Sleep { until_ms: retry_at })
+    }
+
+    fn wait(&mut self, state: &mut CaseState, step: &Step, wait: &Wait) -> Flow {
+        let id = Some(step.id.clone());
+        let next = step.next.clone().unwrap_or_default();
+        let due = match (wait, state.wait_until_ms) {
+            (_, Some(due)) => due,
+            (Wait::For(duration), None) => {
+                state.step_entered_at_ms.saturating_add(duration.0 as i64)
+            }
+            (Wait::Signal { timeout, .. }, None) => {
+                state.step_entered_at_ms.saturating_add(timeout.0 as i64)
+            }
+            (Wait::Until(expr), None) => match expr
+                .eval(&self.activation(state))
+                .map(|v| parse_timestamp_ms(&v))
+            {
+                Ok(Some(due)) => due,
+                Ok(None) => {
+                    let message = format!(
+                        "`until` expression `{}` did not give a timestamp",
+                        expr.source()
+                    );
+                    return Flow::Stop(self.fail(state, "expression_error", message, Value::Null));
+                }
+                Err(error) => return Flow::Stop(self.expression_failed(state, expr, error)),
+            },
+        };
+        if let Wait::Signal {
+            name,
+            into,
+            timeout_goto,
+            ..
+        } = wait
+        {
+            if let Some(payload) = state.signals.remove(name) {
+                self.emit(
+                    "step.completed",
+                    id,
+                    json!({ "kind": "wait", "signal": name }),
+                );
+                set_data(state, into, payload);
+                return Flow::Goto(next);
+            }
+            if self.now_ms >= due {
+                return match timeout_goto {
+                    Some(target) => {
+                        self.emit(
+                            "wait.timed_out",
+                            id,
+                            json!({ "signal": name, "goto": target }),
+                        );
+                        Flow::Goto(target.clone())
+                    }
+                    None => {
+                        let message = format!("signal `{name}` did not arrive before the timeout");
+                        Flow::Stop(self.fail(
+                            state,
+                            "signal_timeout",
+                            message,
+                            json!({ "signal": name }),
+                        ))
+                    }
+                };
+            }
+        } else if self.now_ms >= due {
+            self.emit(
+                "timer.fired",
+                id,
+                json!({ "due_ms": due, "late_ms": self.now_ms - due }),
+            );
+            return Flow::Goto(next);
+        }
+        if state.wait_until_ms.is_none() {
+            let on = match wait {
+                Wait::Signal { name, .. } => json!({ "signal": name }),
+                _ => json!({ "timer": true }),
+            };
+            self.emit("wait.started", id, json!({ "until_ms": due, "for": on }));
+            state.wait_until_ms = Some(due);
+        }
+        state.status = Status::Waiting;
+        Flow::Stop(Command::Sleep { until_ms: due })
+    }
+}
+
+/// Exponential backoff for the retry after `attempt`, scaled into [50%, 100%] by `jitter`.
+pub fn backoff_ms(action: &Action, attempt: u32, jitter: f64) -> u64 {
+    let exponent = attempt.saturating_sub(1).min(20);
+    let base = action
+        .retry
+        .initial_backoff
+        .0
+        .saturating_mul(1u64 << exponent);
+    let capped = base.min(action.retry.max_backoff.0);
+    let jitter = jitter.clamp(0.0, 1.0);
+    (capped as f64 * (0.5 + 0.5 * jitter)) as u64
+}
+
+fn set_data(state: &mut CaseState, name: &str, value: Value) {
+    if !state.data.is_object() {
+        state.data = Value::Object(Map::new());
+    }
+    if let Value::Object(map) = &mut state.data {
+        map.insert(name.to_string(), value);
+    }
+}
+
+fn render_request(
+    act: &Activation,
+    step: &Step,
+    action: &Action,
+    attempt: u32,
+    key: String,
+) -> Result<ActionRequest, String> {
+    let url = render_template(act, &action.url)?;
+    let mut headers = Vec::with_capacity(action.headers.len());
+    for (name, template) in &action.headers {
+        headers.push((name.clone(), render_template(act, template)?));
+    }
+    let body = match &action.body {
+        Some(template) => Some(render_json(act, template)?),
+        None => None,
+    };
+    Ok(ActionRequest {
+        step: step.id.clone(),
+        attempt,
+        idempotency_key: key,
+        method: action.method.as_str(),
+        url,
+        headers,
+        body,
+        timeout_ms: action.timeout.0,
+    })
+}
+
+fn render_template(act: &Activation, template: &Template) -> Result<String, String> {
+    let mut out = String::new();
+    for part in &template.parts {
+        match part {
+            TemplatePart::Literal(text) => out.push_str(text),
+            TemplatePart::Hole(expr) => match expr.eval(act) {
+                Ok(Value::String(text)) => out.push_str(&text),
+                Ok(other) => out.push_str(&other.to_string()),
+                Err(error) => {
+                    return Err(format!(
+                        "template hole `${{{}}}` failed: {error}",
+                        expr.source()
+                    ))
+                }
+            },
+        }
+    }
+    Ok(out)
+}
+
+fn render_json(act: &Activation, template: &JsonTemplate) -> Result<Value, String> {
+    Ok(match template {
+        JsonTemplate::Literal(value) => value.clone(),
+        JsonTemplate::String(template) => match template.parts.as_slice() {
+            [TemplatePart::Hole(expr)] => expr.eval(act).map_err(|error| {
+                format!("template hole `${{{}}}` failed: {error}", expr.source())
+            })?,
+            _ => Value::String(render_template(act, template)?),
+        },
+        JsonTemplate::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|item| render_json(act, item))
+                .collect::<Result<_, _>>()?,
+        ),
+        JsonTemplate::Object(fields) => {
+            let mut map = Map::new();
+            for (name, field) in fields {
+                map.insert(name.clone(), render_json(act, field)?);
+            }
+            Value::Object(map)
+        }
+    })
+}
+
+/// Milliseconds since the epoch from a JSON timestamp: an RFC 3339 string or a number of ms.
+fn parse_timestamp_ms(value: &Value) -> Option<i64> {
+    match value {
+        Value::String(text) => chrono::DateTime::parse_from_rfc3339(text)
+            .ok()
+            .map(|t| t.timestamp_millis()),
+        Value::Number(number) => number.as_i64(),
+        _ => None,
+    }
+}
+
+pub fn millis_to_datetime(ms: i64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}

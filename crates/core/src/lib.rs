@@ -1,0 +1,8 @@
+//! Keel's pure domain: the workflow language (model, parser, checker), CEL expressions and
+//! JSON Schema, and the case state machine (`case`). No IO except reading a workflow file and its schema files, no clock, no
+//! randomness: time and data are passed in.
+
+pub mod case;
+pub mod expr;
+pub mod schema;
+pub mod workflow;

@@ -1,0 +1,240 @@
+//! The workflow model: what a checked workflow file means, independent of YAML.
+//!
+//! Values of these types are produced only by `workflow::parse` after every check passed, so
+//! the engine can rely on their invariants: step ids are unique, every `goto` names a step,
+//! every expression compiled, every schema is valid.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::expr::Expr;
+use crate::schema::Schema;
+
+/// A checked workflow, one file's worth.
+#[derive(Debug, Clone)]
+pub struct Workflow {
+    /// `name:` — lowercase letters, digits, `-` and `_`; the unit of versioning.
+    pub name: String,
+    /// `version:` as written by the author (free text such as `"3"` or `"2026-11-27"`).
+    pub version: String,
+    /// `description:` if any.
+    pub description: Option<String>,
+    /// The input JSON Schema (inline, or loaded from the relative file named by `input: {schema_file: …}`).
+    pub input_schema: Schema,
+    /// Workflow-level deadline, counted from case creation.
+    pub sla: Option<DurationMs>,
+    /// Steps in file order; execution starts at `steps[0]`.
+    pub steps: Vec<Step>,
+    /// SHA-256 (hex) of the file's bytes: two deployments of the same bytes are the same version.
+    pub source_sha256: String,
+}
+
+/// Milliseconds; parsed from `500ms`, `30s`, `5m`, `2h`, `1d` and combinations like `1h30m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct DurationMs(pub u64);
+
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// Unique within the workflow: `[a-z0-9_-]+`.
+    pub id: String,
+    pub kind: StepKind,
+    /// Step-level deadline, counted from when the step was entered.
+    pub sla: Option<DurationMs>,
+    /// Where to go after this step: `next:` if written, else the following step in file order.
+    /// `None` only for `end` and `switch` (which carry their own targets).
+    pub next: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum StepKind {
+    Validate(Validate),
+    Switch(Switch),
+    Decide(Decide),
+    Set(Set),
+    Action(Action),
+    Wait(Wait),
+    End(End),
+}
+
+impl StepKind {
+    /// The YAML keyword of this kind, for messages and the journal.
+    pub fn keyword(&self) -> &'static str {
+        match self {
+            StepKind::Validate(_) => "validate",
+            StepKind::Switch(_) => "switch",
+            StepKind::Decide(_) => "decide",
+            StepKind::Set(_) => "set",
+            StepKind::Action(_) => "action",
+            StepKind::Wait(_) => "wait",
+            StepKind::End(_) => "end",
+        }
+    }
+}
+
+/// `validate:` — the case data must satisfy a JSON Schema (over `input`) and CEL assertions.
+#[derive(Debug, Clone)]
+pub struct Validate {
+    pub schema: Option<Schema>,
+    pub assertions: Vec<Assertion>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Assertion {
+    /// Must evaluate to a bool; `false` fails the assertion.
+    pub expr: Expr,
+    pub message: String,
+}
+
+/// `switch:` — the first `when` that evaluates to true decides the next step.
+#[derive(Debug, Clone)]
+pub struct Switch {
+    pub cases: Vec<SwitchCase>,
+    /// Required.
+    pub default: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct SwitchCase {
+    pub when: Expr,
+    pub goto: String,
+}
+
+/// `decide:` — a decision table. Columns are CEL conditions; each rule has one cell per column
+/// (`true`, `false` or `"-"` for either) and an output object.
+#[derive(Debug, Clone)]
+pub struct Decide {
+    pub hit: HitPolicy,
+    pub columns: Vec<Expr>,
+    pub rules: Vec<Rule>,
+    /// Output when no rule matches (policy `first`); with `collect` no match yields `[]`.
+    pub default: Option<serde_json::Value>,
+    /// The result is stored at `data.<into>`.
+    pub into: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HitPolicy {
+    First,
+    Collect,
+}
+
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// One per column: `Some(b)` must equal the column's value, `None` (`"-"`) matches either.
+    pub when: Vec<Option<bool>>,
+    pub then: serde_json::Value,
+}
+
+/// `set:` — named values computed by CEL, stored at `data.<name>` in order (later ones see earlier ones).
+#[derive(Debug, Clone)]
+pub struct Set {
+    pub values: Vec<(String, Expr)>,
+}
+
+/// `action:` — an HTTP call to another system.
+#[derive(Debug, Clone)]
+pub struct Action {
+    pub method: HttpMethod,
+    /// A template: literal text with `${ cel }` holes.
+    pub url: Template,
+    pub headers: BTreeMap<String, Template>,
+    /// A JSON value in which every string is a template; a string that is exactly one hole
+    /// (`"${ input.amount }"`) takes the expression's JSON value, not its text.
+    pub body: Option<JsonTemplate>,
+    pub timeout: DurationMs,
+    pub retry: RetryPolicy,
+    /// Checked against the response body (JSON) when present.
+    pub response_schema: Option<Schema>,
+    /// The response `{status, body}` is stored at `data.<into>`; defaults to the step id.
+    pub into: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HttpMethod {
+    Get,
+    Post,
+    Put,
+    Patch,
+    Delete,
+}
+
+impl HttpMethod {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            HttpMethod::Get => "GET",
+            HttpMethod::Post => "POST",
+            HttpMethod::Put => "PUT",
+            HttpMethod::Patch => "PATCH",
+            HttpMethod::Delete => "DELETE",
+        }
+    }
+}
+
+/// Bounded retries with exponential backoff and full jitter on timeouts, connection errors and 5xx.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Total attempts including the first; 1..=10, default 3.
+    pub max_attempts: u32,
+    /// Default 200ms.
+    pub initial_backoff: DurationMs,
+    /// Default 10s.
+    pub max_backoff: DurationMs,
+}
+
+/// A string with `${ cel }` holes, compiled.
+#[derive(Debug, Clone)]
+pub struct Template {
+    pub parts: Vec<TemplatePart>,
+}
+
+#[derive(Debug, Clone)]
+pub enum TemplatePart {
+    Literal(String),
+    Hole(Expr),
+}
+
+/// A JSON value whose strings are templates.
+#[derive(Debug, Clone)]
+pub enum JsonTemplate {
+    Literal(serde_json::Value),
+    String(Template),
+    Array(Vec<JsonTemplate>),
+    Object(Vec<(String, JsonTemplate)>),
+}
+
+/// `wait:` — a durable timer or an external signal.
+#[derive(Debug, Clone)]
+pub enum Wait {
+    /// `for: 2h` — fires that long after the step was entered.
+    For(DurationMs),
+    /// `until: <cel>` — a CEL expression that yields a timestamp (or an RFC 3339 string).
+    Until(Expr),
+    /// `signal: name` with a required `timeout:`; the signal's JSON payload is stored at
+    /// `data.<into>` (default: the signal name). On timeout the case goes to `timeout_goto`
+    /// if given, else it fails with a `signal_timeout` error.
+    Signal {
+        name: String,
+        timeout: DurationMs,
+        into: String,
+        timeout_goto: Option<String>,
+    },
+}
+
+/// `end:` — the case finishes with this outcome.
+#[derive(Debug, Clone)]
+pub struct End {
+    pub outcome: String,
+}
+
+impl Default for RetryPolicy {
+    /// 3 attempts, 200ms initial backoff, 10s maximum.
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 3,
+            initial_backoff: DurationMs(200),
+            max_backoff: DurationMs(10_000),
+        }
+    }
+}

@@ -1,0 +1,599 @@
+//! The workflow parser and checker: YAML text in, a [`Workflow`] or every problem out.
+//!
+//! # The format
+//!
+//! ```yaml
+//! name: invoice-approval           # required; [a-z0-9_-]+
+//! version: "3"                     # required; free text (numbers are taken as written)
+//! description: Approve invoices    # optional
+//! sla: 2d                          # optional; deadline from case creation
+//! input:                           # required: the input JSON Schema, inline …
+//!   schema: { type: object, required: [amount], properties: { amount: { type: number } } }
+//! # … or  input: { schema_file: schemas/invoice.json }   (relative to the workflow file)
+//! steps:                           # required, non-empty; execution starts at the first
+//!   - id: check                    # required; [a-z0-9_-]+, unique
+//!     sla: 1h                      # optional on every step; deadline from entering it
+//!     next: route                  # optional on every step except `switch` and `end`;
+//!                                  # default: the following step
+//!     validate:                    # JSON Schema over `input` (`schema` or `schema_file`)
+//!       schema: {…}                # and/or CEL assertions (a bare string is an assertion too)
+//!       assert:
+//!         - { expr: "input.amount > 0", message: "amount must be positive" }
+//!   - id: route
+//!     decide:                      # a decision table
+//!       hit: first                 # default; or `collect` (a list of every matching output)
+//!       columns: ["input.amount > 10000", "input.vendor.trusted"]
+//!       rules:                     # cells: true, false or "-" (either)
+//!         - { when: [true, "-"], then: { approver: cfo } }
+//!         - { when: [false, true], then: { approver: auto } }
+//!       default: { approver: clerk }   # with `first` and no default, rules must cover
+//!       into: routing              # every combination; `into` defaults to the step id
+//!   - id: branch
+//!     switch:                      # first true `when` wins; `default` is required and last
+//!       - when: "data.routing.approver == 'auto'"
+//!         goto: pay
+//!       - default: review
+//!   - id: enrich
+//!     set: { total: "input.amount * 1.2", currency: "'EUR'" }   # CEL, in order
+//!   - id: pay
+//!     action:
+//!       method: POST               # GET (default), POST, PUT, PATCH, DELETE
+//!       url: "http://127.0.0.1:9000/payments/${input.id}"   # `${ cel }` holes
+//!       headers: { X-Tenant: "${input.tenant}" }
+//!       body: { amount: "${input.amount}", note: "invoice ${input.id}" }
+//!       timeout: 10s               # default 30s, at most 10m
+//!       retry: { max_attempts: 5, initial_backoff: 200ms, max_backoff: 10s }  # defaults 3, 200ms, 10s
+//!       response_schema: {…}
+//!       into: payment              # default: the step id
+//!   - id: hold
+//!     wait: { for: 2h }            # or { until: "timestamp(input.due_at)" }
+//!                                  # or { signal: approved, timeout: 3d, into: approval, timeout_goto: done }
+//!   - id: done
+//!     end: { outcome: paid }       # or just `end: paid`
+//! ```
+//!
+//! A body string that is exactly one hole (`"${input.amount}"`) keeps the JSON type of its
+//! value. Durations: `500ms`, `30s`, `5m`, `2h`, `1d`, `1h30m`. Expressions may use `input`,
+//! `data`, `case` and `now`.
+//!
+//! Every problem is reported, not just the first, each with a stable code (see
+//! [`CODES`]); warnings never make parsing fail.
+
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+use super::diagnostic::{Diagnostic, Span};
+use super::model::Workflow;
+use super::steps::Draft;
+use super::values::Checker;
+use super::yaml::{self, Node, Value};
+
+/// Upper bound on a workflow file's size.
+pub const MAX_FILE_BYTES: usize = 1 << 20;
+/// Upper bound on the number of steps.
+pub const MAX_STEPS: usize = 500;
+
+/// Every diagnostic code the checker emits.
+pub const CODES: &[&str] = &[
+    "io",
+    "file-too-large",
+    "yaml-syntax",
+    "unknown-field",
+    "missing-field",
+    "wrong-type",
+    "conflicting-fields",
+    "invalid-name",
+    "invalid-id",
+    "invalid-identifier",
+    "invalid-value",
+    "invalid-duration",
+    "out-of-range",
+    "empty",
+    "missing-step-kind",
+    "next-not-allowed",
+    "duplicate-step-id",
+    "unknown-step",
+    "unreachable-step",
+    "falls-off-end",
+    "switch-default",
+    "invalid-expression",
+    "unknown-variable",
+    "not-bool",
+    "invalid-schema",
+    "schema-file",
+    "decide-not-exhaustive",
+    "decide-unchecked",
+    "rule-arity",
+    "invalid-cell",
+    "ignored-field",
+    "empty-validate",
+    "retry-bounds",
+    "invalid-url",
+    "unclosed-hole",
+    "invalid-template",
+    "field-not-applicable",
+];
+
+const TOP_FIELDS: &[&str] = &["name", "version", "description", "sla", "input", "steps"];
+
+/// The result of checking a workflow: the workflow when there is no error, and every
+/// diagnostic (warnings included) sorted by position.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub workflow: Option<Workflow>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// Reads `path` and the schema files it names (relative to its folder) and checks it.
+pub fn check_file(path: &Path) -> Checked {
+    let file = path.display().to_string();
+    let failed = |message: String| Checked {
+        workflow: None,
+        diagnostics: vec![Diagnostic::new(
+            super::diagnostic::Severity::Error,
+            "io",
+            &file,
+            Span::point(1, 1),
+            message,
+            None,
+        )],
+    };
+    match std::fs::metadata(path) {
+        Ok(metadata) if metadata.len() > MAX_FILE_BYTES as u64 => {
+            return failed(format!("the file is larger than {MAX_FILE_BYTES} bytes"))
+        }
+        Ok(_) => {}
+        Err(error) => return failed(format!("cannot read the workflow file: {error}")),
+    }
+    let source = match std::fs::read_to_string(path) {
+        Ok(source) => source,
+        Err(error) => return failed(format!("cannot read the workflow file: {error}")),
+    };
+    check_str(&source, &file, path.parent())
+}
+
+/// Checks workflow text; `base_dir` is where relative schema files are looked up.
+pub fn check_str(source: &str, file: &str, base_dir: Option<&Path>) -> Checked {
+    let mut checker = Checker {
+        file,
+        source,
+        base_dir,
+        diagnostics: Vec::new(),
+    };
+    let workflow = checker.workflow();
+    let mut diagnostics = checker.diagnostics;
+    diagnostics.sort_by_key(|d| (d.line, d.column));
+    let failed = diagnostics.iter().any(Diagnostic::is_error);
+    Checked {
+        workflow: if failed { None } else { workflow },
+        diagnostics,
+    }
+}
+
+/// Reads and checks a workflow file; warnings are dropped (use [`check_file`] to see them).
+pub fn parse_file(path: &Path) -> Result<Workflow, Vec<Diagnostic>> {
+    into_result(check_file(path))
+}
+
+/// Checks workflow text; warnings are dropped (use [`check_str`] to see them).
+pub fn parse_str(
+    source: &str,
+    file: &str,
+    base_dir: Option<&Path>,
+) -> Result<Workflow, Vec<Diagnostic>> {
+    into_result(check_str(source, file, base_dir))
+}
+
+fn into_result(checked: Checked) -> Result<Workflow, Vec<Diagnostic>> {
+    match checked.workflow {
+        Some(workflow) => Ok(workflow),
+        None => Err(checked.diagnostics),
+    }
+}
+
+impl Checker<'_> {
+    fn workflow(&mut self) -> Option<Workflow> {
+        if self.source.len() > MAX_FILE_BYTES {
+            self.error(
+                "file-too-large",
+                Span::point(1, 1),
+                format!(
+                    "the file is {} bytes; the limit is {MAX_FILE_BYTES}",
+                    self.source.len()
+                ),
+                "split the workflow, or move schemas to `schema_file`s".to_string(),
+            );
+            return None;
+        }
+        let root = match yaml::load(self.source) {
+            Ok(root) => root,
+            Err(error) => {
+                self.error(
+                    "yaml-syntax",
+                    error.span,
+                    format!("invalid YAML: {}", error.message),
+                    "check indentation, quotes and brackets around here".to_string(),
+                );
+                return None;
+            }
+        };
+        let fields = self.fields(
+            &root,
+            "the workflow",
+            root.span,
+            TOP_FIELDS,
+            &["name", "version", "input", "steps"],
+        )?;
+        let name = fields
+            .get("name")
+            .and_then(|n| self.name(n, "workflow name", "invalid-name"));
+        let version = fields.get("version").and_then(|n| self.version(n));
+        let description = match fields.get("description") {
+            Some(n) => self.string(n, "`description`").map(Some),
+            None => Some(None),
+        };
+        let sla = match fields.get("sla") {
+            Some(n) => self.duration(n, "`sla`").map(Some),
+            None => Some(None),
+        };
+        let input_schema = match (fields.get("input"), fields.key_span("input")) {
+            (Some(n), Some(key)) => self.input(n, key),
+            _ => None,
+        };
+        let steps = fields.get("steps").and_then(|n| self.steps(n));
+        Some(Workflow {
+            name: name?,
+            version: version?,
+            description: description?,
+            input_schema: input_schema?,
+            sla: sla?,
+            steps: steps?,
+            source_sha256: hex::encode(Sha256::digest(self.source.as_bytes())),
+        })
+    }
+
+    fn version(&mut self, node: &Node) -> Option<String> {
+        match &node.value {
+            Value::Str(text) if !text.trim().is_empty() => Some(text.clone()),
+            // Numbers are taken as written (`1.10` stays `1.10`).
+            Value::Int(_) | Value::Float(_) => Some(self.raw_text(node)),
+            _ => {
+                self.wrong_type(node, "`version`", "a non-empty string such as \"3\"");
+                None
+            }
+        }
+    }
+
+    fn raw_text(&self, node: &Node) -> String {
+        let span = node.span;
+        let text = self
+            .source
+            .lines()
+            .nth(span.line.saturating_sub(1))
+            .map(|line| {
+                line.chars()
+                    .skip(span.column.saturating_sub(1))
+                    .take(span.end_column.saturating_sub(span.column))
+                    .collect::<String>()
+            })
+            .unwrap_or_default();
+        if text.trim().is_empty() {
+            node.scalar_text().unwrap_or_default()
+        } else {
+            text.trim().to_string()
+        }
+    }
+
+    fn input(&mut self, node: &Node, key: Span) -> Option<crate::schema::Schema> {
+        let fields = self.fields(node, "`input`", key, &["schema", "schema_file"], &[])?;
+        match (fields.get("schema"), fields.get("schema_file")) {
+            (Some(inline), None) => self.schema(inline),
+            (None, Some(file)) => self.schema_file(file),
+            (Some(_), Some(_)) => {
+                self.conflict(
+                    &fields.key_span("schema_file"),
+                    key,
+                    "schema",
+                    "schema_file",
+                );
+                None
+            }
+            (None, None) => {
+                self.error(
+                    "missing-field",
+                    key,
+                    "`input` needs `schema` or `schema_file`".to_string(),
+                    "e.g. `input: { schema: { type: object } }`".to_string(),
+                );
+                None
+            }
+        }
+    }
+
+    fn steps(&mut self, node: &Node) -> Option<Vec<super::model::Step>> {
+        let Value::Seq(items) = &node.value else {
+            self.wrong_type(node, "`steps`", "a list of steps");
+            return None;
+        };
+        if items.is_empty() {
+            self.error(
+                "empty",
+                node.span,
+                "`steps` is empty".to_string(),
+                "add at least an `end` step".to_string(),
+            );
+            return None;
+        }
+        if items.len() > MAX_STEPS {
+            self.error(
+                "out-of-range",
+                node.span,
+                format!("{} steps; the limit is {MAX_STEPS}", items.len()),
+                "split the workflow".to_string(),
+            );
+            return None;
+        }
+        let drafts: Vec<Draft> = items.iter().map(|item| self.step(item)).collect();
+        self.link(drafts)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::workflow::model::{
+        HitPolicy, HttpMethod, JsonTemplate, StepKind, TemplatePart, Wait,
+    };
+    use crate::workflow::DurationMs;
+
+    const HEADER: &str = "name: t\nversion: \"1\"\ninput: { schema: { type: object } }\nsteps:\n";
+
+    fn parse(steps: &str) -> Workflow {
+        let source = format!("{HEADER}{steps}");
+        match parse_str(&source, "t.yaml", None) {
+            Ok(workflow) => workflow,
+            Err(diagnostics) => panic!(
+                "{}",
+                diagnostics
+                    .iter()
+                    .map(|d| d.render(&source))
+                    .collect::<String>()
+            ),
+        }
+    }
+
+    fn codes(steps: &str) -> Vec<&'static str> {
+        let source = format!("{HEADER}{steps}");
+        check_str(&source, "t.yaml", None)
+            .diagnostics
+            .iter()
+            .map(|d| d.code)
+            .collect()
+    }
+
+    #[test]
+    fn top_level_fields_and_hash() {
+        let source = "name: inv\nversion: 1.10\ndescription: d\nsla: 2d\ninput: { schema: { type: object } }\nsteps:\n  - id: done\n    end: ok\n";
+        let workflow = parse_str(source, "t.yaml", None).unwrap();
+        assert_eq!(workflow.name, "inv");
+        assert_eq!(workflow.version, "1.10");
+        assert_eq!(workflow.description.as_deref(), Some("d"));
+        assert_eq!(workflow.sla, Some(DurationMs(172_800_000)));
+        assert_eq!(
+            workflow.source_sha256,
+            hex::encode(Sha256::digest(source.as_bytes()))
+        );
+        assert!(workflow
+            .input_schema
+            .validate(&serde_json::json!({}))
+            .is_ok());
+    }
+
+    #[test]
+    fn next_defaults_to_the_following_step() {
+        let workflow = parse(
+            "  - id: a\n    set: { x: \"1\" }\n  - id: b\n    wait: { for: 2h }\n    next: d\n  - id: c\n    end: no\n  - id: d\n    switch:\n      - when: \"data.x == 1\"\n        goto: c\n      - default: c\n",
+        );
+        let nexts: Vec<Option<&str>> = workflow.steps.iter().map(|s| s.next.as_deref()).collect();
+        assert_eq!(nexts, [Some("b"), Some("d"), None, None]);
+        let StepKind::Switch(switch) = &workflow.steps[3].kind else {
+            panic!()
+        };
+        assert_eq!(switch.default, "c");
+        assert_eq!(switch.cases[0].goto, "c");
+        let StepKind::Wait(Wait::For(duration)) = &workflow.steps[1].kind else {
+            panic!()
+        };
+        assert_eq!(*duration, DurationMs(7_200_000));
+    }
+
+    #[test]
+    fn action_defaults_and_templates() {
+        let workflow = parse(
+            "  - id: pay\n    action:\n      url: \"http://h/p/${input.id}\"\n      body: { n: \"${input.amount}\", note: \"invoice ${input.id}\", fixed: [1, \"a\"] }\n  - id: done\n    end: ok\n",
+        );
+        let StepKind::Action(action) = &workflow.steps[0].kind else {
+            panic!()
+        };
+        assert_eq!(action.method, HttpMethod::Get);
+        assert_eq!(action.timeout, DurationMs(30_000));
+        assert_eq!(action.retry, crate::workflow::RetryPolicy::default());
+        assert_eq!(action.retry.max_attempts, 3);
+        assert_eq!(action.into, "pay");
+        assert_eq!(action.url.literal_text(), "http://h/p/");
+        assert!(matches!(action.url.parts[1], TemplatePart::Hole(_)));
+        let Some(JsonTemplate::Object(fields)) = &action.body else {
+            panic!("{:?}", action.body)
+        };
+        assert!(matches!(&fields[0].1, JsonTemplate::String(t) if t.single_hole().is_some()));
+        assert!(matches!(&fields[1].1, JsonTemplate::String(t) if t.single_hole().is_none()));
+        assert!(
+            matches!(&fields[2].1, JsonTemplate::Literal(v) if v == &serde_json::json!([1, "a"]))
+        );
+    }
+
+    #[test]
+    fn action_settings() {
+        let workflow = parse(
+            "  - id: pay\n    action:\n      method: put\n      url: https://h/x\n      headers: { X-Tenant: \"${input.t}\" }\n      timeout: 10s\n      retry: { max_attempts: 5, initial_backoff: 1s, max_backoff: 20s }\n      response_schema: { type: object }\n      into: payment\n    next: done\n  - id: done\n    end: ok\n",
+        );
+        let StepKind::Action(action) = &workflow.steps[0].kind else {
+            panic!()
+        };
+        assert_eq!(action.method, HttpMethod::Put);
+        assert_eq!(action.timeout, DurationMs(10_000));
+        assert_eq!(action.retry.max_attempts, 5);
+        assert_eq!(action.retry.initial_backoff, DurationMs(1_000));
+        assert_eq!(action.retry.max_backoff, DurationMs(20_000));
+        assert!(action.response_schema.is_some());
+        assert_eq!(action.into, "payment");
+        assert!(action.headers.contains_key("X-Tenant"));
+    }
+
+    #[test]
+    fn decide_tables() {
+        let workflow = parse(
+            "  - id: route\n    decide:\n      columns: [\"input.a > 1\", \"input.b\"]\n      rules:\n        - { when: [true, \"-\"], then: { x: 1 } }\n        - { when: [false, true], then: { x: 2 } }\n      default: { x: 3 }\n  - id: done\n    end: ok\n",
+        );
+        let StepKind::Decide(decide) = &workflow.steps[0].kind else {
+            panic!()
+        };
+        assert_eq!(decide.hit, HitPolicy::First);
+        assert_eq!(decide.into, "route");
+        assert_eq!(decide.rules[0].when, vec![Some(true), None]);
+        assert_eq!(decide.default, Some(serde_json::json!({"x": 3})));
+        // Without the default, [false, false] is not covered.
+        assert_eq!(
+            codes("  - id: route\n    decide:\n      columns: [\"input.a > 1\", \"input.b\"]\n      rules:\n        - { when: [true, \"-\"], then: 1 }\n        - { when: [false, true], then: 2 }\n  - id: done\n    end: ok\n"),
+            ["decide-not-exhaustive"]
+        );
+        // Covering every combination needs no default.
+        assert!(codes("  - id: route\n    decide:\n      columns: [\"input.a\"]\n      rules:\n        - { when: [true], then: 1 }\n        - { when: [false], then: 2 }\n  - id: done\n    end: ok\n").is_empty());
+    }
+
+    #[test]
+    fn wait_signal_defaults_into_to_the_signal_name() {
+        let workflow = parse(
+            "  - id: hold\n    wait: { signal: approved, timeout: 3d, timeout_goto: done }\n  - id: until\n    wait: { until: \"timestamp(input.due) + duration('2h')\" }\n  - id: done\n    end: { outcome: paid }\n",
+        );
+        let StepKind::Wait(Wait::Signal {
+            name,
+            timeout,
+            into,
+            timeout_goto,
+        }) = &workflow.steps[0].kind
+        else {
+            panic!()
+        };
+        assert_eq!((name.as_str(), into.as_str()), ("approved", "approved"));
+        assert_eq!(*timeout, DurationMs(259_200_000));
+        assert_eq!(timeout_goto.as_deref(), Some("done"));
+        let StepKind::End(end) = &workflow.steps[2].kind else {
+            panic!()
+        };
+        assert_eq!(end.outcome, "paid");
+    }
+
+    #[test]
+    fn validate_and_set() {
+        let workflow = parse(
+            "  - id: check\n    validate:\n      schema: { required: [a] }\n      assert:\n        - \"input.a > 0\"\n        - { expr: \"input.a < 9\", message: too big }\n  - id: calc\n    set: { total: \"input.a * 2\", label: \"'x'\" }\n  - id: done\n    end: ok\n",
+        );
+        let StepKind::Validate(validate) = &workflow.steps[0].kind else {
+            panic!()
+        };
+        assert!(validate.schema.is_some());
+        assert_eq!(validate.assertions.len(), 2);
+        assert_eq!(
+            validate.assertions[0].message,
+            "assertion failed: input.a > 0"
+        );
+        assert_eq!(validate.assertions[1].message, "too big");
+        let StepKind::Set(set) = &workflow.steps[1].kind else {
+            panic!()
+        };
+        let names: Vec<&str> = set.values.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["total", "label"]);
+    }
+
+    #[test]
+    fn collects_every_error_in_one_run() {
+        let found = codes(
+            "  - id: a\n    set: { x: \"nope\" }\n    nxt: b\n  - id: a\n    wait: { for: soon }\n",
+        );
+        assert!(found.contains(&"unknown-variable"), "{found:?}");
+        assert!(found.contains(&"unknown-field"), "{found:?}");
+        assert!(found.contains(&"duplicate-step-id"), "{found:?}");
+        assert!(found.contains(&"invalid-duration"), "{found:?}");
+    }
+
+    #[test]
+    fn expression_errors_point_inside_the_string() {
+        let source = format!(
+            "{HEADER}  - id: a\n    set: {{ x: \"input.a + foo\" }}\n  - id: done\n    end: ok\n"
+        );
+        let diagnostics = check_str(&source, "t.yaml", None).diagnostics;
+        assert_eq!(diagnostics.len(), 1);
+        let d = &diagnostics[0];
+        assert_eq!(
+            (d.code, d.line, d.column, d.end_column),
+            ("unknown-variable", 6, 26, 29)
+        );
+    }
+
+    #[test]
+    fn schema_files_need_a_folder() {
+        let source = "name: t\nversion: \"1\"\ninput: { schema_file: x.json }\nsteps:\n  - id: done\n    end: ok\n";
+        let diagnostics = parse_str(source, "t.yaml", None).unwrap_err();
+        assert_eq!(diagnostics[0].code, "schema-file");
+    }
+
+    #[test]
+    fn errors_in_the_schema_point_at_the_yaml_node() {
+        let source = "name: t\nversion: \"1\"\ninput:\n  schema:\n    type: object\n    properties:\n      a: { type: numbr }\nsteps:\n  - id: done\n    end: ok\n";
+        let diagnostics = parse_str(source, "t.yaml", None).unwrap_err();
+        assert_eq!(
+            (diagnostics[0].code, diagnostics[0].line),
+            ("invalid-schema", 7)
+        );
+    }
+
+    #[test]
+    fn limits() {
+        let huge = "#".repeat(MAX_FILE_BYTES + 1);
+        assert_eq!(
+            check_str(&huge, "t.yaml", None).diagnostics[0].code,
+            "file-too-large"
+        );
+        let deep = format!("a: {}1{}", "[".repeat(200), "]".repeat(200));
+        assert_eq!(
+            check_str(&deep, "t.yaml", None).diagnostics[0].code,
+            "yaml-syntax"
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+
+        #[test]
+        fn never_panics_on_arbitrary_text(source in "\\PC{0,200}") {
+            let _ = check_str(&source, "t.yaml", None);
+        }
+
+        #[test]
+        fn never_panics_on_damaged_workflows(cut in 0usize..2000, insert in "[\\-:{}\\[\\]\"'$ a-z\\n]{0,5}") {
+            let source = crate::workflow::BENCH_WORKFLOW_YAML;
+            let mut cut = cut.min(source.len());
+            while !source.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let damaged = format!("{}{insert}{}", &source[..cut], &source[cut..]);
+            let checked = check_str(&damaged, "t.yaml", None);
+            for d in &checked.diagnostics {
+                let _ = d.render(&damaged);
+            }
+        }
+    }
+}

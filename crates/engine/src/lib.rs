@@ -1,0 +1,371 @@
+//! The Keel runtime: deploys workflows, accepts cases, runs them durably, and keeps the ledger.
+//!
+//! `Engine` is a cheap, cloneable handle. `Engine::start` spawns the services that own their
+//! loops: the group committer (one transaction for many cases' writes), the poller (claims
+//! runnable cases with leases: due timers, retries, cases whose lease expired after a crash),
+//! the SLA ticker, and the sequencer (Merkle tree and signed checkpoints). Cases submitted
+//! through this node are leased to it in the same transaction and run at once, without a
+//! round trip through the poller.
+
+pub mod audit;
+mod clock;
+mod committer;
+mod registry;
+pub mod sequencer;
+mod worker;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_core::case::{CaseState, Status};
+use keel_core::workflow::Workflow;
+use keel_store::{CaseFilter, CaseRow, CaseWrite, JournalRow, NewEntry, Store, WriteMode, WriteOutcome};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, Notify, Semaphore};
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use registry::{DeployReport, Registry};
+
+/// Largest case input accepted, in bytes of JSON.
+pub const MAX_INPUT_BYTES: usize = 1024 * 1024;
+/// Largest signal payload accepted, in bytes of JSON.
+pub const MAX_SIGNAL_BYTES: usize = 256 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no workflow named `{0}` is deployed; `keel serve --workflows DIR` deploys every *.yaml in DIR")]
+    UnknownWorkflow(String),
+    #[error("no case with id `{0}`")]
+    UnknownCase(String),
+    #[error("the input does not match the workflow's input schema ({} violation(s))", .0.len())]
+    InvalidInput(Vec<keel_core::schema::Violation>),
+    #[error("the {what} is {size} bytes; the limit is {limit} bytes")]
+    TooLarge { what: &'static str, size: usize, limit: usize },
+    #[error("the case changed concurrently too many times; retrying is safe")]
+    Contended,
+    #[error("the engine is shutting down; retry against another node or after restart")]
+    ShuttingDown,
+    #[error(transparent)]
+    Store(#[from] keel_store::Error),
+    #[error("stored case state is unreadable: {0}")]
+    CorruptState(String),
+    #[error("{0}")]
+    Ledger(String),
+    #[error("{0}")]
+    Io(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How the engine runs; `Options::default()` is right for one node on SQLite.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// This node's id; persistent per data directory so a restart can take back its leases.
+    pub node_id: String,
+    /// How long a claimed case stays leased without a write.
+    pub lease: Duration,
+    /// How often the poller looks for due timers and expired leases.
+    pub poll_interval: Duration,
+    /// Cases running at once on this node.
+    pub max_in_flight: usize,
+    /// Writes per group commit.
+    pub max_batch: usize,
+    /// A checkpoint at least this often while entries arrive.
+    pub checkpoint_interval: Duration,
+    /// Directory for the ledger key.
+    pub data_dir: PathBuf,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            node_id: "node-local".into(),
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(100),
+            max_in_flight: 256,
+            max_batch: 1_000,
+            checkpoint_interval: Duration::from_secs(1),
+            data_dir: PathBuf::from("keel-data"),
+        }
+    }
+}
+
+/// What `submit` returns.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Submitted {
+    pub case_id: String,
+    pub workflow: String,
+    pub workflow_version: i64,
+    /// False when an earlier submission with the same idempotency key is returned instead.
+    pub created: bool,
+    pub status: String,
+}
+
+pub(crate) struct Inner {
+    pub store: Store,
+    pub registry: Registry,
+    pub clock: Arc<dyn Clock>,
+    pub options: Options,
+    pub committer: committer::Handle,
+    pub work: mpsc::Sender<worker::Item>,
+    pub in_flight: Arc<Semaphore>,
+    pub http: reqwest::Client,
+    /// Wakes the poller early (a signal made a case runnable).
+    pub poke: Notify,
+    /// Wakes the sequencer (new journal entries).
+    pub journal_written: Notify,
+    pub shutting_down: std::sync::atomic::AtomicBool,
+    pub signer: keel_ledger::NoteSigner,
+    pub origin: String,
+    pub sequencer: Arc<tokio::sync::Mutex<sequencer::SequencerState>>,
+    /// Case ids as they finish (completed or failed), for benchmarks and tests that wait.
+    pub finished: tokio::sync::broadcast::Sender<String>,
+}
+
+/// A handle to the running engine.
+#[derive(Clone)]
+pub struct Engine {
+    pub(crate) inner: Arc<Inner>,
+    tasks: Arc<tokio::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Engine {
+    /// Builds the engine over an open store and starts its services.
+    pub async fn start(store: Store, options: Options, clock: Arc<dyn Clock>) -> Result<Engine> {
+        let (signer, origin) = sequencer::load_or_create_key(&store, &options.data_dir).await?;
+        let (committer, committer_task) = committer::spawn(store.clone(), options.max_batch);
+        let (work_tx, work_rx) = mpsc::channel(options.max_in_flight.max(1));
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .user_agent(concat!("keel/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|error| Error::Io(format!("cannot build the HTTP client: {error}")))?;
+        let released = store.release_leases(&options.node_id).await?;
+        if released > 0 {
+            tracing::info!(released, "took back leases this node held before it stopped");
+        }
+        let inner = Arc::new(Inner {
+            store: store.clone(),
+            registry: Registry::load(&store).await?,
+            clock,
+            in_flight: Arc::new(Semaphore::new(options.max_in_flight.max(1))),
+            options,
+            committer,
+            work: work_tx,
+            http,
+            poke: Notify::new(),
+            journal_written: Notify::new(),
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
+            signer,
+            origin,
+            sequencer: Arc::default(),
+            finished: tokio::sync::broadcast::channel(65_536).0,
+        });
+        let tasks = vec![
+            committer_task,
+            tokio::spawn(worker::dispatch(inner.clone(), work_rx)),
+            tokio::spawn(worker::poll(inner.clone())),
+            tokio::spawn(worker::sla_ticker(inner.clone())),
+            tokio::spawn(sequencer::run(inner.clone())),
+        ];
+        Ok(Engine { inner, tasks: Arc::new(tokio::sync::Mutex::new(tasks)) })
+    }
+
+    /// Case ids as cases finish on this node. A slow receiver may miss some (it is told it lagged).
+    pub fn finished(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.inner.finished.subscribe()
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.inner.clock.now_ms()
+    }
+
+    /// The ledger's verifier key (`name+keyid+base64`), for auditors.
+    pub fn verifier_key(&self) -> String {
+        self.inner.signer.verifier_key()
+    }
+
+    pub fn origin(&self) -> &str {
+        &self.inner.origin
+    }
+
+    /// Deploys every `*.yaml`/`*.yml` workflow in `dir`; a changed file becomes a new version.
+    pub async fn deploy_dir(&self, dir: &Path) -> Result<DeployReport> {
+        self.inner.registry.deploy_dir(&self.inner.store, dir, self.now_ms()).await
+    }
+
+    /// Deploys one workflow from source text (tests, benchmarks).
+    pub async fn deploy_source(&self, source: &str, file: &str) -> Result<(String, i64)> {
+        self.inner.registry.deploy_source(&self.inner.store, source, file, self.now_ms()).await
+    }
+
+    /// Validates and records a new case, then starts running it on this node.
+    pub async fn submit(&self, workflow: &str, input: Value, idempotency_key: Option<String>) -> Result<Submitted> {
+        if self.inner.shutting_down.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(Error::ShuttingDown);
+        }
+        let (version_no, definition) =
+            self.inner.registry.latest(workflow).ok_or_else(|| Error::UnknownWorkflow(workflow.to_string()))?;
+        let size = serde_json::to_vec(&input).map(|bytes| bytes.len()).unwrap_or(usize::MAX);
+        if size > MAX_INPUT_BYTES {
+            return Err(Error::TooLarge { what: "case input", size, limit: MAX_INPUT_BYTES });
+        }
+        definition.input_schema.validate(&input).map_err(Error::InvalidInput)?;
+        if let Some(key) = &idempotency_key {
+            if let Some(existing) = self.inner.store.case_by_idempotency_key(workflow, key).await? {
+                return Ok(submitted_existing(existing));
+            }
+        }
+        let now = self.now_ms();
+        let id = uuid::Uuid::now_v7().to_string();
+        let state = CaseState::new(id.clone(), &definition, version_no, input, now);
+        // Lease the case to this node in the same transaction if a worker slot is free, so it
+        // runs at once; otherwise leave it to the poller.
+        let permit = self.inner.work.clone().try_reserve_owned().ok();
+        let lease_until = permit.as_ref().map(|_| now + self.inner.options.lease.as_millis() as i64);
+        let created = self.entry(&state, "case.created", None, json!({
+            "workflow_version": version_no,
+            "workflow_label": definition.version,
+            "input": state.input,
+            "idempotency_key": idempotency_key,
+        }), now);
+        let write = CaseWrite {
+            case_id: id.clone(),
+            workflow: workflow.to_string(),
+            workflow_version: version_no,
+            mode: WriteMode::Insert { idempotency_key: idempotency_key.clone() },
+            status: state.status.as_str().to_string(),
+            current_step: state.step.clone(),
+            state: serde_json::to_string(&state).map_err(|e| Error::CorruptState(e.to_string()))?,
+            runnable_at_ms: Some(now),
+            lease_owner: permit.as_ref().map(|_| self.inner.options.node_id.clone()),
+            lease_until_ms: lease_until,
+            sla_due_ms: state.next_sla_due(&definition),
+            sla_breached: false,
+            now_ms: now,
+            entries: vec![created],
+        };
+        match self.inner.committer.commit(write).await? {
+            WriteOutcome::Written { version } => {
+                if let Some(permit) = permit {
+                    permit.send(worker::Item { state, version, input: keel_core::case::Input::Wake });
+                }
+                Ok(Submitted {
+                    case_id: id,
+                    workflow: workflow.to_string(),
+                    workflow_version: version_no,
+                    created: true,
+                    status: Status::Running.as_str().to_string(),
+                })
+            }
+            WriteOutcome::Conflict => {
+                // Another submission with the same key won the race; return that one.
+                let key = idempotency_key.unwrap_or_default();
+                let existing = self.inner.store.case_by_idempotency_key(workflow, &key).await?;
+                existing.map(submitted_existing).ok_or(Error::Contended)
+            }
+        }
+    }
+
+    /// Delivers an external signal to a case. A case not yet waiting for it keeps it until it is.
+    pub async fn signal(&self, case_id: &str, name: &str, payload: Value) -> Result<()> {
+        let size = serde_json::to_vec(&payload).map(|bytes| bytes.len()).unwrap_or(usize::MAX);
+        if size > MAX_SIGNAL_BYTES {
+            return Err(Error::TooLarge { what: "signal payload", size, limit: MAX_SIGNAL_BYTES });
+        }
+        for _ in 0..20 {
+            let row = self.inner.store.case(case_id).await?.ok_or_else(|| Error::UnknownCase(case_id.to_string()))?;
+            let input = keel_core::case::Input::Signal { name: name.to_string(), payload: payload.clone() };
+            match worker::apply_external(&self.inner, row, input).await? {
+                WriteOutcome::Written { .. } => {
+                    self.inner.poke.notify_one();
+                    return Ok(());
+                }
+                WriteOutcome::Conflict => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+        Err(Error::Contended)
+    }
+
+    pub async fn case(&self, id: &str) -> Result<CaseRow> {
+        self.inner.store.case(id).await?.ok_or_else(|| Error::UnknownCase(id.to_string()))
+    }
+
+    pub async fn timeline(&self, id: &str) -> Result<Vec<JournalRow>> {
+        Ok(self.inner.store.timeline(id, 10_000).await?)
+    }
+
+    pub async fn cases(&self, filter: &CaseFilter) -> Result<Vec<CaseRow>> {
+        Ok(self.inner.store.cases(filter).await?)
+    }
+
+    /// A journal entry for `state`'s case, with its data hash.
+    pub(crate) fn entry(&self, state: &CaseState, kind: &str, step: Option<String>, data: Value, now_ms: i64) -> NewEntry {
+        make_entry(state, kind, step, &data, now_ms)
+    }
+
+    /// Stops taking work, lets in-flight cases reach their next durable point (or leaves them
+    /// resumable), flushes the committer and the sequencer, and returns.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.inner.shutting_down.store(true, std::sync::atomic::Ordering::SeqCst);
+        let permits = self.inner.options.max_in_flight.max(1) as u32;
+        let drained = tokio::time::timeout(grace, self.inner.in_flight.clone().acquire_many_owned(permits)).await;
+        if drained.is_err() {
+            tracing::warn!("shutdown grace period ended with cases in flight; they resume after restart");
+        }
+        // One last sequencer pass so the checkpoint covers everything written.
+        if let Err(error) = sequencer::sequence_once(&self.inner, true).await {
+            tracing::warn!(%error, "final sequencer pass failed; the next start finishes it");
+        }
+        for task in self.tasks.lock().await.drain(..) {
+            task.abort();
+        }
+        if let Err(error) = self.inner.store.release_leases(&self.inner.options.node_id).await {
+            tracing::warn!(%error, "could not release leases; they expire on their own");
+        }
+    }
+
+    /// Runs the sequencer now until every journal entry has a leaf and writes a checkpoint.
+    pub async fn sequence_now(&self) -> Result<()> {
+        sequencer::sequence_once(&self.inner, true).await
+    }
+}
+
+fn submitted_existing(row: CaseRow) -> Submitted {
+    Submitted { case_id: row.id, workflow: row.workflow, workflow_version: row.workflow_version, created: false, status: row.status }
+}
+
+pub(crate) fn make_entry(state: &CaseState, kind: &str, step: Option<String>, data: &Value, now_ms: i64) -> NewEntry {
+    NewEntry {
+        at: rfc3339_ms(now_ms),
+        kind: kind.to_string(),
+        actor_type: "system".into(),
+        actor_id: "engine".into(),
+        case_id: Some(state.id.clone()),
+        workflow: Some(state.workflow.clone()),
+        step,
+        data: data.to_string(),
+        data_sha256: keel_ledger::data_sha256(data),
+    }
+}
+
+/// `2026-11-27T16:36:11.123Z`.
+pub fn rfc3339_ms(ms: i64) -> String {
+    keel_core::case::millis_to_datetime(ms).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Looks up the workflow a stored case runs on.
+pub(crate) fn workflow_of(inner: &Inner, state: &CaseState) -> Result<Arc<Workflow>> {
+    inner.registry.version(&state.workflow, state.workflow_version).ok_or_else(|| {
+        Error::UnknownWorkflow(format!("{} version {}", state.workflow, state.workflow_version))
+    })
+}

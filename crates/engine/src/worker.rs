@@ -1,0 +1,330 @@
+//! Running cases: the dispatcher (one task per case, bounded), the case loop (advance the
+//! state machine, persist, perform the effect, repeat), the poller that claims runnable cases
+//! with leases, the SLA ticker, and HTTP actions.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_core::case::{self, ActionOutcome, ActionRequest, CaseState, Command, Input};
+use keel_store::{CaseRow, CaseWrite, WriteMode, WriteOutcome};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::{make_entry, workflow_of, Error, Inner, Result};
+
+/// Sleeps shorter than this stay in the worker with the lease held; longer ones park the
+/// case in the database for the poller.
+const IN_MEMORY_SLEEP_MS: i64 = 2_000;
+/// Cases claimed per poll.
+const CLAIM_BATCH: i64 = 256;
+/// SLA breaches handled per tick.
+const SLA_BATCH: i64 = 256;
+/// Write conflicts one case loop tolerates before leaving the case to the poller.
+const MAX_CONFLICTS: u32 = 10;
+
+/// A case to run: its state as of `version`, and what just happened to it.
+pub(crate) struct Item {
+    pub state: CaseState,
+    pub version: i64,
+    pub input: Input,
+}
+
+/// Runs every item as its own task, at most `max_in_flight` at once.
+pub(crate) async fn dispatch(inner: Arc<Inner>, mut rx: mpsc::Receiver<Item>) {
+    while let Some(item) = rx.recv().await {
+        let Ok(permit) = inner.in_flight.clone().acquire_owned().await else { return };
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            let id = item.state.id.clone();
+            if let Err(error) = run_case(&inner, item).await {
+                tracing::warn!(case = %id, %error, "case loop stopped; the case resumes when its lease expires");
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Drives one case until it finishes, parks, or is lost to another writer.
+async fn run_case(inner: &Inner, item: Item) -> Result<()> {
+    let Item { mut state, mut version, mut input } = item;
+    let mut conflicts = 0;
+    loop {
+        if inner.shutting_down.load(Ordering::Relaxed) && matches!(input, Input::Wake) {
+            // Leave it resumable: the lease is released at shutdown.
+            return Ok(());
+        }
+        let definition = workflow_of(inner, &state)?;
+        let now = inner.clock.now_ms();
+        let before = state.clone();
+        let transition = case::advance(&definition, &mut state, input.clone(), now, fastrand::f64());
+        let lease_ms = inner.options.lease.as_millis() as i64;
+        let (runnable_at, lease_until) = match &transition.command {
+            Command::Execute(request) => (Some(now), Some(now + lease_ms + request.timeout_ms as i64)),
+            Command::Sleep { until_ms } if *until_ms - now < IN_MEMORY_SLEEP_MS => (Some(*until_ms), Some(*until_ms + lease_ms)),
+            Command::Sleep { until_ms } => (Some(*until_ms), None),
+            Command::Stop => (None, None),
+        };
+        let entries = transition
+            .events
+            .iter()
+            .map(|event| make_entry(&state, event.kind, event.step.clone(), &event.data, now))
+            .collect();
+        let write = CaseWrite {
+            case_id: state.id.clone(),
+            workflow: state.workflow.clone(),
+            workflow_version: state.workflow_version,
+            mode: WriteMode::Update { expected_version: version },
+            status: state.status.as_str().to_string(),
+            current_step: state.step.clone(),
+            state: serde_json::to_string(&state).map_err(|error| Error::CorruptState(error.to_string()))?,
+            runnable_at_ms: runnable_at,
+            lease_owner: lease_until.map(|_| inner.options.node_id.clone()),
+            lease_until_ms: lease_until,
+            sla_due_ms: state.next_sla_due(&definition),
+            sla_breached: state.sla_breached,
+            now_ms: now,
+            entries,
+        };
+        match inner.committer.commit(write).await? {
+            WriteOutcome::Written { version: written } => {
+                version = written;
+                inner.journal_written.notify_one();
+            }
+            WriteOutcome::Conflict => {
+                conflicts += 1;
+                if conflicts > MAX_CONFLICTS {
+                    return Err(Error::Contended);
+                }
+                // Someone else changed the case (a signal, the SLA ticker). Start again from the
+                // stored state with the same input, if the case is still ours to run.
+                let Some(row) = inner.store.case(&before.id).await? else { return Ok(()) };
+                if !holds_lease(inner, &row, now) {
+                    return Ok(());
+                }
+                state = parse_state(&row)?;
+                version = row.version;
+                continue;
+            }
+        }
+        input = match transition.command {
+            Command::Stop => {
+                let _ = inner.finished.send(state.id.clone());
+                return Ok(());
+            }
+            Command::Sleep { until_ms } => {
+                if lease_until.is_none() {
+                    return Ok(());
+                }
+                let wait = (until_ms - inner.clock.now_ms()).max(0) as u64;
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+                Input::Wake
+            }
+            Command::Execute(request) => {
+                let attempt = request.attempt;
+                let outcome = execute(&inner.http, &request).await;
+                Input::ActionResult { attempt, outcome }
+            }
+        };
+    }
+}
+
+fn holds_lease(inner: &Inner, row: &CaseRow, now: i64) -> bool {
+    match (&row.lease_owner, row.lease_until_ms) {
+        (Some(owner), Some(until)) => owner == &inner.options.node_id || until < now,
+        _ => true,
+    }
+}
+
+pub(crate) fn parse_state(row: &CaseRow) -> Result<CaseState> {
+    serde_json::from_str(&row.state).map_err(|error| Error::CorruptState(format!("case {}: {error}", row.id)))
+}
+
+/// Applies an input that arrives from outside a worker (a signal) to a stored case, keeping
+/// its lease as it is; a case that becomes runnable is left for the poller (poked by the caller).
+pub(crate) async fn apply_external(inner: &Inner, row: CaseRow, input: Input) -> Result<WriteOutcome> {
+    let mut state = parse_state(&row)?;
+    let definition = workflow_of(inner, &state)?;
+    let now = inner.clock.now_ms();
+    let transition = case::advance(&definition, &mut state, input, now, fastrand::f64());
+    let leased_elsewhere = matches!((&row.lease_owner, row.lease_until_ms), (Some(_), Some(until)) if until >= now);
+    let runnable_at = if leased_elsewhere {
+        row.runnable_at_ms
+    } else {
+        match &transition.command {
+            Command::Execute(_) => Some(now),
+            Command::Sleep { until_ms } => Some(*until_ms),
+            Command::Stop => None,
+        }
+    };
+    let entries: Vec<_> = transition
+        .events
+        .iter()
+        .map(|event| make_entry(&state, event.kind, event.step.clone(), &event.data, now))
+        .collect();
+    let write = CaseWrite {
+        case_id: state.id.clone(),
+        workflow: state.workflow.clone(),
+        workflow_version: state.workflow_version,
+        mode: WriteMode::Update { expected_version: row.version },
+        status: state.status.as_str().to_string(),
+        current_step: state.step.clone(),
+        state: serde_json::to_string(&state).map_err(|error| Error::CorruptState(error.to_string()))?,
+        runnable_at_ms: runnable_at,
+        lease_owner: if leased_elsewhere { row.lease_owner.clone() } else { None },
+        lease_until_ms: if leased_elsewhere { row.lease_until_ms } else { None },
+        sla_due_ms: state.next_sla_due(&definition),
+        sla_breached: state.sla_breached,
+        now_ms: now,
+        entries,
+    };
+    let outcome = inner.committer.commit(write).await?;
+    inner.journal_written.notify_one();
+    Ok(outcome)
+}
+
+/// Claims runnable cases (due timers and retries, expired leases) and hands them to workers.
+pub(crate) async fn poll(inner: Arc<Inner>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(inner.options.poll_interval) => {}
+            _ = inner.poke.notified() => {}
+        }
+        if inner.shutting_down.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Err(error) = claim_once(&inner).await {
+            tracing::warn!(%error, "claiming runnable cases failed; retrying");
+        }
+    }
+}
+
+async fn claim_once(inner: &Inner) -> Result<usize> {
+    let free = inner.work.capacity() as i64;
+    if free == 0 {
+        return Ok(0);
+    }
+    let now = inner.clock.now_ms();
+    let until = now + inner.options.lease.as_millis() as i64;
+    let rows = inner.store.claim(&inner.options.node_id, now, until, free.min(CLAIM_BATCH)).await?;
+    let claimed = rows.len();
+    for row in rows {
+        match parse_state(&row) {
+            Ok(state) => {
+                let item = Item { state, version: row.version, input: Input::Wake };
+                if inner.work.send(item).await.is_err() {
+                    return Ok(claimed);
+                }
+            }
+            Err(error) => tracing::error!(case = %row.id, %error, "cannot resume a case with unreadable state"),
+        }
+    }
+    Ok(claimed)
+}
+
+/// Records SLA breaches as they come due. A breach is journaled and leaves the case flagged
+/// `sla_breached`; the case itself goes on.
+pub(crate) async fn sla_ticker(inner: Arc<Inner>) {
+    loop {
+        tokio::time::sleep(inner.options.poll_interval.max(Duration::from_millis(250))).await;
+        if inner.shutting_down.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Err(error) = sla_once(&inner).await {
+            tracing::warn!(%error, "SLA check failed; retrying");
+        }
+    }
+}
+
+pub(crate) async fn sla_once(inner: &Inner) -> Result<usize> {
+    let now = inner.clock.now_ms();
+    let rows = inner.store.sla_due(now, SLA_BATCH).await?;
+    let mut recorded = 0;
+    for row in rows {
+        let mut state = parse_state(&row)?;
+        let definition = workflow_of(inner, &state)?;
+        let events = state.record_sla_breaches(&definition, now);
+        let entries = events.iter().map(|event| make_entry(&state, event.kind, event.step.clone(), &event.data, now)).collect();
+        let write = CaseWrite {
+            case_id: row.id.clone(),
+            workflow: row.workflow.clone(),
+            workflow_version: row.workflow_version,
+            mode: WriteMode::Update { expected_version: row.version },
+            status: row.status.clone(),
+            current_step: row.current_step.clone(),
+            state: serde_json::to_string(&state).map_err(|error| Error::CorruptState(error.to_string()))?,
+            runnable_at_ms: row.runnable_at_ms,
+            lease_owner: row.lease_owner.clone(),
+            lease_until_ms: row.lease_until_ms,
+            sla_due_ms: state.next_sla_due(&definition),
+            sla_breached: state.sla_breached,
+            now_ms: now,
+            entries,
+        };
+        if let WriteOutcome::Written { .. } = inner.committer.commit(write).await? {
+            recorded += events.len();
+            inner.journal_written.notify_one();
+        }
+    }
+    Ok(recorded)
+}
+
+/// Performs one HTTP attempt. Never panics; every failure becomes an `ActionOutcome`.
+pub(crate) async fn execute(http: &reqwest::Client, request: &ActionRequest) -> ActionOutcome {
+    let method = match reqwest::Method::from_bytes(request.method.as_bytes()) {
+        Ok(method) => method,
+        Err(error) => return ActionOutcome::Invalid(error.to_string()),
+    };
+    let mut builder = http
+        .request(method, &request.url)
+        .timeout(Duration::from_millis(request.timeout_ms))
+        .header("Idempotency-Key", &request.idempotency_key);
+    for (name, value) in &request.headers {
+        builder = builder.header(name, value);
+    }
+    if let Some(body) = &request.body {
+        builder = builder.json(body);
+    }
+    let response = match builder.send().await {
+        Ok(response) => response,
+        Err(error) if error.is_timeout() => return ActionOutcome::Timeout,
+        Err(error) if error.is_builder() => return ActionOutcome::Invalid(error.to_string()),
+        Err(error) => return ActionOutcome::ConnectionError(error_chain(&error)),
+    };
+    let status = response.status().as_u16();
+    let mut response = response;
+    let mut bytes = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if bytes.len() + chunk.len() > case::MAX_ACTION_RESPONSE_BYTES {
+                    return ActionOutcome::Invalid(format!(
+                        "the response body is larger than {} bytes",
+                        case::MAX_ACTION_RESPONSE_BYTES
+                    ));
+                }
+                bytes.extend_from_slice(&chunk);
+            }
+            Ok(None) => break,
+            Err(error) if error.is_timeout() => return ActionOutcome::Timeout,
+            Err(error) => return ActionOutcome::ConnectionError(error_chain(&error)),
+        }
+    }
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+    };
+    ActionOutcome::Response { status, body }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}

@@ -1,0 +1,128 @@
+//! `keel`: the command line. Parses arguments and wires the libraries together; behaviour
+//! lives in the libraries. Data that users pipe goes to stdout, everything else to stderr.
+
+mod audit;
+mod bench;
+mod check;
+mod client;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Keel runs business workflows durably, calls AI only where judgment is needed, and keeps
+/// every decision in a tamper-evident ledger.
+///
+/// Start here:   keel serve                         (API + workers on ./workflows, data in ./keel-data)
+///               keel submit invoice-approval case.json
+///               keel cases
+///               keel audit verify
+#[derive(Parser)]
+#[command(name = "keel", version, about, long_about, verbatim_doc_comment)]
+struct Cli {
+    /// Log filter, e.g. `info`, `keel=debug` (also RUST_LOG).
+    #[arg(long, global = true, env = "KEEL_LOG", default_value = "info")]
+    log: String,
+    /// Logs as JSON lines instead of text.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP API and the workers in one process.
+    Serve(serve::ServeArgs),
+    /// Check workflow files like a compiler: every problem with file:line:column.
+    Check(check::CheckArgs),
+    /// Submit a case (one JSON file) or many (a JSONL file, one case per line).
+    Submit(client::SubmitArgs),
+    /// List cases, newest first.
+    Cases(client::CasesArgs),
+    /// Show one case (`keel case show ID`).
+    Case {
+        #[command(subcommand)]
+        command: client::CaseCommand,
+    },
+    /// Verify the ledger, print proofs, check proofs offline.
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCommand,
+    },
+    /// Measure throughput and latency; prints a table, or one JSON object with --json.
+    Bench {
+        #[command(subcommand)]
+        command: bench::BenchCommand,
+    },
+}
+
+/// Where the data lives; shared by every command that opens the database directly.
+#[derive(Args, Clone, Debug)]
+pub struct DataArgs {
+    /// Data directory: the SQLite file, the ledger key, the node id.
+    #[arg(long, env = "KEEL_DATA_DIR", default_value = "keel-data")]
+    pub data_dir: PathBuf,
+    /// Database URL: a SQLite path (default: DATA_DIR/keel.sqlite) or postgres://user@host/db.
+    #[arg(long, env = "KEEL_DATABASE_URL")]
+    pub database: Option<String>,
+}
+
+impl DataArgs {
+    pub fn database_url(&self) -> String {
+        self.database.clone().unwrap_or_else(|| self.data_dir.join("keel.sqlite").display().to_string())
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log, cli.log_json);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve::run(args).await,
+            Command::Check(args) => check::run(args),
+            Command::Submit(args) => client::submit(args).await,
+            Command::Cases(args) => client::cases(args).await,
+            Command::Case { command } => client::case(command).await,
+            Command::Audit { command } => audit::run(command).await,
+            Command::Bench { command } => bench::run(command).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            if is_broken_pipe(&error) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn init_logging(filter: &str, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

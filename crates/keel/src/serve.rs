@@ -1,0 +1,134 @@
+//! `keel serve`: opens the store, deploys the workflows directory, starts the engine and the
+//! HTTP API, and shuts down gracefully on SIGINT/SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use keel_engine::{Engine, Options, SystemClock};
+
+use crate::DataArgs;
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Directory of workflow files (*.yaml) to deploy at start.
+    #[arg(long, env = "KEEL_WORKFLOWS", default_value = "workflows")]
+    pub workflows: PathBuf,
+    /// Address to listen on. Keep it on loopback until authentication is configured.
+    #[arg(long, env = "KEEL_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Seconds a claimed case stays leased to this node without progress.
+    #[arg(long, default_value_t = 30)]
+    pub lease_s: u64,
+    /// Cases running at once on this node.
+    #[arg(long, default_value_t = 256)]
+    pub max_in_flight: usize,
+    /// Seconds to let in-flight steps finish on shutdown.
+    #[arg(long, default_value_t = 10)]
+    pub shutdown_grace_s: u64,
+}
+
+/// Opens the store and the engine the way every command that runs cases does.
+pub async fn start_engine(data: &DataArgs, lease: Duration, max_in_flight: usize) -> anyhow::Result<(Engine, Option<std::fs::File>)> {
+    std::fs::create_dir_all(&data.data_dir)
+        .with_context(|| format!("cannot create the data directory {}", data.data_dir.display()))?;
+    let url = data.database_url();
+    let lock = if url.starts_with("postgres") { None } else { Some(lock_data_dir(&data.data_dir)?) };
+    let store = keel_store::Store::open(&url).await.with_context(|| format!("cannot open the database {url}"))?;
+    let options = Options {
+        node_id: node_id(&data.data_dir)?,
+        lease,
+        max_in_flight,
+        data_dir: data.data_dir.clone(),
+        ..Options::default()
+    };
+    let engine = Engine::start(store, options, Arc::new(SystemClock)).await?;
+    Ok((engine, lock))
+}
+
+/// One `keel serve` per SQLite data directory: a second one would fight over leases.
+fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+    let path = dir.join("keel.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    if file.try_lock().is_err() {
+        bail!(
+            "another keel process is using {}; stop it, or give this one its own --data-dir",
+            dir.display()
+        );
+    }
+    Ok(file)
+}
+
+/// The node id kept in the data directory, created on first start.
+fn node_id(dir: &Path) -> anyhow::Result<String> {
+    let path = dir.join("node-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),
+        _ => {
+            let id = format!("node-{}", uuid::Uuid::now_v7());
+            std::fs::write(&path, &id).with_context(|| format!("cannot write {}", path.display()))?;
+            Ok(id)
+        }
+    }
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let (engine, _lock) = start_engine(&args.data, Duration::from_secs(args.lease_s), args.max_in_flight).await?;
+    if args.workflows.is_dir() {
+        let report = engine.deploy_dir(&args.workflows).await?;
+        for (name, version, new) in &report.deployed {
+            let state = if *new { "deployed" } else { "unchanged" };
+            tracing::info!(workflow = %name, version, "{state}");
+        }
+        for (file, diagnostics) in &report.rejected {
+            eprintln!("{diagnostics}");
+            tracing::error!(%file, "not deployed: fix the errors above (keel check {file})");
+        }
+    } else {
+        tracing::warn!(dir = %args.workflows.display(), "no workflows directory; pass --workflows DIR");
+    }
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}; is another keel running? pick another with --listen", args.listen))?;
+    let address = listener.local_addr()?;
+    eprintln!("keel is serving on http://{address} (API docs: http://{address}/docs; data: {})", args.data.database_url());
+    eprintln!("submit a case:  keel submit invoice-approval examples/invoice.json");
+    let shutdown = shutdown_signal();
+    keel_server::serve(listener, engine.clone(), keel_server::ServerOptions::default(), shutdown).await?;
+    tracing::info!("HTTP stopped; finishing in-flight steps");
+    engine.shutdown(Duration::from_secs(args.shutdown_grace_s)).await;
+    engine.store().close().await;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(_) => {
+                let _ = interrupt.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

@@ -1,0 +1,311 @@
+//! End-to-end tests of the `keel` binary: real processes, real SQLite files, a real
+//! downstream HTTP server, SIGKILL at random moments.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::HeaderMap;
+use serde_json::{json, Value};
+
+const KEEL: &str = env!("CARGO_BIN_EXE_keel");
+
+const CRASH_WORKFLOW: &str = r#"
+name: payout
+version: "1"
+input:
+  schema:
+    type: object
+    required: [n, callback]
+    properties:
+      n: { type: integer }
+      callback: { type: string }
+steps:
+  - id: check
+    validate:
+      assert:
+        - { expr: "input.n >= 0", message: "n must not be negative" }
+  - id: compute
+    set: { amount: "input.n * 10" }
+  - id: pay
+    action:
+      method: POST
+      url: "${input.callback}"
+      body: { case: "${case.id}", amount: "${data.amount}" }
+      timeout: 5s
+      retry: { max_attempts: 5, initial_backoff: 50ms, max_backoff: 500ms }
+      into: payment
+  - id: done
+    end: { outcome: paid }
+"#;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+fn start_server(data: &Path, workflows: &Path) -> Server {
+    let port = free_port();
+    let child = Command::new(KEEL)
+        .args(["serve", "--lease-s", "2", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--workflows")
+        .arg(workflows)
+        .env("KEEL_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Server { child, base: format!("http://127.0.0.1:{port}") }
+}
+
+async fn wait_ready(client: &reqwest::Client, server: &Server) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(response) = client.get(format!("{}/readyz", server.base)).send().await {
+            if response.status().is_success() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("keel serve did not become ready");
+}
+
+fn terminate(mut server: Server) {
+    let _ = Command::new("kill").arg("-TERM").arg(server.child.id().to_string()).status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = server.child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = server.child.kill();
+    panic!("keel serve did not stop on SIGTERM within 30 s");
+}
+
+/// A downstream system that honours Idempotency-Key: the first request with a key acts and
+/// stores the response; a repeat returns the stored response without acting again.
+#[derive(Default)]
+struct Ledger {
+    acted: HashMap<String, u32>,
+    cases_acted: HashMap<String, u32>,
+}
+
+async fn honouring_downstream() -> (String, Arc<Mutex<Ledger>>) {
+    let ledger: Arc<Mutex<Ledger>> = Arc::default();
+    let shared = ledger.clone();
+    let app = axum::Router::new().route(
+        "/pay",
+        axum::routing::post(move |headers: HeaderMap, body: axum::Json<Value>| {
+            let shared = shared.clone();
+            async move {
+                let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+                let mut ledger = shared.lock().unwrap();
+                if !ledger.acted.contains_key(&key) {
+                    ledger.acted.insert(key.clone(), 1);
+                    let case = body.0["case"].as_str().unwrap_or("").to_string();
+                    *ledger.cases_acted.entry(case).or_default() += 1;
+                }
+                axum::Json(json!({ "paid": true, "key": key }))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{address}/pay"), ledger)
+}
+
+fn workflows_dir(dir: &Path, source: &str) -> PathBuf {
+    let workflows = dir.join("workflows");
+    std::fs::create_dir_all(&workflows).unwrap();
+    std::fs::write(workflows.join("payout.yaml"), source).unwrap();
+    workflows
+}
+
+fn keel(args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(KEEL).args(args).env("KEEL_LOG", "warn").output().unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_cases_survive_sigkill_and_act_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let workflows = workflows_dir(dir.path(), CRASH_WORKFLOW);
+    let (callback, downstream) = honouring_downstream().await;
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let mut acknowledged: HashSet<String> = HashSet::new();
+    let mut rng = fastrand::Rng::with_seed(0x6b65656c);
+    let rounds = if std::env::var("RUN_SLOW_TESTS").is_ok() { 6 } else { 3 };
+    let mut n = 0;
+    for _ in 0..rounds {
+        let mut server = start_server(&data, &workflows);
+        wait_ready(&client, &server).await;
+        let kill_after = Duration::from_millis(rng.u64(30..400));
+        let started = Instant::now();
+        let mut submissions = tokio::task::JoinSet::new();
+        while started.elapsed() < kill_after {
+            for _ in 0..8 {
+                n += 1;
+                let request = client
+                    .post(format!("{}/v1/workflows/payout/cases", server.base))
+                    .json(&json!({ "n": n, "callback": callback }));
+                submissions.spawn(async move { request.send().await });
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        server.child.kill().unwrap();
+        server.child.wait().unwrap();
+        while let Some(done) = submissions.join_next().await {
+            if let Ok(Ok(response)) = done {
+                if response.status().as_u16() == 201 {
+                    if let Ok(body) = response.json::<Value>().await {
+                        acknowledged.insert(body["case_id"].as_str().unwrap().to_string());
+                    }
+                }
+            }
+        }
+    }
+    assert!(acknowledged.len() > 20, "too few cases acknowledged to mean anything: {}", acknowledged.len());
+
+    // Restart once more and let everything finish.
+    let server = start_server(&data, &workflows);
+    wait_ready(&client, &server).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut pending: Vec<String> = acknowledged.iter().cloned().collect();
+    while !pending.is_empty() && Instant::now() < deadline {
+        let mut still = Vec::new();
+        for id in pending {
+            let body: Value = client.get(format!("{}/v1/cases/{id}", server.base)).send().await.unwrap().json().await.unwrap();
+            match body["status"].as_str() {
+                Some("completed") => {}
+                Some("failed") => panic!("case {id} failed: {body}"),
+                _ => still.push(id),
+            }
+        }
+        pending = still;
+        if !pending.is_empty() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    assert!(pending.is_empty(), "{} acknowledged case(s) never completed: {:?}", pending.len(), &pending[..pending.len().min(5)]);
+    terminate(server);
+
+    let ledger = downstream.lock().unwrap();
+    for id in &acknowledged {
+        assert_eq!(ledger.cases_acted.get(id).copied(), Some(1), "case {id} acted {:?} times", ledger.cases_acted.get(id));
+    }
+    assert!(ledger.acted.values().all(|count| *count == 1));
+
+    let (code, stdout, stderr) = keel(&["audit", "verify", "--data-dir", data.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "audit verify failed after crashes: {stdout} {stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["ok"], true);
+    assert_eq!(report["leaves"], report["journal_entries"], "graceful stop sequences everything");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_verify_names_the_leaf_that_was_tampered_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let workflows = workflows_dir(dir.path(), CRASH_WORKFLOW);
+    let (callback, _) = honouring_downstream().await;
+    let client = reqwest::Client::new();
+    let server = start_server(&data, &workflows);
+    wait_ready(&client, &server).await;
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        let response = client
+            .post(format!("{}/v1/workflows/payout/cases", server.base))
+            .json(&json!({ "n": n, "callback": callback }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 201);
+        ids.push(response.json::<Value>().await.unwrap()["case_id"].as_str().unwrap().to_string());
+    }
+    for id in &ids {
+        for _ in 0..300 {
+            let body: Value = client.get(format!("{}/v1/cases/{id}", server.base)).send().await.unwrap().json().await.unwrap();
+            if body["status"] == "completed" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // An offline inclusion proof, as an auditor would check it.
+    let proof_file = dir.path().join("proof.json");
+    let proof = client.get(format!("{}/v1/audit/proof/inclusion?index=3", server.base)).send().await.unwrap();
+    let checkpoint: Value = client.get(format!("{}/v1/audit/checkpoint", server.base)).send().await.unwrap().json().await.unwrap();
+    std::fs::write(&proof_file, proof.text().await.unwrap()).unwrap();
+    terminate(server);
+    let key = checkpoint["verifier_key"].as_str().unwrap();
+    let (code, stdout, _) = keel(&["audit", "check-proof", proof_file.to_str().unwrap(), "--key", key]);
+    assert_eq!(code, 0, "{stdout}");
+
+    let data_dir = data.to_str().unwrap();
+    let (code, stdout, stderr) = keel(&["audit", "verify", "--data-dir", data_dir]);
+    assert_eq!(code, 0, "clean ledger must verify: {stdout} {stderr}");
+
+    let store = keel_store::Store::open(&data.join("keel.sqlite").display().to_string()).await.unwrap();
+    store
+        .tamper_sqlite("UPDATE journal SET data = '{\"amount\":1000000}' WHERE seq = 7")
+        .await
+        .unwrap();
+    store.close().await;
+    let (code, stdout, _) = keel(&["audit", "verify", "--data-dir", data_dir, "--json"]);
+    assert_eq!(code, 1, "tampering must fail verification: {stdout}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["ok"], false);
+    assert_eq!(report["findings"][0]["seq"], 7);
+    assert_eq!(report["findings"][0]["leaf_index"], 6);
+    assert!(report["findings"][0]["problem"].as_str().unwrap().contains("data was changed"));
+    let (code, stdout, _) = keel(&["audit", "verify", "--data-dir", data_dir]);
+    assert_eq!(code, 1);
+    assert!(stdout.contains("first bad leaf: 6"), "{stdout}");
+
+    // The proof checked before still checks: it commits to the leaf, not to the data.
+    let mut tampered: Value = serde_json::from_str(&std::fs::read_to_string(&proof_file).unwrap()).unwrap();
+    tampered["leaf_index"] = json!(2);
+    std::fs::write(&proof_file, tampered.to_string()).unwrap();
+    let (code, _, _) = keel(&["audit", "check-proof", proof_file.to_str().unwrap(), "--key", key]);
+    assert_eq!(code, 1, "a proof for another index must not verify");
+}
+
+#[test]
+fn check_reports_errors_with_positions_and_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.yaml");
+    std::fs::write(&broken, CRASH_WORKFLOW.replace("goto", "x").replace("  - id: done\n    end: { outcome: paid }\n", "")).unwrap();
+    let (code, _, stderr) = keel(&["check", broken.to_str().unwrap()]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("broken.yaml:"), "{stderr}");
+    let (code, stdout, _) = keel(&["check", "--json", broken.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert!(report["errors"].as_u64().unwrap() >= 1);
+    assert!(report["diagnostics"][0]["line"].as_u64().unwrap() > 0);
+
+    let good = dir.path().join("good.yaml");
+    std::fs::write(&good, CRASH_WORKFLOW).unwrap();
+    let (code, _, stderr) = keel(&["check", good.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../workflows");
+    let (code, _, stderr) = keel(&["check", examples.to_str().unwrap()]);
+    assert_eq!(code, 0, "the bundled workflows must check: {stderr}");
+}

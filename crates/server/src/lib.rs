@@ -1,0 +1,110 @@
+//! Keel's HTTP API: the only crate that knows HTTP.
+//!
+//! [`router`] builds the axum application over a running [`Engine`]; [`serve`] runs it on a
+//! listener until a shutdown future resolves. Handlers are thin: they parse the request, call
+//! one engine method and shape the answer. Every error leaves as an RFC 9457 problem
+//! ([`problem`]); the OpenAPI document at `/v1/openapi.json` describes every endpoint and the
+//! Swagger UI at `/docs` renders it.
+
+mod audit;
+mod cases;
+mod extract;
+mod health;
+mod openapi;
+mod problem;
+mod workflows;
+
+use std::future::Future;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::routing::{get, post};
+use axum::Router;
+use keel_engine::Engine;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
+use tower_http::LatencyUnit;
+use tracing::Level;
+use utoipa_swagger_ui::SwaggerUi;
+
+pub use openapi::ApiDoc;
+
+/// How the HTTP server behaves; `ServerOptions::default()` suits most deployments.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Largest request body accepted, in bytes; larger bodies get a 413 problem.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions { max_body_bytes: 2 * 1024 * 1024 }
+    }
+}
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub engine: Engine,
+    /// The OpenAPI document, serialized once.
+    pub openapi_json: Bytes,
+}
+
+/// The whole API over `engine`.
+pub fn router(engine: Engine, options: ServerOptions) -> Router {
+    let state = AppState { engine, openapi_json: openapi::document_bytes() };
+    let max_body_bytes = options.max_body_bytes;
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/v1/workflows", get(workflows::list_workflows))
+        .route("/v1/workflows/{name}/cases", post(cases::submit_case))
+        .route("/v1/cases", get(cases::list_cases))
+        .route("/v1/cases/{id}", get(cases::get_case))
+        .route("/v1/cases/{id}/signals/{name}", post(cases::signal_case))
+        .route("/v1/audit/checkpoint", get(audit::checkpoint))
+        .route("/v1/audit/proof/inclusion", get(audit::inclusion_proof))
+        .route("/v1/audit/proof/consistency", get(audit::consistency_proof))
+        .route("/v1/openapi.json", get(openapi::openapi_json))
+        .merge(SwaggerUi::new("/docs").config(utoipa_swagger_ui::Config::from("/v1/openapi.json")))
+        .fallback(problem::not_found)
+        .method_not_allowed_fallback(problem::method_not_allowed)
+        .with_state(state)
+        // The tower-http limit covers every way a body is read; axum's own default limit
+        // would only duplicate it with a different number.
+        .layer(DefaultBodyLimit::disable())
+        .layer(RequestBodyLimitLayer::new(max_body_bytes))
+        .layer(axum::middleware::map_response(move |response| async move {
+            problem::payload_too_large_as_problem(response, max_body_bytes)
+        }))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_response(DefaultOnResponse::new().level(Level::INFO).latency_unit(LatencyUnit::Millis))
+                .on_failure(DefaultOnFailure::new().level(Level::ERROR)),
+        )
+}
+
+/// One span per request, named by its route so that logs group by endpoint.
+fn request_span(request: &Request) -> tracing::Span {
+    let route = request.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
+    tracing::info_span!(
+        "http_request",
+        method = %request.method(),
+        path = %request.uri().path(),
+        route,
+    )
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then lets in-flight requests finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    engine: Engine,
+    options: ServerOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    if let Ok(address) = listener.local_addr() {
+        tracing::info!(%address, "serving the HTTP API");
+    }
+    axum::serve(listener, router(engine, options)).with_graceful_shutdown(shutdown).await
+}

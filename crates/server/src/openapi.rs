@@ -1,0 +1,62 @@
+//! The OpenAPI 3.1 document (`GET /v1/openapi.json`), generated from the handlers' annotations,
+//! which the Swagger UI at `/docs` renders.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use utoipa::OpenApi;
+
+use crate::{audit, cases, health, problem, workflows, AppState};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Keel API",
+        description = "Deterministic workflows with a tamper-evident ledger. Every error is RFC 9457 problem JSON."
+    ),
+    paths(
+        health::healthz,
+        health::readyz,
+        workflows::list_workflows,
+        cases::submit_case,
+        cases::list_cases,
+        cases::get_case,
+        cases::signal_case,
+        audit::checkpoint,
+        audit::inclusion_proof,
+        audit::consistency_proof,
+        openapi_json,
+    ),
+    components(schemas(problem::ProblemBody, problem::ViolationBody)),
+    tags(
+        (name = "health", description = "Liveness and readiness"),
+        (name = "workflows", description = "Deployed workflows"),
+        (name = "cases", description = "Cases: submit, read, list, signal"),
+        (name = "audit", description = "Signed checkpoints and Merkle proofs"),
+        (name = "meta", description = "This document"),
+    )
+)]
+pub struct ApiDoc;
+
+/// This document.
+#[utoipa::path(
+    get,
+    path = "/v1/openapi.json",
+    tag = "meta",
+    responses((status = 200, description = "The OpenAPI 3.1 document", body = serde_json::Value))
+)]
+pub async fn openapi_json(State(state): State<AppState>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], state.openapi_json)
+}
+
+/// The document serialized once, at start-up.
+pub fn document_bytes() -> Bytes {
+    match ApiDoc::openapi().to_json() {
+        Ok(json) => Bytes::from(json),
+        Err(error) => {
+            tracing::error!(%error, "cannot serialize the OpenAPI document; serving an empty one");
+            Bytes::from_static(b"{}")
+        }
+    }
+}

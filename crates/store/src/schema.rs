@@ -1,0 +1,140 @@
+//! Migrations, one list per backend. Same tables and columns on both; only types and the
+//! append-only triggers differ. Applied in order inside a transaction; each is recorded in
+//! `keel_migrations` so a start-up on an existing database applies only what is new.
+
+/// (version, SQL) for SQLite.
+pub const SQLITE: &[(i64, &str)] = &[(
+    1,
+    r#"
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE workflows (
+    name TEXT NOT NULL,
+    version_no INTEGER NOT NULL,
+    label TEXT NOT NULL,
+    source TEXT NOT NULL,
+    source_sha256 TEXT NOT NULL,
+    file TEXT NOT NULL,
+    deployed_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (name, version_no)
+);
+CREATE TABLE cases (
+    id TEXT PRIMARY KEY,
+    workflow TEXT NOT NULL,
+    workflow_version INTEGER NOT NULL,
+    idempotency_key TEXT,
+    status TEXT NOT NULL,
+    current_step TEXT,
+    state TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    runnable_at_ms INTEGER,
+    lease_owner TEXT,
+    lease_until_ms INTEGER,
+    sla_due_ms INTEGER,
+    sla_breached INTEGER NOT NULL DEFAULT 0,
+    created_at_ms INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX cases_idempotency ON cases (workflow, idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE INDEX cases_runnable ON cases (runnable_at_ms) WHERE runnable_at_ms IS NOT NULL;
+CREATE INDEX cases_sla ON cases (sla_due_ms) WHERE sla_due_ms IS NOT NULL;
+CREATE INDEX cases_list ON cases (workflow, status, id);
+CREATE TABLE journal (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    actor_type TEXT NOT NULL,
+    actor_id TEXT NOT NULL,
+    case_id TEXT,
+    workflow TEXT,
+    step TEXT,
+    task_id TEXT,
+    exception_id TEXT,
+    data TEXT NOT NULL,
+    data_sha256 TEXT NOT NULL
+);
+CREATE INDEX journal_case ON journal (case_id, seq);
+CREATE TABLE ledger_leaves (leaf_index INTEGER PRIMARY KEY, seq INTEGER NOT NULL UNIQUE, leaf_hash BLOB NOT NULL);
+CREATE TABLE ledger_nodes (level INTEGER NOT NULL, idx INTEGER NOT NULL, hash BLOB NOT NULL, PRIMARY KEY (level, idx));
+CREATE TABLE checkpoints (tree_size INTEGER PRIMARY KEY, root BLOB NOT NULL, note TEXT NOT NULL, at_ms INTEGER NOT NULL);
+CREATE TABLE leases (name TEXT PRIMARY KEY, owner TEXT NOT NULL, until_ms INTEGER NOT NULL);
+CREATE TRIGGER journal_no_update BEFORE UPDATE ON journal BEGIN SELECT RAISE(ABORT, 'keel: journal is append-only'); END;
+CREATE TRIGGER journal_no_delete BEFORE DELETE ON journal BEGIN SELECT RAISE(ABORT, 'keel: journal is append-only'); END;
+CREATE TRIGGER leaves_no_update BEFORE UPDATE ON ledger_leaves BEGIN SELECT RAISE(ABORT, 'keel: ledger_leaves is append-only'); END;
+CREATE TRIGGER leaves_no_delete BEFORE DELETE ON ledger_leaves BEGIN SELECT RAISE(ABORT, 'keel: ledger_leaves is append-only'); END;
+CREATE TRIGGER nodes_no_update BEFORE UPDATE ON ledger_nodes BEGIN SELECT RAISE(ABORT, 'keel: ledger_nodes is append-only'); END;
+CREATE TRIGGER nodes_no_delete BEFORE DELETE ON ledger_nodes BEGIN SELECT RAISE(ABORT, 'keel: ledger_nodes is append-only'); END;
+CREATE TRIGGER checkpoints_no_update BEFORE UPDATE ON checkpoints BEGIN SELECT RAISE(ABORT, 'keel: checkpoints is append-only'); END;
+CREATE TRIGGER checkpoints_no_delete BEFORE DELETE ON checkpoints BEGIN SELECT RAISE(ABORT, 'keel: checkpoints is append-only'); END;
+"#,
+)];
+
+/// (version, SQL) for PostgreSQL.
+pub const POSTGRES: &[(i64, &str)] = &[(
+    1,
+    r#"
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE workflows (
+    name TEXT NOT NULL,
+    version_no BIGINT NOT NULL,
+    label TEXT NOT NULL,
+    source TEXT NOT NULL,
+    source_sha256 TEXT NOT NULL,
+    file TEXT NOT NULL,
+    deployed_at_ms BIGINT NOT NULL,
+    PRIMARY KEY (name, version_no)
+);
+CREATE TABLE cases (
+    id TEXT PRIMARY KEY,
+    workflow TEXT NOT NULL,
+    workflow_version BIGINT NOT NULL,
+    idempotency_key TEXT,
+    status TEXT NOT NULL,
+    current_step TEXT,
+    state TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    runnable_at_ms BIGINT,
+    lease_owner TEXT,
+    lease_until_ms BIGINT,
+    sla_due_ms BIGINT,
+    sla_breached BIGINT NOT NULL DEFAULT 0,
+    created_at_ms BIGINT NOT NULL,
+    updated_at_ms BIGINT NOT NULL
+);
+CREATE UNIQUE INDEX cases_idempotency ON cases (workflow, idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE INDEX cases_runnable ON cases (runnable_at_ms) WHERE runnable_at_ms IS NOT NULL;
+CREATE INDEX cases_sla ON cases (sla_due_ms) WHERE sla_due_ms IS NOT NULL;
+CREATE INDEX cases_list ON cases (workflow, status, id);
+CREATE TABLE journal (
+    seq BIGSERIAL PRIMARY KEY,
+    at TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    actor_type TEXT NOT NULL,
+    actor_id TEXT NOT NULL,
+    case_id TEXT,
+    workflow TEXT,
+    step TEXT,
+    task_id TEXT,
+    exception_id TEXT,
+    data TEXT NOT NULL,
+    data_sha256 TEXT NOT NULL
+);
+CREATE INDEX journal_case ON journal (case_id, seq);
+CREATE TABLE ledger_leaves (leaf_index BIGINT PRIMARY KEY, seq BIGINT NOT NULL UNIQUE, leaf_hash BYTEA NOT NULL);
+CREATE TABLE ledger_nodes (level BIGINT NOT NULL, idx BIGINT NOT NULL, hash BYTEA NOT NULL, PRIMARY KEY (level, idx));
+CREATE TABLE checkpoints (tree_size BIGINT PRIMARY KEY, root BYTEA NOT NULL, note TEXT NOT NULL, at_ms BIGINT NOT NULL);
+CREATE TABLE leases (name TEXT PRIMARY KEY, owner TEXT NOT NULL, until_ms BIGINT NOT NULL);
+CREATE FUNCTION keel_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'keel: % is append-only', TG_TABLE_NAME;
+END
+$$;
+CREATE TRIGGER journal_append_only BEFORE UPDATE OR DELETE ON journal FOR EACH ROW EXECUTE FUNCTION keel_append_only();
+CREATE TRIGGER journal_no_truncate BEFORE TRUNCATE ON journal FOR EACH STATEMENT EXECUTE FUNCTION keel_append_only();
+CREATE TRIGGER leaves_append_only BEFORE UPDATE OR DELETE ON ledger_leaves FOR EACH ROW EXECUTE FUNCTION keel_append_only();
+CREATE TRIGGER leaves_no_truncate BEFORE TRUNCATE ON ledger_leaves FOR EACH STATEMENT EXECUTE FUNCTION keel_append_only();
+CREATE TRIGGER nodes_append_only BEFORE UPDATE OR DELETE ON ledger_nodes FOR EACH ROW EXECUTE FUNCTION keel_append_only();
+CREATE TRIGGER nodes_no_truncate BEFORE TRUNCATE ON ledger_nodes FOR EACH STATEMENT EXECUTE FUNCTION keel_append_only();
+CREATE TRIGGER checkpoints_append_only BEFORE UPDATE OR DELETE ON checkpoints FOR EACH ROW EXECUTE FUNCTION keel_append_only();
+CREATE TRIGGER checkpoints_no_truncate BEFORE TRUNCATE ON checkpoints FOR EACH STATEMENT EXECUTE FUNCTION keel_append_only();
+"#,
+)];
