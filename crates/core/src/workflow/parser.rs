@@ -209,11 +209,18 @@ impl Checker<'_> {
         let root = match yaml::load(self.source) {
             Ok(root) => root,
             Err(error) => {
+                let hint = if error.message.contains("duplicated key") {
+                    "a key may appear only once in a mapping; remove or rename one"
+                } else if error.message.contains("empty") {
+                    "a workflow needs at least `name`, `version`, `input` and `steps`"
+                } else {
+                    "check indentation, quotes and brackets around here"
+                };
                 self.error(
                     "yaml-syntax",
                     error.span,
                     format!("invalid YAML: {}", error.message),
-                    "check indentation, quotes and brackets around here".to_string(),
+                    hint.to_string(),
                 );
                 return None;
             }
