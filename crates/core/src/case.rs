@@ -610,6 +610,7 @@ impl<'w> Run<'w> {
         )
     }
 
+    #[allow(clippy::result_large_err)] // the error is the rare stop command, built once
     fn decide(&mut self, state: &mut CaseState, decide: &Decide) -> Result<Value, Command> {
         let act = self.activation(state);
         let mut columns = Vec::with_capacity(decide.columns.len());

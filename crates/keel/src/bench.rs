@@ -117,7 +117,7 @@ impl BenchDatabase {
             return Ok(BenchDatabase { url, _dir: dir, postgres_admin: None });
         };
         let name = format!("keel_bench_{}", std::process::id());
-        let admin = sqlx_admin(admin_url, &format!("DROP DATABASE IF EXISTS {name}")).await;
+        let admin = sqlx_admin(admin_url, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
         admin.and(sqlx_admin(admin_url, &format!("CREATE DATABASE {name}")).await)?;
         let base = admin_url.rsplit_once('/').map_or(admin_url, |(base, _)| base);
         Ok(BenchDatabase { url: format!("{base}/{name}"), _dir: dir, postgres_admin: Some((admin_url.to_string(), name)) })
@@ -136,7 +136,7 @@ impl BenchDatabase {
 
     async fn drop_database(&self) {
         if let Some((admin, name)) = &self.postgres_admin {
-            let _ = sqlx_admin(admin, &format!("DROP DATABASE IF EXISTS {name}")).await;
+            let _ = sqlx_admin(admin, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
         }
     }
 }

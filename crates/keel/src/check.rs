@@ -25,10 +25,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let mut checked = 0;
     for file in &files {
         checked += 1;
-        let diagnostics = match workflow::parse_file(file) {
-            Ok(_) => Vec::new(),
-            Err(diagnostics) => diagnostics,
-        };
+        let diagnostics = workflow::check_file(file).diagnostics;
         if !args.json {
             let source = std::fs::read_to_string(file).unwrap_or_default();
             for diagnostic in &diagnostics {
