@@ -280,7 +280,11 @@ pub(crate) async fn execute(http: &reqwest::Client, request: &ActionRequest) -> 
         .timeout(Duration::from_millis(request.timeout_ms))
         .header("Idempotency-Key", &request.idempotency_key);
     for (name, value) in &request.headers {
-        builder = builder.header(name, value);
+        // The engine's key is the contract (one per case, step and attempt); a workflow
+        // header cannot replace it.
+        if !name.eq_ignore_ascii_case("idempotency-key") {
+            builder = builder.header(name, value);
+        }
     }
     if let Some(body) = &request.body {
         builder = builder.json(body);
