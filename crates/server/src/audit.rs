@@ -61,7 +61,12 @@ pub async fn checkpoint(State(state): State<AppState>) -> Result<Json<Checkpoint
             "no checkpoint has been written yet; the sequencer writes one within a second of the first entry",
         ));
     };
-    Ok(Json(CheckpointBody { tree_size: signed.size, root: hex::encode(signed.root), note, verifier_key }))
+    Ok(Json(CheckpointBody {
+        tree_size: signed.size,
+        root: hex::encode(signed.root),
+        note,
+        verifier_key,
+    }))
 }
 
 /// An inclusion proof of one leaf against a signed checkpoint.

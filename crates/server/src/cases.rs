@@ -42,7 +42,7 @@ pub struct CaseDetail {
     pub workflow_version: i64,
     /// `running`, `waiting`, `completed` or `failed`.
     pub status: String,
-    /// The step the case is at; absent once it finished.
+    /// The step the case is at; null once it finished.
     pub current_step: Option<String>,
     pub created_at: String,
     pub updated_at: String,
@@ -163,9 +163,15 @@ pub async fn submit_case(
 ) -> Result<Response, Problem> {
     let idempotency_key = idempotency_key(&headers)?;
     let input = input.ok_or_else(|| {
-        Problem::new(Kind::MalformedJson, "the request body is empty; send the case input as JSON")
+        Problem::new(
+            Kind::MalformedJson,
+            "the request body is empty; send the case input as JSON",
+        )
     })?;
-    let submitted = state.engine.submit(&workflow, input, idempotency_key).await?;
+    let submitted = state
+        .engine
+        .submit(&workflow, input, idempotency_key)
+        .await?;
     let body = SubmittedCase {
         case_id: submitted.case_id,
         workflow: submitted.workflow,
@@ -177,12 +183,19 @@ pub async fn submit_case(
         return Ok((StatusCode::OK, Json(body)).into_response());
     }
     let location = format!("/v1/cases/{}", body.case_id);
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(body)).into_response())
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(body),
+    )
+        .into_response())
 }
 
 /// The `Idempotency-Key` header, if sent: 1 to 255 visible ASCII characters.
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
-    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
     let invalid = || {
         Problem::new(
             Kind::InvalidParameter,
@@ -190,7 +203,10 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
         )
     };
     let key = value.to_str().map_err(|_| invalid())?;
-    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_CHARS || !key.bytes().all(|byte| byte.is_ascii_graphic()) {
+    if key.is_empty()
+        || key.len() > MAX_IDEMPOTENCY_KEY_CHARS
+        || !key.bytes().all(|byte| byte.is_ascii_graphic())
+    {
         return Err(invalid());
     }
     Ok(Some(key.to_string()))
@@ -207,10 +223,14 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
         (status = 404, description = "No such case", body = ProblemBody, content_type = "application/problem+json"),
     )
 )]
-pub async fn get_case(State(state): State<AppState>, ApiPath(id): ApiPath<String>) -> Result<Json<CaseDetail>, Problem> {
+pub async fn get_case(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<CaseDetail>, Problem> {
     let row = state.engine.case(&id).await?;
-    let case_state: CaseState = serde_json::from_str(&row.state)
-        .map_err(|error| Problem::internal(&format!("case {id} has unreadable stored state: {error}")))?;
+    let case_state: CaseState = serde_json::from_str(&row.state).map_err(|error| {
+        Problem::internal(&format!("case {id} has unreadable stored state: {error}"))
+    })?;
     let timeline = state.engine.timeline(&id).await?;
     Ok(Json(case_detail(row, case_state, &timeline)))
 }
@@ -233,7 +253,7 @@ fn case_detail(row: CaseRow, case_state: CaseState, timeline: &[JournalRow]) -> 
             message: error.message,
             details: error.details,
         }),
-        sla_breached: row.sla_breached || case_state.sla_breached,
+        sla_breached: case_state.sla_breached,
         sla_due_at: row.sla_due_ms.map(rfc3339_ms),
         runnable_at: row.runnable_at_ms.map(rfc3339_ms),
         timeline: timeline.iter().map(timeline_entry).collect(),
@@ -246,7 +266,10 @@ fn timeline_entry(row: &JournalRow) -> TimelineEntry {
         at: row.at.clone(),
         kind: row.kind.clone(),
         step: row.step.clone(),
-        actor: ActorBody { actor_type: row.actor_type.clone(), id: row.actor_id.clone() },
+        actor: ActorBody {
+            actor_type: row.actor_type.clone(),
+            id: row.actor_id.clone(),
+        },
         data: serde_json::from_str(&row.data).unwrap_or_else(|_| Value::String(row.data.clone())),
     }
 }
@@ -268,25 +291,43 @@ pub async fn list_cases(
 ) -> Result<Json<CaseList>, Problem> {
     let limit = query.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(Problem::new(Kind::InvalidParameter, format!("`limit` must be between 1 and {MAX_PAGE}")));
+        return Err(Problem::new(
+            Kind::InvalidParameter,
+            format!("`limit` must be between 1 and {MAX_PAGE}"),
+        ));
     }
     if let Some(status) = &query.status {
         serde_json::from_value::<Status>(Value::String(status.clone())).map_err(|_| {
-            Problem::new(Kind::InvalidParameter, "`status` must be one of running, waiting, completed, failed")
+            Problem::new(
+                Kind::InvalidParameter,
+                "`status` must be one of running, waiting, completed, failed",
+            )
         })?;
     }
     if let Some(cursor) = &query.cursor {
         uuid::Uuid::parse_str(cursor).map_err(|_| {
-            Problem::new(Kind::InvalidParameter, "`cursor` is not one this server gave out; pass `next_cursor` as it is")
+            Problem::new(
+                Kind::InvalidParameter,
+                "`cursor` is not one this server gave out; pass `next_cursor` as it is",
+            )
         })?;
     }
     // One row more than asked tells whether another page exists. At the largest page the store
     // cannot return the extra row, so a full page then only says there may be more.
-    let filter = CaseFilter { workflow: query.workflow, status: query.status, before_id: query.cursor, limit: limit + 1 };
+    let filter = CaseFilter {
+        workflow: query.workflow,
+        status: query.status,
+        before_id: query.cursor,
+        limit: limit + 1,
+    };
     let mut rows = state.engine.cases(&filter).await?;
     let more = rows.len() as i64 > limit || (limit == MAX_PAGE && rows.len() as i64 == limit);
     rows.truncate(limit as usize);
-    let next_cursor = if more { rows.last().map(|row| row.id.clone()) } else { None };
+    let next_cursor = if more {
+        rows.last().map(|row| row.id.clone())
+    } else {
+        None
+    };
     let cases = rows.into_iter().map(case_summary).collect();
     Ok(Json(CaseList { cases, next_cursor }))
 }
@@ -310,7 +351,7 @@ fn case_summary(row: CaseRow) -> CaseSummary {
     path = "/v1/cases/{id}/signals/{name}",
     tag = "cases",
     params(("id" = String, Path, description = "Case id"), ("name" = String, Path, description = "Signal name")),
-    request_body(content = Value, description = "The signal's payload, any JSON; an empty body is null", content_type = "application/json"),
+    request_body(content = Option<Value>, description = "The signal's payload, any JSON; an empty body is null", content_type = "application/json"),
     responses(
         (status = 202, body = SignalAccepted),
         (status = 400, description = "Malformed JSON", body = ProblemBody, content_type = "application/problem+json"),
@@ -324,6 +365,12 @@ pub async fn signal_case(
     ApiPath((case_id, signal)): ApiPath<(String, String)>,
     JsonBody(payload): JsonBody,
 ) -> Result<(StatusCode, Json<SignalAccepted>), Problem> {
-    state.engine.signal(&case_id, &signal, payload.unwrap_or(Value::Null)).await?;
-    Ok((StatusCode::ACCEPTED, Json(SignalAccepted { case_id, signal })))
+    state
+        .engine
+        .signal(&case_id, &signal, payload.unwrap_or(Value::Null))
+        .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(SignalAccepted { case_id, signal }),
+    ))
 }

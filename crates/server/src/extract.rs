@@ -28,28 +28,46 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
                 ));
             }
         }
-        let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                Problem::new(Kind::PayloadTooLarge, "the request body is larger than the server accepts")
-            } else {
-                Problem::new(Kind::MalformedJson, format!("cannot read the request body: {}", rejection.body_text()))
-            }
-        })?;
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    Problem::new(
+                        Kind::PayloadTooLarge,
+                        "the request body is larger than the server accepts",
+                    )
+                } else {
+                    Problem::new(
+                        Kind::MalformedJson,
+                        format!("cannot read the request body: {}", rejection.body_text()),
+                    )
+                }
+            })?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(JsonBody(None));
         }
-        serde_json::from_slice(&bytes).map(|value| JsonBody(Some(value))).map_err(|error| {
-            Problem::new(
-                Kind::MalformedJson,
-                format!("the request body is not valid JSON: {error}; fix it and send it again"),
-            )
-        })
+        serde_json::from_slice(&bytes)
+            .map(|value| JsonBody(Some(value)))
+            .map_err(|error| {
+                Problem::new(
+                    Kind::MalformedJson,
+                    format!(
+                        "the request body is not valid JSON: {error}; fix it and send it again"
+                    ),
+                )
+            })
     }
 }
 
 fn is_json_media_type(content_type: &str) -> bool {
-    let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 /// `Query<T>` with a problem as its rejection.

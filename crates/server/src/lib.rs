@@ -38,7 +38,9 @@ pub struct ServerOptions {
 
 impl Default for ServerOptions {
     fn default() -> Self {
-        ServerOptions { max_body_bytes: 2 * 1024 * 1024 }
+        ServerOptions {
+            max_body_bytes: 2 * 1024 * 1024,
+        }
     }
 }
 
@@ -52,7 +54,10 @@ pub(crate) struct AppState {
 
 /// The whole API over `engine`.
 pub fn router(engine: Engine, options: ServerOptions) -> Router {
-    let state = AppState { engine, openapi_json: openapi::document_bytes() };
+    let state = AppState {
+        engine,
+        openapi_json: openapi::document_bytes(),
+    };
     let max_body_bytes = options.max_body_bytes;
     Router::new()
         .route("/healthz", get(health::healthz))
@@ -80,14 +85,21 @@ pub fn router(engine: Engine, options: ServerOptions) -> Router {
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(request_span)
-                .on_response(DefaultOnResponse::new().level(Level::INFO).latency_unit(LatencyUnit::Millis))
+                .on_response(
+                    DefaultOnResponse::new()
+                        .level(Level::INFO)
+                        .latency_unit(LatencyUnit::Millis),
+                )
                 .on_failure(DefaultOnFailure::new().level(Level::ERROR)),
         )
 }
 
 /// One span per request, named by its route so that logs group by endpoint.
 fn request_span(request: &Request) -> tracing::Span {
-    let route = request.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(MatchedPath::as_str);
     tracing::info_span!(
         "http_request",
         method = %request.method(),
@@ -106,5 +118,7 @@ pub async fn serve(
     if let Ok(address) = listener.local_addr() {
         tracing::info!(%address, "serving the HTTP API");
     }
-    axum::serve(listener, router(engine, options)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(engine, options))
+        .with_graceful_shutdown(shutdown)
+        .await
 }

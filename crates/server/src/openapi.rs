@@ -47,7 +47,10 @@ pub struct ApiDoc;
     responses((status = 200, description = "The OpenAPI 3.1 document", body = serde_json::Value))
 )]
 pub async fn openapi_json(State(state): State<AppState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], state.openapi_json)
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        state.openapi_json,
+    )
 }
 
 /// The document serialized once, at start-up.

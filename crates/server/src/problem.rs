@@ -132,7 +132,11 @@ pub struct ViolationBody {
 
 impl Problem {
     pub fn new(kind: Kind, detail: impl Into<String>) -> Problem {
-        Problem { kind, detail: detail.into(), violations: Vec::new() }
+        Problem {
+            kind,
+            detail: detail.into(),
+            violations: Vec::new(),
+        }
     }
 
     /// An internal failure: the detail is logged and the client gets a generic message.
@@ -143,10 +147,6 @@ impl Problem {
             "the server failed to handle the request; the cause is in its log. Retrying reads is \
              safe; retry a submission only with the same Idempotency-Key",
         )
-    }
-
-    pub fn kind(&self) -> Kind {
-        self.kind
     }
 
     fn body(&self) -> ProblemBody {
@@ -180,9 +180,15 @@ impl IntoResponse for Problem {
         };
         let mut response = (self.kind.status(), body).into_response();
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_CONTENT_TYPE));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(PROBLEM_CONTENT_TYPE),
+        );
         if self.kind == Kind::ShuttingDown {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(SHUTTING_DOWN_RETRY_AFTER_S));
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(SHUTTING_DOWN_RETRY_AFTER_S),
+            );
         }
         response
     }
@@ -195,7 +201,11 @@ impl From<keel_engine::Error> for Problem {
         match error {
             Error::UnknownWorkflow(_) => Problem::new(Kind::UnknownWorkflow, detail),
             Error::UnknownCase(_) => Problem::new(Kind::UnknownCase, detail),
-            Error::InvalidInput(violations) => Problem { kind: Kind::InvalidInput, detail, violations },
+            Error::InvalidInput(violations) => Problem {
+                kind: Kind::InvalidInput,
+                detail,
+                violations,
+            },
             Error::TooLarge { .. } => Problem::new(Kind::PayloadTooLarge, detail),
             Error::Contended => Problem::new(Kind::Contended, detail),
             Error::ShuttingDown => Problem::new(Kind::ShuttingDown, detail),
@@ -225,7 +235,10 @@ pub fn payload_too_large_as_problem(response: Response, max_body_bytes: usize) -
 
 /// Fallback for paths no route matches.
 pub async fn not_found() -> Problem {
-    Problem::new(Kind::NotFound, "no resource at this path; GET /v1/openapi.json lists every endpoint")
+    Problem::new(
+        Kind::NotFound,
+        "no resource at this path; GET /v1/openapi.json lists every endpoint",
+    )
 }
 
 /// Fallback for a known path with the wrong method.

@@ -37,8 +37,12 @@ pub async fn list_workflows(State(state): State<AppState>) -> Json<WorkflowList>
         .map(|(name, version, label)| {
             let definition = registry.version(&name, version);
             WorkflowSummary {
-                description: definition.as_ref().and_then(|definition| definition.description.clone()),
-                input_schema: definition.map_or(Value::Null, |definition| definition.input_schema.json().clone()),
+                description: definition
+                    .as_ref()
+                    .and_then(|definition| definition.description.clone()),
+                input_schema: definition.map_or(Value::Null, |definition| {
+                    definition.input_schema.json().clone()
+                }),
                 name,
                 version,
                 label,

@@ -67,40 +67,81 @@ async fn spawn_app() -> TestApp {
 async fn spawn_app_with(options: ServerOptions) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let database = dir.path().join("keel.db");
-    let store = keel_store::Store::open(database.to_str().unwrap()).await.unwrap();
-    let engine_options = Options { data_dir: dir.path().to_path_buf(), node_id: "test-node".into(), ..Default::default() };
-    let engine = Engine::start(store, engine_options, Arc::new(SystemClock)).await.unwrap();
-    engine.deploy_source(APPROVAL_WORKFLOW, "approval.yaml").await.unwrap();
+    let store = keel_store::Store::open(database.to_str().unwrap())
+        .await
+        .unwrap();
+    let engine_options = Options {
+        data_dir: dir.path().to_path_buf(),
+        node_id: "test-node".into(),
+        ..Default::default()
+    };
+    let engine = Engine::start(store, engine_options, Arc::new(SystemClock))
+        .await
+        .unwrap();
+    engine
+        .deploy_source(APPROVAL_WORKFLOW, "approval.yaml")
+        .await
+        .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(keel_server::serve(listener, engine.clone(), options, std::future::pending()));
-    TestApp { base, client: reqwest::Client::new(), engine, _dir: dir }
+    tokio::spawn(keel_server::serve(
+        listener,
+        engine.clone(),
+        options,
+        std::future::pending(),
+    ));
+    TestApp {
+        base,
+        client: reqwest::Client::new(),
+        engine,
+        _dir: dir,
+    }
 }
 
 impl TestApp {
     async fn get(&self, path: &str) -> Response {
-        self.client.get(format!("{}{path}", self.base)).send().await.unwrap()
+        self.client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap()
     }
 
     async fn post_json(&self, path: &str, body: &Value) -> Response {
-        self.client.post(format!("{}{path}", self.base)).json(body).send().await.unwrap()
+        self.client
+            .post(format!("{}{path}", self.base))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
     }
 
     async fn submit(&self, input: &Value) -> String {
         let response = self.post_json("/v1/workflows/approval/cases", input).await;
         assert_eq!(response.status(), StatusCode::CREATED);
-        response.json::<Value>().await.unwrap()["case_id"].as_str().unwrap().to_string()
+        response.json::<Value>().await.unwrap()["case_id"]
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 
     /// Polls the case until `done` holds for it, for at most ten seconds.
     async fn case_until(&self, id: &str, done: impl Fn(&Value) -> bool) -> Value {
         let started = Instant::now();
         loop {
-            let case: Value = self.get(&format!("/v1/cases/{id}")).await.json().await.unwrap();
+            let case: Value = self
+                .get(&format!("/v1/cases/{id}"))
+                .await
+                .json()
+                .await
+                .unwrap();
             if done(&case) {
                 return case;
             }
-            assert!(started.elapsed() < Duration::from_secs(10), "case never reached the state: {case:#}");
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "case never reached the state: {case:#}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -109,27 +150,46 @@ impl TestApp {
 /// Asserts that `response` is a problem of type `slug` with `status`, and returns its body.
 async fn expect_problem(response: Response, status: StatusCode, slug: &str) -> Value {
     assert_eq!(response.status(), status);
-    let content_type = response.headers()["content-type"].to_str().unwrap().to_string();
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_string();
     assert_eq!(content_type, "application/problem+json");
     let problem: Value = response.json().await.unwrap();
-    assert_eq!(problem["type"], format!("https://keel.dev/problems/{slug}"), "{problem:#}");
+    assert_eq!(
+        problem["type"],
+        format!("https://keel.dev/problems/{slug}"),
+        "{problem:#}"
+    );
     assert_eq!(problem["status"], status.as_u16());
-    assert!(problem["title"].is_string() && problem["detail"].is_string(), "{problem:#}");
+    assert!(
+        problem["title"].is_string() && problem["detail"].is_string(),
+        "{problem:#}"
+    );
     problem
 }
 
 #[tokio::test]
 async fn health_readiness_and_workflows() {
     let app = spawn_app().await;
-    assert_eq!(app.get("/healthz").await.json::<Value>().await.unwrap(), json!({"status": "ok"}));
-    assert_eq!(app.get("/readyz").await.json::<Value>().await.unwrap(), json!({"status": "ready"}));
+    assert_eq!(
+        app.get("/healthz").await.json::<Value>().await.unwrap(),
+        json!({"status": "ok"})
+    );
+    assert_eq!(
+        app.get("/readyz").await.json::<Value>().await.unwrap(),
+        json!({"status": "ready"})
+    );
     let workflows: Value = app.get("/v1/workflows").await.json().await.unwrap();
     let workflows = workflows["workflows"].as_array().unwrap();
     assert_eq!(workflows.len(), 1);
     assert_eq!(workflows[0]["name"], "approval");
     assert_eq!(workflows[0]["version"], 1);
     assert_eq!(workflows[0]["label"], "1");
-    assert_eq!(workflows[0]["input_schema"]["required"], json!(["id", "amount"]));
+    assert_eq!(
+        workflows[0]["input_schema"]["required"],
+        json!(["id", "amount"])
+    );
 }
 
 #[tokio::test]
@@ -137,14 +197,31 @@ async fn a_repeated_idempotency_key_returns_the_first_case() {
     let app = spawn_app().await;
     let url = format!("{}/v1/workflows/approval/cases", app.base);
     let input = json!({"id": "inv-1", "amount": 10});
-    let first = app.client.post(&url).header("Idempotency-Key", "order-1").json(&input).send().await.unwrap();
+    let first = app
+        .client
+        .post(&url)
+        .header("Idempotency-Key", "order-1")
+        .json(&input)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(first.status(), StatusCode::CREATED);
     let location = first.headers()["location"].to_str().unwrap().to_string();
     let first: Value = first.json().await.unwrap();
     assert_eq!(first["created"], true);
-    assert_eq!(location, format!("/v1/cases/{}", first["case_id"].as_str().unwrap()));
+    assert_eq!(
+        location,
+        format!("/v1/cases/{}", first["case_id"].as_str().unwrap())
+    );
 
-    let second = app.client.post(&url).header("Idempotency-Key", "order-1").json(&input).send().await.unwrap();
+    let second = app
+        .client
+        .post(&url)
+        .header("Idempotency-Key", "order-1")
+        .json(&input)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(second.status(), StatusCode::OK);
     let second: Value = second.json().await.unwrap();
     assert_eq!(second["created"], false);
@@ -155,20 +232,37 @@ async fn a_repeated_idempotency_key_returns_the_first_case() {
     assert_eq!(listed["cases"][0]["id"], first["case_id"]);
 
     let too_long = "k".repeat(256);
-    let response = app.client.post(&url).header("Idempotency-Key", too_long).json(&input).send().await.unwrap();
+    let response = app
+        .client
+        .post(&url)
+        .header("Idempotency-Key", too_long)
+        .json(&input)
+        .send()
+        .await
+        .unwrap();
     expect_problem(response, StatusCode::BAD_REQUEST, "invalid-parameter").await;
 }
 
 #[tokio::test]
 async fn invalid_input_lists_every_violation() {
     let app = spawn_app().await;
-    let response = app.post_json("/v1/workflows/approval/cases", &json!({"amount": "ten", "extra": true})).await;
+    let response = app
+        .post_json(
+            "/v1/workflows/approval/cases",
+            &json!({"amount": "ten", "extra": true}),
+        )
+        .await;
     let problem = expect_problem(response, StatusCode::UNPROCESSABLE_ENTITY, "invalid-input").await;
     let violations = problem["violations"].as_array().unwrap();
     // Missing `id`, `amount` not a number, `extra` not allowed.
     assert_eq!(violations.len(), 3, "{problem:#}");
-    assert!(violations.iter().all(|v| v["path"].is_string() && v["message"].is_string()));
-    assert!(violations.iter().any(|v| v["path"] == "/amount"), "{problem:#}");
+    assert!(violations
+        .iter()
+        .all(|v| v["path"].is_string() && v["message"].is_string()));
+    assert!(
+        violations.iter().any(|v| v["path"] == "/amount"),
+        "{problem:#}"
+    );
 }
 
 #[tokio::test]
@@ -184,19 +278,37 @@ async fn malformed_json_is_a_400_problem() {
         .unwrap();
     expect_problem(response, StatusCode::BAD_REQUEST, "malformed-json").await;
 
-    let response =
-        app.client.post(format!("{}/v1/workflows/approval/cases", app.base)).header("content-type", "text/plain").body("{}").send().await.unwrap();
-    expect_problem(response, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type").await;
+    let response = app
+        .client
+        .post(format!("{}/v1/workflows/approval/cases", app.base))
+        .header("content-type", "text/plain")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    expect_problem(
+        response,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported-media-type",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn oversized_bodies_are_413_problems() {
     // Over the server's body limit: refused before any handler runs.
-    let app = spawn_app_with(ServerOptions { max_body_bytes: 16 * 1024 }).await;
+    let app = spawn_app_with(ServerOptions {
+        max_body_bytes: 16 * 1024,
+    })
+    .await;
     let input = json!({"id": "x".repeat(20 * 1024), "amount": 1});
     let response = app.post_json("/v1/workflows/approval/cases", &input).await;
-    let problem = expect_problem(response, StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large").await;
-    assert!(problem["detail"].as_str().unwrap().contains("16384"), "{problem:#}");
+    let problem =
+        expect_problem(response, StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large").await;
+    assert!(
+        problem["detail"].as_str().unwrap().contains("16384"),
+        "{problem:#}"
+    );
 
     // Within the server's limit but over the engine's limit on case inputs.
     let app = spawn_app().await;
@@ -210,13 +322,35 @@ async fn unknown_things_are_404_problems() {
     let app = spawn_app().await;
     let response = app.post_json("/v1/workflows/nope/cases", &json!({})).await;
     expect_problem(response, StatusCode::NOT_FOUND, "unknown-workflow").await;
-    let response = app.get("/v1/cases/0190b7c4-0000-7000-8000-000000000000").await;
+    let response = app
+        .get("/v1/cases/0190b7c4-0000-7000-8000-000000000000")
+        .await;
     expect_problem(response, StatusCode::NOT_FOUND, "unknown-case").await;
-    let response = app.post_json("/v1/cases/0190b7c4-0000-7000-8000-000000000000/signals/approved", &json!(true)).await;
+    let response = app
+        .post_json(
+            "/v1/cases/0190b7c4-0000-7000-8000-000000000000/signals/approved",
+            &json!(true),
+        )
+        .await;
     expect_problem(response, StatusCode::NOT_FOUND, "unknown-case").await;
-    expect_problem(app.get("/v1/nothing-here").await, StatusCode::NOT_FOUND, "not-found").await;
-    let response = app.client.delete(format!("{}/v1/cases", app.base)).send().await.unwrap();
-    expect_problem(response, StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed").await;
+    expect_problem(
+        app.get("/v1/nothing-here").await,
+        StatusCode::NOT_FOUND,
+        "not-found",
+    )
+    .await;
+    let response = app
+        .client
+        .delete(format!("{}/v1/cases", app.base))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(
+        response,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -224,7 +358,10 @@ async fn cases_page_newest_first_with_a_cursor() {
     let app = spawn_app().await;
     let mut submitted = Vec::new();
     for index in 0..7 {
-        submitted.push(app.submit(&json!({"id": format!("inv-{index}"), "amount": index})).await);
+        submitted.push(
+            app.submit(&json!({"id": format!("inv-{index}"), "amount": index}))
+                .await,
+        );
     }
     let mut seen = Vec::new();
     let mut cursor: Option<String> = None;
@@ -236,7 +373,13 @@ async fn cases_page_newest_first_with_a_cursor() {
         };
         let page: Value = app.get(&path).await.json().await.unwrap();
         pages += 1;
-        seen.extend(page["cases"].as_array().unwrap().iter().map(|case| case["id"].as_str().unwrap().to_string()));
+        seen.extend(
+            page["cases"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|case| case["id"].as_str().unwrap().to_string()),
+        );
         match page["next_cursor"].as_str() {
             Some(next) => cursor = Some(next.to_string()),
             None => break,
@@ -245,13 +388,27 @@ async fn cases_page_newest_first_with_a_cursor() {
     }
     assert_eq!(pages, 3);
     submitted.reverse();
-    assert_eq!(seen, submitted, "pages are newest first, without duplicates or gaps");
+    assert_eq!(
+        seen, submitted,
+        "pages are newest first, without duplicates or gaps"
+    );
 
-    let other: Value = app.get("/v1/cases?workflow=other").await.json().await.unwrap();
+    let other: Value = app
+        .get("/v1/cases?workflow=other")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(other["cases"], json!([]));
     assert!(other.get("next_cursor").is_none());
 
-    for bad in ["limit=0", "limit=1001", "limit=ten", "status=sleeping", "cursor=not-a-cursor"] {
+    for bad in [
+        "limit=0",
+        "limit=1001",
+        "limit=ten",
+        "status=sleeping",
+        "cursor=not-a-cursor",
+    ] {
         let response = app.get(&format!("/v1/cases?{bad}")).await;
         expect_problem(response, StatusCode::BAD_REQUEST, "invalid-parameter").await;
     }
@@ -261,29 +418,57 @@ async fn cases_page_newest_first_with_a_cursor() {
 async fn a_signal_completes_a_waiting_case() {
     let app = spawn_app().await;
     let id = app.submit(&json!({"id": "inv-9", "amount": 21})).await;
-    let waiting = app.case_until(&id, |case| case["status"] == "waiting").await;
+    let waiting = app
+        .case_until(&id, |case| case["status"] == "waiting")
+        .await;
     assert_eq!(waiting["current_step"], "wait_for_approval");
     assert_eq!(waiting["data"]["total"], json!(42.0));
-    assert!(waiting["runnable_at"].is_string(), "the signal timeout is a deadline: {waiting:#}");
+    assert!(
+        waiting["runnable_at"].is_string(),
+        "the signal timeout is a deadline: {waiting:#}"
+    );
 
-    let response = app.post_json(&format!("/v1/cases/{id}/signals/approved"), &json!({"by": "ada"})).await;
+    let response = app
+        .post_json(
+            &format!("/v1/cases/{id}/signals/approved"),
+            &json!({"by": "ada"}),
+        )
+        .await;
     assert_eq!(response.status(), StatusCode::ACCEPTED);
-    assert_eq!(response.json::<Value>().await.unwrap(), json!({"case_id": id, "signal": "approved"}));
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        json!({"case_id": id, "signal": "approved"})
+    );
 
-    let completed = app.case_until(&id, |case| case["status"] == "completed").await;
+    let completed = app
+        .case_until(&id, |case| case["status"] == "completed")
+        .await;
     assert_eq!(completed["outcome"], "approved");
     assert_eq!(completed["data"]["approval"], json!({"by": "ada"}));
     assert_eq!(completed["input"], json!({"id": "inv-9", "amount": 21}));
     assert!(completed["error"].is_null());
-    let kinds: Vec<&str> = completed["timeline"].as_array().unwrap().iter().map(|entry| entry["kind"].as_str().unwrap()).collect();
+    let kinds: Vec<&str> = completed["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| entry["kind"].as_str().unwrap())
+        .collect();
     assert_eq!(kinds.first(), Some(&"case.created"), "{kinds:?}");
     assert_eq!(kinds.last(), Some(&"case.completed"), "{kinds:?}");
     let created = &completed["timeline"][0];
-    assert_eq!(created["data"]["input"], json!({"id": "inv-9", "amount": 21}));
+    assert_eq!(
+        created["data"]["input"],
+        json!({"id": "inv-9", "amount": 21})
+    );
     assert_eq!(created["actor"], json!({"type": "system", "id": "engine"}));
 
     // An empty body is a null payload.
-    let response = app.client.post(format!("{}/v1/cases/{id}/signals/ping", app.base)).send().await.unwrap();
+    let response = app
+        .client
+        .post(format!("{}/v1/cases/{id}/signals/ping", app.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::ACCEPTED);
 }
 
@@ -291,8 +476,17 @@ async fn a_signal_completes_a_waiting_case() {
 async fn the_openapi_document_lists_every_path_and_docs_render() {
     let app = spawn_app().await;
     let document: Value = app.get("/v1/openapi.json").await.json().await.unwrap();
-    assert!(document["openapi"].as_str().unwrap().starts_with("3.1"), "{}", document["openapi"]);
-    let listed: BTreeSet<&str> = document["paths"].as_object().unwrap().keys().map(String::as_str).collect();
+    assert!(
+        document["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        document["openapi"]
+    );
+    let listed: BTreeSet<&str> = document["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     let expected: BTreeSet<&str> = PATHS.iter().copied().collect();
     assert_eq!(listed, expected);
     assert!(document["components"]["schemas"]["ProblemBody"].is_object());
@@ -300,15 +494,28 @@ async fn the_openapi_document_lists_every_path_and_docs_render() {
 
     let docs = app.get("/docs").await;
     assert_eq!(docs.status(), StatusCode::OK);
-    assert!(docs.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(docs.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
     assert!(docs.text().await.unwrap().contains("swagger"));
 }
 
 #[tokio::test]
 async fn checkpoints_and_proofs_check_offline() {
     let app = spawn_app().await;
-    expect_problem(app.get("/v1/audit/checkpoint").await, StatusCode::NOT_FOUND, "no-checkpoint").await;
-    expect_problem(app.get("/v1/audit/proof/inclusion?index=0").await, StatusCode::BAD_REQUEST, "invalid-parameter").await;
+    expect_problem(
+        app.get("/v1/audit/checkpoint").await,
+        StatusCode::NOT_FOUND,
+        "no-checkpoint",
+    )
+    .await;
+    expect_problem(
+        app.get("/v1/audit/proof/inclusion?index=0").await,
+        StatusCode::BAD_REQUEST,
+        "invalid-parameter",
+    )
+    .await;
 
     app.submit(&json!({"id": "inv-1", "amount": 1})).await;
     app.submit(&json!({"id": "inv-2", "amount": 2})).await;
@@ -319,17 +526,29 @@ async fn checkpoints_and_proofs_check_offline() {
     assert_eq!(verifier_key, app.engine.verifier_key());
     let tree_size = checkpoint["tree_size"].as_u64().unwrap();
     assert!(tree_size >= 2, "{checkpoint:#}");
-    let signed = keel_ledger::verify_checkpoint(checkpoint["note"].as_str().unwrap(), verifier_key).unwrap();
+    let signed =
+        keel_ledger::verify_checkpoint(checkpoint["note"].as_str().unwrap(), verifier_key).unwrap();
     assert_eq!(signed.size, tree_size);
-    assert_eq!(hex::encode(signed.root), checkpoint["root"].as_str().unwrap());
+    assert_eq!(
+        hex::encode(signed.root),
+        checkpoint["root"].as_str().unwrap()
+    );
 
     for index in [0, tree_size - 1] {
-        let response = app.get(&format!("/v1/audit/proof/inclusion?index={index}&size={tree_size}")).await;
+        let response = app
+            .get(&format!(
+                "/v1/audit/proof/inclusion?index={index}&size={tree_size}"
+            ))
+            .await;
         assert_eq!(response.status(), StatusCode::OK);
         let document: keel_ledger::ProofDocument = response.json().await.unwrap();
         document.check(verifier_key).unwrap();
     }
-    let response = app.get(&format!("/v1/audit/proof/consistency?from=1&to={tree_size}")).await;
+    let response = app
+        .get(&format!(
+            "/v1/audit/proof/consistency?from=1&to={tree_size}"
+        ))
+        .await;
     assert_eq!(response.status(), StatusCode::OK);
     let document: keel_ledger::ProofDocument = response.json().await.unwrap();
     document.check(verifier_key).unwrap();
