@@ -125,10 +125,21 @@ fn check_proof(file: PathBuf, key: &str, json: bool) -> anyhow::Result<ExitCode>
         .with_context(|| format!("{} is not a proof document (see README: Proof documents)", file.display()))?;
     match document.check(key) {
         Ok(checked) => {
+            let checkpoint = checked.checkpoint();
+            let what = match &checked {
+                keel_ledger::CheckedProof::Inclusion { leaf_index, .. } => {
+                    format!("leaf {leaf_index} is included in the tree of size {}", checkpoint.size)
+                }
+                keel_ledger::CheckedProof::Consistency { from_size, .. } => {
+                    format!("the tree of size {from_size} is a prefix of the tree of size {}", checkpoint.size)
+                }
+            };
+            let root = hex::encode(checkpoint.root);
             if json {
-                println!("{}", serde_json::json!({ "ok": true, "proof": format!("{checked:?}") }));
+                let report = serde_json::json!({ "ok": true, "statement": what, "origin": checkpoint.origin, "tree_size": checkpoint.size, "root": root });
+                println!("{report}");
             } else {
-                println!("proof OK: {checked:?}");
+                println!("proof OK: {what}, signed by {} (root {root})", checkpoint.origin);
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -242,7 +242,7 @@ pub async fn cases(args: CasesArgs) -> anyhow::Result<ExitCode> {
             "{:<36}  {:<22}  {:>3}  {:<10}  {:<16}  {}",
             case["id"].as_str().unwrap_or(""),
             case["workflow"].as_str().unwrap_or(""),
-            case["workflow_version"],
+            case["workflow_version"].to_string(),
             case["status"].as_str().unwrap_or(""),
             case["current_step"].as_str().unwrap_or("-"),
             case["updated_at"].as_str().unwrap_or(""),
@@ -295,7 +295,7 @@ pub async fn case(command: CaseCommand) -> anyhow::Result<ExitCode> {
         }
         println!(
             "{:>6}  {:<24}  {:<22}  {:<16}  {}",
-            entry["seq"],
+            entry["seq"].to_string(),
             entry["at"].as_str().unwrap_or(""),
             entry["kind"].as_str().unwrap_or(""),
             entry["step"].as_str().unwrap_or("-"),

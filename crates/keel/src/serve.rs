@@ -29,6 +29,9 @@ pub struct ServeArgs {
     /// Cases running at once on this node.
     #[arg(long, default_value_t = 256)]
     pub max_in_flight: usize,
+    /// Do not serve the sandbox stand-ins for the example workflows' ERP and helpdesk.
+    #[arg(long)]
+    pub no_sandbox: bool,
     /// Seconds to let in-flight steps finish on shutdown.
     #[arg(long, default_value_t = 10)]
     pub shutdown_grace_s: u64,
@@ -103,9 +106,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot listen on {}; is another keel running? pick another with --listen", args.listen))?;
     let address = listener.local_addr()?;
     eprintln!("keel is serving on http://{address} (API docs: http://{address}/docs; data: {})", args.data.database_url());
-    eprintln!("submit a case:  keel submit invoice-approval examples/invoice.json");
+    eprintln!("submit a case:  keel submit ticket-routing examples/ticket.json   (then: keel cases)");
     let shutdown = shutdown_signal();
-    keel_server::serve(listener, engine.clone(), keel_server::ServerOptions::default(), shutdown).await?;
+    let options = keel_server::ServerOptions { sandbox: !args.no_sandbox, ..keel_server::ServerOptions::default() };
+    keel_server::serve(listener, engine.clone(), options, shutdown).await?;
     tracing::info!("HTTP stopped; finishing in-flight steps");
     engine.shutdown(Duration::from_secs(args.shutdown_grace_s)).await;
     engine.store().close().await;

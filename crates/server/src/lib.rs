@@ -12,6 +12,7 @@ mod extract;
 mod health;
 mod openapi;
 mod problem;
+mod sandbox;
 mod workflows;
 
 use std::future::Future;
@@ -34,12 +35,15 @@ pub use openapi::ApiDoc;
 pub struct ServerOptions {
     /// Largest request body accepted, in bytes; larger bodies get a 413 problem.
     pub max_body_bytes: usize,
+    /// Serve the sandbox stand-ins for the example workflows' downstream systems under `/sandbox/`.
+    pub sandbox: bool,
 }
 
 impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
             max_body_bytes: 2 * 1024 * 1024,
+            sandbox: true,
         }
     }
 }
@@ -59,6 +63,7 @@ pub fn router(engine: Engine, options: ServerOptions) -> Router {
         openapi_json: openapi::document_bytes(),
     };
     let max_body_bytes = options.max_body_bytes;
+    let sandbox = if options.sandbox { sandbox::router() } else { Router::new() };
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -75,6 +80,7 @@ pub fn router(engine: Engine, options: ServerOptions) -> Router {
         .fallback(problem::not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
         .with_state(state)
+        .merge(sandbox)
         // The tower-http limit covers every way a body is read; axum's own default limit
         // would only duplicate it with a different number.
         .layer(DefaultBodyLimit::disable())
