@@ -166,7 +166,7 @@ pub async fn inclusion(store: &Store, index: u64, size: Option<u64>) -> Result<P
     let checkpoint = checkpoint_at(store, size).await?;
     let tree_size = checkpoint.tree_size as u64;
     if index >= tree_size {
-        return Err(Error::Ledger(format!(
+        return Err(Error::BadProofRequest(format!(
             "leaf {index} is not in the tree of size {tree_size}; pick an index below the checkpoint's size"
         )));
     }
@@ -192,7 +192,7 @@ pub async fn consistency(store: &Store, from: u64, to: Option<u64>) -> Result<Pr
     let checkpoint = checkpoint_at(store, to).await?;
     let to_size = checkpoint.tree_size as u64;
     if from == 0 || from > to_size {
-        return Err(Error::Ledger(format!("`from` must be between 1 and {to_size} (the checkpoint's size)")));
+        return Err(Error::BadProofRequest(format!("`from` must be between 1 and {to_size} (the checkpoint's size)")));
     }
     let (proof, from_root) = with_stored_nodes(store, |source| {
         let proof = keel_ledger::consistency_proof(from, to_size, source)?;
@@ -217,10 +217,10 @@ async fn checkpoint_at(store: &Store, size: Option<u64>) -> Result<keel_store::C
         None => store.latest_checkpoint().await?,
     };
     found.ok_or_else(|| match size {
-        Some(size) => Error::Ledger(format!(
+        Some(size) => Error::NoCheckpoint(format!(
             "there is no checkpoint at tree size {size}; proofs are served against signed checkpoints (GET /v1/audit/checkpoint shows the latest)"
         )),
-        None => Error::Ledger("no checkpoint has been written yet; the sequencer writes one within a second of the first entry".into()),
+        None => Error::NoCheckpoint("no checkpoint has been written yet; the sequencer writes one within a second of the first entry".into()),
     })
 }
 

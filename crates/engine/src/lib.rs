@@ -50,8 +50,15 @@ pub enum Error {
     Store(#[from] keel_store::Error),
     #[error("stored case state is unreadable: {0}")]
     CorruptState(String),
+    /// The ledger's stored data is damaged or inconsistent (an operator problem).
     #[error("{0}")]
     Ledger(String),
+    /// A proof was asked for that cannot exist (a leaf beyond the tree, `from` out of range).
+    #[error("{0}")]
+    BadProofRequest(String),
+    /// No checkpoint at the requested size (or none yet).
+    #[error("{0}")]
+    NoCheckpoint(String),
     #[error("{0}")]
     Io(String),
 }

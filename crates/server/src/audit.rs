@@ -111,11 +111,12 @@ pub async fn consistency_proof(
         .map_err(bad_proof_request)
 }
 
-/// The engine reports parameters a proof cannot be made for (a leaf beyond the tree, a size
-/// without a checkpoint) as ledger errors whose messages are written for the caller.
+/// Parameters a proof cannot be made for are the caller's to fix (400); a size without a
+/// checkpoint is a 404; a damaged ledger stays a 500 (`Problem::from`).
 fn bad_proof_request(error: keel_engine::Error) -> Problem {
     match error {
-        keel_engine::Error::Ledger(message) => Problem::new(Kind::InvalidParameter, message),
+        keel_engine::Error::BadProofRequest(message) => Problem::new(Kind::InvalidParameter, message),
+        keel_engine::Error::NoCheckpoint(message) => Problem::new(Kind::NoCheckpoint, message),
         other => Problem::from(other),
     }
 }

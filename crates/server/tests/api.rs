@@ -299,6 +299,7 @@ async fn oversized_bodies_are_413_problems() {
     // Over the server's body limit: refused before any handler runs.
     let app = spawn_app_with(ServerOptions {
         max_body_bytes: 16 * 1024,
+        ..ServerOptions::default()
     })
     .await;
     let input = json!({"id": "x".repeat(20 * 1024), "amount": 1});
@@ -512,8 +513,8 @@ async fn checkpoints_and_proofs_check_offline() {
     .await;
     expect_problem(
         app.get("/v1/audit/proof/inclusion?index=0").await,
-        StatusCode::BAD_REQUEST,
-        "invalid-parameter",
+        StatusCode::NOT_FOUND,
+        "no-checkpoint",
     )
     .await;
 
@@ -557,7 +558,6 @@ async fn checkpoints_and_proofs_check_offline() {
         format!("inclusion?index={tree_size}"),
         "inclusion?index=-1".to_string(),
         "inclusion".to_string(),
-        format!("inclusion?index=0&size={}", tree_size + 100),
         "consistency?from=0".to_string(),
         format!("consistency?from={}", tree_size + 1),
     ] {
@@ -565,4 +565,25 @@ async fn checkpoints_and_proofs_check_offline() {
         let problem = expect_problem(response, StatusCode::BAD_REQUEST, "invalid-parameter").await;
         assert!(!problem["detail"].as_str().unwrap().is_empty());
     }
+    let no_such_size = format!("/v1/audit/proof/inclusion?index=0&size={}", tree_size + 100);
+    expect_problem(app.get(&no_such_size).await, StatusCode::NOT_FOUND, "no-checkpoint").await;
+}
+
+#[tokio::test]
+async fn the_sandbox_honours_idempotency_keys() {
+    let app = spawn_app().await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/sandbox/erp/invoices/INV-1/bookings", app.base);
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        let response = client.post(&url).header("Idempotency-Key", "k-1").json(&json!({"net": 1})).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        answers.push(response.json::<Value>().await.unwrap());
+    }
+    assert_eq!(answers[0], answers[1], "a repeated key returns the first answer");
+    assert!(answers[0]["booking_id"].as_str().unwrap().starts_with("BK-"));
+    let other = client.post(&url).header("Idempotency-Key", "k-2").json(&json!({})).send().await.unwrap();
+    assert_ne!(other.json::<Value>().await.unwrap()["booking_id"], answers[0]["booking_id"]);
+    let seen: Value = client.get(format!("{}/sandbox/requests", app.base)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(seen["requests"].as_array().unwrap().len(), 2, "the repeat did not act again");
 }
