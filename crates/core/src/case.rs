@@ -450,26 +450,35 @@ impl<'w> Run<'w> {
             match flow {
                 Flow::Stop(command) => return command,
                 Flow::Goto(next) => {
-                    if state.steps_executed >= MAX_STEPS_PER_CASE {
-                        let message = format!(
-                            "the case executed {MAX_STEPS_PER_CASE} steps, the limit; the workflow probably loops"
-                        );
-                        return self.fail(
-                            state,
-                            "loop_guard",
-                            message,
-                            json!({ "limit": MAX_STEPS_PER_CASE }),
-                        );
+                    if let Some(command) = self.goto(state, next) {
+                        return command;
                     }
-                    state.steps_executed += 1;
-                    state.step = Some(next);
-                    state.step_entered_at_ms = self.now_ms;
-                    state.status = Status::Running;
-                    state.action = None;
-                    state.wait_until_ms = None;
                 }
             }
         }
+    }
+
+    /// Moves the case to `next`, unless it has executed too many steps (the loop guard).
+    /// Every way of leaving a step goes through here, so that no loop escapes the guard.
+    fn goto(&mut self, state: &mut CaseState, next: String) -> Option<Command> {
+        if state.steps_executed >= MAX_STEPS_PER_CASE {
+            let message = format!(
+                "the case executed {MAX_STEPS_PER_CASE} steps, the limit; the workflow probably loops"
+            );
+            return Some(self.fail(
+                state,
+                "loop_guard",
+                message,
+                json!({ "limit": MAX_STEPS_PER_CASE }),
+            ));
+        }
+        state.steps_executed += 1;
+        state.step = Some(next);
+        state.step_entered_at_ms = self.now_ms;
+        state.status = Status::Running;
+        state.action = None;
+        state.wait_until_ms = None;
+        None
     }
 
     fn activation(&self, state: &CaseState) -> Activation {
@@ -725,12 +734,8 @@ impl<'w> Run<'w> {
                     json!({ "attempt": attempt, "status": status, "body": body }),
                 );
                 set_data(state, &action.into, result);
-                state.action = None;
                 let next = step.next.clone().unwrap_or_default();
-                state.steps_executed += 1;
-                state.step = Some(next);
-                state.step_entered_at_ms = self.now_ms;
-                return None;
+                return self.goto(state, next);
             }
             ActionOutcome::Response { status, body }
                 if status >= 500 || status == 429 || status == 408 =>
@@ -975,3 +980,7 @@ fn parse_timestamp_ms(value: &Value) -> Option<i64> {
 pub fn millis_to_datetime(ms: i64) -> chrono::DateTime<chrono::Utc> {
     chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
+
+#[cfg(test)]
+#[path = "case_tests.rs"]
+mod tests;

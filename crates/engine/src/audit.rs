@@ -38,7 +38,11 @@ pub struct VerifyReport {
 /// Recomputes every entry's data hash and leaf hash, rebuilds the tree, checks every
 /// checkpoint's signature and root, and that each checkpoint is consistent with the next.
 /// `progress` is called with (leaves done, leaves total).
-pub async fn verify(store: &Store, verifier_key: &str, progress: &mut dyn FnMut(u64, u64)) -> Result<VerifyReport> {
+pub async fn verify(
+    store: &Store,
+    verifier_key: &str,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<VerifyReport> {
     let (tree_size, _) = store.tree_state().await?;
     let journal_entries = store.journal_count().await?;
     let checkpoints = store.checkpoints().await?;
@@ -54,47 +58,49 @@ pub async fn verify(store: &Store, verifier_key: &str, progress: &mut dyn FnMut(
     let mut next_checkpoint = 0usize;
     let mut checkpoints_verified = 0usize;
     let mut signed_roots: Vec<(u64, Hash)> = Vec::new();
-    let mut from = 0i64;
-    loop {
-        let page = store.leaves(from, VERIFY_PAGE).await?;
-        if page.is_empty() {
-            break;
-        }
-        for leaf in &page {
-            if leaf.leaf_index != tree.size() as i64 {
-                note(Finding { leaf_index: leaf.leaf_index, seq: Some(leaf.entry.seq), problem: format!("leaf index out of order: expected {}", tree.size()) });
-            }
-            let entry = &leaf.entry;
-            match serde_json::from_str::<serde_json::Value>(&entry.data) {
-                Ok(data) => {
-                    let actual = keel_ledger::data_sha256(&data);
-                    if actual != entry.data_sha256 {
-                        note(Finding {
-                            leaf_index: leaf.leaf_index,
-                            seq: Some(entry.seq),
-                            problem: format!(
-                                "entry data was changed: it hashes to {actual} but the entry committed to {}",
-                                entry.data_sha256
-                            ),
-                        });
-                    }
-                }
-                Err(error) => note(Finding { leaf_index: leaf.leaf_index, seq: Some(entry.seq), problem: format!("entry data is not JSON: {error}") }),
-            }
-            let recomputed = entry.envelope().leaf_hash();
-            if leaf.leaf_hash.as_slice() != recomputed.as_slice() {
+    // Pipeline: the next page is read while the current one is hashed on every core.
+    let mut next_page = Some(tokio::spawn(read_page(store.clone(), 0)));
+    while let Some(reading) = next_page.take() {
+        let page = reading
+            .await
+            .map_err(|error| Error::Io(error.to_string()))??;
+        let Some(last) = page.last() else { break };
+        next_page = Some(tokio::spawn(read_page(store.clone(), last.leaf_index + 1)));
+        let hashed = tokio::task::spawn_blocking(move || hash_page(page))
+            .await
+            .map_err(|error| Error::Io(error.to_string()))?;
+        for leaf in &hashed {
+            let (leaf_index, seq) = (leaf.leaf_index, Some(leaf.seq));
+            if leaf_index != tree.size() as i64 {
                 note(Finding {
-                    leaf_index: leaf.leaf_index,
-                    seq: Some(entry.seq),
+                    leaf_index,
+                    seq,
+                    problem: format!("leaf index out of order: expected {}", tree.size()),
+                });
+            }
+            if leaf.data_sha256 != leaf.committed_data_sha256 {
+                note(Finding {
+                    leaf_index,
+                    seq,
+                    problem: format!(
+                        "entry data was changed: it hashes to {} but the entry committed to {}",
+                        leaf.data_sha256, leaf.committed_data_sha256
+                    ),
+                });
+            }
+            if leaf.stored_leaf_hash.as_slice() != leaf.recomputed.as_slice() {
+                note(Finding {
+                    leaf_index,
+                    seq,
                     problem: format!(
                         "entry envelope was changed (kind, time, actor, subject or data hash): leaf hash is {} but the entry hashes to {}",
-                        hex::encode(&leaf.leaf_hash),
-                        hex::encode(recomputed)
+                        hex::encode(&leaf.stored_leaf_hash),
+                        hex::encode(leaf.recomputed)
                     ),
                 });
             }
             // The tree is rebuilt from the entries as they are now, so any change shows in the roots.
-            tree.push(recomputed);
+            tree.push(leaf.recomputed);
             while let Some(checkpoint) = checkpoints.get(next_checkpoint) {
                 if checkpoint.tree_size as u64 != tree.size() {
                     break;
@@ -106,8 +112,8 @@ pub async fn verify(store: &Store, verifier_key: &str, progress: &mut dyn FnMut(
                         signed_roots.push((signed.size, signed.root));
                     }
                     Ok(signed) => note(Finding {
-                        leaf_index: leaf.leaf_index,
-                        seq: Some(entry.seq),
+                        leaf_index,
+                        seq,
                         problem: format!(
                             "checkpoint at size {} signs root {} but the entries give {}",
                             signed.size,
@@ -116,21 +122,27 @@ pub async fn verify(store: &Store, verifier_key: &str, progress: &mut dyn FnMut(
                         ),
                     }),
                     Err(error) => note(Finding {
-                        leaf_index: leaf.leaf_index,
-                        seq: Some(entry.seq),
-                        problem: format!("checkpoint at size {} does not verify: {error}", checkpoint.tree_size),
+                        leaf_index,
+                        seq,
+                        problem: format!(
+                            "checkpoint at size {} does not verify: {error}",
+                            checkpoint.tree_size
+                        ),
                     }),
                 }
             }
         }
-        from = page.last().map_or(from, |leaf| leaf.leaf_index + 1);
         progress(tree.size(), tree_size);
     }
     for checkpoint in &checkpoints[next_checkpoint..] {
         note(Finding {
             leaf_index: checkpoint.tree_size - 1,
             seq: None,
-            problem: format!("checkpoint at size {} is beyond the {} stored leaves", checkpoint.tree_size, tree.size()),
+            problem: format!(
+                "checkpoint at size {} is beyond the {} stored leaves",
+                checkpoint.tree_size,
+                tree.size()
+            ),
         });
     }
     let mut consistency_proofs_verified = 0;
@@ -138,13 +150,18 @@ pub async fn verify(store: &Store, verifier_key: &str, progress: &mut dyn FnMut(
         let ((old_size, old_root), (new_size, new_root)) = (pair[0], pair[1]);
         let checked = keel_ledger::consistency_proof(old_size, new_size, &tree)
             .map_err(|error| error.to_string())
-            .and_then(|proof| keel_ledger::verify_consistency(old_size, new_size, &old_root, &new_root, &proof).map_err(|e| e.to_string()));
+            .and_then(|proof| {
+                keel_ledger::verify_consistency(old_size, new_size, &old_root, &new_root, &proof)
+                    .map_err(|e| e.to_string())
+            });
         match checked {
             Ok(()) => consistency_proofs_verified += 1,
             Err(error) => note(Finding {
                 leaf_index: new_size as i64 - 1,
                 seq: None,
-                problem: format!("checkpoints at sizes {old_size} and {new_size} are not consistent: {error}"),
+                problem: format!(
+                    "checkpoints at sizes {old_size} and {new_size} are not consistent: {error}"
+                ),
             }),
         }
     }
@@ -161,6 +178,49 @@ pub async fn verify(store: &Store, verifier_key: &str, progress: &mut dyn FnMut(
     })
 }
 
+async fn read_page(store: Store, from: i64) -> Result<Vec<keel_store::LeafRow>> {
+    Ok(store.leaves(from, VERIFY_PAGE).await?)
+}
+
+/// One leaf as recomputed from its entry.
+struct HashedLeaf {
+    leaf_index: i64,
+    seq: i64,
+    stored_leaf_hash: Vec<u8>,
+    recomputed: Hash,
+    /// SHA-256 of the stored data text (stored in canonical form).
+    data_sha256: String,
+    /// What the entry committed to.
+    committed_data_sha256: String,
+}
+
+/// Recomputes data hashes and leaf hashes of a page, split across the available cores.
+fn hash_page(page: Vec<keel_store::LeafRow>) -> Vec<HashedLeaf> {
+    use sha2::Digest;
+    let hash_one = |leaf: &keel_store::LeafRow| HashedLeaf {
+        leaf_index: leaf.leaf_index,
+        seq: leaf.entry.seq,
+        stored_leaf_hash: leaf.leaf_hash.clone(),
+        recomputed: leaf.entry.envelope().leaf_hash(),
+        data_sha256: hex::encode(sha2::Sha256::digest(leaf.entry.data.as_bytes())),
+        committed_data_sha256: leaf.entry.data_sha256.clone(),
+    };
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 16);
+    let chunk = page.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = page
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(hash_one).collect::<Vec<_>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|handle| handle.join().unwrap_or_default())
+            .collect()
+    })
+}
+
 /// An inclusion proof for leaf `index` against the checkpoint at `size` (default: the latest).
 pub async fn inclusion(store: &Store, index: u64, size: Option<u64>) -> Result<ProofDocument> {
     let checkpoint = checkpoint_at(store, size).await?;
@@ -170,7 +230,10 @@ pub async fn inclusion(store: &Store, index: u64, size: Option<u64>) -> Result<P
             "leaf {index} is not in the tree of size {tree_size}; pick an index below the checkpoint's size"
         )));
     }
-    let proof = with_stored_nodes(store, |source| keel_ledger::inclusion_proof(index, tree_size, source)).await?;
+    let proof = with_stored_nodes(store, |source| {
+        keel_ledger::inclusion_proof(index, tree_size, source)
+    })
+    .await?;
     let leaf = store
         .leaves(index as i64, 1)
         .await?
@@ -192,7 +255,9 @@ pub async fn consistency(store: &Store, from: u64, to: Option<u64>) -> Result<Pr
     let checkpoint = checkpoint_at(store, to).await?;
     let to_size = checkpoint.tree_size as u64;
     if from == 0 || from > to_size {
-        return Err(Error::BadProofRequest(format!("`from` must be between 1 and {to_size} (the checkpoint's size)")));
+        return Err(Error::BadProofRequest(format!(
+            "`from` must be between 1 and {to_size} (the checkpoint's size)"
+        )));
     }
     let (proof, from_root) = with_stored_nodes(store, |source| {
         let proof = keel_ledger::consistency_proof(from, to_size, source)?;
@@ -200,7 +265,11 @@ pub async fn consistency(store: &Store, from: u64, to: Option<u64>) -> Result<Pr
         Ok::<_, keel_ledger::TreeError<crate::sequencer::MissingNode>>((proof, root))
     })
     .await?;
-    let to_root: Hash = checkpoint.root.clone().try_into().map_err(|_| Error::Ledger("stored root is not 32 bytes".into()))?;
+    let to_root: Hash = checkpoint
+        .root
+        .clone()
+        .try_into()
+        .map_err(|_| Error::Ledger("stored root is not 32 bytes".into()))?;
     Ok(ProofDocument::Consistency {
         from_size: from,
         to_size,
@@ -225,8 +294,14 @@ async fn checkpoint_at(store: &Store, size: Option<u64>) -> Result<keel_store::C
 }
 
 /// The checkpoint at the tip, parsed.
-pub async fn latest_checkpoint(store: &Store, verifier_key: &str) -> Result<Option<(Checkpoint, String)>> {
-    let Some(row) = store.latest_checkpoint().await? else { return Ok(None) };
-    let checkpoint = keel_ledger::verify_checkpoint(&row.note, verifier_key).map_err(|error| Error::Ledger(error.to_string()))?;
+pub async fn latest_checkpoint(
+    store: &Store,
+    verifier_key: &str,
+) -> Result<Option<(Checkpoint, String)>> {
+    let Some(row) = store.latest_checkpoint().await? else {
+        return Ok(None);
+    };
+    let checkpoint = keel_ledger::verify_checkpoint(&row.note, verifier_key)
+        .map_err(|error| Error::Ledger(error.to_string()))?;
     Ok(Some((checkpoint, row.note)))
 }

@@ -25,7 +25,9 @@ pub struct ManualClock {
 
 impl ManualClock {
     pub fn new(start_ms: i64) -> ManualClock {
-        ManualClock { now_ms: AtomicI64::new(start_ms) }
+        ManualClock {
+            now_ms: AtomicI64::new(start_ms),
+        }
     }
 
     pub fn advance_ms(&self, ms: i64) {

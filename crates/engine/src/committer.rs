@@ -21,10 +21,15 @@ impl Handle {
     /// Queues a write and waits until its transaction committed (or failed).
     pub async fn commit(&self, write: CaseWrite) -> Result<WriteOutcome> {
         let (reply, wait) = oneshot::channel();
-        self.tx.send((write, reply)).await.map_err(|_| Error::ShuttingDown)?;
+        self.tx
+            .send((write, reply))
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
         match wait.await {
             Ok(Ok(outcome)) => Ok(outcome),
-            Ok(Err(message)) => Err(Error::Io(format!("the write failed and was rolled back; retrying is safe: {message}"))),
+            Ok(Err(message)) => Err(Error::Io(format!(
+                "the write failed and was rolled back; retrying is safe: {message}"
+            ))),
             Err(_) => Err(Error::ShuttingDown),
         }
     }

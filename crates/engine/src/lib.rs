@@ -20,7 +20,9 @@ use std::time::Duration;
 
 use keel_core::case::{CaseState, Status};
 use keel_core::workflow::Workflow;
-use keel_store::{CaseFilter, CaseRow, CaseWrite, JournalRow, NewEntry, Store, WriteMode, WriteOutcome};
+use keel_store::{
+    CaseFilter, CaseRow, CaseWrite, JournalRow, NewEntry, Store, WriteMode, WriteOutcome,
+};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, Notify, Semaphore};
 
@@ -41,7 +43,11 @@ pub enum Error {
     #[error("the input does not match the workflow's input schema ({} violation(s))", .0.len())]
     InvalidInput(Vec<keel_core::schema::Violation>),
     #[error("the {what} is {size} bytes; the limit is {limit} bytes")]
-    TooLarge { what: &'static str, size: usize, limit: usize },
+    TooLarge {
+        what: &'static str,
+        size: usize,
+        limit: usize,
+    },
     #[error("the case changed concurrently too many times; retrying is safe")]
     Contended,
     #[error("the engine is shutting down; retry against another node or after restart")]
@@ -150,7 +156,10 @@ impl Engine {
             .map_err(|error| Error::Io(format!("cannot build the HTTP client: {error}")))?;
         let released = store.release_leases(&options.node_id).await?;
         if released > 0 {
-            tracing::info!(released, "took back leases this node held before it stopped");
+            tracing::info!(
+                released,
+                "took back leases this node held before it stopped"
+            );
         }
         let inner = Arc::new(Inner {
             store: store.clone(),
@@ -176,7 +185,10 @@ impl Engine {
             tokio::spawn(worker::sla_ticker(inner.clone())),
             tokio::spawn(sequencer::run(inner.clone())),
         ];
-        Ok(Engine { inner, tasks: Arc::new(tokio::sync::Mutex::new(tasks)) })
+        Ok(Engine {
+            inner,
+            tasks: Arc::new(tokio::sync::Mutex::new(tasks)),
+        })
     }
 
     /// Case ids as cases finish on this node. A slow receiver may miss some (it is told it lagged).
@@ -207,28 +219,60 @@ impl Engine {
 
     /// Deploys every `*.yaml`/`*.yml` workflow in `dir`; a changed file becomes a new version.
     pub async fn deploy_dir(&self, dir: &Path) -> Result<DeployReport> {
-        self.inner.registry.deploy_dir(&self.inner.store, dir, self.now_ms()).await
+        self.inner
+            .registry
+            .deploy_dir(&self.inner.store, dir, self.now_ms())
+            .await
     }
 
     /// Deploys one workflow from source text (tests, benchmarks).
     pub async fn deploy_source(&self, source: &str, file: &str) -> Result<(String, i64)> {
-        self.inner.registry.deploy_source(&self.inner.store, source, file, self.now_ms()).await
+        self.inner
+            .registry
+            .deploy_source(&self.inner.store, source, file, self.now_ms())
+            .await
     }
 
     /// Validates and records a new case, then starts running it on this node.
-    pub async fn submit(&self, workflow: &str, input: Value, idempotency_key: Option<String>) -> Result<Submitted> {
-        if self.inner.shutting_down.load(std::sync::atomic::Ordering::Relaxed) {
+    pub async fn submit(
+        &self,
+        workflow: &str,
+        input: Value,
+        idempotency_key: Option<String>,
+    ) -> Result<Submitted> {
+        if self
+            .inner
+            .shutting_down
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
             return Err(Error::ShuttingDown);
         }
-        let (version_no, definition) =
-            self.inner.registry.latest(workflow).ok_or_else(|| Error::UnknownWorkflow(workflow.to_string()))?;
-        let size = serde_json::to_vec(&input).map(|bytes| bytes.len()).unwrap_or(usize::MAX);
+        let (version_no, definition) = self
+            .inner
+            .registry
+            .latest(workflow)
+            .ok_or_else(|| Error::UnknownWorkflow(workflow.to_string()))?;
+        let size = serde_json::to_vec(&input)
+            .map(|bytes| bytes.len())
+            .unwrap_or(usize::MAX);
         if size > MAX_INPUT_BYTES {
-            return Err(Error::TooLarge { what: "case input", size, limit: MAX_INPUT_BYTES });
+            return Err(Error::TooLarge {
+                what: "case input",
+                size,
+                limit: MAX_INPUT_BYTES,
+            });
         }
-        definition.input_schema.validate(&input).map_err(Error::InvalidInput)?;
+        definition
+            .input_schema
+            .validate(&input)
+            .map_err(Error::InvalidInput)?;
         if let Some(key) = &idempotency_key {
-            if let Some(existing) = self.inner.store.case_by_idempotency_key(workflow, key).await? {
+            if let Some(existing) = self
+                .inner
+                .store
+                .case_by_idempotency_key(workflow, key)
+                .await?
+            {
                 return Ok(submitted_existing(existing));
             }
         }
@@ -238,18 +282,28 @@ impl Engine {
         // Lease the case to this node in the same transaction if a worker slot is free, so it
         // runs at once; otherwise leave it to the poller.
         let permit = self.inner.work.clone().try_reserve_owned().ok();
-        let lease_until = permit.as_ref().map(|_| now + self.inner.options.lease.as_millis() as i64);
-        let created = self.entry(&state, "case.created", None, json!({
-            "workflow_version": version_no,
-            "workflow_label": definition.version,
-            "input": state.input,
-            "idempotency_key": idempotency_key,
-        }), now);
+        let lease_until = permit
+            .as_ref()
+            .map(|_| now + self.inner.options.lease.as_millis() as i64);
+        let created = self.entry(
+            &state,
+            "case.created",
+            None,
+            json!({
+                "workflow_version": version_no,
+                "workflow_label": definition.version,
+                "input": state.input,
+                "idempotency_key": idempotency_key,
+            }),
+            now,
+        );
         let write = CaseWrite {
             case_id: id.clone(),
             workflow: workflow.to_string(),
             workflow_version: version_no,
-            mode: WriteMode::Insert { idempotency_key: idempotency_key.clone() },
+            mode: WriteMode::Insert {
+                idempotency_key: idempotency_key.clone(),
+            },
             status: state.status.as_str().to_string(),
             current_step: state.step.clone(),
             state: serde_json::to_string(&state).map_err(|e| Error::CorruptState(e.to_string()))?,
@@ -264,7 +318,11 @@ impl Engine {
         match self.inner.committer.commit(write).await? {
             WriteOutcome::Written { version } => {
                 if let Some(permit) = permit {
-                    permit.send(worker::Item { state, version, input: keel_core::case::Input::Wake });
+                    permit.send(worker::Item {
+                        state,
+                        version,
+                        input: keel_core::case::Input::Wake,
+                    });
                 }
                 Ok(Submitted {
                     case_id: id,
@@ -277,7 +335,11 @@ impl Engine {
             WriteOutcome::Conflict => {
                 // Another submission with the same key won the race; return that one.
                 let key = idempotency_key.unwrap_or_default();
-                let existing = self.inner.store.case_by_idempotency_key(workflow, &key).await?;
+                let existing = self
+                    .inner
+                    .store
+                    .case_by_idempotency_key(workflow, &key)
+                    .await?;
                 existing.map(submitted_existing).ok_or(Error::Contended)
             }
         }
@@ -285,13 +347,27 @@ impl Engine {
 
     /// Delivers an external signal to a case. A case not yet waiting for it keeps it until it is.
     pub async fn signal(&self, case_id: &str, name: &str, payload: Value) -> Result<()> {
-        let size = serde_json::to_vec(&payload).map(|bytes| bytes.len()).unwrap_or(usize::MAX);
+        let size = serde_json::to_vec(&payload)
+            .map(|bytes| bytes.len())
+            .unwrap_or(usize::MAX);
         if size > MAX_SIGNAL_BYTES {
-            return Err(Error::TooLarge { what: "signal payload", size, limit: MAX_SIGNAL_BYTES });
+            return Err(Error::TooLarge {
+                what: "signal payload",
+                size,
+                limit: MAX_SIGNAL_BYTES,
+            });
         }
         for _ in 0..20 {
-            let row = self.inner.store.case(case_id).await?.ok_or_else(|| Error::UnknownCase(case_id.to_string()))?;
-            let input = keel_core::case::Input::Signal { name: name.to_string(), payload: payload.clone() };
+            let row = self
+                .inner
+                .store
+                .case(case_id)
+                .await?
+                .ok_or_else(|| Error::UnknownCase(case_id.to_string()))?;
+            let input = keel_core::case::Input::Signal {
+                name: name.to_string(),
+                payload: payload.clone(),
+            };
             match worker::apply_external(&self.inner, row, input).await? {
                 WriteOutcome::Written { .. } => {
                     self.inner.poke.notify_one();
@@ -304,7 +380,11 @@ impl Engine {
     }
 
     pub async fn case(&self, id: &str) -> Result<CaseRow> {
-        self.inner.store.case(id).await?.ok_or_else(|| Error::UnknownCase(id.to_string()))
+        self.inner
+            .store
+            .case(id)
+            .await?
+            .ok_or_else(|| Error::UnknownCase(id.to_string()))
     }
 
     pub async fn timeline(&self, id: &str) -> Result<Vec<JournalRow>> {
@@ -316,18 +396,33 @@ impl Engine {
     }
 
     /// A journal entry for `state`'s case, with its data hash.
-    pub(crate) fn entry(&self, state: &CaseState, kind: &str, step: Option<String>, data: Value, now_ms: i64) -> NewEntry {
+    pub(crate) fn entry(
+        &self,
+        state: &CaseState,
+        kind: &str,
+        step: Option<String>,
+        data: Value,
+        now_ms: i64,
+    ) -> NewEntry {
         make_entry(state, kind, step, &data, now_ms)
     }
 
     /// Stops taking work, lets in-flight cases reach their next durable point (or leaves them
     /// resumable), flushes the committer and the sequencer, and returns.
     pub async fn shutdown(&self, grace: Duration) {
-        self.inner.shutting_down.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.inner
+            .shutting_down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let permits = self.inner.options.max_in_flight.max(1) as u32;
-        let drained = tokio::time::timeout(grace, self.inner.in_flight.clone().acquire_many_owned(permits)).await;
+        let drained = tokio::time::timeout(
+            grace,
+            self.inner.in_flight.clone().acquire_many_owned(permits),
+        )
+        .await;
         if drained.is_err() {
-            tracing::warn!("shutdown grace period ended with cases in flight; they resume after restart");
+            tracing::warn!(
+                "shutdown grace period ended with cases in flight; they resume after restart"
+            );
         }
         // One last sequencer pass so the checkpoint covers everything written.
         if let Err(error) = sequencer::sequence_once(&self.inner, true).await {
@@ -336,7 +431,12 @@ impl Engine {
         for task in self.tasks.lock().await.drain(..) {
             task.abort();
         }
-        if let Err(error) = self.inner.store.release_leases(&self.inner.options.node_id).await {
+        if let Err(error) = self
+            .inner
+            .store
+            .release_leases(&self.inner.options.node_id)
+            .await
+        {
             tracing::warn!(%error, "could not release leases; they expire on their own");
         }
     }
@@ -348,10 +448,23 @@ impl Engine {
 }
 
 fn submitted_existing(row: CaseRow) -> Submitted {
-    Submitted { case_id: row.id, workflow: row.workflow, workflow_version: row.workflow_version, created: false, status: row.status }
+    Submitted {
+        case_id: row.id,
+        workflow: row.workflow,
+        workflow_version: row.workflow_version,
+        created: false,
+        status: row.status,
+    }
 }
 
-pub(crate) fn make_entry(state: &CaseState, kind: &str, step: Option<String>, data: &Value, now_ms: i64) -> NewEntry {
+pub(crate) fn make_entry(
+    state: &CaseState,
+    kind: &str,
+    step: Option<String>,
+    data: &Value,
+    now_ms: i64,
+) -> NewEntry {
+    let (data, data_sha256) = canonical_data(data);
     NewEntry {
         at: rfc3339_ms(now_ms),
         kind: kind.to_string(),
@@ -360,9 +473,19 @@ pub(crate) fn make_entry(state: &CaseState, kind: &str, step: Option<String>, da
         case_id: Some(state.id.clone()),
         workflow: Some(state.workflow.clone()),
         step,
-        data: data.to_string(),
-        data_sha256: keel_ledger::data_sha256(data),
+        data,
+        data_sha256,
     }
+}
+
+/// An entry's data as stored: its RFC 8785 canonical text, and the hex SHA-256 of that text
+/// (which equals `keel_ledger::data_sha256` of the value). Storing the canonical bytes lets
+/// `audit verify` check the commitment by hashing the stored text, without re-parsing it.
+pub fn canonical_data(data: &Value) -> (String, String) {
+    use sha2::Digest;
+    let canonical = keel_ledger::jcs::canonicalize(data);
+    let sha256 = hex::encode(sha2::Sha256::digest(&canonical));
+    (String::from_utf8_lossy(&canonical).into_owned(), sha256)
 }
 
 /// `2026-11-27T16:36:11.123Z`.
@@ -372,7 +495,13 @@ pub fn rfc3339_ms(ms: i64) -> String {
 
 /// Looks up the workflow a stored case runs on.
 pub(crate) fn workflow_of(inner: &Inner, state: &CaseState) -> Result<Arc<Workflow>> {
-    inner.registry.version(&state.workflow, state.workflow_version).ok_or_else(|| {
-        Error::UnknownWorkflow(format!("{} version {}", state.workflow, state.workflow_version))
-    })
+    inner
+        .registry
+        .version(&state.workflow, state.workflow_version)
+        .ok_or_else(|| {
+            Error::UnknownWorkflow(format!(
+                "{} version {}",
+                state.workflow, state.workflow_version
+            ))
+        })
 }

@@ -50,7 +50,11 @@ impl Registry {
     }
 
     pub fn version(&self, name: &str, version_no: i64) -> Option<Arc<Workflow>> {
-        self.versions.read().ok()?.get(&(name.to_string(), version_no)).cloned()
+        self.versions
+            .read()
+            .ok()?
+            .get(&(name.to_string(), version_no))
+            .cloned()
     }
 
     /// The newest version of `name`.
@@ -64,19 +68,34 @@ impl Registry {
 
     /// (name, latest version number, label) of every workflow.
     pub fn list(&self) -> Vec<(String, i64, String)> {
-        let Ok(versions) = self.versions.read() else { return Vec::new() };
+        let Ok(versions) = self.versions.read() else {
+            return Vec::new();
+        };
         let mut latest: BTreeMap<String, (i64, String)> = BTreeMap::new();
         for ((name, version_no), definition) in versions.iter() {
             latest.insert(name.clone(), (*version_no, definition.version.clone()));
         }
-        latest.into_iter().map(|(name, (version_no, label))| (name, version_no, label)).collect()
+        latest
+            .into_iter()
+            .map(|(name, (version_no, label))| (name, version_no, label))
+            .collect()
     }
 
     pub async fn deploy_dir(&self, store: &Store, dir: &Path, now_ms: i64) -> Result<DeployReport> {
         let mut files: Vec<_> = std::fs::read_dir(dir)
-            .map_err(|error| Error::Io(format!("cannot read the workflows directory {}: {error}", dir.display())))?
+            .map_err(|error| {
+                Error::Io(format!(
+                    "cannot read the workflows directory {}: {error}",
+                    dir.display()
+                ))
+            })?
             .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-            .filter(|path| matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+            .filter(|path| {
+                matches!(
+                    path.extension().and_then(|e| e.to_str()),
+                    Some("yaml" | "yml")
+                )
+            })
             .collect();
         files.sort();
         let mut report = DeployReport::default();
@@ -86,26 +105,54 @@ impl Registry {
             let file = path.display().to_string();
             match workflow::parse_file(&path) {
                 Ok(definition) => {
-                    let (name, version_no, new) = self.record(store, definition, &source, &file, now_ms).await?;
+                    let (name, version_no, new) = self
+                        .record(store, definition, &source, &file, now_ms)
+                        .await?;
                     report.deployed.push((name, version_no, new));
                 }
-                Err(diagnostics) => report.rejected.push((file, render_all(&diagnostics, &source))),
+                Err(diagnostics) => report
+                    .rejected
+                    .push((file, render_all(&diagnostics, &source))),
             }
         }
         Ok(report)
     }
 
-    pub async fn deploy_source(&self, store: &Store, source: &str, file: &str, now_ms: i64) -> Result<(String, i64)> {
-        let definition = workflow::parse_str(source, file, None)
-            .map_err(|diagnostics| Error::Io(format!("the workflow does not check:\n{}", render_all(&diagnostics, source))))?;
+    pub async fn deploy_source(
+        &self,
+        store: &Store,
+        source: &str,
+        file: &str,
+        now_ms: i64,
+    ) -> Result<(String, i64)> {
+        let definition = workflow::parse_str(source, file, None).map_err(|diagnostics| {
+            Error::Io(format!(
+                "the workflow does not check:\n{}",
+                render_all(&diagnostics, source)
+            ))
+        })?;
         let (name, version_no, _) = self.record(store, definition, source, file, now_ms).await?;
         Ok((name, version_no))
     }
 
-    async fn record(&self, store: &Store, definition: Workflow, source: &str, file: &str, now_ms: i64) -> Result<(String, i64, bool)> {
+    async fn record(
+        &self,
+        store: &Store,
+        definition: Workflow,
+        source: &str,
+        file: &str,
+        now_ms: i64,
+    ) -> Result<(String, i64, bool)> {
         let name = definition.name.clone();
         let (version_no, new) = store
-            .deploy_workflow(&name, &definition.version, source, &definition.source_sha256, file, now_ms)
+            .deploy_workflow(
+                &name,
+                &definition.version,
+                source,
+                &definition.source_sha256,
+                file,
+                now_ms,
+            )
             .await?;
         self.insert(name.clone(), version_no, definition);
         Ok((name, version_no, new))
@@ -113,5 +160,9 @@ impl Registry {
 }
 
 pub fn render_all(diagnostics: &[Diagnostic], source: &str) -> String {
-    diagnostics.iter().map(|d| d.render(source)).collect::<Vec<_>>().join("\n")
+    diagnostics
+        .iter()
+        .map(|d| d.render(source))
+        .collect::<Vec<_>>()
+        .join("\n")
 }

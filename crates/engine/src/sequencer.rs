@@ -37,18 +37,34 @@ fn state_handle(inner: &Inner) -> Arc<tokio::sync::Mutex<SequencerState>> {
 
 /// Loads the ledger signing key from the data directory, creating it (mode 0600) on first start,
 /// and the ledger's origin line from the database.
-pub(crate) async fn load_or_create_key(store: &Store, data_dir: &Path) -> Result<(NoteSigner, String)> {
-    let origin = store.meta_init("ledger_origin", &format!("keel/{}", uuid::Uuid::now_v7())).await?;
+pub(crate) async fn load_or_create_key(
+    store: &Store,
+    data_dir: &Path,
+) -> Result<(NoteSigner, String)> {
+    let origin = store
+        .meta_init("ledger_origin", &format!("keel/{}", uuid::Uuid::now_v7()))
+        .await?;
     let path = data_dir.join(KEY_FILE);
     let seed = match std::fs::read_to_string(&path) {
         Ok(text) => decode_seed(text.trim()).ok_or_else(|| {
-            Error::Ledger(format!("{} is not a 32-byte hex Ed25519 seed; restore it from backup", path.display()))
+            Error::Ledger(format!(
+                "{} is not a 32-byte hex Ed25519 seed; restore it from backup",
+                path.display()
+            ))
         })?,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => create_key(&path)?,
-        Err(error) => return Err(Error::Io(format!("cannot read the ledger key {}: {error}", path.display()))),
+        Err(error) => {
+            return Err(Error::Io(format!(
+                "cannot read the ledger key {}: {error}",
+                path.display()
+            )))
+        }
     };
-    let signer = NoteSigner::from_seed(&origin, &seed).map_err(|error| Error::Ledger(error.to_string()))?;
-    let stored = store.meta_init("ledger_verifier_key", &signer.verifier_key()).await?;
+    let signer =
+        NoteSigner::from_seed(&origin, &seed).map_err(|error| Error::Ledger(error.to_string()))?;
+    let stored = store
+        .meta_init("ledger_verifier_key", &signer.verifier_key())
+        .await?;
     if stored != signer.verifier_key() {
         tracing::warn!(
             stored = %stored,
@@ -65,19 +81,31 @@ fn decode_seed(text: &str) -> Option<[u8; 32]> {
 
 fn create_key(path: &Path) -> Result<[u8; 32]> {
     let mut seed = [0u8; 32];
-    getrandom::getrandom(&mut seed).map_err(|error| Error::Io(format!("no randomness for the ledger key: {error}")))?;
+    getrandom::getrandom(&mut seed)
+        .map_err(|error| Error::Io(format!("no randomness for the ledger key: {error}")))?;
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|error| Error::Io(format!("cannot create {}: {error}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|error| Error::Io(format!("cannot create {}: {error}", dir.display())))?;
     }
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .map_err(|error| Error::Io(format!("cannot create the ledger key {}: {error}", path.display())))?;
+        .map_err(|error| {
+            Error::Io(format!(
+                "cannot create the ledger key {}: {error}",
+                path.display()
+            ))
+        })?;
     file.write_all(hex::encode(seed).as_bytes())
         .and_then(|()| file.sync_all())
-        .map_err(|error| Error::Io(format!("cannot write the ledger key {}: {error}", path.display())))?;
+        .map_err(|error| {
+            Error::Io(format!(
+                "cannot write the ledger key {}: {error}",
+                path.display()
+            ))
+        })?;
     tracing::info!(path = %path.display(), "created the ledger signing key");
     Ok(seed)
 }
@@ -102,13 +130,20 @@ pub(crate) async fn run(inner: Arc<Inner>) {
 pub(crate) async fn sequence_once(inner: &Inner, force_checkpoint: bool) -> Result<()> {
     let store = &inner.store;
     let now = inner.clock.now_ms();
-    if !store.acquire_lease("sequencer", &inner.options.node_id, now, now + LEASE_MS).await? {
+    if !store
+        .acquire_lease("sequencer", &inner.options.node_id, now, now + LEASE_MS)
+        .await?
+    {
         return Ok(());
     }
     let handle = state_handle(inner);
     let mut state = handle.lock().await;
     let (stored_size, stored_last_seq) = store.tree_state().await?;
-    let in_sync = state.frontier.as_ref().is_some_and(|f| f.size() == stored_size) && state.last_seq == stored_last_seq;
+    let in_sync = state
+        .frontier
+        .as_ref()
+        .is_some_and(|f| f.size() == stored_size)
+        && state.last_seq == stored_last_seq;
     if !in_sync {
         state.frontier = Some(restore_frontier(store, stored_size).await?);
         state.last_seq = stored_last_seq;
@@ -122,7 +157,9 @@ pub(crate) async fn sequence_once(inner: &Inner, force_checkpoint: bool) -> Resu
         if rows.is_empty() {
             break;
         }
-        let Some(frontier) = state.frontier.as_mut() else { break };
+        let Some(frontier) = state.frontier.as_mut() else {
+            break;
+        };
         let mut leaves = Vec::with_capacity(rows.len());
         let mut nodes = Vec::with_capacity(rows.len());
         let mut completed = Vec::new();
@@ -133,7 +170,10 @@ pub(crate) async fn sequence_once(inner: &Inner, force_checkpoint: bool) -> Resu
             frontier.append_into(leaf, &mut completed);
             leaves.push((index, row.seq, leaf.to_vec()));
             nodes.extend(
-                completed.iter().filter(|(level, _, _)| *level > 0).map(|(level, idx, hash)| (i64::from(*level), *idx as i64, hash.to_vec())),
+                completed
+                    .iter()
+                    .filter(|(level, _, _)| *level > 0)
+                    .map(|(level, idx, hash)| (i64::from(*level), *idx as i64, hash.to_vec())),
             );
         }
         store.append_tree(&leaves, &nodes).await?;
@@ -142,14 +182,25 @@ pub(crate) async fn sequence_once(inner: &Inner, force_checkpoint: bool) -> Resu
             break;
         }
     }
-    let Some(frontier) = state.frontier.as_ref() else { return Ok(()) };
+    let Some(frontier) = state.frontier.as_ref() else {
+        return Ok(());
+    };
     let size = frontier.size();
     let due = now - state.checkpoint_at_ms >= inner.options.checkpoint_interval.as_millis() as i64;
     if size > state.checkpoint_size && (due || force_checkpoint) {
         let root = frontier.root();
-        let note = inner.signer.sign(&Checkpoint { origin: inner.origin.clone(), size, root });
+        let note = inner.signer.sign(&Checkpoint {
+            origin: inner.origin.clone(),
+            size,
+            root,
+        });
         store
-            .insert_checkpoint(&CheckpointRow { tree_size: size as i64, root: root.to_vec(), note, at_ms: now })
+            .insert_checkpoint(&CheckpointRow {
+                tree_size: size as i64,
+                root: root.to_vec(),
+                note,
+                at_ms: now,
+            })
             .await?;
         state.checkpoint_size = size;
         state.checkpoint_at_ms = now;
@@ -178,7 +229,10 @@ impl NodeSource for PrefetchedNodes {
             recording.borrow_mut().push((level, index));
             return Ok([0; 32]);
         }
-        self.nodes.get(&(level, index)).copied().ok_or(MissingNode(level, index))
+        self.nodes
+            .get(&(level, index))
+            .copied()
+            .ok_or(MissingNode(level, index))
     }
 }
 
@@ -188,9 +242,15 @@ pub async fn with_stored_nodes<T, E: std::fmt::Display>(
     store: &Store,
     f: impl Fn(&PrefetchedNodes) -> std::result::Result<T, E>,
 ) -> Result<T> {
-    let recorder = PrefetchedNodes { nodes: HashMap::new(), recording: Some(std::cell::RefCell::new(Vec::new())) };
+    let recorder = PrefetchedNodes {
+        nodes: HashMap::new(),
+        recording: Some(std::cell::RefCell::new(Vec::new())),
+    };
     let _ = f(&recorder);
-    let wanted = recorder.recording.map(|cell| cell.into_inner()).unwrap_or_default();
+    let wanted = recorder
+        .recording
+        .map(|cell| cell.into_inner())
+        .unwrap_or_default();
     let fetched = store.tree_nodes(&wanted).await?;
     let mut nodes = HashMap::with_capacity(fetched.len());
     for (key, hash) in fetched {
@@ -199,7 +259,11 @@ pub async fn with_stored_nodes<T, E: std::fmt::Display>(
             .map_err(|_| Error::Ledger(format!("stored node {key:?} is not 32 bytes")))?;
         nodes.insert(key, hash);
     }
-    f(&PrefetchedNodes { nodes, recording: None }).map_err(|error| Error::Ledger(error.to_string()))
+    f(&PrefetchedNodes {
+        nodes,
+        recording: None,
+    })
+    .map_err(|error| Error::Ledger(error.to_string()))
 }
 
 async fn restore_frontier(store: &Store, size: u64) -> Result<Frontier> {

@@ -33,7 +33,9 @@ pub(crate) struct Item {
 /// Runs every item as its own task, at most `max_in_flight` at once.
 pub(crate) async fn dispatch(inner: Arc<Inner>, mut rx: mpsc::Receiver<Item>) {
     while let Some(item) = rx.recv().await {
-        let Ok(permit) = inner.in_flight.clone().acquire_owned().await else { return };
+        let Ok(permit) = inner.in_flight.clone().acquire_owned().await else {
+            return;
+        };
         let inner = inner.clone();
         tokio::spawn(async move {
             let id = item.state.id.clone();
@@ -47,7 +49,11 @@ pub(crate) async fn dispatch(inner: Arc<Inner>, mut rx: mpsc::Receiver<Item>) {
 
 /// Drives one case until it finishes, parks, or is lost to another writer.
 async fn run_case(inner: &Inner, item: Item) -> Result<()> {
-    let Item { mut state, mut version, mut input } = item;
+    let Item {
+        mut state,
+        mut version,
+        mut input,
+    } = item;
     let mut conflicts = 0;
     loop {
         if inner.shutting_down.load(Ordering::Relaxed) && matches!(input, Input::Wake) {
@@ -57,11 +63,16 @@ async fn run_case(inner: &Inner, item: Item) -> Result<()> {
         let definition = workflow_of(inner, &state)?;
         let now = inner.clock.now_ms();
         let before = state.clone();
-        let transition = case::advance(&definition, &mut state, input.clone(), now, fastrand::f64());
+        let transition =
+            case::advance(&definition, &mut state, input.clone(), now, fastrand::f64());
         let lease_ms = inner.options.lease.as_millis() as i64;
         let (runnable_at, lease_until) = match &transition.command {
-            Command::Execute(request) => (Some(now), Some(now + lease_ms + request.timeout_ms as i64)),
-            Command::Sleep { until_ms } if *until_ms - now < IN_MEMORY_SLEEP_MS => (Some(*until_ms), Some(*until_ms + lease_ms)),
+            Command::Execute(request) => {
+                (Some(now), Some(now + lease_ms + request.timeout_ms as i64))
+            }
+            Command::Sleep { until_ms } if *until_ms - now < IN_MEMORY_SLEEP_MS => {
+                (Some(*until_ms), Some(*until_ms + lease_ms))
+            }
             Command::Sleep { until_ms } => (Some(*until_ms), None),
             Command::Stop => (None, None),
         };
@@ -74,10 +85,13 @@ async fn run_case(inner: &Inner, item: Item) -> Result<()> {
             case_id: state.id.clone(),
             workflow: state.workflow.clone(),
             workflow_version: state.workflow_version,
-            mode: WriteMode::Update { expected_version: version },
+            mode: WriteMode::Update {
+                expected_version: version,
+            },
             status: state.status.as_str().to_string(),
             current_step: state.step.clone(),
-            state: serde_json::to_string(&state).map_err(|error| Error::CorruptState(error.to_string()))?,
+            state: serde_json::to_string(&state)
+                .map_err(|error| Error::CorruptState(error.to_string()))?,
             runnable_at_ms: runnable_at,
             lease_owner: lease_until.map(|_| inner.options.node_id.clone()),
             lease_until_ms: lease_until,
@@ -98,7 +112,9 @@ async fn run_case(inner: &Inner, item: Item) -> Result<()> {
                 }
                 // Someone else changed the case (a signal, the SLA ticker). Start again from the
                 // stored state with the same input, if the case is still ours to run.
-                let Some(row) = inner.store.case(&before.id).await? else { return Ok(()) };
+                let Some(row) = inner.store.case(&before.id).await? else {
+                    return Ok(());
+                };
                 if !holds_lease(inner, &row, now) {
                     return Ok(());
                 }
@@ -137,17 +153,23 @@ fn holds_lease(inner: &Inner, row: &CaseRow, now: i64) -> bool {
 }
 
 pub(crate) fn parse_state(row: &CaseRow) -> Result<CaseState> {
-    serde_json::from_str(&row.state).map_err(|error| Error::CorruptState(format!("case {}: {error}", row.id)))
+    serde_json::from_str(&row.state)
+        .map_err(|error| Error::CorruptState(format!("case {}: {error}", row.id)))
 }
 
 /// Applies an input that arrives from outside a worker (a signal) to a stored case, keeping
 /// its lease as it is; a case that becomes runnable is left for the poller (poked by the caller).
-pub(crate) async fn apply_external(inner: &Inner, row: CaseRow, input: Input) -> Result<WriteOutcome> {
+pub(crate) async fn apply_external(
+    inner: &Inner,
+    row: CaseRow,
+    input: Input,
+) -> Result<WriteOutcome> {
     let mut state = parse_state(&row)?;
     let definition = workflow_of(inner, &state)?;
     let now = inner.clock.now_ms();
     let transition = case::advance(&definition, &mut state, input, now, fastrand::f64());
-    let leased_elsewhere = matches!((&row.lease_owner, row.lease_until_ms), (Some(_), Some(until)) if until >= now);
+    let leased_elsewhere =
+        matches!((&row.lease_owner, row.lease_until_ms), (Some(_), Some(until)) if until >= now);
     let runnable_at = if leased_elsewhere {
         row.runnable_at_ms
     } else {
@@ -166,13 +188,24 @@ pub(crate) async fn apply_external(inner: &Inner, row: CaseRow, input: Input) ->
         case_id: state.id.clone(),
         workflow: state.workflow.clone(),
         workflow_version: state.workflow_version,
-        mode: WriteMode::Update { expected_version: row.version },
+        mode: WriteMode::Update {
+            expected_version: row.version,
+        },
         status: state.status.as_str().to_string(),
         current_step: state.step.clone(),
-        state: serde_json::to_string(&state).map_err(|error| Error::CorruptState(error.to_string()))?,
+        state: serde_json::to_string(&state)
+            .map_err(|error| Error::CorruptState(error.to_string()))?,
         runnable_at_ms: runnable_at,
-        lease_owner: if leased_elsewhere { row.lease_owner.clone() } else { None },
-        lease_until_ms: if leased_elsewhere { row.lease_until_ms } else { None },
+        lease_owner: if leased_elsewhere {
+            row.lease_owner.clone()
+        } else {
+            None
+        },
+        lease_until_ms: if leased_elsewhere {
+            row.lease_until_ms
+        } else {
+            None
+        },
         sla_due_ms: state.next_sla_due(&definition),
         sla_breached: state.sla_breached,
         now_ms: now,
@@ -206,17 +239,26 @@ async fn claim_once(inner: &Inner) -> Result<usize> {
     }
     let now = inner.clock.now_ms();
     let until = now + inner.options.lease.as_millis() as i64;
-    let rows = inner.store.claim(&inner.options.node_id, now, until, free.min(CLAIM_BATCH)).await?;
+    let rows = inner
+        .store
+        .claim(&inner.options.node_id, now, until, free.min(CLAIM_BATCH))
+        .await?;
     let claimed = rows.len();
     for row in rows {
         match parse_state(&row) {
             Ok(state) => {
-                let item = Item { state, version: row.version, input: Input::Wake };
+                let item = Item {
+                    state,
+                    version: row.version,
+                    input: Input::Wake,
+                };
                 if inner.work.send(item).await.is_err() {
                     return Ok(claimed);
                 }
             }
-            Err(error) => tracing::error!(case = %row.id, %error, "cannot resume a case with unreadable state"),
+            Err(error) => {
+                tracing::error!(case = %row.id, %error, "cannot resume a case with unreadable state")
+            }
         }
     }
     Ok(claimed)
@@ -244,15 +286,21 @@ pub(crate) async fn sla_once(inner: &Inner) -> Result<usize> {
         let mut state = parse_state(&row)?;
         let definition = workflow_of(inner, &state)?;
         let events = state.record_sla_breaches(&definition, now);
-        let entries = events.iter().map(|event| make_entry(&state, event.kind, event.step.clone(), &event.data, now)).collect();
+        let entries = events
+            .iter()
+            .map(|event| make_entry(&state, event.kind, event.step.clone(), &event.data, now))
+            .collect();
         let write = CaseWrite {
             case_id: row.id.clone(),
             workflow: row.workflow.clone(),
             workflow_version: row.workflow_version,
-            mode: WriteMode::Update { expected_version: row.version },
+            mode: WriteMode::Update {
+                expected_version: row.version,
+            },
             status: row.status.clone(),
             current_step: row.current_step.clone(),
-            state: serde_json::to_string(&state).map_err(|error| Error::CorruptState(error.to_string()))?,
+            state: serde_json::to_string(&state)
+                .map_err(|error| Error::CorruptState(error.to_string()))?,
             runnable_at_ms: row.runnable_at_ms,
             lease_owner: row.lease_owner.clone(),
             lease_until_ms: row.lease_until_ms,
@@ -317,7 +365,8 @@ pub(crate) async fn execute(http: &reqwest::Client, request: &ActionRequest) -> 
     let body = if bytes.is_empty() {
         Value::Null
     } else {
-        serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
     };
     ActionOutcome::Response { status, body }
 }

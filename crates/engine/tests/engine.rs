@@ -2,6 +2,8 @@
 //! KEEL_TEST_DATABASE_URL is set), a real HTTP server on port 0 as the downstream system, and
 //! an injectable clock instead of sleeps for timers and SLAs.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,7 +34,9 @@ async fn real_time() -> Harness {
 
 async fn harness_with(clock_override: Option<Arc<dyn keel_engine::Clock>>) -> Harness {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("keel.sqlite").display().to_string()).await.unwrap();
+    let store = Store::open(&dir.path().join("keel.sqlite").display().to_string())
+        .await
+        .unwrap();
     let clock = Arc::new(ManualClock::new(START_MS));
     let engine_clock: Arc<dyn keel_engine::Clock> = clock_override.unwrap_or_else(|| clock.clone());
     let options = Options {
@@ -42,7 +46,11 @@ async fn harness_with(clock_override: Option<Arc<dyn keel_engine::Clock>>) -> Ha
         ..Options::default()
     };
     let engine = Engine::start(store, options, engine_clock).await.unwrap();
-    Harness { engine, clock, _dir: dir }
+    Harness {
+        engine,
+        clock,
+        _dir: dir,
+    }
 }
 
 /// Waits (bounded) until the case reaches one of `statuses`; returns the row.
@@ -55,11 +63,20 @@ async fn wait_status(engine: &Engine, id: &str, statuses: &[&str]) -> keel_store
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let row = engine.case(id).await.unwrap();
-    panic!("case {id} stayed {} (wanted {statuses:?}); state {}", row.status, row.state);
+    panic!(
+        "case {id} stayed {} (wanted {statuses:?}); state {}",
+        row.status, row.state
+    );
 }
 
 async fn kinds(engine: &Engine, id: &str) -> Vec<String> {
-    engine.timeline(id).await.unwrap().into_iter().map(|e| e.kind).collect()
+    engine
+        .timeline(id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect()
 }
 
 fn state(row: &keel_store::CaseRow) -> Value {
@@ -77,12 +94,22 @@ async fn downstream(failures: usize) -> (String, Arc<Mutex<Vec<String>>>) {
         axum::routing::post(move |headers: HeaderMap, body: axum::Json<Value>| {
             let (seen, calls) = (seen.clone(), calls.clone());
             async move {
-                let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+                let key = headers
+                    .get("idempotency-key")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
                 seen.lock().unwrap().push(key);
                 if calls.fetch_add(1, Ordering::SeqCst) < failures {
-                    return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({ "error": "busy" })));
+                    return (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        axum::Json(json!({ "error": "busy" })),
+                    );
                 }
-                (StatusCode::OK, axum::Json(json!({ "accepted": true, "echo": body.0 })))
+                (
+                    StatusCode::OK,
+                    axum::Json(json!({ "accepted": true, "echo": body.0 })),
+                )
             }
         }),
     );
@@ -139,9 +166,20 @@ steps:
 #[tokio::test]
 async fn a_case_runs_every_step_kind_and_completes() {
     let h = real_time().await;
-    h.engine.deploy_source(ROUTING, "routing.yaml").await.unwrap();
+    h.engine
+        .deploy_source(ROUTING, "routing.yaml")
+        .await
+        .unwrap();
     let (callback, keys) = downstream(0).await;
-    let submitted = h.engine.submit("routing", json!({ "amount": 50, "callback": callback }), None).await.unwrap();
+    let submitted = h
+        .engine
+        .submit(
+            "routing",
+            json!({ "amount": 50, "callback": callback }),
+            None,
+        )
+        .await
+        .unwrap();
     let row = wait_status(&h.engine, &submitted.case_id, &["completed", "failed"]).await;
     assert_eq!(row.status, "completed", "{}", row.state);
     let state = state(&row);
@@ -149,31 +187,71 @@ async fn a_case_runs_every_step_kind_and_completes() {
     assert_eq!(state["data"]["approval"]["level"], "clerk");
     assert_eq!(state["data"]["fee"], json!(0.5));
     assert_eq!(state["data"]["receipt"]["status"], 200);
-    assert_eq!(state["data"]["receipt"]["body"]["echo"], json!({ "amount": 50, "level": "clerk" }));
-    assert_eq!(keys.lock().unwrap().clone(), vec![format!("keel:{}:notify:1", submitted.case_id)]);
+    assert_eq!(
+        state["data"]["receipt"]["body"]["echo"],
+        json!({ "amount": 50, "level": "clerk" })
+    );
+    assert_eq!(
+        keys.lock().unwrap().clone(),
+        vec![format!("keel:{}:notify:1", submitted.case_id)]
+    );
     let kinds = kinds(&h.engine, &submitted.case_id).await;
     assert_eq!(
         kinds,
-        ["case.created", "step.completed", "step.completed", "step.completed", "step.completed", "action.started", "action.completed", "case.completed"]
+        [
+            "case.created",
+            "step.completed",
+            "step.completed",
+            "step.completed",
+            "step.completed",
+            "action.started",
+            "action.completed",
+            "case.completed"
+        ]
     );
 }
 
 #[tokio::test]
 async fn retries_use_a_new_key_per_attempt_and_stop_at_the_bound() {
     let h = real_time().await;
-    h.engine.deploy_source(ROUTING, "routing.yaml").await.unwrap();
+    h.engine
+        .deploy_source(ROUTING, "routing.yaml")
+        .await
+        .unwrap();
     let (callback, keys) = downstream(2).await;
-    let submitted = h.engine.submit("routing", json!({ "amount": 5000, "callback": callback }), None).await.unwrap();
+    let submitted = h
+        .engine
+        .submit(
+            "routing",
+            json!({ "amount": 5000, "callback": callback }),
+            None,
+        )
+        .await
+        .unwrap();
     let row = wait_status(&h.engine, &submitted.case_id, &["completed", "failed"]).await;
     assert_eq!(row.status, "completed", "{}", row.state);
     let keys = keys.lock().unwrap().clone();
     assert_eq!(keys.len(), 3);
     assert_eq!(keys[2], format!("keel:{}:notify:3", submitted.case_id));
     let kinds = kinds(&h.engine, &submitted.case_id).await;
-    assert_eq!(kinds.iter().filter(|k| *k == "action.attempt_failed").count(), 2);
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| *k == "action.attempt_failed")
+            .count(),
+        2
+    );
 
     let (always_down, keys) = downstream(usize::MAX).await;
-    let failing = h.engine.submit("routing", json!({ "amount": 5, "callback": always_down }), None).await.unwrap();
+    let failing = h
+        .engine
+        .submit(
+            "routing",
+            json!({ "amount": 5, "callback": always_down }),
+            None,
+        )
+        .await
+        .unwrap();
     let row = wait_status(&h.engine, &failing.case_id, &["completed", "failed"]).await;
     assert_eq!(row.status, "failed");
     assert_eq!(state(&row)["error"]["kind"], "action_failed");
@@ -183,11 +261,18 @@ async fn retries_use_a_new_key_per_attempt_and_stop_at_the_bound() {
 #[tokio::test]
 async fn a_connection_error_is_retried_then_fails_into_a_visible_state() {
     let h = real_time().await;
-    h.engine.deploy_source(ROUTING, "routing.yaml").await.unwrap();
+    h.engine
+        .deploy_source(ROUTING, "routing.yaml")
+        .await
+        .unwrap();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let closed = format!("http://{}/act", listener.local_addr().unwrap());
     drop(listener);
-    let submitted = h.engine.submit("routing", json!({ "amount": 5, "callback": closed }), None).await.unwrap();
+    let submitted = h
+        .engine
+        .submit("routing", json!({ "amount": 5, "callback": closed }), None)
+        .await
+        .unwrap();
     let row = wait_status(&h.engine, &submitted.case_id, &["completed", "failed"]).await;
     assert_eq!(row.status, "failed");
     let error = &state(&row)["error"];
@@ -199,13 +284,29 @@ async fn a_connection_error_is_retried_then_fails_into_a_visible_state() {
 #[tokio::test]
 async fn invalid_input_is_rejected_with_every_violation_and_nothing_is_stored() {
     let h = harness().await;
-    h.engine.deploy_source(ROUTING, "routing.yaml").await.unwrap();
-    let error = h.engine.submit("routing", json!({ "amount": -1 }), None).await.unwrap_err();
+    h.engine
+        .deploy_source(ROUTING, "routing.yaml")
+        .await
+        .unwrap();
+    let error = h
+        .engine
+        .submit("routing", json!({ "amount": -1 }), None)
+        .await
+        .unwrap_err();
     match error {
-        keel_engine::Error::InvalidInput(violations) => assert_eq!(violations.len(), 2, "{violations:?}"),
+        keel_engine::Error::InvalidInput(violations) => {
+            assert_eq!(violations.len(), 2, "{violations:?}")
+        }
         other => panic!("expected InvalidInput, got {other}"),
     }
-    let cases = h.engine.cases(&keel_store::CaseFilter { limit: 10, ..Default::default() }).await.unwrap();
+    let cases = h
+        .engine
+        .cases(&keel_store::CaseFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert!(cases.is_empty());
     assert!(matches!(
         h.engine.submit("nope", json!({}), None).await,
@@ -216,21 +317,36 @@ async fn invalid_input_is_rejected_with_every_violation_and_nothing_is_stored() 
 #[tokio::test]
 async fn a_repeated_idempotency_key_returns_the_same_case() {
     let h = real_time().await;
-    h.engine.deploy_source(ROUTING, "routing.yaml").await.unwrap();
+    h.engine
+        .deploy_source(ROUTING, "routing.yaml")
+        .await
+        .unwrap();
     let (callback, _) = downstream(0).await;
     let input = json!({ "amount": 1, "callback": callback });
     let mut ids = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..8 {
         let (engine, input) = (h.engine.clone(), input.clone());
-        tasks.spawn(async move { engine.submit("routing", input, Some("order-42".into())).await.unwrap() });
+        tasks.spawn(async move {
+            engine
+                .submit("routing", input, Some("order-42".into()))
+                .await
+                .unwrap()
+        });
     }
     while let Some(done) = tasks.join_next().await {
         ids.push(done.unwrap());
     }
     assert_eq!(ids.iter().filter(|s| s.created).count(), 1);
     assert!(ids.iter().all(|s| s.case_id == ids[0].case_id));
-    let cases = h.engine.cases(&keel_store::CaseFilter { limit: 10, ..Default::default() }).await.unwrap();
+    let cases = h
+        .engine
+        .cases(&keel_store::CaseFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(cases.len(), 1);
 }
 
@@ -255,8 +371,16 @@ steps:
 #[tokio::test]
 async fn timers_fire_late_never_early_and_signals_resume_the_case() {
     let h = harness().await;
-    h.engine.deploy_source(WAITING, "waiting.yaml").await.unwrap();
-    let id = h.engine.submit("waiting", json!({}), None).await.unwrap().case_id;
+    h.engine
+        .deploy_source(WAITING, "waiting.yaml")
+        .await
+        .unwrap();
+    let id = h
+        .engine
+        .submit("waiting", json!({}), None)
+        .await
+        .unwrap()
+        .case_id;
     wait_status(&h.engine, &id, &["waiting"]).await;
     h.clock.advance_ms(2 * 3_600_000 - 1);
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -269,8 +393,14 @@ async fn timers_fire_late_never_early_and_signals_resume_the_case() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(h.engine.case(&id).await.unwrap().current_step.as_deref(), Some("approval"));
-    h.engine.signal(&id, "approved", json!({ "by": "ana" })).await.unwrap();
+    assert_eq!(
+        h.engine.case(&id).await.unwrap().current_step.as_deref(),
+        Some("approval")
+    );
+    h.engine
+        .signal(&id, "approved", json!({ "by": "ana" }))
+        .await
+        .unwrap();
     let row = wait_status(&h.engine, &id, &["completed"]).await;
     let state = state(&row);
     assert_eq!(state["outcome"], "approved");
@@ -283,8 +413,16 @@ async fn timers_fire_late_never_early_and_signals_resume_the_case() {
 #[tokio::test]
 async fn a_signal_timeout_takes_the_timeout_branch() {
     let h = harness().await;
-    h.engine.deploy_source(WAITING, "waiting.yaml").await.unwrap();
-    let id = h.engine.submit("waiting", json!({}), None).await.unwrap().case_id;
+    h.engine
+        .deploy_source(WAITING, "waiting.yaml")
+        .await
+        .unwrap();
+    let id = h
+        .engine
+        .submit("waiting", json!({}), None)
+        .await
+        .unwrap()
+        .case_id;
     wait_status(&h.engine, &id, &["waiting"]).await;
     h.clock.advance_ms(2 * 3_600_000);
     for _ in 0..200 {
@@ -301,8 +439,16 @@ async fn a_signal_timeout_takes_the_timeout_branch() {
 #[tokio::test]
 async fn sla_breaches_are_journaled_once_and_leave_the_case_flagged() {
     let h = harness().await;
-    h.engine.deploy_source(WAITING, "waiting.yaml").await.unwrap();
-    let id = h.engine.submit("waiting", json!({}), None).await.unwrap().case_id;
+    h.engine
+        .deploy_source(WAITING, "waiting.yaml")
+        .await
+        .unwrap();
+    let id = h
+        .engine
+        .submit("waiting", json!({}), None)
+        .await
+        .unwrap()
+        .case_id;
     wait_status(&h.engine, &id, &["waiting"]).await;
     h.clock.advance_ms(3_600_000 + 1);
     let mut breached = false;
@@ -317,20 +463,45 @@ async fn sla_breaches_are_journaled_once_and_leave_the_case_flagged() {
     assert!(breached, "the case-level SLA of 1h was not recorded");
     tokio::time::sleep(Duration::from_millis(600)).await;
     let kinds = kinds(&h.engine, &id).await;
-    assert_eq!(kinds.iter().filter(|k| *k == "sla.breached").count(), 1, "{kinds:?}");
-    assert_eq!(h.engine.case(&id).await.unwrap().status, "waiting", "a breach does not stop the case");
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "sla.breached").count(),
+        1,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        h.engine.case(&id).await.unwrap().status,
+        "waiting",
+        "a breach does not stop the case"
+    );
 }
 
 #[tokio::test]
 async fn running_cases_stay_on_their_version_when_a_new_one_is_deployed() {
     let h = harness().await;
-    let (_, first) = h.engine.deploy_source(WAITING, "waiting.yaml").await.unwrap();
-    let id = h.engine.submit("waiting", json!({}), None).await.unwrap().case_id;
+    let (_, first) = h
+        .engine
+        .deploy_source(WAITING, "waiting.yaml")
+        .await
+        .unwrap();
+    let id = h
+        .engine
+        .submit("waiting", json!({}), None)
+        .await
+        .unwrap()
+        .case_id;
     wait_status(&h.engine, &id, &["waiting"]).await;
     let changed = WAITING.replace("outcome: approved", "outcome: approved-v2");
-    let (_, second) = h.engine.deploy_source(&changed, "waiting.yaml").await.unwrap();
+    let (_, second) = h
+        .engine
+        .deploy_source(&changed, "waiting.yaml")
+        .await
+        .unwrap();
     assert_eq!(second, first + 1);
-    let (_, again) = h.engine.deploy_source(&changed, "waiting.yaml").await.unwrap();
+    let (_, again) = h
+        .engine
+        .deploy_source(&changed, "waiting.yaml")
+        .await
+        .unwrap();
     assert_eq!(again, second, "the same bytes are the same version");
     let newer = h.engine.submit("waiting", json!({}), None).await.unwrap();
     assert_eq!(newer.workflow_version, second);
@@ -342,10 +513,19 @@ async fn running_cases_stay_on_their_version_when_a_new_one_is_deployed() {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        h.engine.signal(case, "approved", json!(true)).await.unwrap();
+        h.engine
+            .signal(case, "approved", json!(true))
+            .await
+            .unwrap();
     }
-    assert_eq!(state(&wait_status(&h.engine, &id, &["completed"]).await)["outcome"], "approved");
-    assert_eq!(state(&wait_status(&h.engine, &newer.case_id, &["completed"]).await)["outcome"], "approved-v2");
+    assert_eq!(
+        state(&wait_status(&h.engine, &id, &["completed"]).await)["outcome"],
+        "approved"
+    );
+    assert_eq!(
+        state(&wait_status(&h.engine, &newer.case_id, &["completed"]).await)["outcome"],
+        "approved-v2"
+    );
 }
 
 const LOOPING: &str = r#"
@@ -368,8 +548,16 @@ steps:
 #[tokio::test]
 async fn the_loop_guard_stops_a_case_that_never_ends() {
     let h = harness().await;
-    h.engine.deploy_source(LOOPING, "looping.yaml").await.unwrap();
-    let id = h.engine.submit("looping", json!({}), None).await.unwrap().case_id;
+    h.engine
+        .deploy_source(LOOPING, "looping.yaml")
+        .await
+        .unwrap();
+    let id = h
+        .engine
+        .submit("looping", json!({}), None)
+        .await
+        .unwrap()
+        .case_id;
     let row = wait_status(&h.engine, &id, &["failed"]).await;
     assert_eq!(state(&row)["error"]["kind"], "loop_guard");
 }
@@ -377,29 +565,125 @@ async fn the_loop_guard_stops_a_case_that_never_ends() {
 #[tokio::test]
 async fn the_ledger_checkpoints_and_proves_what_the_engine_wrote() {
     let h = real_time().await;
-    h.engine.deploy_source(ROUTING, "routing.yaml").await.unwrap();
+    h.engine
+        .deploy_source(ROUTING, "routing.yaml")
+        .await
+        .unwrap();
     let (callback, _) = downstream(0).await;
     for amount in 0..20 {
-        let id = h.engine.submit("routing", json!({ "amount": amount, "callback": callback }), None).await.unwrap().case_id;
+        let id = h
+            .engine
+            .submit(
+                "routing",
+                json!({ "amount": amount, "callback": callback }),
+                None,
+            )
+            .await
+            .unwrap()
+            .case_id;
         wait_status(&h.engine, &id, &["completed"]).await;
     }
     h.engine.sequence_now().await.unwrap();
     let store = h.engine.store();
     let key = h.engine.verifier_key();
-    let report = keel_engine::audit::verify(store, &key, &mut |_, _| {}).await.unwrap();
+    let report = keel_engine::audit::verify(store, &key, &mut |_, _| {})
+        .await
+        .unwrap();
     assert!(report.ok, "{:?}", report.findings);
     assert_eq!(report.leaves as i64, report.journal_entries);
     assert!(report.checkpoints_verified >= 1);
     let size = report.leaves;
     for index in [0, size / 2, size - 1] {
-        let document = keel_engine::audit::inclusion(store, index, None).await.unwrap();
+        let document = keel_engine::audit::inclusion(store, index, None)
+            .await
+            .unwrap();
         document.check(&key).unwrap();
     }
-    let document = keel_engine::audit::consistency(store, 3, None).await.unwrap();
+    let document = keel_engine::audit::consistency(store, 3, None)
+        .await
+        .unwrap();
     document.check(&key).unwrap();
     // The triggers refuse changes to the ledger tables.
-    for sql in ["UPDATE journal SET kind = 'x' WHERE seq = 1", "DELETE FROM journal WHERE seq = 1", "DELETE FROM ledger_leaves", "UPDATE checkpoints SET note = ''"] {
+    for sql in [
+        "UPDATE journal SET kind = 'x' WHERE seq = 1",
+        "DELETE FROM journal WHERE seq = 1",
+        "DELETE FROM ledger_leaves",
+        "UPDATE checkpoints SET note = ''",
+    ] {
         let error = store.execute_raw(sql).await.unwrap_err();
         assert!(error.to_string().contains("append-only"), "{sql}: {error}");
     }
+}
+
+#[tokio::test]
+async fn cases_run_and_the_ledger_verifies_on_postgres() {
+    let Ok(admin) = std::env::var("KEEL_TEST_DATABASE_URL") else {
+        eprintln!("cases_run_and_the_ledger_verifies_on_postgres: skipped (set KEEL_TEST_DATABASE_URL to run it)");
+        return;
+    };
+    let name = format!("keel_engine_{}", std::process::id());
+    Store::admin_execute(
+        &admin,
+        &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+    )
+    .await
+    .unwrap();
+    Store::admin_execute(&admin, &format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    let base = admin.rsplit_once('/').unwrap().0.to_string();
+    let store = Store::open(&format!("{base}/{name}")).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let options = Options {
+        node_id: "pg-node".into(),
+        poll_interval: Duration::from_millis(20),
+        data_dir: dir.path().to_path_buf(),
+        ..Options::default()
+    };
+    let engine = Engine::start(store.clone(), options, Arc::new(keel_engine::SystemClock))
+        .await
+        .unwrap();
+    engine.deploy_source(ROUTING, "routing.yaml").await.unwrap();
+    let (callback, keys) = downstream(3).await;
+    let mut ids = Vec::new();
+    for amount in 0..30 {
+        ids.push(
+            engine
+                .submit(
+                    "routing",
+                    json!({ "amount": amount * 100, "callback": callback }),
+                    None,
+                )
+                .await
+                .unwrap()
+                .case_id,
+        );
+    }
+    for id in &ids {
+        assert_eq!(
+            wait_status(&engine, id, &["completed", "failed"])
+                .await
+                .status,
+            "completed"
+        );
+    }
+    assert_eq!(
+        keys.lock().unwrap().len(),
+        33,
+        "30 cases, three of them retried once"
+    );
+    engine.sequence_now().await.unwrap();
+    let report = keel_engine::audit::verify(&store, &engine.verifier_key(), &mut |_, _| {})
+        .await
+        .unwrap();
+    assert!(report.ok, "{:?}", report.findings);
+    assert_eq!(report.leaves as i64, report.journal_entries);
+    engine.shutdown(Duration::from_secs(5)).await;
+    store.close().await;
+    Store::admin_execute(
+        &admin,
+        &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+    )
+    .await
+    .unwrap();
 }

@@ -74,9 +74,13 @@ pub async fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
 async fn open(data: &DataArgs) -> anyhow::Result<keel_store::Store> {
     let url = data.database_url();
     if !url.starts_with("postgres") && !std::path::Path::new(&url).exists() {
-        anyhow::bail!("no database at {url}; run `keel serve` first or pass --data-dir / --database");
+        anyhow::bail!(
+            "no database at {url}; run `keel serve` first or pass --data-dir / --database"
+        );
     }
-    keel_store::Store::open(&url).await.with_context(|| format!("cannot open the database {url}"))
+    keel_store::Store::open(&url)
+        .await
+        .with_context(|| format!("cannot open the database {url}"))
 }
 
 async fn verify(data: DataArgs, json: bool) -> anyhow::Result<ExitCode> {
@@ -110,28 +114,48 @@ async fn verify(data: DataArgs, json: bool) -> anyhow::Result<ExitCode> {
     } else {
         println!("ledger TAMPERED: {} problem(s)", report.findings_total);
         if let Some(first) = report.findings.first() {
-            println!("first bad leaf: {} (journal seq {}): {}", first.leaf_index, first.seq.map_or("-".into(), |s| s.to_string()), first.problem);
+            println!(
+                "first bad leaf: {} (journal seq {}): {}",
+                first.leaf_index,
+                first.seq.map_or("-".into(), |s| s.to_string()),
+                first.problem
+            );
         }
         for finding in report.findings.iter().skip(1).take(20) {
             println!("  leaf {}: {}", finding.leaf_index, finding.problem);
         }
     }
-    Ok(if report.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn check_proof(file: PathBuf, key: &str, json: bool) -> anyhow::Result<ExitCode> {
-    let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
-    let document: ProofDocument = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a proof document (see README: Proof documents)", file.display()))?;
+    let text = std::fs::read_to_string(&file)
+        .with_context(|| format!("cannot read {}", file.display()))?;
+    let document: ProofDocument = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is not a proof document (see README: Proof documents)",
+            file.display()
+        )
+    })?;
     match document.check(key) {
         Ok(checked) => {
             let checkpoint = checked.checkpoint();
             let what = match &checked {
                 keel_ledger::CheckedProof::Inclusion { leaf_index, .. } => {
-                    format!("leaf {leaf_index} is included in the tree of size {}", checkpoint.size)
+                    format!(
+                        "leaf {leaf_index} is included in the tree of size {}",
+                        checkpoint.size
+                    )
                 }
                 keel_ledger::CheckedProof::Consistency { from_size, .. } => {
-                    format!("the tree of size {from_size} is a prefix of the tree of size {}", checkpoint.size)
+                    format!(
+                        "the tree of size {from_size} is a prefix of the tree of size {}",
+                        checkpoint.size
+                    )
                 }
             };
             let root = hex::encode(checkpoint.root);
@@ -139,13 +163,19 @@ fn check_proof(file: PathBuf, key: &str, json: bool) -> anyhow::Result<ExitCode>
                 let report = serde_json::json!({ "ok": true, "statement": what, "origin": checkpoint.origin, "tree_size": checkpoint.size, "root": root });
                 println!("{report}");
             } else {
-                println!("proof OK: {what}, signed by {} (root {root})", checkpoint.origin);
+                println!(
+                    "proof OK: {what}, signed by {} (root {root})",
+                    checkpoint.origin
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
         Err(error) => {
             if json {
-                println!("{}", serde_json::json!({ "ok": false, "error": error.to_string() }));
+                println!(
+                    "{}",
+                    serde_json::json!({ "ok": false, "error": error.to_string() })
+                );
             } else {
                 println!("proof INVALID: {error}");
             }

@@ -34,7 +34,10 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         }
         all.extend(diagnostics);
     }
-    let errors = all.iter().filter(|d| matches!(d.severity, Severity::Error)).count();
+    let errors = all
+        .iter()
+        .filter(|d| matches!(d.severity, Severity::Error))
+        .count();
     let warnings = all.len() - errors;
     if args.json {
         let report = serde_json::json!({ "files": checked, "errors": errors, "warnings": warnings, "diagnostics": all });
@@ -44,7 +47,11 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     } else {
         eprintln!("checked {checked} file(s): {errors} error(s), {warnings} warning(s)");
     }
-    Ok(if errors == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn collect(path: &Path, files: &mut Vec<PathBuf>) -> anyhow::Result<()> {

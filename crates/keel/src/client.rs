@@ -71,7 +71,9 @@ pub enum CaseCommand {
 }
 
 fn http() -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?)
+    Ok(reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()?)
 }
 
 /// Sends a request and turns problem JSON into a readable error.
@@ -85,7 +87,11 @@ async fn call(request: reqwest::RequestBuilder, server: &str) -> anyhow::Result<
 }
 
 fn problem_text(body: &Value) -> String {
-    let mut text = body["detail"].as_str().or(body["title"].as_str()).unwrap_or("request failed").to_string();
+    let mut text = body["detail"]
+        .as_str()
+        .or(body["title"].as_str())
+        .unwrap_or("request failed")
+        .to_string();
     if let Some(violations) = body["violations"].as_array() {
         for violation in violations {
             text.push_str(&format!(
@@ -100,13 +106,21 @@ fn problem_text(body: &Value) -> String {
 
 pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     let client = http()?;
-    let url = format!("{}/v1/workflows/{}/cases", args.server.server.trim_end_matches('/'), args.workflow);
+    let url = format!(
+        "{}/v1/workflows/{}/cases",
+        args.server.server.trim_end_matches('/'),
+        args.workflow
+    );
     if let Some(path) = &args.jsonl {
         return submit_jsonl(&client, &url, path, &args).await;
     }
-    let Some(path) = &args.file else { bail!("give a JSON file, or --jsonl FILE for many cases") };
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let input: Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+    let Some(path) = &args.file else {
+        bail!("give a JSON file, or --jsonl FILE for many cases")
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let input: Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid JSON", path.display()))?;
     let mut request = client.post(&url).json(&input);
     if let Some(key) = &args.idempotency_key {
         request = request.header("Idempotency-Key", key);
@@ -118,21 +132,41 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
     if args.server.json {
         println!("{body}");
     } else {
-        let verb = if body["created"].as_bool() == Some(false) { "already submitted as" } else { "submitted" };
+        let verb = if body["created"].as_bool() == Some(false) {
+            "already submitted as"
+        } else {
+            "submitted"
+        };
         println!("{}", body["case_id"].as_str().unwrap_or(""));
-        eprintln!("{verb} case {} ({} v{})", body["case_id"].as_str().unwrap_or("?"), args.workflow, body["workflow_version"]);
+        eprintln!(
+            "{verb} case {} ({} v{})",
+            body["case_id"].as_str().unwrap_or("?"),
+            args.workflow,
+            body["workflow_version"]
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
 
-async fn submit_jsonl(client: &reqwest::Client, url: &str, path: &PathBuf, args: &SubmitArgs) -> anyhow::Result<ExitCode> {
-    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let lines: Vec<(usize, std::io::Result<String>)> =
-        std::io::BufReader::new(file).lines().enumerate().map(|(i, line)| (i + 1, line)).collect();
+async fn submit_jsonl(
+    client: &reqwest::Client,
+    url: &str,
+    path: &PathBuf,
+    args: &SubmitArgs,
+) -> anyhow::Result<ExitCode> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let lines: Vec<(usize, std::io::Result<String>)> = std::io::BufReader::new(file)
+        .lines()
+        .enumerate()
+        .map(|(i, line)| (i + 1, line))
+        .collect();
     let bar = ProgressBar::new(lines.len() as u64);
     bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} cases ({per_sec}, eta {eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} cases ({per_sec}, eta {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut rejected: Vec<(usize, String)> = Vec::new();
     let (mut created, mut existing) = (0usize, 0usize);
@@ -144,7 +178,10 @@ async fn submit_jsonl(client: &reqwest::Client, url: &str, path: &PathBuf, args:
                 continue;
             }
             Ok(line) if line.len() > MAX_LINE_BYTES => {
-                rejected.push((number, format!("line is longer than {MAX_LINE_BYTES} bytes")));
+                rejected.push((
+                    number,
+                    format!("line is longer than {MAX_LINE_BYTES} bytes"),
+                ));
                 bar.inc(1);
                 continue;
             }
@@ -166,10 +203,15 @@ async fn submit_jsonl(client: &reqwest::Client, url: &str, path: &PathBuf, args:
         let mut request = client.post(url).json(&input);
         if let Some(field) = &args.key_field {
             match input.get(field) {
-                Some(Value::String(key)) => request = request.header("Idempotency-Key", key.as_str()),
+                Some(Value::String(key)) => {
+                    request = request.header("Idempotency-Key", key.as_str())
+                }
                 Some(other) => request = request.header("Idempotency-Key", other.to_string()),
                 None => {
-                    rejected.push((number, format!("has no `{field}` field for the idempotency key")));
+                    rejected.push((
+                        number,
+                        format!("has no `{field}` field for the idempotency key"),
+                    ));
                     bar.inc(1);
                     continue;
                 }
@@ -195,14 +237,27 @@ async fn submit_jsonl(client: &reqwest::Client, url: &str, path: &PathBuf, args:
     if args.server.json {
         println!("{summary}");
     } else {
-        eprintln!("submitted {created} new case(s), {existing} already submitted, {} line(s) rejected", rejected.len());
+        eprintln!(
+            "submitted {created} new case(s), {existing} already submitted, {} line(s) rejected",
+            rejected.len()
+        );
     }
-    Ok(if rejected.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if rejected.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 type Done = Result<(usize, anyhow::Result<(u16, Value)>), tokio::task::JoinError>;
 
-fn tally(done: Done, created: &mut usize, existing: &mut usize, rejected: &mut Vec<(usize, String)>, bar: &ProgressBar) {
+fn tally(
+    done: Done,
+    created: &mut usize,
+    existing: &mut usize,
+    rejected: &mut Vec<(usize, String)>,
+    bar: &ProgressBar,
+) {
     bar.inc(1);
     match done {
         Ok((_, Ok((status, body)))) if (200..300).contains(&status) => {
@@ -212,7 +267,9 @@ fn tally(done: Done, created: &mut usize, existing: &mut usize, rejected: &mut V
                 *created += 1;
             }
         }
-        Ok((number, Ok((status, body)))) => rejected.push((number, format!("HTTP {status}: {}", problem_text(&body)))),
+        Ok((number, Ok((status, body)))) => {
+            rejected.push((number, format!("HTTP {status}: {}", problem_text(&body))))
+        }
         Ok((number, Err(error))) => rejected.push((number, format!("{error:#}"))),
         Err(error) => rejected.push((0, format!("internal: {error}"))),
     }
@@ -221,9 +278,16 @@ fn tally(done: Done, created: &mut usize, existing: &mut usize, rejected: &mut V
 pub async fn cases(args: CasesArgs) -> anyhow::Result<ExitCode> {
     let client = http()?;
     let mut request = client
-        .get(format!("{}/v1/cases", args.server.server.trim_end_matches('/')))
+        .get(format!(
+            "{}/v1/cases",
+            args.server.server.trim_end_matches('/')
+        ))
         .query(&[("limit", args.limit.to_string())]);
-    for (name, value) in [("workflow", &args.workflow), ("status", &args.status), ("cursor", &args.cursor)] {
+    for (name, value) in [
+        ("workflow", &args.workflow),
+        ("status", &args.status),
+        ("cursor", &args.cursor),
+    ] {
         if let Some(value) = value {
             request = request.query(&[(name, value)]);
         }
@@ -236,7 +300,10 @@ pub async fn cases(args: CasesArgs) -> anyhow::Result<ExitCode> {
         println!("{body}");
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<36}  {:<22}  {:>3}  {:<10}  {:<16}  {}", "ID", "WORKFLOW", "VER", "STATUS", "STEP", "UPDATED");
+    println!(
+        "{:<36}  {:<22}  {:>3}  {:<10}  {:<16}  UPDATED",
+        "ID", "WORKFLOW", "VER", "STATUS", "STEP"
+    );
     for case in body["cases"].as_array().into_iter().flatten() {
         println!(
             "{:<36}  {:<22}  {:>3}  {:<10}  {:<16}  {}",
@@ -257,7 +324,10 @@ pub async fn cases(args: CasesArgs) -> anyhow::Result<ExitCode> {
 pub async fn case(command: CaseCommand) -> anyhow::Result<ExitCode> {
     let CaseCommand::Show { id, server } = command;
     let client = http()?;
-    let request = client.get(format!("{}/v1/cases/{id}", server.server.trim_end_matches('/')));
+    let request = client.get(format!(
+        "{}/v1/cases/{id}",
+        server.server.trim_end_matches('/')
+    ));
     let (status, body) = call(request, &server.server).await?;
     if status != 200 {
         bail!("HTTP {status}: {}", problem_text(&body));
@@ -267,7 +337,11 @@ pub async fn case(command: CaseCommand) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!("case      {}", body["id"].as_str().unwrap_or(""));
-    println!("workflow  {} v{}", body["workflow"].as_str().unwrap_or(""), body["workflow_version"]);
+    println!(
+        "workflow  {} v{}",
+        body["workflow"].as_str().unwrap_or(""),
+        body["workflow_version"]
+    );
     println!("status    {}", body["status"].as_str().unwrap_or(""));
     if let Some(step) = body["current_step"].as_str() {
         println!("step      {step}");
@@ -282,7 +356,10 @@ pub async fn case(command: CaseCommand) -> anyhow::Result<ExitCode> {
         println!("sla       BREACHED");
     }
     println!();
-    println!("{:>6}  {:<24}  {:<22}  {:<16}  {}", "SEQ", "AT", "EVENT", "STEP", "DETAIL");
+    println!(
+        "{:>6}  {:<24}  {:<22}  {:<16}  DETAIL",
+        "SEQ", "AT", "EVENT", "STEP"
+    );
     for entry in body["timeline"].as_array().into_iter().flatten() {
         let mut detail = entry["data"].to_string();
         if detail.len() > 80 {

@@ -38,12 +38,26 @@ pub struct ServeArgs {
 }
 
 /// Opens the store and the engine the way every command that runs cases does.
-pub async fn start_engine(data: &DataArgs, lease: Duration, max_in_flight: usize) -> anyhow::Result<(Engine, Option<std::fs::File>)> {
-    std::fs::create_dir_all(&data.data_dir)
-        .with_context(|| format!("cannot create the data directory {}", data.data_dir.display()))?;
+pub async fn start_engine(
+    data: &DataArgs,
+    lease: Duration,
+    max_in_flight: usize,
+) -> anyhow::Result<(Engine, Option<std::fs::File>)> {
+    std::fs::create_dir_all(&data.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            data.data_dir.display()
+        )
+    })?;
     let url = data.database_url();
-    let lock = if url.starts_with("postgres") { None } else { Some(lock_data_dir(&data.data_dir)?) };
-    let store = keel_store::Store::open(&url).await.with_context(|| format!("cannot open the database {url}"))?;
+    let lock = if url.starts_with("postgres") {
+        None
+    } else {
+        Some(lock_data_dir(&data.data_dir)?)
+    };
+    let store = keel_store::Store::open(&url)
+        .await
+        .with_context(|| format!("cannot open the database {url}"))?;
     let options = Options {
         node_id: node_id(&data.data_dir)?,
         lease,
@@ -80,14 +94,20 @@ fn node_id(dir: &Path) -> anyhow::Result<String> {
         Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),
         _ => {
             let id = format!("node-{}", uuid::Uuid::now_v7());
-            std::fs::write(&path, &id).with_context(|| format!("cannot write {}", path.display()))?;
+            std::fs::write(&path, &id)
+                .with_context(|| format!("cannot write {}", path.display()))?;
             Ok(id)
         }
     }
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let (engine, _lock) = start_engine(&args.data, Duration::from_secs(args.lease_s), args.max_in_flight).await?;
+    let (engine, _lock) = start_engine(
+        &args.data,
+        Duration::from_secs(args.lease_s),
+        args.max_in_flight,
+    )
+    .await?;
     if args.workflows.is_dir() {
         let report = engine.deploy_dir(&args.workflows).await?;
         for (name, version, new) in &report.deployed {
@@ -103,15 +123,30 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
-        .with_context(|| format!("cannot listen on {}; is another keel running? pick another with --listen", args.listen))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {}; is another keel running? pick another with --listen",
+                args.listen
+            )
+        })?;
     let address = listener.local_addr()?;
-    eprintln!("keel is serving on http://{address} (API docs: http://{address}/docs; data: {})", args.data.database_url());
-    eprintln!("submit a case:  keel submit ticket-routing examples/ticket.json   (then: keel cases)");
+    eprintln!(
+        "keel is serving on http://{address} (API docs: http://{address}/docs; data: {})",
+        args.data.database_url()
+    );
+    eprintln!(
+        "submit a case:  keel submit ticket-routing examples/ticket.json   (then: keel cases)"
+    );
     let shutdown = shutdown_signal();
-    let options = keel_server::ServerOptions { sandbox: !args.no_sandbox, ..keel_server::ServerOptions::default() };
+    let options = keel_server::ServerOptions {
+        sandbox: !args.no_sandbox,
+        ..keel_server::ServerOptions::default()
+    };
     keel_server::serve(listener, engine.clone(), options, shutdown).await?;
     tracing::info!("HTTP stopped; finishing in-flight steps");
-    engine.shutdown(Duration::from_secs(args.shutdown_grace_s)).await;
+    engine
+        .shutdown(Duration::from_secs(args.shutdown_grace_s))
+        .await;
     engine.store().close().await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
@@ -121,13 +156,14 @@ async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(_) => {
-                let _ = interrupt.await;
-                return;
-            }
-        };
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = interrupt => {}
             _ = terminate.recv() => {}

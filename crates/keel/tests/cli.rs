@@ -1,6 +1,8 @@
 //! End-to-end tests of the `keel` binary: real processes, real SQLite files, a real
 //! downstream HTTP server, SIGKILL at random moments.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -42,7 +44,11 @@ steps:
 "#;
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 struct Server {
@@ -64,7 +70,10 @@ fn start_server(data: &Path, workflows: &Path) -> Server {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    Server { child, base: format!("http://127.0.0.1:{port}") }
+    Server {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+    }
 }
 
 async fn wait_ready(client: &reqwest::Client, server: &Server) {
@@ -81,7 +90,10 @@ async fn wait_ready(client: &reqwest::Client, server: &Server) {
 }
 
 fn terminate(mut server: Server) {
-    let _ = Command::new("kill").arg("-TERM").arg(server.child.id().to_string()).status();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(server.child.id().to_string())
+        .status();
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if let Ok(Some(_)) = server.child.try_wait() {
@@ -109,7 +121,11 @@ async fn honouring_downstream() -> (String, Arc<Mutex<Ledger>>) {
         axum::routing::post(move |headers: HeaderMap, body: axum::Json<Value>| {
             let shared = shared.clone();
             async move {
-                let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+                let key = headers
+                    .get("idempotency-key")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
                 let mut ledger = shared.lock().unwrap();
                 if !ledger.acted.contains_key(&key) {
                     ledger.acted.insert(key.clone(), 1);
@@ -134,7 +150,11 @@ fn workflows_dir(dir: &Path, source: &str) -> PathBuf {
 }
 
 fn keel(args: &[&str]) -> (i32, String, String) {
-    let output = Command::new(KEEL).args(args).env("KEEL_LOG", "warn").output().unwrap();
+    let output = Command::new(KEEL)
+        .args(args)
+        .env("KEEL_LOG", "warn")
+        .output()
+        .unwrap();
     (
         output.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -148,10 +168,17 @@ async fn acknowledged_cases_survive_sigkill_and_act_exactly_once() {
     let data = dir.path().join("data");
     let workflows = workflows_dir(dir.path(), CRASH_WORKFLOW);
     let (callback, downstream) = honouring_downstream().await;
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
     let mut acknowledged: HashSet<String> = HashSet::new();
     let mut rng = fastrand::Rng::with_seed(0x6b65656c);
-    let rounds = if std::env::var("RUN_SLOW_TESTS").is_ok() { 6 } else { 3 };
+    let rounds = if std::env::var("RUN_SLOW_TESTS").is_ok() {
+        6
+    } else {
+        3
+    };
     let mut n = 0;
     for _ in 0..rounds {
         let mut server = start_server(&data, &workflows);
@@ -181,7 +208,11 @@ async fn acknowledged_cases_survive_sigkill_and_act_exactly_once() {
             }
         }
     }
-    assert!(acknowledged.len() > 20, "too few cases acknowledged to mean anything: {}", acknowledged.len());
+    assert!(
+        acknowledged.len() > 20,
+        "too few cases acknowledged to mean anything: {}",
+        acknowledged.len()
+    );
 
     // Restart once more and let everything finish.
     let server = start_server(&data, &workflows);
@@ -191,7 +222,14 @@ async fn acknowledged_cases_survive_sigkill_and_act_exactly_once() {
     while !pending.is_empty() && Instant::now() < deadline {
         let mut still = Vec::new();
         for id in pending {
-            let body: Value = client.get(format!("{}/v1/cases/{id}", server.base)).send().await.unwrap().json().await.unwrap();
+            let body: Value = client
+                .get(format!("{}/v1/cases/{id}", server.base))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
             match body["status"].as_str() {
                 Some("completed") => {}
                 Some("failed") => panic!("case {id} failed: {body}"),
@@ -203,20 +241,42 @@ async fn acknowledged_cases_survive_sigkill_and_act_exactly_once() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    assert!(pending.is_empty(), "{} acknowledged case(s) never completed: {:?}", pending.len(), &pending[..pending.len().min(5)]);
+    assert!(
+        pending.is_empty(),
+        "{} acknowledged case(s) never completed: {:?}",
+        pending.len(),
+        &pending[..pending.len().min(5)]
+    );
     terminate(server);
 
     let ledger = downstream.lock().unwrap();
     for id in &acknowledged {
-        assert_eq!(ledger.cases_acted.get(id).copied(), Some(1), "case {id} acted {:?} times", ledger.cases_acted.get(id));
+        assert_eq!(
+            ledger.cases_acted.get(id).copied(),
+            Some(1),
+            "case {id} acted {:?} times",
+            ledger.cases_acted.get(id)
+        );
     }
     assert!(ledger.acted.values().all(|count| *count == 1));
 
-    let (code, stdout, stderr) = keel(&["audit", "verify", "--data-dir", data.to_str().unwrap(), "--json"]);
-    assert_eq!(code, 0, "audit verify failed after crashes: {stdout} {stderr}");
+    let (code, stdout, stderr) = keel(&[
+        "audit",
+        "verify",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(
+        code, 0,
+        "audit verify failed after crashes: {stdout} {stderr}"
+    );
     let report: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["ok"], true);
-    assert_eq!(report["leaves"], report["journal_entries"], "graceful stop sequences everything");
+    assert_eq!(
+        report["leaves"], report["journal_entries"],
+        "graceful stop sequences everything"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -237,11 +297,23 @@ async fn audit_verify_names_the_leaf_that_was_tampered_with() {
             .await
             .unwrap();
         assert_eq!(response.status().as_u16(), 201);
-        ids.push(response.json::<Value>().await.unwrap()["case_id"].as_str().unwrap().to_string());
+        ids.push(
+            response.json::<Value>().await.unwrap()["case_id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
     }
     for id in &ids {
         for _ in 0..300 {
-            let body: Value = client.get(format!("{}/v1/cases/{id}", server.base)).send().await.unwrap().json().await.unwrap();
+            let body: Value = client
+                .get(format!("{}/v1/cases/{id}", server.base))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
             if body["status"] == "completed" {
                 break;
             }
@@ -251,27 +323,49 @@ async fn audit_verify_names_the_leaf_that_was_tampered_with() {
     // The sequencer checkpoints within a second of new entries.
     let mut checkpoint = Value::Null;
     for _ in 0..100 {
-        checkpoint = client.get(format!("{}/v1/audit/checkpoint", server.base)).send().await.unwrap().json().await.unwrap();
+        checkpoint = client
+            .get(format!("{}/v1/audit/checkpoint", server.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         if checkpoint["tree_size"].as_u64().unwrap_or(0) >= 10 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(checkpoint["tree_size"].as_u64().unwrap_or(0) >= 10, "no checkpoint: {checkpoint}");
+    assert!(
+        checkpoint["tree_size"].as_u64().unwrap_or(0) >= 10,
+        "no checkpoint: {checkpoint}"
+    );
     // An offline inclusion proof, as an auditor would check it.
     let proof_file = dir.path().join("proof.json");
-    let proof = client.get(format!("{}/v1/audit/proof/inclusion?index=3", server.base)).send().await.unwrap();
+    let proof = client
+        .get(format!("{}/v1/audit/proof/inclusion?index=3", server.base))
+        .send()
+        .await
+        .unwrap();
     std::fs::write(&proof_file, proof.text().await.unwrap()).unwrap();
     terminate(server);
     let key = checkpoint["verifier_key"].as_str().unwrap();
-    let (code, stdout, _) = keel(&["audit", "check-proof", proof_file.to_str().unwrap(), "--key", key]);
+    let (code, stdout, _) = keel(&[
+        "audit",
+        "check-proof",
+        proof_file.to_str().unwrap(),
+        "--key",
+        key,
+    ]);
     assert_eq!(code, 0, "{stdout}");
 
     let data_dir = data.to_str().unwrap();
     let (code, stdout, stderr) = keel(&["audit", "verify", "--data-dir", data_dir]);
     assert_eq!(code, 0, "clean ledger must verify: {stdout} {stderr}");
 
-    let store = keel_store::Store::open(&data.join("keel.sqlite").display().to_string()).await.unwrap();
+    let store = keel_store::Store::open(&data.join("keel.sqlite").display().to_string())
+        .await
+        .unwrap();
     store
         .tamper_sqlite("UPDATE journal SET data = '{\"amount\":1000000}' WHERE seq = 7")
         .await
@@ -283,16 +377,26 @@ async fn audit_verify_names_the_leaf_that_was_tampered_with() {
     assert_eq!(report["ok"], false);
     assert_eq!(report["findings"][0]["seq"], 7);
     assert_eq!(report["findings"][0]["leaf_index"], 6);
-    assert!(report["findings"][0]["problem"].as_str().unwrap().contains("data was changed"));
+    assert!(report["findings"][0]["problem"]
+        .as_str()
+        .unwrap()
+        .contains("data was changed"));
     let (code, stdout, _) = keel(&["audit", "verify", "--data-dir", data_dir]);
     assert_eq!(code, 1);
     assert!(stdout.contains("first bad leaf: 6"), "{stdout}");
 
     // The proof checked before still checks: it commits to the leaf, not to the data.
-    let mut tampered: Value = serde_json::from_str(&std::fs::read_to_string(&proof_file).unwrap()).unwrap();
+    let mut tampered: Value =
+        serde_json::from_str(&std::fs::read_to_string(&proof_file).unwrap()).unwrap();
     tampered["leaf_index"] = json!(2);
     std::fs::write(&proof_file, tampered.to_string()).unwrap();
-    let (code, _, _) = keel(&["audit", "check-proof", proof_file.to_str().unwrap(), "--key", key]);
+    let (code, _, _) = keel(&[
+        "audit",
+        "check-proof",
+        proof_file.to_str().unwrap(),
+        "--key",
+        key,
+    ]);
     assert_eq!(code, 1, "a proof for another index must not verify");
 }
 
@@ -300,7 +404,13 @@ async fn audit_verify_names_the_leaf_that_was_tampered_with() {
 fn check_reports_errors_with_positions_and_json() {
     let dir = tempfile::tempdir().unwrap();
     let broken = dir.path().join("broken.yaml");
-    std::fs::write(&broken, CRASH_WORKFLOW.replace("goto", "x").replace("  - id: done\n    end: { outcome: paid }\n", "")).unwrap();
+    std::fs::write(
+        &broken,
+        CRASH_WORKFLOW
+            .replace("goto", "x")
+            .replace("  - id: done\n    end: { outcome: paid }\n", ""),
+    )
+    .unwrap();
     let (code, _, stderr) = keel(&["check", broken.to_str().unwrap()]);
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("broken.yaml:"), "{stderr}");

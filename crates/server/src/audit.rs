@@ -115,7 +115,9 @@ pub async fn consistency_proof(
 /// checkpoint is a 404; a damaged ledger stays a 500 (`Problem::from`).
 fn bad_proof_request(error: keel_engine::Error) -> Problem {
     match error {
-        keel_engine::Error::BadProofRequest(message) => Problem::new(Kind::InvalidParameter, message),
+        keel_engine::Error::BadProofRequest(message) => {
+            Problem::new(Kind::InvalidParameter, message)
+        }
         keel_engine::Error::NoCheckpoint(message) => Problem::new(Kind::NoCheckpoint, message),
         other => Problem::from(other),
     }

@@ -63,7 +63,11 @@ pub fn router(engine: Engine, options: ServerOptions) -> Router {
         openapi_json: openapi::document_bytes(),
     };
     let max_body_bytes = options.max_body_bytes;
-    let sandbox = if options.sandbox { sandbox::router() } else { Router::new() };
+    let sandbox = if options.sandbox {
+        sandbox::router()
+    } else {
+        Router::new()
+    };
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

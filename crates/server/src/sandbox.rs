@@ -28,21 +28,39 @@ type Shared = Arc<Mutex<Memory>>;
 
 pub fn router() -> Router {
     Router::new()
-        .route("/sandbox/erp/invoices/{invoice}/bookings", post(book_invoice))
-        .route("/sandbox/helpdesk/queues/{queue}/tickets", post(open_ticket))
+        .route(
+            "/sandbox/erp/invoices/{invoice}/bookings",
+            post(book_invoice),
+        )
+        .route(
+            "/sandbox/helpdesk/queues/{queue}/tickets",
+            post(open_ticket),
+        )
         .route("/sandbox/requests", get(requests))
         .with_state(Shared::default())
 }
 
-fn answer(memory: &Shared, headers: &HeaderMap, request: Value, make: impl FnOnce(u64) -> Value) -> Json<Value> {
-    let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_string);
-    let Ok(mut memory) = memory.lock() else { return Json(json!({ "error": "sandbox unavailable" })) };
+fn answer(
+    memory: &Shared,
+    headers: &HeaderMap,
+    request: Value,
+    make: impl FnOnce(u64) -> Value,
+) -> Json<Value> {
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let Ok(mut memory) = memory.lock() else {
+        return Json(json!({ "error": "sandbox unavailable" }));
+    };
     if let Some(previous) = key.as_ref().and_then(|key| memory.answers.get(key)) {
         return Json(previous.clone());
     }
     memory.next_id += 1;
     let response = make(memory.next_id);
-    memory.requests.push_back(json!({ "idempotency_key": key, "request": request, "response": response }));
+    memory
+        .requests
+        .push_back(json!({ "idempotency_key": key, "request": request, "response": response }));
     if memory.requests.len() > MAX_REMEMBERED {
         memory.requests.pop_front();
     }
@@ -58,17 +76,40 @@ fn answer(memory: &Shared, headers: &HeaderMap, request: Value, make: impl FnOnc
     Json(response)
 }
 
-async fn book_invoice(State(memory): State<Shared>, Path(invoice): Path<String>, headers: HeaderMap, body: Json<Value>) -> Json<Value> {
+async fn book_invoice(
+    State(memory): State<Shared>,
+    Path(invoice): Path<String>,
+    headers: HeaderMap,
+    body: Json<Value>,
+) -> Json<Value> {
     let request = json!({ "system": "erp", "invoice": invoice, "body": body.0 });
-    answer(&memory, &headers, request, |n| json!({ "booking_id": format!("BK-{n:06}"), "invoice": invoice, "status": "booked" }))
+    answer(
+        &memory,
+        &headers,
+        request,
+        |n| json!({ "booking_id": format!("BK-{n:06}"), "invoice": invoice, "status": "booked" }),
+    )
 }
 
-async fn open_ticket(State(memory): State<Shared>, Path(queue): Path<String>, headers: HeaderMap, body: Json<Value>) -> Json<Value> {
+async fn open_ticket(
+    State(memory): State<Shared>,
+    Path(queue): Path<String>,
+    headers: HeaderMap,
+    body: Json<Value>,
+) -> Json<Value> {
     let request = json!({ "system": "helpdesk", "queue": queue, "body": body.0 });
-    answer(&memory, &headers, request, |n| json!({ "ticket_id": format!("HD-{n:06}"), "queue": queue, "status": "open" }))
+    answer(
+        &memory,
+        &headers,
+        request,
+        |n| json!({ "ticket_id": format!("HD-{n:06}"), "queue": queue, "status": "open" }),
+    )
 }
 
 async fn requests(State(memory): State<Shared>) -> Json<Value> {
-    let requests: Vec<Value> = memory.lock().map(|m| m.requests.iter().cloned().collect()).unwrap_or_default();
+    let requests: Vec<Value> = memory
+        .lock()
+        .map(|m| m.requests.iter().cloned().collect())
+        .unwrap_or_default();
     Json(json!({ "requests": requests }))
 }

@@ -566,7 +566,12 @@ async fn checkpoints_and_proofs_check_offline() {
         assert!(!problem["detail"].as_str().unwrap().is_empty());
     }
     let no_such_size = format!("/v1/audit/proof/inclusion?index=0&size={}", tree_size + 100);
-    expect_problem(app.get(&no_such_size).await, StatusCode::NOT_FOUND, "no-checkpoint").await;
+    expect_problem(
+        app.get(&no_such_size).await,
+        StatusCode::NOT_FOUND,
+        "no-checkpoint",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -576,14 +581,46 @@ async fn the_sandbox_honours_idempotency_keys() {
     let url = format!("{}/sandbox/erp/invoices/INV-1/bookings", app.base);
     let mut answers = Vec::new();
     for _ in 0..2 {
-        let response = client.post(&url).header("Idempotency-Key", "k-1").json(&json!({"net": 1})).send().await.unwrap();
+        let response = client
+            .post(&url)
+            .header("Idempotency-Key", "k-1")
+            .json(&json!({"net": 1}))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 200);
         answers.push(response.json::<Value>().await.unwrap());
     }
-    assert_eq!(answers[0], answers[1], "a repeated key returns the first answer");
-    assert!(answers[0]["booking_id"].as_str().unwrap().starts_with("BK-"));
-    let other = client.post(&url).header("Idempotency-Key", "k-2").json(&json!({})).send().await.unwrap();
-    assert_ne!(other.json::<Value>().await.unwrap()["booking_id"], answers[0]["booking_id"]);
-    let seen: Value = client.get(format!("{}/sandbox/requests", app.base)).send().await.unwrap().json().await.unwrap();
-    assert_eq!(seen["requests"].as_array().unwrap().len(), 2, "the repeat did not act again");
+    assert_eq!(
+        answers[0], answers[1],
+        "a repeated key returns the first answer"
+    );
+    assert!(answers[0]["booking_id"]
+        .as_str()
+        .unwrap()
+        .starts_with("BK-"));
+    let other = client
+        .post(&url)
+        .header("Idempotency-Key", "k-2")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(
+        other.json::<Value>().await.unwrap()["booking_id"],
+        answers[0]["booking_id"]
+    );
+    let seen: Value = client
+        .get(format!("{}/sandbox/requests", app.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        seen["requests"].as_array().unwrap().len(),
+        2,
+        "the repeat did not act again"
+    );
 }

@@ -12,7 +12,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::{QueryBuilder, Row};
 
 /// Largest number of journal rows in one INSERT statement (SQLite allows 32,766 parameters).
@@ -37,7 +39,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Clone)]
 enum Backend {
     /// One connection writes (SQLite has one writer anyway); a pool reads beside it (WAL).
-    Sqlite { write: SqlitePool, read: SqlitePool },
+    Sqlite {
+        write: SqlitePool,
+        read: SqlitePool,
+    },
     Postgres(PgPool),
 }
 
@@ -140,7 +145,10 @@ impl JournalRow {
             seq: self.seq,
             at: self.at.clone(),
             kind: self.kind.clone(),
-            actor: keel_ledger::Actor { actor_type: self.actor_type.clone(), id: self.actor_id.clone() },
+            actor: keel_ledger::Actor {
+                actor_type: self.actor_type.clone(),
+                id: self.actor_id.clone(),
+            },
             subject: keel_ledger::Subject {
                 case: self.case_id.clone(),
                 workflow: self.workflow.clone(),
@@ -234,7 +242,8 @@ pub struct LeafRow {
     pub entry: JournalRow,
 }
 
-const CASE_COLUMNS: &str = "id, workflow, workflow_version, status, current_step, state, version, runnable_at_ms, \
+const CASE_COLUMNS: &str =
+    "id, workflow, workflow_version, status, current_step, state, version, runnable_at_ms, \
      lease_owner, lease_until_ms, sla_due_ms, sla_breached, created_at_ms, updated_at_ms";
 const JOURNAL_COLUMNS: &str =
     "seq, at, kind, actor_type, actor_id, case_id, workflow, step, task_id, exception_id, data, data_sha256";
@@ -298,7 +307,9 @@ impl Store {
                 .acquire_timeout(Duration::from_secs(30))
                 .connect(url)
                 .await?;
-            Store { backend: Backend::Postgres(pool) }
+            Store {
+                backend: Backend::Postgres(pool),
+            }
         } else {
             let path = url.strip_prefix("sqlite://").unwrap_or(url);
             if path.contains("://") {
@@ -311,14 +322,27 @@ impl Store {
                 .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(Duration::from_secs(30))
                 .pragma("cache_size", "-65536");
-            let write = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
-            let read = SqlitePoolOptions::new().max_connections(4).connect_with(options.read_only(true)).await;
+            let write = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(options.clone())
+                .await?;
+            let read = SqlitePoolOptions::new()
+                .max_connections(4)
+                .connect_with(options.read_only(true))
+                .await;
             // A read-only pool cannot open a file that does not exist yet; the writer created it.
             let read = match read {
                 Ok(pool) => pool,
-                Err(_) => SqlitePoolOptions::new().max_connections(4).connect_with(options_read(path)?).await?,
+                Err(_) => {
+                    SqlitePoolOptions::new()
+                        .max_connections(4)
+                        .connect_with(options_read(path)?)
+                        .await?
+                }
             };
-            Store { backend: Backend::Sqlite { write, read } }
+            Store {
+                backend: Backend::Sqlite { write, read },
+            }
         };
         store.migrate().await?;
         Ok(store)
@@ -341,13 +365,16 @@ impl Store {
             let mut tx = pool.begin().await?;
             if let Backend::Postgres(_) = self.backend {
                 // Two nodes starting at once must not both migrate.
-                sqlx::query("SELECT pg_advisory_xact_lock(7316)").execute(&mut *tx).await?;
+                sqlx::query("SELECT pg_advisory_xact_lock(7316)")
+                    .execute(&mut *tx)
+                    .await?;
             }
             sqlx::raw_sql("CREATE TABLE IF NOT EXISTS keel_migrations (version BIGINT PRIMARY KEY, applied_at_ms BIGINT NOT NULL)")
                 .execute(&mut *tx)
                 .await?;
-            let applied: Vec<i64> =
-                sqlx::query_scalar("SELECT version FROM keel_migrations").fetch_all(&mut *tx).await?;
+            let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM keel_migrations")
+                .fetch_all(&mut *tx)
+                .await?;
             for (version, sql) in migrations {
                 if applied.contains(version) {
                     continue;
@@ -368,19 +395,27 @@ impl Store {
 
     pub async fn meta(&self, key: &str) -> Result<Option<String>> {
         dispatch!(self, |pool| {
-            Ok(sqlx::query_scalar("SELECT value FROM meta WHERE key = $1").bind(key).fetch_optional(pool).await?)
+            Ok(sqlx::query_scalar("SELECT value FROM meta WHERE key = $1")
+                .bind(key)
+                .fetch_optional(pool)
+                .await?)
         })
     }
 
     /// Sets `key` to `value` unless it is already set; returns the value in force.
     pub async fn meta_init(&self, key: &str, value: &str) -> Result<String> {
         dispatch!(self, |pool| {
-            sqlx::query("INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
+            sqlx::query(
+                "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+            )
+            .bind(key)
+            .bind(value)
+            .execute(pool)
+            .await?;
+            let value: String = sqlx::query_scalar("SELECT value FROM meta WHERE key = $1")
                 .bind(key)
-                .bind(value)
-                .execute(pool)
+                .fetch_one(pool)
                 .await?;
-            let value: String = sqlx::query_scalar("SELECT value FROM meta WHERE key = $1").bind(key).fetch_one(pool).await?;
             Ok(value)
         })
     }
@@ -389,7 +424,15 @@ impl Store {
 
     /// Records a workflow version unless the latest version of `name` has the same source hash.
     /// Returns the version number in force and whether it is new.
-    pub async fn deploy_workflow(&self, name: &str, label: &str, source: &str, sha256: &str, file: &str, now_ms: i64) -> Result<(i64, bool)> {
+    pub async fn deploy_workflow(
+        &self,
+        name: &str,
+        label: &str,
+        source: &str,
+        sha256: &str,
+        file: &str,
+        now_ms: i64,
+    ) -> Result<(i64, bool)> {
         dispatch!(self, |pool| {
             let mut tx = pool.begin().await?;
             let latest: Option<(i64, String)> = sqlx::query_as(
@@ -432,15 +475,19 @@ impl Store {
             .await?;
             Ok(rows
                 .into_iter()
-                .map(|(name, version_no, label, source, source_sha256, file, deployed_at_ms)| WorkflowRow {
-                    name,
-                    version_no,
-                    label,
-                    source,
-                    source_sha256,
-                    file,
-                    deployed_at_ms,
-                })
+                .map(
+                    |(name, version_no, label, source, source_sha256, file, deployed_at_ms)| {
+                        WorkflowRow {
+                            name,
+                            version_no,
+                            label,
+                            source,
+                            source_sha256,
+                            file,
+                            deployed_at_ms,
+                        }
+                    },
+                )
                 .collect())
         })
     }
@@ -511,7 +558,9 @@ impl Store {
             if let Backend::Postgres(_) = self.backend {
                 // Serialise journal appends so that sequence numbers commit in order and the
                 // sequencer can never skip an entry that commits late.
-                sqlx::query("SELECT pg_advisory_xact_lock(7317)").execute(&mut *tx).await?;
+                sqlx::query("SELECT pg_advisory_xact_lock(7317)")
+                    .execute(&mut *tx)
+                    .await?;
             }
             insert_entries!(tx, entries);
             tx.commit().await?;
@@ -524,7 +573,9 @@ impl Store {
         dispatch!(self, |pool| {
             let mut tx = pool.begin().await?;
             if let Backend::Postgres(_) = self.backend {
-                sqlx::query("SELECT pg_advisory_xact_lock(7317)").execute(&mut *tx).await?;
+                sqlx::query("SELECT pg_advisory_xact_lock(7317)")
+                    .execute(&mut *tx)
+                    .await?;
             }
             insert_entries!(tx, entries);
             tx.commit().await?;
@@ -533,7 +584,13 @@ impl Store {
     }
 
     /// Leases up to `limit` runnable cases (due, and unleased or with an expired lease) to `owner`.
-    pub async fn claim(&self, owner: &str, now_ms: i64, lease_until_ms: i64, limit: i64) -> Result<Vec<CaseRow>> {
+    pub async fn claim(
+        &self,
+        owner: &str,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<CaseRow>> {
         let sql = match self.backend {
             Backend::Sqlite { .. } => format!(
                 "UPDATE cases SET lease_owner = $1, lease_until_ms = $2 WHERE id IN (SELECT id FROM cases \
@@ -559,11 +616,20 @@ impl Store {
     }
 
     /// Extends the lease of cases `owner` holds.
-    pub async fn renew_leases(&self, owner: &str, ids: &[String], lease_until_ms: i64) -> Result<()> {
+    pub async fn renew_leases(
+        &self,
+        owner: &str,
+        ids: &[String],
+        lease_until_ms: i64,
+    ) -> Result<()> {
         dispatch!(self, |pool| {
             for chunk in ids.chunks(500) {
                 let mut builder = QueryBuilder::new("UPDATE cases SET lease_until_ms = ");
-                builder.push_bind(lease_until_ms).push(" WHERE lease_owner = ").push_bind(owner).push(" AND id IN (");
+                builder
+                    .push_bind(lease_until_ms)
+                    .push(" WHERE lease_owner = ")
+                    .push_bind(owner)
+                    .push(" AND id IN (");
                 let mut separated = builder.separated(", ");
                 for id in chunk {
                     separated.push_bind(id);
@@ -578,26 +644,38 @@ impl Store {
     /// Drops every lease `owner` holds (start-up of a node that reuses its id, or shutdown).
     pub async fn release_leases(&self, owner: &str) -> Result<u64> {
         dispatch!(self, |pool| {
-            Ok(sqlx::query("UPDATE cases SET lease_owner = NULL, lease_until_ms = NULL WHERE lease_owner = $1")
-                .bind(owner)
-                .execute(pool)
-                .await?
-                .rows_affected())
+            Ok(sqlx::query(
+                "UPDATE cases SET lease_owner = NULL, lease_until_ms = NULL WHERE lease_owner = $1",
+            )
+            .bind(owner)
+            .execute(pool)
+            .await?
+            .rows_affected())
         })
     }
 
     pub async fn case(&self, id: &str) -> Result<Option<CaseRow>> {
         let sql = format!("SELECT {CASE_COLUMNS} FROM cases WHERE id = $1");
-        dispatch!(self, |pool| {
+        dispatch_read!(self, |pool| {
             let row = sqlx::query(&sql).bind(id).fetch_optional(pool).await?;
             row.as_ref().map(case_row).transpose()
         })
     }
 
-    pub async fn case_by_idempotency_key(&self, workflow: &str, key: &str) -> Result<Option<CaseRow>> {
-        let sql = format!("SELECT {CASE_COLUMNS} FROM cases WHERE workflow = $1 AND idempotency_key = $2");
-        dispatch!(self, |pool| {
-            let row = sqlx::query(&sql).bind(workflow).bind(key).fetch_optional(pool).await?;
+    pub async fn case_by_idempotency_key(
+        &self,
+        workflow: &str,
+        key: &str,
+    ) -> Result<Option<CaseRow>> {
+        let sql = format!(
+            "SELECT {CASE_COLUMNS} FROM cases WHERE workflow = $1 AND idempotency_key = $2"
+        );
+        dispatch_read!(self, |pool| {
+            let row = sqlx::query(&sql)
+                .bind(workflow)
+                .bind(key)
+                .fetch_optional(pool)
+                .await?;
             row.as_ref().map(case_row).transpose()
         })
     }
@@ -623,15 +701,27 @@ impl Store {
     /// Number of cases per status.
     pub async fn case_counts(&self) -> Result<Vec<(String, i64)>> {
         dispatch_read!(self, |pool| {
-            Ok(sqlx::query_as("SELECT status, COUNT(*) FROM cases GROUP BY status ORDER BY status").fetch_all(pool).await?)
+            Ok(
+                sqlx::query_as(
+                    "SELECT status, COUNT(*) FROM cases GROUP BY status ORDER BY status",
+                )
+                .fetch_all(pool)
+                .await?,
+            )
         })
     }
 
     /// Cases whose next SLA deadline has passed.
     pub async fn sla_due(&self, now_ms: i64, limit: i64) -> Result<Vec<CaseRow>> {
-        let sql = format!("SELECT {CASE_COLUMNS} FROM cases WHERE sla_due_ms <= $1 ORDER BY sla_due_ms LIMIT $2");
+        let sql = format!(
+            "SELECT {CASE_COLUMNS} FROM cases WHERE sla_due_ms <= $1 ORDER BY sla_due_ms LIMIT $2"
+        );
         dispatch!(self, |pool| {
-            let rows = sqlx::query(&sql).bind(now_ms).bind(limit.clamp(1, MAX_PAGE)).fetch_all(pool).await?;
+            let rows = sqlx::query(&sql)
+                .bind(now_ms)
+                .bind(limit.clamp(1, MAX_PAGE))
+                .fetch_all(pool)
+                .await?;
             rows.iter().map(case_row).collect()
         })
     }
@@ -639,17 +729,25 @@ impl Store {
     /// The earliest time any case becomes runnable, if any.
     pub async fn next_runnable_at(&self) -> Result<Option<i64>> {
         dispatch_read!(self, |pool| {
-            Ok(sqlx::query_scalar("SELECT MIN(runnable_at_ms) FROM cases WHERE runnable_at_ms IS NOT NULL")
-                .fetch_one(pool)
-                .await?)
+            Ok(sqlx::query_scalar(
+                "SELECT MIN(runnable_at_ms) FROM cases WHERE runnable_at_ms IS NOT NULL",
+            )
+            .fetch_one(pool)
+            .await?)
         })
     }
 
     /// The journal entries of one case, in order.
     pub async fn timeline(&self, case_id: &str, limit: i64) -> Result<Vec<JournalRow>> {
-        let sql = format!("SELECT {JOURNAL_COLUMNS} FROM journal WHERE case_id = $1 ORDER BY seq LIMIT $2");
-        dispatch!(self, |pool| {
-            let rows = sqlx::query(&sql).bind(case_id).bind(limit.clamp(1, 10 * MAX_PAGE)).fetch_all(pool).await?;
+        let sql = format!(
+            "SELECT {JOURNAL_COLUMNS} FROM journal WHERE case_id = $1 ORDER BY seq LIMIT $2"
+        );
+        dispatch_read!(self, |pool| {
+            let rows = sqlx::query(&sql)
+                .bind(case_id)
+                .bind(limit.clamp(1, 10 * MAX_PAGE))
+                .fetch_all(pool)
+                .await?;
             rows.iter().map(journal_row).collect()
         })
     }
@@ -658,9 +756,14 @@ impl Store {
 
     /// Journal entries with `seq > after_seq`, oldest first.
     pub async fn journal_after(&self, after_seq: i64, limit: i64) -> Result<Vec<JournalRow>> {
-        let sql = format!("SELECT {JOURNAL_COLUMNS} FROM journal WHERE seq > $1 ORDER BY seq LIMIT $2");
-        dispatch!(self, |pool| {
-            let rows = sqlx::query(&sql).bind(after_seq).bind(limit).fetch_all(pool).await?;
+        let sql =
+            format!("SELECT {JOURNAL_COLUMNS} FROM journal WHERE seq > $1 ORDER BY seq LIMIT $2");
+        dispatch_read!(self, |pool| {
+            let rows = sqlx::query(&sql)
+                .bind(after_seq)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?;
             rows.iter().map(journal_row).collect()
         })
     }
@@ -669,18 +772,25 @@ impl Store {
     pub async fn tree_state(&self) -> Result<(u64, i64)> {
         dispatch!(self, |pool| {
             let row: (Option<i64>, Option<i64>) =
-                sqlx::query_as("SELECT MAX(leaf_index), MAX(seq) FROM ledger_leaves").fetch_one(pool).await?;
+                sqlx::query_as("SELECT MAX(leaf_index), MAX(seq) FROM ledger_leaves")
+                    .fetch_one(pool)
+                    .await?;
             let size = row.0.map_or(0, |index| index as u64 + 1);
             Ok((size, row.1.unwrap_or(0)))
         })
     }
 
     /// Appends sequenced leaves and the perfect-subtree nodes they completed (level ≥ 1).
-    pub async fn append_tree(&self, leaves: &[(i64, i64, Vec<u8>)], nodes: &[(i64, i64, Vec<u8>)]) -> Result<()> {
+    pub async fn append_tree(
+        &self,
+        leaves: &[(i64, i64, Vec<u8>)],
+        nodes: &[(i64, i64, Vec<u8>)],
+    ) -> Result<()> {
         dispatch!(self, |pool| {
             let mut tx = pool.begin().await?;
             for chunk in leaves.chunks(NODES_PER_INSERT) {
-                let mut builder = QueryBuilder::new("INSERT INTO ledger_leaves (leaf_index, seq, leaf_hash) ");
+                let mut builder =
+                    QueryBuilder::new("INSERT INTO ledger_leaves (leaf_index, seq, leaf_hash) ");
                 builder.push_values(chunk, |mut row, (index, seq, hash)| {
                     row.push_bind(*index).push_bind(*seq).push_bind(hash);
                 });
@@ -698,26 +808,55 @@ impl Store {
         })
     }
 
-    /// Hashes of the given perfect-subtree nodes; level 0 reads leaves. Missing ones are absent.
+    /// Hashes of the given perfect-subtree nodes; level 0 reads leaves. Missing ones are
+    /// absent. Two queries whatever the number of nodes (a proof needs a few dozen).
     pub async fn tree_nodes(&self, wanted: &[(u8, u64)]) -> Result<Vec<((u8, u64), Vec<u8>)>> {
+        let leaves: Vec<i64> = wanted
+            .iter()
+            .filter(|(level, _)| *level == 0)
+            .map(|(_, index)| *index as i64)
+            .collect();
+        let nodes: Vec<(i64, i64)> = wanted
+            .iter()
+            .filter(|(level, _)| *level > 0)
+            .map(|(level, index)| (i64::from(*level), *index as i64))
+            .collect();
         let mut found = Vec::with_capacity(wanted.len());
         dispatch_read!(self, |pool| {
-            for (level, index) in wanted {
-                let hash: Option<Vec<u8>> = if *level == 0 {
-                    sqlx::query_scalar("SELECT leaf_hash FROM ledger_leaves WHERE leaf_index = $1")
-                        .bind(*index as i64)
-                        .fetch_optional(pool)
-                        .await?
-                } else {
-                    sqlx::query_scalar("SELECT hash FROM ledger_nodes WHERE level = $1 AND idx = $2")
-                        .bind(i64::from(*level))
-                        .bind(*index as i64)
-                        .fetch_optional(pool)
-                        .await?
-                };
-                if let Some(hash) = hash {
-                    found.push(((*level, *index), hash));
+            for chunk in leaves.chunks(NODES_PER_INSERT) {
+                let mut builder = QueryBuilder::new(
+                    "SELECT leaf_index, leaf_hash FROM ledger_leaves WHERE leaf_index IN (",
+                );
+                let mut list = builder.separated(", ");
+                for index in chunk {
+                    list.push_bind(*index);
                 }
+                list.push_unseparated(")");
+                let rows: Vec<(i64, Vec<u8>)> = builder.build_query_as().fetch_all(pool).await?;
+                found.extend(
+                    rows.into_iter()
+                        .map(|(index, hash)| ((0u8, index as u64), hash)),
+                );
+            }
+            for chunk in nodes.chunks(NODES_PER_INSERT / 2) {
+                let mut builder = QueryBuilder::new(
+                    "SELECT level, idx, hash FROM ledger_nodes WHERE (level, idx) IN (VALUES ",
+                );
+                let mut list = builder.separated(", ");
+                for (level, index) in chunk {
+                    list.push("(");
+                    list.push_bind_unseparated(*level);
+                    list.push_unseparated(", ");
+                    list.push_bind_unseparated(*index);
+                    list.push_unseparated(")");
+                }
+                builder.push(")");
+                let rows: Vec<(i64, i64, Vec<u8>)> =
+                    builder.build_query_as().fetch_all(pool).await?;
+                found.extend(
+                    rows.into_iter()
+                        .map(|(level, index, hash)| ((level as u8, index as u64), hash)),
+                );
             }
             Ok(found)
         })
@@ -729,22 +868,36 @@ impl Store {
                    j.step, j.task_id, j.exception_id, j.data, j.data_sha256 \
                    FROM ledger_leaves l LEFT JOIN journal j ON j.seq = l.seq WHERE l.leaf_index >= $1 ORDER BY l.leaf_index LIMIT $2";
         dispatch_read!(self, |pool| {
-            let rows = sqlx::query(sql).bind(from_index).bind(limit).fetch_all(pool).await?;
+            let rows = sqlx::query(sql)
+                .bind(from_index)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?;
             let mut leaves = Vec::with_capacity(rows.len());
             for row in &rows {
                 let leaf_index: i64 = row.try_get("leaf_index")?;
                 let seq: Option<i64> = row.try_get("seq")?;
                 if seq.is_none() {
-                    return Err(Error::Corrupt(format!("leaf {leaf_index} points at a journal entry that does not exist")));
+                    return Err(Error::Corrupt(format!(
+                        "leaf {leaf_index} points at a journal entry that does not exist"
+                    )));
                 }
-                leaves.push(LeafRow { leaf_index, leaf_hash: row.try_get("leaf_hash")?, entry: journal_row(row)? });
+                leaves.push(LeafRow {
+                    leaf_index,
+                    leaf_hash: row.try_get("leaf_hash")?,
+                    entry: journal_row(row)?,
+                });
             }
             Ok(leaves)
         })
     }
 
     pub async fn journal_count(&self) -> Result<i64> {
-        dispatch_read!(self, |pool| Ok(sqlx::query_scalar("SELECT COUNT(*) FROM journal").fetch_one(pool).await?))
+        dispatch_read!(self, |pool| Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM journal"
+        )
+        .fetch_one(pool)
+        .await?))
     }
 
     pub async fn insert_checkpoint(&self, checkpoint: &CheckpointRow) -> Result<()> {
@@ -761,32 +914,54 @@ impl Store {
     }
 
     pub async fn latest_checkpoint(&self) -> Result<Option<CheckpointRow>> {
-        dispatch!(self, |pool| {
+        dispatch_read!(self, |pool| {
             let row: Option<(i64, Vec<u8>, String, i64)> =
                 sqlx::query_as("SELECT tree_size, root, note, at_ms FROM checkpoints ORDER BY tree_size DESC LIMIT 1")
                     .fetch_optional(pool)
                     .await?;
-            Ok(row.map(|(tree_size, root, note, at_ms)| CheckpointRow { tree_size, root, note, at_ms }))
+            Ok(row.map(|(tree_size, root, note, at_ms)| CheckpointRow {
+                tree_size,
+                root,
+                note,
+                at_ms,
+            }))
         })
     }
 
     /// The checkpoint for exactly `tree_size`, if one was written.
     pub async fn checkpoint(&self, tree_size: i64) -> Result<Option<CheckpointRow>> {
-        dispatch!(self, |pool| {
-            let row: Option<(i64, Vec<u8>, String, i64)> =
-                sqlx::query_as("SELECT tree_size, root, note, at_ms FROM checkpoints WHERE tree_size = $1")
-                    .bind(tree_size)
-                    .fetch_optional(pool)
-                    .await?;
-            Ok(row.map(|(tree_size, root, note, at_ms)| CheckpointRow { tree_size, root, note, at_ms }))
+        dispatch_read!(self, |pool| {
+            let row: Option<(i64, Vec<u8>, String, i64)> = sqlx::query_as(
+                "SELECT tree_size, root, note, at_ms FROM checkpoints WHERE tree_size = $1",
+            )
+            .bind(tree_size)
+            .fetch_optional(pool)
+            .await?;
+            Ok(row.map(|(tree_size, root, note, at_ms)| CheckpointRow {
+                tree_size,
+                root,
+                note,
+                at_ms,
+            }))
         })
     }
 
     pub async fn checkpoints(&self) -> Result<Vec<CheckpointRow>> {
         dispatch_read!(self, |pool| {
-            let rows: Vec<(i64, Vec<u8>, String, i64)> =
-                sqlx::query_as("SELECT tree_size, root, note, at_ms FROM checkpoints ORDER BY tree_size").fetch_all(pool).await?;
-            Ok(rows.into_iter().map(|(tree_size, root, note, at_ms)| CheckpointRow { tree_size, root, note, at_ms }).collect())
+            let rows: Vec<(i64, Vec<u8>, String, i64)> = sqlx::query_as(
+                "SELECT tree_size, root, note, at_ms FROM checkpoints ORDER BY tree_size",
+            )
+            .fetch_all(pool)
+            .await?;
+            Ok(rows
+                .into_iter()
+                .map(|(tree_size, root, note, at_ms)| CheckpointRow {
+                    tree_size,
+                    root,
+                    note,
+                    at_ms,
+                })
+                .collect())
         })
     }
 
@@ -794,7 +969,13 @@ impl Store {
 
     /// Takes or renews the named lease for `owner` until `until_ms` if it is free, expired or
     /// already `owner`'s. Returns whether `owner` holds it now.
-    pub async fn acquire_lease(&self, name: &str, owner: &str, now_ms: i64, until_ms: i64) -> Result<bool> {
+    pub async fn acquire_lease(
+        &self,
+        name: &str,
+        owner: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<bool> {
         dispatch!(self, |pool| {
             let affected = sqlx::query(
                 "INSERT INTO leases (name, owner, until_ms) VALUES ($1, $2, $3) ON CONFLICT (name) DO UPDATE \
@@ -816,10 +997,14 @@ impl Store {
     #[doc(hidden)]
     pub async fn tamper_sqlite(&self, sql: &str) -> Result<()> {
         let Backend::Sqlite { write, .. } = &self.backend else {
-            return Err(Error::Corrupt("tampering helper supports SQLite only".into()));
+            return Err(Error::Corrupt(
+                "tampering helper supports SQLite only".into(),
+            ));
         };
         let mut tx = write.begin().await?;
-        sqlx::raw_sql("DROP TRIGGER journal_no_update").execute(&mut *tx).await?;
+        sqlx::raw_sql("DROP TRIGGER journal_no_update")
+            .execute(&mut *tx)
+            .await?;
         sqlx::raw_sql(sql).execute(&mut *tx).await?;
         sqlx::raw_sql(
             "CREATE TRIGGER journal_no_update BEFORE UPDATE ON journal BEGIN SELECT RAISE(ABORT, 'keel: journal is append-only'); END;",
@@ -833,7 +1018,10 @@ impl Store {
     /// Runs raw SQL (tests: prove the triggers reject UPDATE and DELETE).
     #[doc(hidden)]
     pub async fn execute_raw(&self, sql: &str) -> Result<u64> {
-        dispatch!(self, |pool| Ok(sqlx::raw_sql(sql).execute(pool).await?.rows_affected()))
+        dispatch!(self, |pool| Ok(sqlx::raw_sql(sql)
+            .execute(pool)
+            .await?
+            .rows_affected()))
     }
 
     /// Runs one administrative statement (CREATE/DROP DATABASE) on a PostgreSQL server.
@@ -847,8 +1035,13 @@ impl Store {
 
     /// Size of a PostgreSQL database in bytes.
     pub async fn postgres_database_size(&self, name: &str) -> Result<u64> {
-        let Backend::Postgres(pool) = &self.backend else { return Ok(0) };
-        let size: i64 = sqlx::query_scalar("SELECT pg_database_size($1)").bind(name).fetch_one(pool).await?;
+        let Backend::Postgres(pool) = &self.backend else {
+            return Ok(0);
+        };
+        let size: i64 = sqlx::query_scalar("SELECT pg_database_size($1)")
+            .bind(name)
+            .fetch_one(pool)
+            .await?;
         Ok(size as u64)
     }
 

@@ -2,6 +2,8 @@
 //! PostgreSQL database when KEEL_TEST_DATABASE_URL is set (CI sets it). Without it the
 //! PostgreSQL half prints that it was skipped.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use keel_store::{CaseFilter, CaseWrite, NewEntry, Store, WriteMode, WriteOutcome};
 
 /// Databases under test: (label, store, cleanup).
@@ -16,23 +18,50 @@ impl Backend {
     async fn cleanup(self) {
         self.store.close().await;
         if let Some((admin, name)) = self.postgres {
-            Store::admin_execute(&admin, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await.unwrap();
+            Store::admin_execute(
+                &admin,
+                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            )
+            .await
+            .unwrap();
         }
     }
 }
 
 async fn backends(test: &str) -> Vec<Backend> {
     let dir = tempfile::tempdir().unwrap();
-    let sqlite = Store::open(&dir.path().join("keel.sqlite").display().to_string()).await.unwrap();
-    let mut list = vec![Backend { label: "sqlite", store: sqlite, _dir: Some(dir), postgres: None }];
+    let sqlite = Store::open(&dir.path().join("keel.sqlite").display().to_string())
+        .await
+        .unwrap();
+    let mut list = vec![Backend {
+        label: "sqlite",
+        store: sqlite,
+        _dir: Some(dir),
+        postgres: None,
+    }];
     match std::env::var("KEEL_TEST_DATABASE_URL") {
         Ok(admin) if !admin.is_empty() => {
             let name = format!("keel_store_{test}_{}", std::process::id());
-            Store::admin_execute(&admin, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await.unwrap();
-            Store::admin_execute(&admin, &format!("CREATE DATABASE {name}")).await.unwrap();
-            let base = admin.rsplit_once('/').map(|(base, _)| base.to_string()).unwrap();
+            Store::admin_execute(
+                &admin,
+                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            )
+            .await
+            .unwrap();
+            Store::admin_execute(&admin, &format!("CREATE DATABASE {name}"))
+                .await
+                .unwrap();
+            let base = admin
+                .rsplit_once('/')
+                .map(|(base, _)| base.to_string())
+                .unwrap();
             let store = Store::open(&format!("{base}/{name}")).await.unwrap();
-            list.push(Backend { label: "postgres", store, _dir: None, postgres: Some((admin, name)) });
+            list.push(Backend {
+                label: "postgres",
+                store,
+                _dir: None,
+                postgres: Some((admin, name)),
+            });
         }
         _ => eprintln!("{test}: PostgreSQL part skipped (set KEEL_TEST_DATABASE_URL to run it)"),
     }
@@ -53,12 +82,19 @@ fn entry(case: &str, kind: &str) -> NewEntry {
     }
 }
 
-fn insert(id: &str, key: Option<&str>, lease: Option<(&str, i64)>, runnable_at: Option<i64>) -> CaseWrite {
+fn insert(
+    id: &str,
+    key: Option<&str>,
+    lease: Option<(&str, i64)>,
+    runnable_at: Option<i64>,
+) -> CaseWrite {
     CaseWrite {
         case_id: id.into(),
         workflow: "wf".into(),
         workflow_version: 1,
-        mode: WriteMode::Insert { idempotency_key: key.map(String::from) },
+        mode: WriteMode::Insert {
+            idempotency_key: key.map(String::from),
+        },
         status: "running".into(),
         current_step: Some("a".into()),
         state: "{}".into(),
@@ -85,9 +121,29 @@ fn update(id: &str, expected_version: i64, status: &str) -> CaseWrite {
 async fn migrations_are_idempotent_and_workflow_versions_count_up() {
     for backend in backends("migrate").await {
         let store = &backend.store;
-        assert_eq!(store.deploy_workflow("wf", "1", "a", "sha-a", "wf.yaml", 1).await.unwrap(), (1, true), "{}", backend.label);
-        assert_eq!(store.deploy_workflow("wf", "1", "a", "sha-a", "wf.yaml", 2).await.unwrap(), (1, false));
-        assert_eq!(store.deploy_workflow("wf", "2", "b", "sha-b", "wf.yaml", 3).await.unwrap(), (2, true));
+        assert_eq!(
+            store
+                .deploy_workflow("wf", "1", "a", "sha-a", "wf.yaml", 1)
+                .await
+                .unwrap(),
+            (1, true),
+            "{}",
+            backend.label
+        );
+        assert_eq!(
+            store
+                .deploy_workflow("wf", "1", "a", "sha-a", "wf.yaml", 2)
+                .await
+                .unwrap(),
+            (1, false)
+        );
+        assert_eq!(
+            store
+                .deploy_workflow("wf", "2", "b", "sha-b", "wf.yaml", 3)
+                .await
+                .unwrap(),
+            (2, true)
+        );
         assert_eq!(store.workflow_versions().await.unwrap().len(), 2);
         assert_eq!(store.meta_init("k", "first").await.unwrap(), "first");
         assert_eq!(store.meta_init("k", "second").await.unwrap(), "first");
@@ -100,23 +156,52 @@ async fn group_commit_applies_each_write_or_reports_its_conflict() {
     for backend in backends("commit").await {
         let store = &backend.store;
         let outcomes = store
-            .commit(&[insert("c1", Some("k1"), None, None), insert("c2", Some("k1"), None, None), insert("c3", None, None, None)])
+            .commit(&[
+                insert("c1", Some("k1"), None, None),
+                insert("c2", Some("k1"), None, None),
+                insert("c3", None, None, None),
+            ])
             .await
             .unwrap();
         assert_eq!(
             outcomes,
-            [WriteOutcome::Written { version: 1 }, WriteOutcome::Conflict, WriteOutcome::Written { version: 1 }],
+            [
+                WriteOutcome::Written { version: 1 },
+                WriteOutcome::Conflict,
+                WriteOutcome::Written { version: 1 }
+            ],
             "{}",
             backend.label
         );
-        assert_eq!(store.journal_count().await.unwrap(), 2, "the conflicting write's entries are not kept");
-        let outcomes = store.commit(&[update("c1", 1, "completed"), update("c3", 7, "completed")]).await.unwrap();
-        assert_eq!(outcomes, [WriteOutcome::Written { version: 2 }, WriteOutcome::Conflict]);
+        assert_eq!(
+            store.journal_count().await.unwrap(),
+            2,
+            "the conflicting write's entries are not kept"
+        );
+        let outcomes = store
+            .commit(&[update("c1", 1, "completed"), update("c3", 7, "completed")])
+            .await
+            .unwrap();
+        assert_eq!(
+            outcomes,
+            [WriteOutcome::Written { version: 2 }, WriteOutcome::Conflict]
+        );
         assert_eq!(store.journal_count().await.unwrap(), 4);
         assert_eq!(store.case("c1").await.unwrap().unwrap().status, "completed");
-        assert_eq!(store.case_by_idempotency_key("wf", "k1").await.unwrap().unwrap().id, "c1");
+        assert_eq!(
+            store
+                .case_by_idempotency_key("wf", "k1")
+                .await
+                .unwrap()
+                .unwrap()
+                .id,
+            "c1"
+        );
         let timeline = store.timeline("c1", 100).await.unwrap();
-        assert_eq!(timeline.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(), ["case.created", "step.completed", "case.completed"]);
+        assert_eq!(
+            timeline.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
+            ["case.created", "step.completed", "case.completed"]
+        );
         backend.cleanup().await;
     }
 }
@@ -125,20 +210,44 @@ async fn group_commit_applies_each_write_or_reports_its_conflict() {
 async fn leases_give_each_case_to_one_owner_until_they_expire() {
     for backend in backends("leases").await {
         let store = &backend.store;
-        let writes: Vec<_> = (0..10).map(|i| insert(&format!("case-{i:02}"), None, None, Some(100))).collect();
+        let writes: Vec<_> = (0..10)
+            .map(|i| insert(&format!("case-{i:02}"), None, None, Some(100)))
+            .collect();
         store.commit(&writes).await.unwrap();
-        store.commit(&[insert("future", None, None, Some(10_000)), insert("held", None, Some(("other", 5_000)), Some(100))]).await.unwrap();
+        store
+            .commit(&[
+                insert("future", None, None, Some(10_000)),
+                insert("held", None, Some(("other", 5_000)), Some(100)),
+            ])
+            .await
+            .unwrap();
         let first = store.claim("node-a", 1_000, 2_000, 6).await.unwrap();
         let second = store.claim("node-b", 1_000, 2_000, 100).await.unwrap();
         assert_eq!(first.len(), 6, "{}", backend.label);
-        assert_eq!(second.len(), 4, "the future case and the held lease are not claimable");
-        let mut all: Vec<_> = first.iter().chain(&second).map(|row| row.id.clone()).collect();
+        assert_eq!(
+            second.len(),
+            4,
+            "the future case and the held lease are not claimable"
+        );
+        let mut all: Vec<_> = first
+            .iter()
+            .chain(&second)
+            .map(|row| row.id.clone())
+            .collect();
         all.sort();
         all.dedup();
         assert_eq!(all.len(), 10, "no case went to two owners");
-        assert!(store.claim("node-c", 1_500, 2_500, 100).await.unwrap().is_empty());
+        assert!(store
+            .claim("node-c", 1_500, 2_500, 100)
+            .await
+            .unwrap()
+            .is_empty());
         let taken_over = store.claim("node-c", 5_001, 9_000, 100).await.unwrap();
-        assert_eq!(taken_over.len(), 11, "expired leases (and the other node's) are claimable again");
+        assert_eq!(
+            taken_over.len(),
+            11,
+            "expired leases (and the other node's) are claimable again"
+        );
         assert_eq!(store.release_leases("node-c").await.unwrap(), 11);
         backend.cleanup().await;
     }
@@ -148,7 +257,9 @@ async fn leases_give_each_case_to_one_owner_until_they_expire() {
 async fn concurrent_claimers_never_share_a_case() {
     for backend in backends("race").await {
         let store = backend.store.clone();
-        let writes: Vec<_> = (0..200).map(|i| insert(&format!("r-{i:03}"), None, None, Some(1))).collect();
+        let writes: Vec<_> = (0..200)
+            .map(|i| insert(&format!("r-{i:03}"), None, None, Some(1)))
+            .collect();
         store.commit(&writes).await.unwrap();
         let mut tasks = tokio::task::JoinSet::new();
         for worker in 0..4 {
@@ -156,7 +267,10 @@ async fn concurrent_claimers_never_share_a_case() {
             tasks.spawn(async move {
                 let mut mine = Vec::new();
                 loop {
-                    let rows = store.claim(&format!("w{worker}"), 10, 100_000, 7).await.unwrap();
+                    let rows = store
+                        .claim(&format!("w{worker}"), 10, 100_000, 7)
+                        .await
+                        .unwrap();
                     if rows.is_empty() {
                         return mine;
                     }
@@ -180,8 +294,14 @@ async fn concurrent_claimers_never_share_a_case() {
 async fn ledger_tables_reject_update_and_delete() {
     for backend in backends("triggers").await {
         let store = &backend.store;
-        store.append(&[entry("x", "a"), entry("x", "b")]).await.unwrap();
-        store.append_tree(&[(0, 1, vec![0; 32])], &[]).await.unwrap();
+        store
+            .append(&[entry("x", "a"), entry("x", "b")])
+            .await
+            .unwrap();
+        store
+            .append_tree(&[(0, 1, vec![0; 32])], &[])
+            .await
+            .unwrap();
         for sql in [
             "UPDATE journal SET kind = 'changed'",
             "DELETE FROM journal",
@@ -189,7 +309,11 @@ async fn ledger_tables_reject_update_and_delete() {
             "DELETE FROM ledger_leaves",
         ] {
             let error = store.execute_raw(sql).await.unwrap_err();
-            assert!(error.to_string().contains("append-only"), "{}: {sql}: {error}", backend.label);
+            assert!(
+                error.to_string().contains("append-only"),
+                "{}: {sql}: {error}",
+                backend.label
+            );
         }
         assert_eq!(store.journal_count().await.unwrap(), 2);
         if backend.label == "postgres" {
@@ -204,13 +328,20 @@ async fn ledger_tables_reject_update_and_delete() {
 async fn case_listing_pages_by_cursor_without_gaps_or_repeats() {
     for backend in backends("paging").await {
         let store = &backend.store;
-        let writes: Vec<_> = (0..25).map(|i| insert(&format!("p-{i:03}"), None, None, None)).collect();
+        let writes: Vec<_> = (0..25)
+            .map(|i| insert(&format!("p-{i:03}"), None, None, None))
+            .collect();
         store.commit(&writes).await.unwrap();
         let mut seen = Vec::new();
         let mut cursor = None;
         loop {
             let page = store
-                .cases(&CaseFilter { workflow: Some("wf".into()), status: None, before_id: cursor.clone(), limit: 10 })
+                .cases(&CaseFilter {
+                    workflow: Some("wf".into()),
+                    status: None,
+                    before_id: cursor.clone(),
+                    limit: 10,
+                })
                 .await
                 .unwrap();
             if page.is_empty() {
@@ -221,7 +352,14 @@ async fn case_listing_pages_by_cursor_without_gaps_or_repeats() {
         }
         let expected: Vec<_> = (0..25).rev().map(|i| format!("p-{i:03}")).collect();
         assert_eq!(seen, expected, "{}", backend.label);
-        let none = store.cases(&CaseFilter { status: Some("completed".into()), limit: 10, ..Default::default() }).await.unwrap();
+        let none = store
+            .cases(&CaseFilter {
+                status: Some("completed".into()),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
         assert!(none.is_empty());
         backend.cleanup().await;
     }
