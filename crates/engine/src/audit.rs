@@ -179,7 +179,7 @@ pub async fn verify(
 }
 
 async fn read_page(store: Store, from: i64) -> Result<Vec<keel_store::LeafRow>> {
-    Ok(store.leaves(from, VERIFY_PAGE).await?)
+    Ok(store.leaves_packed(from, VERIFY_PAGE).await?)
 }
 
 /// One leaf as recomputed from its entry.
