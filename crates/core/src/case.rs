@@ -59,7 +59,7 @@ pub struct CaseState {
     pub input: Value,
     /// Values produced by steps (`set`, `decide`, `action`, signals), keyed by name.
     pub data: Value,
-    /// The step the case is at; `None` once finished.
+    /// The step the case is at; `None` once completed (a failed case keeps the step it failed at).
     pub step: Option<String>,
     pub step_entered_at_ms: i64,
     pub steps_executed: u32,

@@ -687,3 +687,54 @@ async fn cases_run_and_the_ledger_verifies_on_postgres() {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn timers_that_came_due_while_stopped_fire_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = dir.path().join("keel.sqlite").display().to_string();
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let options = Options {
+        node_id: "restart-node".into(),
+        poll_interval: Duration::from_millis(20),
+        data_dir: dir.path().to_path_buf(),
+        ..Options::default()
+    };
+    let store = Store::open(&url).await.unwrap();
+    let engine = Engine::start(store.clone(), options.clone(), clock.clone())
+        .await
+        .unwrap();
+    engine.deploy_source(WAITING, "waiting.yaml").await.unwrap();
+    let id = engine
+        .submit("waiting", json!({}), None)
+        .await
+        .unwrap()
+        .case_id;
+    wait_status(&engine, &id, &["waiting"]).await;
+    engine.shutdown(Duration::from_secs(5)).await;
+    store.close().await;
+
+    // While nothing runs, the timer comes due.
+    clock.advance_ms(3 * 3_600_000);
+    let store = Store::open(&url).await.unwrap();
+    let engine = Engine::start(store, options, clock.clone()).await.unwrap();
+    for _ in 0..300 {
+        if engine.case(&id).await.unwrap().current_step.as_deref() == Some("approval") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let row = engine.case(&id).await.unwrap();
+    assert_eq!(
+        row.current_step.as_deref(),
+        Some("approval"),
+        "the timer fired after restart"
+    );
+    let timeline = engine.timeline(&id).await.unwrap();
+    let fired = timeline.iter().find(|e| e.kind == "timer.fired").unwrap();
+    let late: Value = serde_json::from_str(&fired.data).unwrap();
+    assert_eq!(
+        late["late_ms"],
+        json!(3_600_000),
+        "fired late (one hour after due), never early"
+    );
+}

@@ -109,15 +109,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     )
     .await?;
     if args.workflows.is_dir() {
-        let report = engine.deploy_dir(&args.workflows).await?;
-        for (name, version, new) in &report.deployed {
-            let state = if *new { "deployed" } else { "unchanged" };
-            tracing::info!(workflow = %name, version, "{state}");
-        }
-        for (file, diagnostics) in &report.rejected {
-            eprintln!("{diagnostics}");
-            tracing::error!(%file, "not deployed: fix the errors above (keel check {file})");
-        }
+        deploy(&engine, &args.workflows).await?;
+        tokio::spawn(redeploy_on_sighup(engine.clone(), args.workflows.clone()));
     } else {
         tracing::warn!(dir = %args.workflows.display(), "no workflows directory; pass --workflows DIR");
     }
@@ -150,6 +143,35 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     engine.store().close().await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Deploys every workflow file in `dir`: changed files become new versions.
+async fn deploy(engine: &Engine, dir: &Path) -> anyhow::Result<()> {
+    let report = engine.deploy_dir(dir).await?;
+    for (name, version, new) in &report.deployed {
+        let state = if *new { "deployed" } else { "unchanged" };
+        tracing::info!(workflow = %name, version, "{state}");
+    }
+    for (file, diagnostics) in &report.rejected {
+        eprintln!("{diagnostics}");
+        tracing::error!(%file, "not deployed: fix the errors above (keel check {file})");
+    }
+    Ok(())
+}
+
+/// `kill -HUP <pid>` redeploys the workflows directory without a restart; running cases stay
+/// on the version they started with.
+async fn redeploy_on_sighup(engine: Engine, dir: PathBuf) {
+    let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    else {
+        return;
+    };
+    while hangup.recv().await.is_some() {
+        tracing::info!(dir = %dir.display(), "SIGHUP: redeploying workflows");
+        if let Err(error) = deploy(&engine, &dir).await {
+            tracing::error!(error = %format!("{error:#}"), "redeploy failed; the previous versions stay in force");
+        }
+    }
 }
 
 async fn shutdown_signal() {

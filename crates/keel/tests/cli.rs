@@ -428,3 +428,49 @@ fn check_reports_errors_with_positions_and_json() {
     let (code, _, stderr) = keel(&["check", examples.to_str().unwrap()]);
     assert_eq!(code, 0, "the bundled workflows must check: {stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_deploys_a_changed_workflow_as_a_new_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let workflows = workflows_dir(dir.path(), CRASH_WORKFLOW);
+    let client = reqwest::Client::new();
+    let server = start_server(&data, &workflows);
+    wait_ready(&client, &server).await;
+    let version = |body: &Value| body["workflows"][0]["version"].as_i64().unwrap();
+    let before: Value = client
+        .get(format!("{}/v1/workflows", server.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(version(&before), 1);
+    std::fs::write(
+        workflows.join("payout.yaml"),
+        CRASH_WORKFLOW.replace("outcome: paid", "outcome: paid-out"),
+    )
+    .unwrap();
+    let _ = Command::new("kill")
+        .arg("-HUP")
+        .arg(server.child.id().to_string())
+        .status();
+    let mut after = before.clone();
+    for _ in 0..100 {
+        after = client
+            .get(format!("{}/v1/workflows", server.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if version(&after) == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(version(&after), 2, "{after}");
+    terminate(server);
+}
