@@ -428,6 +428,8 @@ async def run(args: argparse.Namespace) -> dict:
     server = DevServer(workdir, args.in_memory, [] if args.default_pragmas else ["journal_mode=WAL", "synchronous=FULL"])
     downstream = Downstream()
     worker: Optional[Worker] = None
+    background: list[asyncio.Task] = []  # cancelled on the way out, also when interrupted
+    waiters: set[asyncio.Task] = set()
     try:
         server.start()
         worker_client = await server.connect()
@@ -454,7 +456,6 @@ async def run(args: argparse.Namespace) -> dict:
         latencies: list[float] = []
         outcomes: dict[str, int] = {}
         failures: list[str] = []
-        waiters: set[asyncio.Task] = set()
         next_i = 0
         done_event = asyncio.Event()
 
@@ -510,6 +511,8 @@ async def run(args: argparse.Namespace) -> dict:
         started = time.perf_counter()
         progress_task = asyncio.create_task(progress())
         submitters = [asyncio.create_task(submitter()) for _ in range(conc)]
+        background.append(progress_task)
+        background.extend(submitters)
         await asyncio.gather(*submitters)
         submit_s = time.perf_counter() - started
         try:
@@ -519,8 +522,6 @@ async def run(args: argparse.Namespace) -> dict:
         elapsed_s = time.perf_counter() - started
         progress_task.cancel()
         sys.stderr.write("\n")
-        for task in list(waiters):
-            task.cancel()
 
         latencies.sort()
         completed = sum(outcomes.values())
@@ -550,13 +551,14 @@ async def run(args: argparse.Namespace) -> dict:
         }
         if failures:
             figures["first_failures"] = failures[:3]
-        worker_task.cancel()
         return figures
     finally:
+        for task in [*background, *waiters]:
+            task.cancel()
         if worker is not None:
             try:
                 await asyncio.wait_for(worker.shutdown(), timeout=10)
-            except Exception:
+            except BaseException:
                 pass
         await downstream.stop()
         server.stop()
@@ -596,9 +598,15 @@ def main() -> None:
     try:
         figures = loop.run_until_complete(main_task)
     except asyncio.CancelledError:
-        sys.exit("interrupted")
-    finally:
         loop.close()
+        # The dev server is already stopped (run()'s finally). Skip interpreter finalization: the
+        # SDK's Rust threads may still call back into the closed loop and abort the process.
+        sys.stderr.write("interrupted\n")
+        sys.stderr.flush()
+        os._exit(130)
+    finally:
+        if not loop.is_closed():
+            loop.close()
     if args.json:
         print(json.dumps(figures))
     else:
