@@ -62,7 +62,6 @@ async fn run_case(inner: &Inner, item: Item) -> Result<()> {
         }
         let definition = workflow_of(inner, &state)?;
         let now = inner.clock.now_ms();
-        let before = state.clone();
         let transition =
             case::advance(&definition, &mut state, input.clone(), now, fastrand::f64());
         let lease_ms = inner.options.lease.as_millis() as i64;
@@ -76,30 +75,12 @@ async fn run_case(inner: &Inner, item: Item) -> Result<()> {
             Command::Sleep { until_ms } => (Some(*until_ms), None),
             Command::Stop => (None, None),
         };
-        let entries = transition
-            .events
-            .iter()
-            .map(|event| make_entry(&state, event.kind, event.step.clone(), &event.data, now))
-            .collect();
-        let write = CaseWrite {
-            case_id: state.id.clone(),
-            workflow: state.workflow.clone(),
-            workflow_version: state.workflow_version,
-            mode: WriteMode::Update {
-                expected_version: version,
-            },
-            status: state.status.as_str().to_string(),
-            current_step: state.step.clone(),
-            state: serde_json::to_string(&state)
-                .map_err(|error| Error::CorruptState(error.to_string()))?,
+        let lease = Lease {
             runnable_at_ms: runnable_at,
-            lease_owner: lease_until.map(|_| inner.options.node_id.clone()),
-            lease_until_ms: lease_until,
-            sla_due_ms: state.next_sla_due(&definition),
-            sla_breached: state.sla_breached,
-            now_ms: now,
-            entries,
+            owner: lease_until.map(|_| inner.options.node_id.clone()),
+            until_ms: lease_until,
         };
+        let write = case_write(&state, &definition, version, lease, &transition.events, now)?;
         match inner.committer.commit(write).await? {
             WriteOutcome::Written { version: written } => {
                 version = written;
@@ -112,7 +93,7 @@ async fn run_case(inner: &Inner, item: Item) -> Result<()> {
                 }
                 // Someone else changed the case (a signal, the SLA ticker). Start again from the
                 // stored state with the same input, if the case is still ours to run.
-                let Some(row) = inner.store.case(&before.id).await? else {
+                let Some(row) = inner.store.case(&state.id).await? else {
                     return Ok(());
                 };
                 if !holds_lease(inner, &row, now) {
@@ -152,6 +133,48 @@ fn holds_lease(inner: &Inner, row: &CaseRow, now: i64) -> bool {
     }
 }
 
+fn row_was_final(row: &CaseRow) -> bool {
+    row.status == case::Status::Completed.as_str() || row.status == case::Status::Failed.as_str()
+}
+
+/// Where a case row's scheduling columns go with a write.
+struct Lease {
+    runnable_at_ms: Option<i64>,
+    owner: Option<String>,
+    until_ms: Option<i64>,
+}
+
+/// The write of `state` (read at `expected_version`) with its journal events.
+fn case_write(
+    state: &CaseState,
+    definition: &keel_core::workflow::Workflow,
+    expected_version: i64,
+    lease: Lease,
+    events: &[case::Event],
+    now: i64,
+) -> Result<CaseWrite> {
+    Ok(CaseWrite {
+        case_id: state.id.clone(),
+        workflow: state.workflow.clone(),
+        workflow_version: state.workflow_version,
+        mode: WriteMode::Update { expected_version },
+        status: state.status.as_str().to_string(),
+        current_step: state.step.clone(),
+        state: serde_json::to_string(state)
+            .map_err(|error| Error::CorruptState(error.to_string()))?,
+        runnable_at_ms: lease.runnable_at_ms,
+        lease_owner: lease.owner,
+        lease_until_ms: lease.until_ms,
+        sla_due_ms: state.next_sla_due(definition),
+        sla_breached: state.sla_breached,
+        now_ms: now,
+        entries: events
+            .iter()
+            .map(|event| make_entry(state, event.kind, event.step.clone(), &event.data, now))
+            .collect(),
+    })
+}
+
 pub(crate) fn parse_state(row: &CaseRow) -> Result<CaseState> {
     serde_json::from_str(&row.state)
         .map_err(|error| Error::CorruptState(format!("case {}: {error}", row.id)))
@@ -170,7 +193,7 @@ pub(crate) async fn apply_external(
     let transition = case::advance(&definition, &mut state, input, now, fastrand::f64());
     let leased_elsewhere =
         matches!((&row.lease_owner, row.lease_until_ms), (Some(_), Some(until)) if until >= now);
-    let runnable_at = if leased_elsewhere {
+    let runnable_at_ms = if leased_elsewhere {
         row.runnable_at_ms
     } else {
         match &transition.command {
@@ -179,40 +202,35 @@ pub(crate) async fn apply_external(
             Command::Stop => None,
         }
     };
-    let entries: Vec<_> = transition
-        .events
-        .iter()
-        .map(|event| make_entry(&state, event.kind, event.step.clone(), &event.data, now))
-        .collect();
-    let write = CaseWrite {
-        case_id: state.id.clone(),
-        workflow: state.workflow.clone(),
-        workflow_version: state.workflow_version,
-        mode: WriteMode::Update {
-            expected_version: row.version,
-        },
-        status: state.status.as_str().to_string(),
-        current_step: state.step.clone(),
-        state: serde_json::to_string(&state)
-            .map_err(|error| Error::CorruptState(error.to_string()))?,
-        runnable_at_ms: runnable_at,
-        lease_owner: if leased_elsewhere {
-            row.lease_owner.clone()
-        } else {
-            None
-        },
-        lease_until_ms: if leased_elsewhere {
-            row.lease_until_ms
-        } else {
-            None
-        },
-        sla_due_ms: state.next_sla_due(&definition),
-        sla_breached: state.sla_breached,
-        now_ms: now,
-        entries,
+    let lease = if leased_elsewhere {
+        Lease {
+            runnable_at_ms,
+            owner: row.lease_owner.clone(),
+            until_ms: row.lease_until_ms,
+        }
+    } else {
+        Lease {
+            runnable_at_ms,
+            owner: None,
+            until_ms: None,
+        }
     };
+    let write = case_write(
+        &state,
+        &definition,
+        row.version,
+        lease,
+        &transition.events,
+        now,
+    )?;
     let outcome = inner.committer.commit(write).await?;
     inner.journal_written.notify_one();
+    if matches!(outcome, WriteOutcome::Written { .. })
+        && transition.command == Command::Stop
+        && !row_was_final(&row)
+    {
+        let _ = inner.finished.send(state.id.clone());
+    }
     Ok(outcome)
 }
 
@@ -286,29 +304,12 @@ pub(crate) async fn sla_once(inner: &Inner) -> Result<usize> {
         let mut state = parse_state(&row)?;
         let definition = workflow_of(inner, &state)?;
         let events = state.record_sla_breaches(&definition, now);
-        let entries = events
-            .iter()
-            .map(|event| make_entry(&state, event.kind, event.step.clone(), &event.data, now))
-            .collect();
-        let write = CaseWrite {
-            case_id: row.id.clone(),
-            workflow: row.workflow.clone(),
-            workflow_version: row.workflow_version,
-            mode: WriteMode::Update {
-                expected_version: row.version,
-            },
-            status: row.status.clone(),
-            current_step: row.current_step.clone(),
-            state: serde_json::to_string(&state)
-                .map_err(|error| Error::CorruptState(error.to_string()))?,
+        let lease = Lease {
             runnable_at_ms: row.runnable_at_ms,
-            lease_owner: row.lease_owner.clone(),
-            lease_until_ms: row.lease_until_ms,
-            sla_due_ms: state.next_sla_due(&definition),
-            sla_breached: state.sla_breached,
-            now_ms: now,
-            entries,
+            owner: row.lease_owner.clone(),
+            until_ms: row.lease_until_ms,
         };
+        let write = case_write(&state, &definition, row.version, lease, &events, now)?;
         if let WriteOutcome::Written { .. } = inner.committer.commit(write).await? {
             recorded += events.len();
             inner.journal_written.notify_one();
