@@ -31,10 +31,6 @@ pub(crate) struct SequencerState {
     checkpoint_at_ms: i64,
 }
 
-fn state_handle(inner: &Inner) -> Arc<tokio::sync::Mutex<SequencerState>> {
-    inner.sequencer.clone()
-}
-
 /// Loads the ledger signing key from the data directory, creating it (mode 0600) on first start,
 /// and the ledger's origin line from the database.
 pub(crate) async fn load_or_create_key(
@@ -136,8 +132,7 @@ pub(crate) async fn sequence_once(inner: &Inner, force_checkpoint: bool) -> Resu
     {
         return Ok(());
     }
-    let handle = state_handle(inner);
-    let mut state = handle.lock().await;
+    let mut state = inner.sequencer.lock().await;
     let (stored_size, stored_last_seq) = store.tree_state().await?;
     let in_sync = state
         .frontier
