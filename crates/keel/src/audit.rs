@@ -18,6 +18,7 @@ pub enum AuditCommand {
     Verify {
         #[command(flatten)]
         data: DataArgs,
+        /// Print the report as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -44,6 +45,7 @@ pub enum AuditCommand {
         /// The verifier key (`name+keyid+base64`), from `keel audit key` or GET /v1/audit/checkpoint.
         #[arg(long, env = "KEEL_VERIFIER_KEY")]
         key: String,
+        /// Print the result as JSON.
         #[arg(long)]
         json: bool,
     },

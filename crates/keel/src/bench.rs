@@ -38,6 +38,7 @@ pub struct EngineArgs {
     /// Default: a fresh SQLite file in a temporary directory.
     #[arg(long)]
     pub postgres: Option<String>,
+    /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
 }
@@ -56,6 +57,7 @@ pub struct LedgerArgs {
     /// A PostgreSQL server URL (fresh database created and dropped); default SQLite in a temp dir.
     #[arg(long)]
     pub postgres: Option<String>,
+    /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
 }

@@ -21,7 +21,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// every decision in a tamper-evident ledger.
 ///
 /// Start here:   keel serve                         (API + workers on ./workflows, data in ./keel-data)
-///               keel submit invoice-approval case.json
+///               keel submit ticket-routing examples/ticket.json
 ///               keel cases
 ///               keel audit verify
 #[derive(Parser)]
