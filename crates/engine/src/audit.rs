@@ -230,13 +230,15 @@ pub async fn inclusion(store: &Store, index: u64, size: Option<u64>) -> Result<P
             "leaf {index} is not in the tree of size {tree_size}; pick an index below the checkpoint's size"
         )));
     }
-    let proof = with_stored_nodes(store, |source| {
-        keel_ledger::inclusion_proof(index, tree_size, source)
-    })
-    .await?;
-    let leaf = store
-        .leaves(index as i64, 1)
-        .await?
+    // The proof's nodes and the leaf's entry are read at the same time, on two connections.
+    let (proof, leaf) = tokio::join!(
+        with_stored_nodes(store, |source| keel_ledger::inclusion_proof(
+            index, tree_size, source
+        )),
+        store.leaves(index as i64, 1)
+    );
+    let proof = proof?;
+    let leaf = leaf?
         .into_iter()
         .next()
         .ok_or_else(|| Error::Ledger(format!("leaf {index} is missing from the store")))?;

@@ -821,45 +821,57 @@ impl Store {
             .filter(|(level, _)| *level > 0)
             .map(|(level, index)| (i64::from(*level), *index as i64))
             .collect();
-        let mut found = Vec::with_capacity(wanted.len());
-        dispatch_read!(self, |pool| {
-            for chunk in leaves.chunks(NODES_PER_INSERT) {
-                let mut builder = QueryBuilder::new(
-                    "SELECT leaf_index, leaf_hash FROM ledger_leaves WHERE leaf_index IN (",
-                );
-                let mut list = builder.separated(", ");
-                for index in chunk {
-                    list.push_bind(*index);
-                }
-                list.push_unseparated(")");
-                let rows: Vec<(i64, Vec<u8>)> = builder.build_query_as().fetch_all(pool).await?;
-                found.extend(
-                    rows.into_iter()
-                        .map(|(index, hash)| ((0u8, index as u64), hash)),
-                );
-            }
-            for chunk in nodes.chunks(NODES_PER_INSERT / 2) {
-                let mut builder = QueryBuilder::new(
-                    "SELECT level, idx, hash FROM ledger_nodes WHERE (level, idx) IN (VALUES ",
-                );
-                let mut list = builder.separated(", ");
-                for (level, index) in chunk {
-                    list.push("(");
-                    list.push_bind_unseparated(*level);
-                    list.push_unseparated(", ");
-                    list.push_bind_unseparated(*index);
+        // Leaves and interior nodes are read at the same time, on two connections.
+        let (leaf_rows, node_rows) = dispatch_read!(self, |pool| {
+            let leaf_rows = async {
+                let mut found = Vec::new();
+                for chunk in leaves.chunks(NODES_PER_INSERT) {
+                    let mut builder = QueryBuilder::new(
+                        "SELECT leaf_index, leaf_hash FROM ledger_leaves WHERE leaf_index IN (",
+                    );
+                    let mut list = builder.separated(", ");
+                    for index in chunk {
+                        list.push_bind(*index);
+                    }
                     list.push_unseparated(")");
+                    let rows: Vec<(i64, Vec<u8>)> =
+                        builder.build_query_as().fetch_all(pool).await?;
+                    found.extend(
+                        rows.into_iter()
+                            .map(|(index, hash)| ((0u8, index as u64), hash)),
+                    );
                 }
-                builder.push(")");
-                let rows: Vec<(i64, i64, Vec<u8>)> =
-                    builder.build_query_as().fetch_all(pool).await?;
-                found.extend(
-                    rows.into_iter()
-                        .map(|(level, index, hash)| ((level as u8, index as u64), hash)),
-                );
-            }
-            Ok(found)
-        })
+                Ok::<_, Error>(found)
+            };
+            let node_rows = async {
+                let mut found = Vec::new();
+                for chunk in nodes.chunks(NODES_PER_INSERT / 2) {
+                    let mut builder = QueryBuilder::new(
+                        "SELECT level, idx, hash FROM ledger_nodes WHERE (level, idx) IN (VALUES ",
+                    );
+                    let mut list = builder.separated(", ");
+                    for (level, index) in chunk {
+                        list.push("(");
+                        list.push_bind_unseparated(*level);
+                        list.push_unseparated(", ");
+                        list.push_bind_unseparated(*index);
+                        list.push_unseparated(")");
+                    }
+                    builder.push(")");
+                    let rows: Vec<(i64, i64, Vec<u8>)> =
+                        builder.build_query_as().fetch_all(pool).await?;
+                    found.extend(
+                        rows.into_iter()
+                            .map(|(level, index, hash)| ((level as u8, index as u64), hash)),
+                    );
+                }
+                Ok::<_, Error>(found)
+            };
+            tokio::join!(leaf_rows, node_rows)
+        });
+        let mut found = leaf_rows?;
+        found.extend(node_rows?);
+        Ok(found)
     }
 
     /// Leaves with their entries, by leaf index from `from_index`, for verification and export.
