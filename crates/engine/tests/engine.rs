@@ -69,6 +69,16 @@ async fn wait_status(engine: &Engine, id: &str, statuses: &[&str]) -> keel_store
     );
 }
 
+/// Waits (bounded) until the case is at `step`; the caller asserts what it needs afterwards.
+async fn wait_step(engine: &Engine, id: &str, step: &str) {
+    for _ in 0..300 {
+        if engine.case(id).await.unwrap().current_step.as_deref() == Some(step) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 async fn kinds(engine: &Engine, id: &str) -> Vec<String> {
     engine
         .timeline(id)
@@ -387,12 +397,7 @@ async fn timers_fire_late_never_early_and_signals_resume_the_case() {
     let row = h.engine.case(&id).await.unwrap();
     assert_eq!(row.current_step.as_deref(), Some("hold"), "fired early");
     h.clock.advance_ms(1);
-    for _ in 0..200 {
-        if h.engine.case(&id).await.unwrap().current_step.as_deref() == Some("approval") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_step(&h.engine, &id, "approval").await;
     assert_eq!(
         h.engine.case(&id).await.unwrap().current_step.as_deref(),
         Some("approval")
@@ -425,12 +430,7 @@ async fn a_signal_timeout_takes_the_timeout_branch() {
         .case_id;
     wait_status(&h.engine, &id, &["waiting"]).await;
     h.clock.advance_ms(2 * 3_600_000);
-    for _ in 0..200 {
-        if h.engine.case(&id).await.unwrap().current_step.as_deref() == Some("approval") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_step(&h.engine, &id, "approval").await;
     h.clock.advance_ms(24 * 3_600_000);
     let row = wait_status(&h.engine, &id, &["completed"]).await;
     assert_eq!(state(&row)["outcome"], "expired");
@@ -507,12 +507,7 @@ async fn running_cases_stay_on_their_version_when_a_new_one_is_deployed() {
     assert_eq!(newer.workflow_version, second);
     h.clock.advance_ms(2 * 3_600_000);
     for case in [&id, &newer.case_id] {
-        for _ in 0..200 {
-            if h.engine.case(case).await.unwrap().current_step.as_deref() == Some("approval") {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_step(&h.engine, case, "approval").await;
         h.engine
             .signal(case, "approved", json!(true))
             .await
@@ -717,12 +712,7 @@ async fn timers_that_came_due_while_stopped_fire_after_restart() {
     clock.advance_ms(3 * 3_600_000);
     let store = Store::open(&url).await.unwrap();
     let engine = Engine::start(store, options, clock.clone()).await.unwrap();
-    for _ in 0..300 {
-        if engine.case(&id).await.unwrap().current_step.as_deref() == Some("approval") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_step(&engine, &id, "approval").await;
     let row = engine.case(&id).await.unwrap();
     assert_eq!(
         row.current_step.as_deref(),
