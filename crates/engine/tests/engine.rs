@@ -728,3 +728,39 @@ async fn timers_that_came_due_while_stopped_fire_after_restart() {
         "fired late (one hour after due), never early"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verification_spans_many_pages_and_finds_a_change_deep_inside() {
+    let h = real_time().await;
+    let store = h.engine.store();
+    let total = 60_123;
+    let entries: Vec<keel_store::NewEntry> = (0..total)
+        .map(|i| {
+            let (data, data_sha256) = keel_engine::canonical_data(&json!({ "n": i }));
+            keel_store::NewEntry {
+                at: keel_engine::rfc3339_ms(START_MS + i),
+                kind: "test.entry".into(),
+                actor_type: "system".into(),
+                actor_id: "test".into(),
+                case_id: None,
+                workflow: None,
+                step: None,
+                data,
+                data_sha256,
+            }
+        })
+        .collect();
+    for chunk in entries.chunks(10_000) {
+        store.append(chunk).await.unwrap();
+    }
+    h.engine.sequence_now().await.unwrap();
+    let key = h.engine.verifier_key();
+    let report = keel_engine::audit::verify(store, &key, &mut |_, _| {}).await.unwrap();
+    assert!(report.ok, "{:?}", report.findings);
+    assert_eq!(report.leaves, total as u64);
+    store.tamper_sqlite("UPDATE journal SET data = '{\"n\":-1}' WHERE seq = 55001").await.unwrap();
+    let report = keel_engine::audit::verify(store, &key, &mut |_, _| {}).await.unwrap();
+    assert!(!report.ok);
+    assert_eq!(report.findings[0].leaf_index, 55_000);
+    assert_eq!(report.leaves, total as u64, "every page was read");
+}
