@@ -144,6 +144,27 @@ impl Registry {
         now_ms: i64,
     ) -> Result<(String, i64, bool)> {
         let name = definition.name.clone();
+        let announce = |version_no: i64| {
+            let data = serde_json::json!({
+                "workflow": name,
+                "version_no": version_no,
+                "label": definition.version,
+                "source_sha256": definition.source_sha256,
+                "file": file,
+            });
+            let (data, data_sha256) = crate::canonical_data(&data);
+            keel_store::NewEntry {
+                at: crate::rfc3339_ms(now_ms),
+                kind: "workflow.deployed".into(),
+                actor_type: "system".into(),
+                actor_id: "deployer".into(),
+                case_id: None,
+                workflow: Some(name.clone()),
+                step: None,
+                data,
+                data_sha256,
+            }
+        };
         let (version_no, new) = store
             .deploy_workflow(
                 &name,
@@ -152,6 +173,7 @@ impl Registry {
                 &definition.source_sha256,
                 file,
                 now_ms,
+                &announce,
             )
             .await?;
         self.insert(name.clone(), version_no, definition);

@@ -503,6 +503,20 @@ async fn running_cases_stay_on_their_version_when_a_new_one_is_deployed() {
         .await
         .unwrap();
     assert_eq!(again, second, "the same bytes are the same version");
+    let deployed: Vec<_> = h
+        .engine
+        .store()
+        .journal_after(0, 1_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|entry| entry.kind == "workflow.deployed")
+        .collect();
+    assert_eq!(
+        deployed.len(),
+        2,
+        "each new version is journaled, an unchanged file is not"
+    );
     let newer = h.engine.submit("waiting", json!({}), None).await.unwrap();
     assert_eq!(newer.workflow_version, second);
     h.clock.advance_ms(2 * 3_600_000);
@@ -755,11 +769,18 @@ async fn verification_spans_many_pages_and_finds_a_change_deep_inside() {
     }
     h.engine.sequence_now().await.unwrap();
     let key = h.engine.verifier_key();
-    let report = keel_engine::audit::verify(store, &key, &mut |_, _| {}).await.unwrap();
+    let report = keel_engine::audit::verify(store, &key, &mut |_, _| {})
+        .await
+        .unwrap();
     assert!(report.ok, "{:?}", report.findings);
     assert_eq!(report.leaves, total as u64);
-    store.tamper_sqlite("UPDATE journal SET data = '{\"n\":-1}' WHERE seq = 55001").await.unwrap();
-    let report = keel_engine::audit::verify(store, &key, &mut |_, _| {}).await.unwrap();
+    store
+        .tamper_sqlite("UPDATE journal SET data = '{\"n\":-1}' WHERE seq = 55001")
+        .await
+        .unwrap();
+    let report = keel_engine::audit::verify(store, &key, &mut |_, _| {})
+        .await
+        .unwrap();
     assert!(!report.ok);
     assert_eq!(report.findings[0].leaf_index, 55_000);
     assert_eq!(report.leaves, total as u64, "every page was read");

@@ -422,8 +422,10 @@ impl Store {
 
     // ---------------------------------------------------------------- workflows
 
-    /// Records a workflow version unless the latest version of `name` has the same source hash.
+    /// Records a workflow version unless the latest version of `name` has the same source hash,
+    /// together with the journal entry `announce(version_no)` in the same transaction.
     /// Returns the version number in force and whether it is new.
+    #[allow(clippy::too_many_arguments)] // one deployment's columns, each named at the call
     pub async fn deploy_workflow(
         &self,
         name: &str,
@@ -432,6 +434,7 @@ impl Store {
         sha256: &str,
         file: &str,
         now_ms: i64,
+        announce: &(dyn Fn(i64) -> NewEntry + Sync),
     ) -> Result<(i64, bool)> {
         dispatch!(self, |pool| {
             let mut tx = pool.begin().await?;
@@ -460,6 +463,13 @@ impl Store {
             .bind(now_ms)
             .execute(&mut *tx)
             .await?;
+            if let Backend::Postgres(_) = self.backend {
+                sqlx::query("SELECT pg_advisory_xact_lock(7317)")
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let entries = [announce(version_no)];
+            insert_entries!(tx, entries);
             tx.commit().await?;
             Ok((version_no, true))
         })

@@ -123,7 +123,10 @@ async fn migrations_are_idempotent_and_workflow_versions_count_up() {
         let store = &backend.store;
         assert_eq!(
             store
-                .deploy_workflow("wf", "1", "a", "sha-a", "wf.yaml", 1)
+                .deploy_workflow("wf", "1", "a", "sha-a", "wf.yaml", 1, &|_| entry(
+                    "-",
+                    "workflow.deployed"
+                ))
                 .await
                 .unwrap(),
             (1, true),
@@ -132,14 +135,20 @@ async fn migrations_are_idempotent_and_workflow_versions_count_up() {
         );
         assert_eq!(
             store
-                .deploy_workflow("wf", "1", "a", "sha-a", "wf.yaml", 2)
+                .deploy_workflow("wf", "1", "a", "sha-a", "wf.yaml", 2, &|_| entry(
+                    "-",
+                    "workflow.deployed"
+                ))
                 .await
                 .unwrap(),
             (1, false)
         );
         assert_eq!(
             store
-                .deploy_workflow("wf", "2", "b", "sha-b", "wf.yaml", 3)
+                .deploy_workflow("wf", "2", "b", "sha-b", "wf.yaml", 3, &|_| entry(
+                    "-",
+                    "workflow.deployed"
+                ))
                 .await
                 .unwrap(),
             (2, true)
