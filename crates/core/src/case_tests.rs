@@ -1025,9 +1025,7 @@ fn a_signal_to_a_finished_case_is_ignored() {
 
 #[test]
 fn a_workflow_that_loops_forever_hits_the_loop_guard() {
-    let workflow = workflow(
-        "  - id: spin\n    set: { n: \"1\" }\n    next: spin\n  - id: done\n    end: ok\n",
-    );
+    let workflow = workflow("  - id: spin\n    set: { n: \"1\" }\n    next: spin\n");
     let mut state = start(&workflow, json!({}));
     let transition = wake(&workflow, &mut state, T0);
     assert_eq!(transition.command, Command::Stop);
@@ -1046,7 +1044,7 @@ fn a_workflow_that_loops_forever_hits_the_loop_guard() {
 #[test]
 fn the_loop_guard_counts_steps_across_transitions() {
     let workflow = workflow(
-        "  - id: tick\n    wait: { for: 1s }\n  - id: count\n    set: { n: \"1\" }\n    next: tick\n  - id: done\n    end: ok\n",
+        "  - id: tick\n    wait: { for: 1s }\n  - id: count\n    set: { n: \"1\" }\n    next: tick\n",
     );
     let mut state = start(&workflow, json!({}));
     let mut now = T0;
@@ -1065,7 +1063,7 @@ fn the_loop_guard_counts_steps_across_transitions() {
 fn a_loop_of_actions_hits_the_loop_guard() {
     // A successful action moves the case on without passing through `drive`'s guard.
     let workflow = workflow(
-        "  - id: poll\n    action: { url: \"http://127.0.0.1:9000/x\" }\n    next: poll\n  - id: done\n    end: ok\n",
+        "  - id: poll\n    action: { url: \"http://127.0.0.1:9000/x\" }\n    next: poll\n",
     );
     let mut state = start(&workflow, json!({}));
     let mut transition = wake(&workflow, &mut state, T0);

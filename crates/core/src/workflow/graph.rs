@@ -40,7 +40,7 @@ impl Checker<'_> {
             };
             nexts.push(next);
         }
-        // Broken ids or targets make the graph unknown: unreachable warnings would be noise.
+        // Broken ids or targets make the graph unknown: unreachable errors would be noise.
         let graph_sound = self.error_count() == errors_before;
         if graph_sound && drafts.iter().all(|d| d.keyword.is_some() && d.id.is_some()) {
             self.reachability(&drafts, &nexts, &index);
@@ -134,7 +134,7 @@ impl Checker<'_> {
         for (draft, reached) in drafts.iter().zip(reached) {
             if !reached {
                 let id = draft.id.as_deref().unwrap_or("?");
-                self.warning(
+                self.error(
                     "unreachable-step",
                     draft.id_span,
                     format!("step `{id}` is never reached from the first step `{first}`"),
