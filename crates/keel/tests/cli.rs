@@ -149,6 +149,10 @@ fn workflows_dir(dir: &Path, source: &str) -> PathBuf {
     workflows
 }
 
+async fn get_json(client: &reqwest::Client, url: String) -> Value {
+    client.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 fn keel(args: &[&str]) -> (i32, String, String) {
     let output = Command::new(KEEL)
         .args(args)
@@ -222,14 +226,7 @@ async fn acknowledged_cases_survive_sigkill_and_act_exactly_once() {
     while !pending.is_empty() && Instant::now() < deadline {
         let mut still = Vec::new();
         for id in pending {
-            let body: Value = client
-                .get(format!("{}/v1/cases/{id}", server.base))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let body: Value = get_json(&client, format!("{}/v1/cases/{id}", server.base)).await;
             match body["status"].as_str() {
                 Some("completed") => {}
                 Some("failed") => panic!("case {id} failed: {body}"),
@@ -306,14 +303,7 @@ async fn audit_verify_names_the_leaf_that_was_tampered_with() {
     }
     for id in &ids {
         for _ in 0..300 {
-            let body: Value = client
-                .get(format!("{}/v1/cases/{id}", server.base))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let body: Value = get_json(&client, format!("{}/v1/cases/{id}", server.base)).await;
             if body["status"] == "completed" {
                 break;
             }
@@ -323,14 +313,7 @@ async fn audit_verify_names_the_leaf_that_was_tampered_with() {
     // The sequencer checkpoints within a second of new entries.
     let mut checkpoint = Value::Null;
     for _ in 0..100 {
-        checkpoint = client
-            .get(format!("{}/v1/audit/checkpoint", server.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        checkpoint = get_json(&client, format!("{}/v1/audit/checkpoint", server.base)).await;
         if checkpoint["tree_size"].as_u64().unwrap_or(0) >= 10 {
             break;
         }
@@ -438,14 +421,7 @@ async fn sighup_deploys_a_changed_workflow_as_a_new_version() {
     let server = start_server(&data, &workflows);
     wait_ready(&client, &server).await;
     let version = |body: &Value| body["workflows"][0]["version"].as_i64().unwrap();
-    let before: Value = client
-        .get(format!("{}/v1/workflows", server.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let before: Value = get_json(&client, format!("{}/v1/workflows", server.base)).await;
     assert_eq!(version(&before), 1);
     std::fs::write(
         workflows.join("payout.yaml"),
@@ -458,14 +434,7 @@ async fn sighup_deploys_a_changed_workflow_as_a_new_version() {
         .status();
     let mut after = before.clone();
     for _ in 0..100 {
-        after = client
-            .get(format!("{}/v1/workflows", server.base))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        after = get_json(&client, format!("{}/v1/workflows", server.base)).await;
         if version(&after) == 2 {
             break;
         }
