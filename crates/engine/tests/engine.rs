@@ -79,6 +79,22 @@ async fn wait_step(engine: &Engine, id: &str, step: &str) {
     }
 }
 
+/// Deploys WAITING, submits one case and waits until it is parked on its first timer.
+async fn waiting_case(h: &Harness) -> String {
+    h.engine
+        .deploy_source(WAITING, "waiting.yaml")
+        .await
+        .unwrap();
+    let id = h
+        .engine
+        .submit("waiting", json!({}), None)
+        .await
+        .unwrap()
+        .case_id;
+    wait_status(&h.engine, &id, &["waiting"]).await;
+    id
+}
+
 async fn kinds(engine: &Engine, id: &str) -> Vec<String> {
     engine
         .timeline(id)
@@ -381,17 +397,7 @@ steps:
 #[tokio::test]
 async fn timers_fire_late_never_early_and_signals_resume_the_case() {
     let h = harness().await;
-    h.engine
-        .deploy_source(WAITING, "waiting.yaml")
-        .await
-        .unwrap();
-    let id = h
-        .engine
-        .submit("waiting", json!({}), None)
-        .await
-        .unwrap()
-        .case_id;
-    wait_status(&h.engine, &id, &["waiting"]).await;
+    let id = waiting_case(&h).await;
     h.clock.advance_ms(2 * 3_600_000 - 1);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let row = h.engine.case(&id).await.unwrap();
@@ -418,17 +424,7 @@ async fn timers_fire_late_never_early_and_signals_resume_the_case() {
 #[tokio::test]
 async fn a_signal_timeout_takes_the_timeout_branch() {
     let h = harness().await;
-    h.engine
-        .deploy_source(WAITING, "waiting.yaml")
-        .await
-        .unwrap();
-    let id = h
-        .engine
-        .submit("waiting", json!({}), None)
-        .await
-        .unwrap()
-        .case_id;
-    wait_status(&h.engine, &id, &["waiting"]).await;
+    let id = waiting_case(&h).await;
     h.clock.advance_ms(2 * 3_600_000);
     wait_step(&h.engine, &id, "approval").await;
     h.clock.advance_ms(24 * 3_600_000);
@@ -439,17 +435,7 @@ async fn a_signal_timeout_takes_the_timeout_branch() {
 #[tokio::test]
 async fn sla_breaches_are_journaled_once_and_leave_the_case_flagged() {
     let h = harness().await;
-    h.engine
-        .deploy_source(WAITING, "waiting.yaml")
-        .await
-        .unwrap();
-    let id = h
-        .engine
-        .submit("waiting", json!({}), None)
-        .await
-        .unwrap()
-        .case_id;
-    wait_status(&h.engine, &id, &["waiting"]).await;
+    let id = waiting_case(&h).await;
     h.clock.advance_ms(3_600_000 + 1);
     let mut breached = false;
     for _ in 0..300 {

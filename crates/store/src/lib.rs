@@ -1031,29 +1031,29 @@ impl Store {
     }
 
     pub async fn latest_checkpoint(&self) -> Result<Option<CheckpointRow>> {
-        dispatch_read!(self, |pool| {
-            let row: Option<(i64, Vec<u8>, String, i64)> =
-                sqlx::query_as("SELECT tree_size, root, note, at_ms FROM checkpoints ORDER BY tree_size DESC LIMIT 1")
-                    .fetch_optional(pool)
-                    .await?;
-            Ok(row.map(|(tree_size, root, note, at_ms)| CheckpointRow {
-                tree_size,
-                root,
-                note,
-                at_ms,
-            }))
-        })
+        self.checkpoint_where("ORDER BY tree_size DESC LIMIT 1", None)
+            .await
     }
 
     /// The checkpoint for exactly `tree_size`, if one was written.
     pub async fn checkpoint(&self, tree_size: i64) -> Result<Option<CheckpointRow>> {
+        self.checkpoint_where("WHERE tree_size = $1", Some(tree_size))
+            .await
+    }
+
+    /// One checkpoint selected by a fixed `clause` (never built from data), with an optional size bound to `$1`.
+    async fn checkpoint_where(
+        &self,
+        clause: &str,
+        tree_size: Option<i64>,
+    ) -> Result<Option<CheckpointRow>> {
+        let sql = format!("SELECT tree_size, root, note, at_ms FROM checkpoints {clause}");
         dispatch_read!(self, |pool| {
-            let row: Option<(i64, Vec<u8>, String, i64)> = sqlx::query_as(
-                "SELECT tree_size, root, note, at_ms FROM checkpoints WHERE tree_size = $1",
-            )
-            .bind(tree_size)
-            .fetch_optional(pool)
-            .await?;
+            let mut query = sqlx::query_as::<_, (i64, Vec<u8>, String, i64)>(&sql);
+            if let Some(size) = tree_size {
+                query = query.bind(size);
+            }
+            let row = query.fetch_optional(pool).await?;
             Ok(row.map(|(tree_size, root, note, at_ms)| CheckpointRow {
                 tree_size,
                 root,
