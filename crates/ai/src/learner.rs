@@ -423,11 +423,12 @@ impl Learner {
         }
         if classes == 2 {
             // The common case (spam/ham, yes/no) without the inner loop.
+            let (rows, _) = self.weights.as_chunks::<2>();
             let (mut first, mut second) = (0.0f32, 0.0f32);
             for &bucket in features {
-                let at = bucket as usize * 2;
-                first += self.weights[at];
-                second += self.weights[at + 1];
+                let [weight_first, weight_second] = rows[bucket as usize];
+                first += weight_first;
+                second += weight_second;
             }
             logits[0] = first;
             logits[1] = second;
@@ -475,14 +476,29 @@ impl Learner {
         let gradient = &scratch.logits;
         let scale = feature_scale(scratch.features.len());
         let (learning_rate, l2) = (self.options.learning_rate, self.options.l2);
-        for &bucket in &scratch.features {
-            let bucket = bucket as usize;
-            let count = self.counts[bucket].saturating_add(1);
-            self.counts[bucket] = count;
-            let rate = learning_rate / (count as f32).sqrt();
-            let row = &mut self.weights[bucket * classes..(bucket + 1) * classes];
-            for (weight, gradient) in row.iter_mut().zip(gradient) {
-                *weight -= rate * (scale * gradient + l2 * *weight);
+        if classes == 2 {
+            // As below, without the inner loop.
+            let (rows, _) = self.weights.as_chunks_mut::<2>();
+            let (first, second) = (scale * gradient[0], scale * gradient[1]);
+            for &bucket in &scratch.features {
+                let bucket = bucket as usize;
+                let count = self.counts[bucket].saturating_add(1);
+                self.counts[bucket] = count;
+                let rate = learning_rate / (count as f32).sqrt();
+                let row = &mut rows[bucket];
+                row[0] -= rate * (first + l2 * row[0]);
+                row[1] -= rate * (second + l2 * row[1]);
+            }
+        } else {
+            for &bucket in &scratch.features {
+                let bucket = bucket as usize;
+                let count = self.counts[bucket].saturating_add(1);
+                self.counts[bucket] = count;
+                let rate = learning_rate / (count as f32).sqrt();
+                let row = &mut self.weights[bucket * classes..(bucket + 1) * classes];
+                for (weight, gradient) in row.iter_mut().zip(gradient) {
+                    *weight -= rate * (scale * gradient + l2 * *weight);
+                }
             }
         }
         let bias_rate = learning_rate * BIAS_RATE / ((self.examples_seen + 1) as f32).sqrt();
@@ -670,6 +686,36 @@ fn word_hash(word: &[u8], length: usize) -> u64 {
     hash ^ (hash >> 32)
 }
 
+/// What each byte is to the tokenizer: one load per byte instead of range checks. ASCII bytes
+/// answer as `char::is_alphanumeric` and `char::is_whitespace` do; the rest start a
+/// multi-byte character that is looked at whole.
+const BYTE_CLASSES: [ByteClass; 256] = byte_classes();
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ByteClass {
+    Alphanumeric,
+    Whitespace,
+    Symbol,
+    NonAscii,
+}
+
+const fn byte_classes() -> [ByteClass; 256] {
+    let mut classes = [ByteClass::NonAscii; 256];
+    let mut byte = 0u8;
+    while byte < 128 {
+        classes[byte as usize] = if byte.is_ascii_alphanumeric() {
+            ByteClass::Alphanumeric
+        } else if matches!(byte, b'\t'..=b'\r' | b' ') {
+            // Tab, line feed, vertical tab, form feed, carriage return, space.
+            ByteClass::Whitespace
+        } else {
+            ByteClass::Symbol
+        };
+        byte += 1;
+    }
+    classes
+}
+
 /// Fills `scratch.features` with the bucket of every feature of `text`, repeats included.
 ///
 /// Tokens are maximal runs of alphanumeric characters (words, lowercased) and single
@@ -687,12 +733,12 @@ fn extract_features(options: &LearnerOptions, text: &str, scratch: &mut Scratch)
     let mut word_is_ascii = true;
     let mut index = 0;
     while index < bytes.len() {
-        let byte = bytes[index];
-        let (is_alphanumeric, is_whitespace, width) = if byte.is_ascii() {
-            if byte.is_ascii_alphanumeric() {
+        let class = BYTE_CLASSES[usize::from(bytes[index])];
+        let (is_alphanumeric, is_whitespace, width) = if class != ByteClass::NonAscii {
+            if class == ByteClass::Alphanumeric {
                 let end = bytes[index..]
                     .iter()
-                    .position(|byte| !byte.is_ascii_alphanumeric())
+                    .position(|byte| BYTE_CLASSES[usize::from(*byte)] != ByteClass::Alphanumeric)
                     .map_or(bytes.len(), |length| index + length);
                 let from = scratch.word.len();
                 scratch.word.extend_from_slice(&bytes[index..end]);
@@ -700,8 +746,7 @@ fn extract_features(options: &LearnerOptions, text: &str, scratch: &mut Scratch)
                 index = end;
                 continue;
             }
-            // Tab, line feed, vertical tab, form feed, carriage return, space.
-            (false, matches!(byte, b'\t'..=b'\r' | b' '), 1)
+            (false, class == ByteClass::Whitespace, 1)
         } else {
             let Some(character) = text[index..].chars().next() else {
                 break;
@@ -779,14 +824,19 @@ fn emit_word(
         let log2 = options.buckets_log2;
         let (word, features) = (&scratch.word, &mut scratch.features);
         if is_ascii {
-            // One byte, one character: one window read gives every n-gram of a start.
-            let starts = (length + 1).saturating_sub(min);
-            features.reserve(starts * (max - min + 1));
-            for first in 0..starts {
+            // One byte, one character: one window read gives every n-gram of a start, and the
+            // slots are made once per word rather than pushed one by one.
+            let total: usize = (min..=max).map(|n| (length + 1).saturating_sub(n)).sum();
+            let base = features.len();
+            features.resize(base + total, 0);
+            let mut slots = features[base..].iter_mut();
+            for first in 0..(length + 1).saturating_sub(min) {
                 let window = read_window(word, first);
-                features.extend((min..=max.min(length - first)).map(|ngram_length| {
-                    bucket_of(mix_char_ngram(window & byte_mask(ngram_length)), log2)
-                }));
+                for ngram_length in min..=max.min(length - first) {
+                    if let Some(slot) = slots.next() {
+                        *slot = bucket_of(mix_char_ngram(window & byte_mask(ngram_length)), log2);
+                    }
+                }
             }
         } else {
             let boundaries = &mut scratch.boundaries;
