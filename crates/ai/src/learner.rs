@@ -92,8 +92,10 @@ pub enum Error {
 }
 
 /// How the learner turns text into features and how fast it learns. Fixed for the life of a
-/// model (they are stored with the weights).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+/// model (they are stored with the weights). Deserializable so that configuration can set
+/// them; missing fields take the defaults, and [`Learner::new`] checks the result.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct LearnerOptions {
     /// `2^buckets_log2` hash buckets (10..=24). 18 keeps collisions rare for the vocabulary of
     /// a business `classify` task while the weights of two classes fit in 2 MiB.

@@ -184,6 +184,24 @@ fn update_batch_bumps_the_version_and_checks_labels_first() {
 }
 
 #[test]
+fn options_come_from_configuration_with_defaults() {
+    let options: LearnerOptions = serde_json::from_str(r#"{"char_ngrams": [3, 5]}"#).unwrap();
+    assert_eq!(
+        options,
+        LearnerOptions {
+            char_ngrams: (3, 5),
+            ..LearnerOptions::default()
+        }
+    );
+    assert!(serde_json::from_str::<LearnerOptions>(r#"{"bucket_log2": 12}"#).is_err());
+    let out_of_range: LearnerOptions = serde_json::from_str(r#"{"buckets_log2": 40}"#).unwrap();
+    assert!(matches!(
+        Learner::new(out_of_range),
+        Err(learner::Error::InvalidOptions(_))
+    ));
+}
+
+#[test]
 fn the_label_set_is_bounded() {
     let options = LearnerOptions {
         buckets_log2: 10,
