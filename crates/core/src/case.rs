@@ -14,7 +14,7 @@ use serde_json::{json, Map, Value};
 
 use crate::expr::{Activation, EvalError, Expr};
 use crate::workflow::{
-    Action, Decide, HitPolicy, JsonTemplate, Step, StepKind, Template, TemplatePart, Wait, Workflow,
+    Action, Ai, Decide, HitPolicy, JsonTemplate, Step, StepKind, Template, TemplatePart, Wait, Workflow,
 };
 
 /// The loop guard: a case that executes more steps than this fails with `loop_guard`.
@@ -31,6 +31,8 @@ pub enum Status {
     Waiting,
     Completed,
     Failed,
+    /// Parked on an exception (e.g. `ai_failed`) that a person must resolve.
+    Exception,
 }
 
 impl Status {
@@ -40,6 +42,7 @@ impl Status {
             Status::Waiting => "waiting",
             Status::Completed => "completed",
             Status::Failed => "failed",
+            Status::Exception => "exception",
         }
     }
 
@@ -128,6 +131,34 @@ pub enum Input {
     },
     /// An external signal by name.
     Signal { name: String, payload: Value },
+    /// The result of the `ai` step attempt that `Command::Ai` asked for.
+    AiResult { attempt: u32, outcome: AiOutcome },
+}
+
+/// What an `ai` step's cascade came to. Built by the AI layer, applied here.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AiOutcome {
+    /// A tier's answer passed the schema and every check and was accepted.
+    Proposed {
+        output: Value,
+        /// In [0, 1].
+        confidence: f64,
+        /// How `confidence` was measured: `learner`, `logprob_label`, `logprob_mean`,
+        /// `agreement`, or `none` (then it is 0).
+        confidence_method: String,
+        model: String,
+        /// Index in the route.
+        tier: usize,
+        /// The cascade path, attempts, tokens and cost, for the journal.
+        record: Value,
+    },
+    /// No tier was accepted (`ai_failed`) or the budget ran out (`budget_exhausted`): the case
+    /// parks on an exception with every attempt kept.
+    Failed {
+        kind: String,
+        message: String,
+        record: Value,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -155,6 +186,8 @@ pub struct Event {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     Execute(ActionRequest),
+    /// Run the current `ai` step's cascade with this rendered prompt.
+    Ai(AiRequest),
     /// Nothing to do before this time (timer, signal timeout, retry backoff); a signal may wake it earlier.
     Sleep {
         until_ms: i64,
@@ -173,6 +206,15 @@ pub struct ActionRequest {
     pub headers: Vec<(String, String)>,
     pub body: Option<Value>,
     pub timeout_ms: u64,
+}
+
+/// One attempt at an `ai` step: the prompts rendered from the case data at that point.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AiRequest {
+    pub step: String,
+    pub attempt: u32,
+    pub system: Option<String>,
+    pub prompt: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -346,6 +388,11 @@ pub fn advance(
                 return run.finish(command);
             }
         }
+        Input::AiResult { attempt, outcome } => {
+            if let Some(command) = run.ai_result(state, attempt, outcome) {
+                return run.finish(command);
+            }
+        }
     }
     let command = run.drive(state);
     run.finish(command)
@@ -360,7 +407,7 @@ fn waiting_for_signal(workflow: &Workflow, state: &CaseState, name: &str) -> boo
 
 /// What a case parked without new input should keep doing.
 fn current_command(state: &CaseState) -> Command {
-    if state.status.is_final() {
+    if state.status.is_final() || state.status == Status::Exception {
         return Command::Stop;
     }
     match (&state.action, state.wait_until_ms) {
@@ -431,7 +478,7 @@ impl<'w> Run<'w> {
     /// Runs steps until one needs an effect or the case finishes.
     fn drive(&mut self, state: &mut CaseState) -> Command {
         loop {
-            if state.status.is_final() {
+            if state.status.is_final() || state.status == Status::Exception {
                 return Command::Stop;
             }
             let Some(step_id) = state.step.clone() else {
@@ -593,6 +640,7 @@ impl<'w> Run<'w> {
                 Flow::Goto(next)
             }
             StepKind::Action(action) => self.action(state, step, action),
+            StepKind::Ai(ai) => self.ai(state, step, ai),
             StepKind::Wait(wait) => self.wait(state, step, wait),
             StepKind::End(end) => {
                 state.status = Status::Completed;
@@ -695,6 +743,104 @@ impl<'w> Run<'w> {
         });
         state.status = Status::Running;
         Flow::Stop(Command::Execute(request))
+    }
+
+    /// Starts (or, after a crash, restarts) the cascade of an `ai` step.
+    fn ai(&mut self, state: &mut CaseState, step: &Step, ai: &Ai) -> Flow {
+        let restart = state.action.as_ref().filter(|p| p.in_flight).map(|p| p.attempt);
+        let attempt = restart.unwrap_or(1);
+        let case = json!({"id": state.id, "workflow": state.workflow, "version": state.workflow_version});
+        let render = |source: &str| crate::prompt::render(source, &state.input, &state.data, &case);
+        let system = match ai.system.as_ref().map(|p| render(&p.source)).transpose() {
+            Ok(system) => system,
+            Err(message) => {
+                let message = format!("the system prompt of `{}` did not render: {message}", step.id);
+                return Flow::Stop(self.fail(state, "template_error", message, Value::Null));
+            }
+        };
+        let prompt = match render(&ai.prompt.source) {
+            Ok(prompt) => prompt,
+            Err(message) => {
+                let message = format!("the prompt of `{}` did not render: {message}", step.id);
+                return Flow::Stop(self.fail(state, "template_error", message, Value::Null));
+            }
+        };
+        if restart.is_none() {
+            let models: Vec<&str> = ai.route.iter().map(|t| t.model.as_str()).collect();
+            self.emit(
+                "ai.started",
+                Some(step.id.clone()),
+                json!({
+                    "attempt": attempt,
+                    "task": ai.task.keyword(),
+                    "prompt_template_sha256": ai.prompt.sha256,
+                    "route": models,
+                }),
+            );
+            state.action = Some(ActionProgress {
+                attempt,
+                idempotency_key: idempotency_key(&state.id, &step.id, attempt),
+                in_flight: true,
+                retry_at_ms: None,
+            });
+        }
+        state.status = Status::Running;
+        Flow::Stop(Command::Ai(AiRequest {
+            step: step.id.clone(),
+            attempt,
+            system,
+            prompt,
+        }))
+    }
+
+    /// Applies a cascade's outcome; returns a command if the case stops here.
+    fn ai_result(&mut self, state: &mut CaseState, attempt: u32, outcome: AiOutcome) -> Option<Command> {
+        let step_id = state.step.clone()?;
+        let step = find_step(self.workflow, &step_id)?;
+        let StepKind::Ai(ai) = &step.kind else {
+            return Some(current_command(state));
+        };
+        state.action.as_ref().filter(|p| p.in_flight && p.attempt == attempt)?;
+        let id = Some(step_id.clone());
+        match outcome {
+            AiOutcome::Proposed {
+                output,
+                confidence,
+                confidence_method,
+                model,
+                tier,
+                record,
+            } => {
+                let proposal = json!({
+                    "output": output,
+                    "confidence": confidence,
+                    "confidence_method": confidence_method,
+                    "model": model,
+                    "tier": tier,
+                });
+                self.emit("ai.proposed", id, json!({ "attempt": attempt, "proposal": proposal, "cascade": record }));
+                set_data(state, &ai.into, proposal);
+                let next = step.next.clone().unwrap_or_default();
+                self.goto(state, next)
+            }
+            AiOutcome::Failed { kind, message, record } => {
+                let error = CaseError {
+                    kind: kind.clone(),
+                    step: id.clone(),
+                    message: message.clone(),
+                    details: record.clone(),
+                };
+                self.emit(
+                    "exception.raised",
+                    id,
+                    json!({ "kind": kind, "message": message, "attempt": attempt, "cascade": record, "data": state.data }),
+                );
+                state.status = Status::Exception;
+                state.error = Some(error);
+                state.action = None;
+                Some(Command::Stop)
+            }
+        }
     }
 
     /// Applies an action result; returns a command if the case stops here, `None` to drive on.

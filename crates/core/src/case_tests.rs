@@ -1328,8 +1328,11 @@ fn check_invariants(before: &CaseState, state: &CaseState, transition: &Transiti
             }
             // Runnable: never parked in the future.
             Status::Running => assert!(*until_ms <= now, "{state:?} {transition:?}"),
-            Status::Completed | Status::Failed => unreachable!("checked above"),
+            Status::Completed | Status::Failed | Status::Exception => {
+                unreachable!("checked above")
+            }
         },
+        Command::Ai(_) => unreachable!("the generated workflows have no ai steps"),
         Command::Stop => {}
     }
     // Every started attempt is journaled once, and only when it is new.
@@ -1391,4 +1394,88 @@ proptest! {
             check_invariants(&before, &state, &transition, now);
         }
     }
+}
+
+const AI_STEPS: &str = r#"  - id: triage
+    ai:
+      task: classify
+      labels: [spam, ham]
+      system: "You sort mail."
+      prompt: |
+        Subject: {{ input.subject }}
+      checks:
+        - expr: output.label != 'spam' || input.subject != 'invoice'
+          message: an invoice is never spam
+      route:
+        - model: learner
+          accept_when: confidence >= 0.9
+        - model: small
+  - id: done
+    end: { outcome: triaged }
+"#;
+
+#[test]
+fn an_ai_step_renders_its_prompt_and_applies_the_proposal() {
+    let wf = workflow(AI_STEPS);
+    let mut state = start(&wf, json!({"subject": "Win money"}));
+    let t = wake(&wf, &mut state, T0);
+    let Command::Ai(request) = &t.command else {
+        panic!("expected an AI command, got {:?}", t.command)
+    };
+    assert_eq!(request.prompt, "Subject: Win money\n");
+    assert_eq!(request.system.as_deref(), Some("You sort mail."));
+    assert_eq!(t.events.last().unwrap().kind, "ai.started");
+    // A crash before the result: waking again re-issues the same attempt without a new event.
+    let again = wake(&wf, &mut state, T0 + 5);
+    assert!(matches!(&again.command, Command::Ai(r) if r.attempt == 1));
+    assert!(again.events.iter().all(|e| e.kind != "ai.started"));
+
+    let outcome = AiOutcome::Proposed {
+        output: json!({"label": "spam"}),
+        confidence: 0.95,
+        confidence_method: "learner".into(),
+        model: "learner".into(),
+        tier: 0,
+        record: json!({"path": ["learner"]}),
+    };
+    let t = advance(&wf, &mut state, Input::AiResult { attempt: 1, outcome }, T0 + 10, 0.0);
+    assert_eq!(t.command, Command::Stop);
+    assert_eq!(state.status, Status::Completed);
+    assert_eq!(state.data["triage"]["output"]["label"], "spam");
+    assert_eq!(state.data["triage"]["confidence_method"], "learner");
+    assert!(t.events.iter().any(|e| e.kind == "ai.proposed"));
+}
+
+#[test]
+fn a_failed_cascade_parks_the_case_on_an_exception() {
+    let wf = workflow(AI_STEPS);
+    let mut state = start(&wf, json!({"subject": "x"}));
+    wake(&wf, &mut state, T0);
+    let outcome = AiOutcome::Failed {
+        kind: "ai_failed".into(),
+        message: "no tier accepted".into(),
+        record: json!({"attempts": [{"model": "small", "error": "malformed"}]}),
+    };
+    let t = advance(&wf, &mut state, Input::AiResult { attempt: 1, outcome }, T0 + 10, 0.0);
+    assert_eq!(t.command, Command::Stop);
+    assert_eq!(state.status, Status::Exception);
+    assert!(!state.status.is_final());
+    let raised = t.events.iter().find(|e| e.kind == "exception.raised").unwrap();
+    assert_eq!(raised.data["kind"], "ai_failed");
+    assert_eq!(raised.data["cascade"]["attempts"][0]["error"], "malformed");
+    // A stale or repeated result changes nothing.
+    let t = wake(&wf, &mut state, T0 + 20);
+    assert_eq!(t.command, Command::Stop);
+    assert_eq!(state.status, Status::Exception);
+}
+
+#[test]
+fn a_prompt_that_cannot_render_fails_the_case_with_a_template_error() {
+    let wf = workflow(
+        "  - id: a\n    ai:\n      task: generate\n      prompt: \"{{ input.missing.deeper }}\"\n      route: [{model: m}]\n  - id: done\n    end: { outcome: ok }\n",
+    );
+    let mut state = start(&wf, json!({}));
+    wake(&wf, &mut state, T0);
+    assert_eq!(state.status, Status::Failed);
+    assert_eq!(state.error.as_ref().unwrap().kind, "template_error");
 }

@@ -297,6 +297,13 @@ impl Activation {
         Activation { context }
     }
 
+    /// Adds or replaces a variable, such as `output` and `confidence` for an `ai` step's
+    /// checks and `accept_when`.
+    pub fn set(&mut self, name: &str, value: &serde_json::Value) {
+        self.context
+            .add_variable_from_value(name.to_string(), json_to_cel(value, 0));
+    }
+
     pub fn set_data(&mut self, data: &serde_json::Value) {
         self.context
             .add_variable_from_value("data", json_to_cel(data, 0));

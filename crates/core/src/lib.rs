@@ -4,5 +4,6 @@
 
 pub mod case;
 pub mod expr;
+pub mod prompt;
 pub mod schema;
 pub mod workflow;

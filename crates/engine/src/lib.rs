@@ -88,6 +88,9 @@ pub struct Options {
     pub checkpoint_interval: Duration,
     /// Directory for the ledger key.
     pub data_dir: PathBuf,
+    /// The models of `keel.toml`; `None` when no configuration was given (an `ai` step then
+    /// raises an `ai_failed` exception saying so).
+    pub ai: Option<Arc<keel_ai::cascade::Runtime>>,
 }
 
 impl Default for Options {
@@ -100,6 +103,7 @@ impl Default for Options {
             max_batch: 1_000,
             checkpoint_interval: Duration::from_secs(1),
             data_dir: PathBuf::from("keel-data"),
+            ai: None,
         }
     }
 }

@@ -16,6 +16,8 @@ use crate::{make_entry, workflow_of, Error, Inner, Result};
 /// Sleeps shorter than this stay in the worker with the lease held; longer ones park the
 /// case in the database for the poller.
 const IN_MEMORY_SLEEP_MS: i64 = 2_000;
+/// Extra lease time for an `ai` step's cascade (several models, retries and re-asks).
+const AI_LEASE_MS: i64 = 10 * 60_000;
 /// Cases claimed per poll.
 const CLAIM_BATCH: i64 = 256;
 /// SLA breaches handled per tick.
@@ -69,6 +71,7 @@ async fn run_case(inner: &Inner, item: Item) -> Result<()> {
             Command::Execute(request) => {
                 (Some(now), Some(now + lease_ms + request.timeout_ms as i64))
             }
+            Command::Ai(_) => (Some(now), Some(now + lease_ms + AI_LEASE_MS)),
             Command::Sleep { until_ms } if *until_ms - now < IN_MEMORY_SLEEP_MS => {
                 (Some(*until_ms), Some(*until_ms + lease_ms))
             }
@@ -122,8 +125,44 @@ async fn run_case(inner: &Inner, item: Item) -> Result<()> {
                 let outcome = execute(&inner.http, &request).await;
                 Input::ActionResult { attempt, outcome }
             }
+            Command::Ai(request) => {
+                let attempt = request.attempt;
+                let outcome = run_ai(inner, &definition, &state, request).await;
+                Input::AiResult { attempt, outcome }
+            }
         };
     }
+}
+
+/// Runs an `ai` step's cascade through the configured models.
+async fn run_ai(
+    inner: &Inner,
+    definition: &keel_core::workflow::Workflow,
+    state: &CaseState,
+    request: case::AiRequest,
+) -> case::AiOutcome {
+    let spec = case::find_step(definition, &request.step).and_then(|step| match &step.kind {
+        keel_core::workflow::StepKind::Ai(ai) => Some(ai),
+        _ => None,
+    });
+    let (Some(spec), Some(runtime)) = (spec, inner.options.ai.as_ref()) else {
+        return case::AiOutcome::Failed {
+            kind: "ai_failed".to_string(),
+            message: "no models are configured: start `keel serve --config keel.toml` with the models this step's route names".to_string(),
+            record: serde_json::json!({ "attempts": [] }),
+        };
+    };
+    let context = keel_ai::cascade::StepContext {
+        workflow: state.workflow.clone(),
+        step: request.step.clone(),
+        input: state.input.clone(),
+        data: state.data.clone(),
+        case: serde_json::json!({"id": state.id, "workflow": state.workflow, "version": state.workflow_version}),
+        now: case::millis_to_datetime(inner.clock.now_ms()),
+        system: request.system,
+        prompt: request.prompt,
+    };
+    runtime.run(spec, &context).await
 }
 
 fn holds_lease(inner: &Inner, row: &CaseRow, now: i64) -> bool {
@@ -197,7 +236,7 @@ pub(crate) async fn apply_external(
         row.runnable_at_ms
     } else {
         match &transition.command {
-            Command::Execute(_) => Some(now),
+            Command::Execute(_) | Command::Ai(_) => Some(now),
             Command::Sleep { until_ms } => Some(*until_ms),
             Command::Stop => None,
         }

@@ -55,6 +55,12 @@ pub enum BreakerState {
     HalfOpen,
 }
 
+/// What follows one attempt.
+enum Next<T> {
+    Done(Result<T, Error>),
+    Wait(u64),
+}
+
 /// A client for one model. Cheap to clone: clones share the breaker and the concurrency limit.
 #[derive(Clone)]
 pub struct ProviderClient {
@@ -146,13 +152,21 @@ impl ProviderClient {
         let wire = Wire::of(&self.config)?;
         let prepared = self.prepare(wire, request, false)?;
         let (_permit, ticket) = self.admit().await?;
-        let result = self
-            .with_retries(
-                ticket.max_attempts(self.config.max_retries),
-                stats,
-                async |status| self.timed(self.chat_attempt(wire, &prepared, status)).await,
-            )
-            .await;
+        let max_attempts = ticket.max_attempts(self.config.max_retries);
+        // A plain loop rather than a retry combinator over an async closure: the closure's
+        // future is not provably `Send` for every lifetime, which callers that spawn need.
+        let result = loop {
+            stats.attempts += 1;
+            let mut status = None;
+            let result = self
+                .timed(self.chat_attempt(wire, &prepared, &mut status))
+                .await;
+            stats.last_status = status.or(stats.last_status);
+            match self.after_attempt(result, max_attempts, stats) {
+                Next::Done(result) => break result,
+                Next::Wait(wait_ms) => tokio::time::sleep(Duration::from_millis(wait_ms)).await,
+            }
+        };
         ticket.record(&result);
         result
     }
@@ -165,13 +179,17 @@ impl ProviderClient {
         let wire = Wire::of(&self.config)?;
         let prepared = self.prepare(wire, request, true)?;
         let (permit, ticket) = self.admit().await?;
-        let result = self
-            .with_retries(
-                ticket.max_attempts(self.config.max_retries),
-                &mut stats,
-                async |status| self.timed(self.stream_attempt(&prepared, status)).await,
-            )
-            .await;
+        let max_attempts = ticket.max_attempts(self.config.max_retries);
+        let result = loop {
+            stats.attempts += 1;
+            let mut status = None;
+            let result = self.timed(self.stream_attempt(&prepared, &mut status)).await;
+            stats.last_status = status.or(stats.last_status);
+            match self.after_attempt(result, max_attempts, &mut stats) {
+                Next::Done(result) => break result,
+                Next::Wait(wait_ms) => tokio::time::sleep(Duration::from_millis(wait_ms)).await,
+            }
+        };
         ticket.record(&result);
         let (response, first_chunk) = result?;
         stats.latency_ms = millis(started.elapsed());
@@ -248,35 +266,30 @@ impl ProviderClient {
         Ok((permit, Ticket::new(breaker, admission)))
     }
 
-    async fn with_retries<T>(
+    /// Decides what follows one attempt: its result, or a wait before the next attempt.
+    fn after_attempt<T>(
         &self,
+        result: Result<T, Failure>,
         max_attempts: u32,
-        stats: &mut CallStats,
-        mut attempt: impl AsyncFnMut(&mut Option<u16>) -> Result<T, Failure>,
-    ) -> Result<T, Error> {
-        loop {
-            stats.attempts += 1;
-            let mut status = None;
-            let result = attempt(&mut status).await;
-            stats.last_status = status.or(stats.last_status);
-            let failure = match result {
-                Ok(value) => return Ok(value),
-                Err(failure) => failure,
-            };
-            if !failure.error.is_retryable() || stats.attempts >= max_attempts {
-                return Err(failure.error);
-            }
-            let wait_ms = match failure.retry_after_ms {
-                Some(wait_ms) if wait_ms > self.retry_after_cap_ms => {
-                    tracing::info!(model = %self.config.name, wait_ms, "the provider asks to wait longer than Keel will; giving up on this model for now");
-                    return Err(failure.error);
-                }
-                Some(wait_ms) => wait_ms,
-                None => self.backoff.delay_ms(stats.attempts),
-            };
-            tracing::warn!(model = %self.config.name, attempt = stats.attempts, code = failure.error.code(), error = %failure.error, wait_ms, "model call failed; retrying");
-            tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+        stats: &CallStats,
+    ) -> Next<T> {
+        let failure = match result {
+            Ok(value) => return Next::Done(Ok(value)),
+            Err(failure) => failure,
+        };
+        if !failure.error.is_retryable() || stats.attempts >= max_attempts {
+            return Next::Done(Err(failure.error));
         }
+        let wait_ms = match failure.retry_after_ms {
+            Some(wait_ms) if wait_ms > self.retry_after_cap_ms => {
+                tracing::info!(model = %self.config.name, wait_ms, "the provider asks to wait longer than Keel will; giving up on this model for now");
+                return Next::Done(Err(failure.error));
+            }
+            Some(wait_ms) => wait_ms,
+            None => self.backoff.delay_ms(stats.attempts),
+        };
+        tracing::warn!(model = %self.config.name, attempt = stats.attempts, code = failure.error.code(), error = %failure.error, wait_ms, "model call failed; retrying");
+        Next::Wait(wait_ms)
     }
 
     /// Bounds one attempt by `timeout_ms`.

@@ -53,6 +53,7 @@ pub enum StepKind {
     Decide(Decide),
     Set(Set),
     Action(Action),
+    Ai(Ai),
     Wait(Wait),
     End(End),
 }
@@ -66,6 +67,7 @@ impl StepKind {
             StepKind::Decide(_) => "decide",
             StepKind::Set(_) => "set",
             StepKind::Action(_) => "action",
+            StepKind::Ai(_) => "ai",
             StepKind::Wait(_) => "wait",
             StepKind::End(_) => "end",
         }
@@ -202,6 +204,70 @@ pub enum JsonTemplate {
     String(Template),
     Array(Vec<JsonTemplate>),
     Object(Vec<(String, JsonTemplate)>),
+}
+
+/// `ai:` — a model task behind deterministic validation: the prompt is rendered from case data,
+/// the answer must match `output_schema` and pass every check, and the `route` is a cascade of
+/// models tried in order until one answer is accepted. The accepted proposal is stored at
+/// `data.<into>` as `{output, confidence, confidence_method, model, tier}`.
+#[derive(Debug, Clone)]
+pub struct Ai {
+    pub task: AiTask,
+    /// A minijinja template for the system message, if any.
+    pub system: Option<Prompt>,
+    /// A minijinja template for the user message; sees `input`, `data` and `case`.
+    pub prompt: Prompt,
+    /// The JSON Schema every answer must match. For `classify` it is derived from the labels
+    /// (`{"label": one of labels}`); for `generate` without one, the answer is `{"text": …}`.
+    pub output_schema: Schema,
+    /// CEL conditions over `output` (and `input`, `data`, `case`, `now`); each must be true.
+    pub checks: Vec<Assertion>,
+    /// How many times one model is asked again, told what was wrong, after an answer fails the
+    /// schema or a check (0..=3, default 1).
+    pub reask: u32,
+    /// k > 1: ask each model k times and use agreement as the confidence (1..=9, default 1).
+    pub samples: u32,
+    /// Default 0 (and then the response cache applies); with `samples > 1`, default 0.7.
+    pub temperature: Option<f64>,
+    pub max_tokens: u32,
+    /// The cascade, cheapest first. Non-empty.
+    pub route: Vec<Tier>,
+    pub into: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum AiTask {
+    Classify { labels: Vec<String> },
+    Extract,
+    Generate,
+}
+
+impl AiTask {
+    pub fn keyword(&self) -> &'static str {
+        match self {
+            AiTask::Classify { .. } => "classify",
+            AiTask::Extract => "extract",
+            AiTask::Generate => "generate",
+        }
+    }
+}
+
+/// A prompt template: its source, checked by `keel check`, and the SHA-256 (hex) of the source
+/// that the journal records with every call.
+#[derive(Debug, Clone)]
+pub struct Prompt {
+    pub source: String,
+    pub sha256: String,
+}
+
+/// One tier of a cascade.
+#[derive(Debug, Clone)]
+pub struct Tier {
+    /// A model declared in `keel.toml`.
+    pub model: String,
+    /// CEL over `confidence`, `output`, `cost` (USD spent on this step so far), `tier` and the
+    /// case variables; absent means any valid answer is accepted.
+    pub accept_when: Option<Expr>,
 }
 
 /// `wait:` — a durable timer or an external signal.

@@ -4,14 +4,14 @@ use std::collections::BTreeMap;
 
 use super::diagnostic::Span;
 use super::model::{
-    Action, Assertion, Decide, DurationMs, End, HitPolicy, HttpMethod, RetryPolicy, Rule, Set,
+    Action, Ai, AiTask, Assertion, Prompt, Tier, Decide, DurationMs, End, HitPolicy, HttpMethod, RetryPolicy, Rule, Set,
     StepKind, Switch, SwitchCase, Template, TemplatePart, Validate, Wait,
 };
 use super::values::{is_name, list, Checker, Usage};
 use super::yaml::{Node, Value};
 
 pub(crate) const KINDS: &[&str] = &[
-    "validate", "switch", "decide", "set", "action", "wait", "end",
+    "validate", "switch", "decide", "set", "action", "ai", "wait", "end",
 ];
 const COMMON: &[&str] = &["id", "sla", "next"];
 /// Decision tables with more columns are not checked for completeness (2^16 combinations).
@@ -138,6 +138,7 @@ impl Checker<'_> {
             "decide" => self.decide(body, key, &label, &id).map(StepKind::Decide),
             "set" => self.set(body, &label).map(StepKind::Set),
             "action" => self.action(body, key, &label, &id).map(StepKind::Action),
+            "ai" => self.ai(body, key, &label, &id).map(StepKind::Ai),
             "wait" => self
                 .wait(body, key, &label, &mut draft.targets)
                 .map(StepKind::Wait),
@@ -622,6 +623,271 @@ impl Checker<'_> {
         })
     }
 
+    fn ai(&mut self, node: &Node, key: Span, label: &str, id: &str) -> Option<Ai> {
+        let what = format!("`ai` of {label}");
+        let allowed = [
+            "task",
+            "labels",
+            "system",
+            "prompt",
+            "output_schema",
+            "checks",
+            "reask",
+            "samples",
+            "temperature",
+            "max_tokens",
+            "route",
+            "into",
+        ];
+        let fields = self.fields(node, &what, key, &allowed, &["task", "prompt", "route"])?;
+        let task = self.ai_task(&fields, key, label)?;
+        let prompt = fields.get("prompt").and_then(|n| self.prompt(n, "`prompt`"));
+        let system = match fields.get("system") {
+            None => Some(None),
+            Some(n) => self.prompt(n, "`system`").map(Some),
+        };
+        let output_schema = match (&task, fields.get("output_schema")) {
+            (AiTask::Classify { labels }, None) => {
+                crate::schema::Schema::compile(classify_schema(labels)).ok()
+            }
+            (AiTask::Classify { .. }, Some(n)) => {
+                self.error(
+                    "conflicting-fields",
+                    n.span,
+                    format!("{label}: a `classify` task's output is `{{label}}`, derived from `labels`"),
+                    "remove `output_schema`, or use `task: extract`".to_string(),
+                );
+                None
+            }
+            (AiTask::Extract, None) => {
+                self.error(
+                    "missing-field",
+                    key,
+                    format!("{label}: an `extract` task needs `output_schema`"),
+                    "add `output_schema:` with the fields to extract".to_string(),
+                );
+                None
+            }
+            (AiTask::Generate, None) => crate::schema::Schema::compile(serde_json::json!({
+                "type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]
+            }))
+            .ok(),
+            (_, Some(n)) => self.schema(n),
+        };
+        self.extra_variables = &["output"];
+        let checks = match fields.get("checks") {
+            None => Some(Vec::new()),
+            Some(n) => self.assertions(n),
+        };
+        self.extra_variables = &[];
+        let reask = self.small_count(&fields, "reask", 0, 3, 1);
+        let samples = self.small_count(&fields, "samples", 1, 9, 1);
+        let max_tokens = self.small_count(&fields, "max_tokens", 1, 100_000, 1024);
+        let temperature = match fields.get("temperature") {
+            None => Some(None),
+            Some(n) => match n.scalar_text().and_then(|t| t.parse::<f64>().ok()) {
+                Some(t) if (0.0..=2.0).contains(&t) => Some(Some(t)),
+                _ => {
+                    self.error(
+                        "out-of-range",
+                        n.span,
+                        "`temperature` must be a number from 0 to 2".to_string(),
+                        "0 gives repeatable answers (and lets the response cache work)".to_string(),
+                    );
+                    None
+                }
+            },
+        };
+        let route = fields.get("route").and_then(|n| self.route(n));
+        let into = match fields.get("into") {
+            Some(n) => self.identifier(n, "`into`"),
+            None => Some(id.to_string()),
+        };
+        Some(Ai {
+            task,
+            system: system?,
+            prompt: prompt?,
+            output_schema: output_schema?,
+            checks: checks?,
+            reask: reask?,
+            samples: samples?,
+            temperature: temperature?,
+            max_tokens: max_tokens?,
+            route: route?,
+            into: into?,
+        })
+    }
+
+    fn ai_task(&mut self, fields: &super::values::Fields, key: Span, label: &str) -> Option<AiTask> {
+        let node = fields.get("task")?;
+        let task = match node.as_str() {
+            Some("classify") => {
+                let Some(labels_node) = fields.get("labels") else {
+                    self.error(
+                        "missing-field",
+                        fields.key_span("task").unwrap_or(key),
+                        format!("{label}: a `classify` task needs `labels`"),
+                        "add `labels: [billing, technical, …]`".to_string(),
+                    );
+                    return None;
+                };
+                let labels = self.labels(labels_node)?;
+                AiTask::Classify { labels }
+            }
+            Some("extract") => AiTask::Extract,
+            Some("generate") => AiTask::Generate,
+            _ => {
+                self.error(
+                    "invalid-value",
+                    node.span,
+                    format!("`task` must be classify, extract or generate, found {}", describe(node)),
+                    "classify picks a label, extract fills a schema, generate writes text".to_string(),
+                );
+                return None;
+            }
+        };
+        if !matches!(task, AiTask::Classify { .. }) {
+            if let Some(span) = fields.key_span("labels") {
+                self.error(
+                    "conflicting-fields",
+                    span,
+                    format!("{label}: `labels` belongs to `task: classify`"),
+                    "remove `labels`, or use `task: classify`".to_string(),
+                );
+                return None;
+            }
+        }
+        Some(task)
+    }
+
+    fn labels(&mut self, node: &Node) -> Option<Vec<String>> {
+        let Value::Seq(items) = &node.value else {
+            self.wrong_type(node, "`labels`", "a list of label names");
+            return None;
+        };
+        let mut labels: Vec<String> = Vec::new();
+        for item in items {
+            let label = self.string(item, "a label")?;
+            if label.is_empty() || labels.contains(&label) {
+                self.error(
+                    "invalid-value",
+                    item.span,
+                    format!("label `{label}` is empty or listed twice"),
+                    "list each label once".to_string(),
+                );
+                return None;
+            }
+            labels.push(label);
+        }
+        if labels.len() < 2 {
+            self.error(
+                "invalid-value",
+                node.span,
+                "`labels` needs at least two labels".to_string(),
+                "a classification chooses between labels, e.g. `[spam, ham]`".to_string(),
+            );
+            return None;
+        }
+        Some(labels)
+    }
+
+    fn prompt(&mut self, node: &Node, what: &str) -> Option<Prompt> {
+        let source = self.string(node, what)?;
+        let problems = crate::prompt::check(&source);
+        if problems.is_empty() {
+            let sha256 = crate::prompt::sha256(&source);
+            return Some(Prompt { source, sha256 });
+        }
+        for problem in problems {
+            // A block scalar's text starts on the line after its `|`: point into the template.
+            let span = match problem.line {
+                Some(line) if self.is_block(node) => {
+                    let at = node.span.line + line;
+                    let text = self.source.lines().nth(at - 1).unwrap_or_default();
+                    let indent = text.len() - text.trim_start().len();
+                    Span::point(at, indent + 1)
+                }
+                _ => node.span,
+            };
+            self.error(
+                "invalid-template",
+                span,
+                format!("{what} template: {}", problem.message),
+                "prompts are minijinja templates, e.g. `Classify: {{ input.subject }}`".to_string(),
+            );
+        }
+        None
+    }
+
+    fn is_block(&self, node: &Node) -> bool {
+        let line = self.source.lines().nth(node.span.line.saturating_sub(1)).unwrap_or_default();
+        let rest = line.get(node.span.column.saturating_sub(1)..).unwrap_or_default();
+        rest.starts_with('|') || rest.starts_with('>')
+    }
+
+    fn small_count(
+        &mut self,
+        fields: &super::values::Fields,
+        name: &str,
+        min: u32,
+        max: u32,
+        default: u32,
+    ) -> Option<u32> {
+        let Some(node) = fields.get(name) else {
+            return Some(default);
+        };
+        match node.scalar_text().and_then(|t| t.parse::<u32>().ok()) {
+            Some(n) if (min..=max).contains(&n) => Some(n),
+            _ => {
+                self.error(
+                    "out-of-range",
+                    node.span,
+                    format!("`{name}` must be a whole number from {min} to {max}"),
+                    format!("the default is {default}"),
+                );
+                None
+            }
+        }
+    }
+
+    fn route(&mut self, node: &Node) -> Option<Vec<Tier>> {
+        let Value::Seq(items) = &node.value else {
+            self.wrong_type(node, "`route`", "a list of `{model, accept_when}`");
+            return None;
+        };
+        if items.is_empty() {
+            self.error(
+                "invalid-value",
+                node.span,
+                "`route` names no model".to_string(),
+                "add at least one tier: `- model: gpt-small`".to_string(),
+            );
+            return None;
+        }
+        let mut tiers = Vec::new();
+        let mut ok = true;
+        for item in items {
+            let Some(fields) =
+                self.fields(item, "a route tier", item.span, &["model", "accept_when"], &["model"])
+            else {
+                ok = false;
+                continue;
+            };
+            let model = fields.get("model").and_then(|n| self.string(n, "`model`"));
+            self.extra_variables = &["output", "confidence", "cost", "tier"];
+            let accept_when = match fields.get("accept_when") {
+                None => Some(None),
+                Some(n) => self.expr(n, Usage::Condition).map(Some),
+            };
+            self.extra_variables = &[];
+            match (model, accept_when) {
+                (Some(model), Some(accept_when)) => tiers.push(Tier { model, accept_when }),
+                _ => ok = false,
+            }
+        }
+        ok.then_some(tiers)
+    }
+
     fn method(&mut self, node: &Node) -> Option<HttpMethod> {
         let methods = [
             HttpMethod::Get,
@@ -909,4 +1175,14 @@ fn describe(node: &Node) -> String {
         Some(text) if is_name(&text) || text.len() < 30 => format!("`{text}`"),
         _ => node.type_name().to_string(),
     }
+}
+
+/// The output schema of a `classify` task: `{"label": one of labels}`.
+pub(crate) fn classify_schema(labels: &[String]) -> serde_json::Value {
+    serde_json::json!({
+        "type": "object",
+        "properties": {"label": {"type": "string", "enum": labels}},
+        "required": ["label"],
+        "additionalProperties": false
+    })
 }

@@ -23,6 +23,9 @@ pub(crate) struct Checker<'a> {
     pub source: &'a str,
     pub base_dir: Option<&'a Path>,
     pub diagnostics: Vec<Diagnostic>,
+    /// Variables expressions may use besides [`VARIABLES`], while checking one field (an `ai`
+    /// step's `checks` see `output`; `accept_when` also sees `confidence`, `cost`, `tier`).
+    pub extra_variables: &'static [&'static str],
 }
 
 /// How an expression's value is used: conditions must be bools.
@@ -369,7 +372,9 @@ impl<'a> Checker<'a> {
         };
         let mut ok = true;
         for variable in expr.variables() {
-            if VARIABLES.contains(&variable.as_str()) {
+            if VARIABLES.contains(&variable.as_str())
+                || self.extra_variables.contains(&variable.as_str())
+            {
                 continue;
             }
             ok = false;

@@ -1,0 +1,379 @@
+//! Running an `ai` step: the cascade of tiers, each answer validated against the output schema
+//! and the step's CEL checks, a bounded re-ask that tells the model what was wrong, confidence
+//! with its method, `accept_when`, and a record of every attempt with tokens, cost and latency.
+//!
+//! Nothing here is accepted unchecked: an answer is either valid and accepted by its tier, or
+//! the next tier runs, or the step ends in `AiOutcome::Failed` (an exception for a person).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use keel_core::case::AiOutcome;
+use keel_core::expr::Activation;
+use keel_core::workflow::{Ai, AiTask};
+use serde_json::{json, Value};
+
+use crate::config::{Config, ModelConfig, ProviderKind};
+use crate::learner::Learner;
+use crate::provider::{ChatRequest, ChatResponse, Message, ProviderClient, ResponseFormat, Role, Usage};
+
+/// The case values an `ai` step's checks and `accept_when` see, and the rendered prompts.
+pub struct StepContext {
+    pub workflow: String,
+    pub step: String,
+    pub input: Value,
+    pub data: Value,
+    pub case: Value,
+    pub now: chrono::DateTime<chrono::Utc>,
+    pub system: Option<String>,
+    pub prompt: String,
+}
+
+/// The AI layer at run time: one client per configured model and the local learners.
+pub struct Runtime {
+    config: Config,
+    clients: BTreeMap<String, ProviderClient>,
+    /// By `workflow/step`.
+    learners: RwLock<BTreeMap<String, Arc<Learner>>>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").field("models", &self.clients.keys()).finish()
+    }
+}
+
+impl Runtime {
+    pub fn new(config: Config, http: reqwest::Client) -> Runtime {
+        let clients = config
+            .models
+            .iter()
+            .filter(|(_, model)| model.provider != ProviderKind::Local)
+            .map(|(name, model)| (name.clone(), ProviderClient::new(model.clone(), http.clone())))
+            .collect();
+        Runtime {
+            config,
+            clients,
+            learners: RwLock::new(BTreeMap::new()),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Replaces the learner of `workflow/step` (after training or loading from the store).
+    pub fn set_learner(&self, workflow: &str, step: &str, learner: Learner) {
+        if let Ok(mut learners) = self.learners.write() {
+            learners.insert(learner_key(workflow, step), Arc::new(learner));
+        }
+    }
+
+    fn learner(&self, workflow: &str, step: &str) -> Option<Arc<Learner>> {
+        self.learners.read().ok()?.get(&learner_key(workflow, step)).cloned()
+    }
+
+    /// Runs the cascade of `ai` for one case.
+    pub async fn run(&self, ai: &Ai, context: &StepContext) -> AiOutcome {
+        let mut attempts: Vec<Value> = Vec::new();
+        let mut path: Vec<String> = Vec::new();
+        let mut cost_usd = 0.0;
+        let mut cost_known = true;
+        for (tier_index, tier) in ai.route.iter().enumerate() {
+            path.push(tier.model.clone());
+            let Ok(model) = self.config.model(&tier.model) else {
+                attempts.push(json!({"tier": tier_index, "model": tier.model, "error": "unknown_model",
+                    "message": format!("model `{}` is not declared in keel.toml", tier.model)}));
+                continue;
+            };
+            let answer = match model.provider {
+                ProviderKind::Local => self.ask_learner(ai, context, model, &mut attempts, tier_index),
+                _ => {
+                    self.ask_model(ai, context, model, &mut attempts, tier_index, &mut cost_usd, &mut cost_known)
+                        .await
+                }
+            };
+            let Some((output, confidence, method)) = answer else {
+                continue;
+            };
+            let accepted = match &tier.accept_when {
+                None => Ok(true),
+                Some(expr) => {
+                    let mut activation = activation(context);
+                    activation.set("output", &output);
+                    activation.set("confidence", &json!(confidence));
+                    activation.set("cost", &json!(cost_usd));
+                    activation.set("tier", &json!(tier_index as i64));
+                    expr.eval_bool(&activation).map_err(|e| e.to_string())
+                }
+            };
+            if let Some(last) = attempts.last_mut() {
+                last["accepted"] = json!(accepted.as_ref().is_ok_and(|a| *a));
+                if let Err(error) = &accepted {
+                    last["accept_when_error"] = json!(error);
+                }
+            }
+            if accepted == Ok(true) {
+                return AiOutcome::Proposed {
+                    output,
+                    confidence,
+                    confidence_method: method.to_string(),
+                    model: tier.model.clone(),
+                    tier: tier_index,
+                    record: record(&path, attempts, cost_usd, cost_known),
+                };
+            }
+        }
+        let message = format!(
+            "no tier of the route ({}) gave an accepted answer",
+            ai.route.iter().map(|t| t.model.as_str()).collect::<Vec<_>>().join(" → ")
+        );
+        AiOutcome::Failed {
+            kind: "ai_failed".to_string(),
+            message,
+            record: record(&path, attempts, cost_usd, cost_known),
+        }
+    }
+
+    fn ask_learner(
+        &self,
+        ai: &Ai,
+        context: &StepContext,
+        model: &ModelConfig,
+        attempts: &mut Vec<Value>,
+        tier: usize,
+    ) -> Option<(Value, f64, &'static str)> {
+        let started = Instant::now();
+        let AiTask::Classify { labels } = &ai.task else {
+            attempts.push(json!({"tier": tier, "model": model.name, "provider": "local", "error": "unsupported",
+                "message": "the local learner only serves classify tasks"}));
+            return None;
+        };
+        let prediction = self
+            .learner(&context.workflow, &context.step)
+            .and_then(|learner| learner.predict_within(&context.prompt, labels));
+        let Some(prediction) = prediction else {
+            attempts.push(json!({"tier": tier, "model": model.name, "provider": "local", "error": "untrained",
+                "message": "the learner has not seen enough labelled examples yet", "cost_usd": 0.0}));
+            return None;
+        };
+        let output = json!({"label": prediction.label});
+        let latency_us = started.elapsed().as_micros() as u64;
+        let problems = self.problems(ai, context, &output);
+        attempts.push(json!({"tier": tier, "model": model.name, "provider": "local", "output": output,
+            "confidence": prediction.probability, "confidence_method": "learner", "cost_usd": 0.0,
+            "latency_us": latency_us, "problems": problems}));
+        problems.is_empty().then_some((output, prediction.probability, "learner"))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn ask_model(
+        &self,
+        ai: &Ai,
+        context: &StepContext,
+        model: &ModelConfig,
+        attempts: &mut Vec<Value>,
+        tier: usize,
+        cost_usd: &mut f64,
+        cost_known: &mut bool,
+    ) -> Option<(Value, f64, &'static str)> {
+        let client = self.clients.get(&model.name)?;
+        let mut request = chat_request(ai, context, model);
+        for ask in 0..=ai.reask {
+            let (result, stats) = client.chat(&request).await;
+            let mut attempt = json!({"tier": tier, "model": model.name, "provider": model.provider.as_str(),
+                "ask": ask, "attempts": stats.attempts, "latency_ms": stats.latency_ms,
+                "request_sha256": request_sha256(&request)});
+            let response = match result {
+                Ok(response) => response,
+                Err(error) => {
+                    attempt["error"] = json!(error.code());
+                    attempt["message"] = json!(error.to_string());
+                    if let Some(raw) = error.raw() {
+                        attempt["raw"] = json!(raw);
+                    }
+                    attempts.push(attempt);
+                    return None;
+                }
+            };
+            let cost = cost_of(model, response.usage, context.now.date_naive());
+            match cost {
+                Some(cost) => *cost_usd += cost,
+                None => *cost_known = false,
+            }
+            attempt["usage"] = json!(response.usage);
+            attempt["cost_usd"] = json!(cost);
+            attempt["response"] = json!(response.text);
+            let parsed = parse_answer(ai, &response.text);
+            let problems = match &parsed {
+                Ok(output) => self.problems(ai, context, output),
+                Err(problem) => vec![problem.clone()],
+            };
+            attempt["problems"] = json!(problems);
+            if let (Ok(output), true) = (&parsed, problems.is_empty()) {
+                let (confidence, method) = confidence(ai, &response, output);
+                attempt["output"] = output.clone();
+                attempt["confidence"] = json!(confidence);
+                attempt["confidence_method"] = json!(method);
+                attempts.push(attempt);
+                return Some((output.clone(), confidence, method));
+            }
+            attempts.push(attempt);
+            // Tell the model what was wrong and ask again (bounded by `reask`).
+            request.messages.push(Message { role: Role::Assistant, content: response.text.clone() });
+            request.messages.push(Message {
+                role: Role::User,
+                content: format!(
+                    "That answer is not acceptable: {}. Answer again with only a JSON object that matches this schema: {}",
+                    problems.join("; "),
+                    ai.output_schema.json()
+                ),
+            });
+        }
+        None
+    }
+
+    /// Schema violations and failed checks of one output, as messages for the model and the record.
+    fn problems(&self, ai: &Ai, context: &StepContext, output: &Value) -> Vec<String> {
+        if let Err(violations) = ai.output_schema.validate(output) {
+            return violations
+                .into_iter()
+                .map(|v| format!("{} {}", if v.path.is_empty() { "the answer" } else { &v.path }, v.message))
+                .collect();
+        }
+        let mut activation = activation(context);
+        activation.set("output", output);
+        let mut problems = Vec::new();
+        for check in &ai.checks {
+            match check.expr.eval_bool(&activation) {
+                Ok(true) => {}
+                Ok(false) => problems.push(check.message.clone()),
+                Err(error) => problems.push(format!("{} ({error})", check.message)),
+            }
+        }
+        problems
+    }
+}
+
+fn learner_key(workflow: &str, step: &str) -> String {
+    format!("{workflow}/{step}")
+}
+
+fn activation(context: &StepContext) -> Activation {
+    Activation::new(&context.input, &context.data, &context.case, context.now)
+}
+
+fn record(path: &[String], attempts: Vec<Value>, cost_usd: f64, cost_known: bool) -> Value {
+    json!({"path": path, "attempts": attempts, "cost_usd": cost_usd, "cost_known": cost_known})
+}
+
+fn chat_request(ai: &Ai, context: &StepContext, model: &ModelConfig) -> ChatRequest {
+    let mut messages = Vec::new();
+    let instruction = match &ai.task {
+        AiTask::Classify { labels } => format!(
+            "Answer with only a JSON object {{\"label\": …}} where label is one of: {}.",
+            labels.join(", ")
+        ),
+        AiTask::Extract | AiTask::Generate => format!(
+            "Answer with only a JSON object that matches this JSON Schema: {}",
+            ai.output_schema.json()
+        ),
+    };
+    let system = match &context.system {
+        Some(system) => format!("{system}\n\n{instruction}"),
+        None => instruction,
+    };
+    messages.push(Message { role: Role::System, content: system });
+    messages.push(Message { role: Role::User, content: context.prompt.clone() });
+    ChatRequest {
+        messages,
+        temperature: Some(ai.temperature.unwrap_or(0.0)),
+        max_tokens: Some(ai.max_tokens),
+        response_format: ResponseFormat::JsonSchema {
+            name: "answer".to_string(),
+            schema: ai.output_schema.json().clone(),
+            strict: false,
+        },
+        logprobs: model.logprobs.then_some(0),
+        stop: Vec::new(),
+    }
+}
+
+fn request_sha256(request: &ChatRequest) -> String {
+    use sha2::Digest;
+    let bytes = serde_json::to_vec(request).unwrap_or_default();
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// Parses the answer text as JSON (tolerating a Markdown code fence around it).
+fn parse_answer(ai: &Ai, text: &str) -> Result<Value, String> {
+    let trimmed = text.trim();
+    let unfenced = trimmed
+        .strip_prefix("```json")
+        .or_else(|| trimmed.strip_prefix("```"))
+        .and_then(|rest| rest.strip_suffix("```"))
+        .unwrap_or(trimmed)
+        .trim();
+    if unfenced.is_empty() {
+        return Err("the answer is empty".to_string());
+    }
+    match serde_json::from_str::<Value>(unfenced) {
+        Ok(value) => Ok(value),
+        Err(_) if matches!(ai.task, AiTask::Generate) => Ok(json!({"text": text})),
+        Err(error) => Err(format!("the answer is not JSON ({error})")),
+    }
+}
+
+/// USD for `usage` at the price in force on `date`; `None` (unknown) without usage or price.
+pub fn cost_of(model: &ModelConfig, usage: Option<Usage>, date: chrono::NaiveDate) -> Option<f64> {
+    if model.provider == ProviderKind::Local {
+        return Some(0.0);
+    }
+    let usage = usage?;
+    let price = model.price_on(date)?;
+    let uncached = usage.input_tokens.saturating_sub(usage.cached_input_tokens) as f64;
+    Some(
+        (uncached * price.input_per_million
+            + usage.cached_input_tokens as f64 * price.cached_input_per_million
+            + usage.output_tokens as f64 * price.output_per_million)
+            / 1_000_000.0,
+    )
+}
+
+/// Confidence from token log-probabilities when the provider returned them: for `classify`
+/// the probability of the tokens that spell the chosen label, otherwise the geometric mean
+/// token probability. Without log-probabilities: 0 with method `none`.
+pub fn confidence(ai: &Ai, response: &ChatResponse, output: &Value) -> (f64, &'static str) {
+    let Some(tokens) = response.logprobs.as_ref().filter(|t| !t.is_empty()) else {
+        return (0.0, "none");
+    };
+    if let (AiTask::Classify { .. }, Some(label)) = (&ai.task, output.get("label").and_then(Value::as_str)) {
+        let mut text = String::new();
+        let mut spans = Vec::with_capacity(tokens.len());
+        for token in tokens {
+            let start = text.len();
+            text.push_str(&token.token);
+            spans.push((start, text.len(), token.logprob));
+        }
+        let quoted = format!("\"{label}\"");
+        if let Some(at) = text.find(&quoted) {
+            let (from, to) = (at + 1, at + 1 + label.len());
+            let sum: f64 = spans
+                .iter()
+                .filter(|(start, end, _)| *start < to && *end > from)
+                .map(|(_, _, logprob)| logprob)
+                .sum();
+            return (sum.exp().clamp(0.0, 1.0), "logprob_label");
+        }
+    }
+    let mean = tokens.iter().map(|t| t.logprob).sum::<f64>() / tokens.len() as f64;
+    (mean.exp().clamp(0.0, 1.0), "logprob_mean")
+}
+
+/// `Runtime::run` is spawned by the engine, so its future must be `Send`.
+#[allow(dead_code)]
+fn run_is_send(runtime: &Runtime, ai: &Ai, context: &StepContext) {
+    fn is_send<T: Send>(_: &T) {}
+    is_send(&runtime.run(ai, context));
+}

@@ -1,0 +1,600 @@
+//! `keel.toml`: the models Keel may call, their prices, budgets, the response cache, the
+//! gateway's aliases and what the journal keeps of prompts and responses.
+//!
+//! Parsing checks everything that can be checked without a network: provider names, URLs,
+//! environment-variable names (their values are read at call time and never stored), price
+//! dates, alias targets. Errors carry the file's line and column.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// A checked `keel.toml`.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    /// By name, as workflows and the gateway refer to them.
+    pub models: BTreeMap<String, ModelConfig>,
+    pub budgets: BudgetsConfig,
+    pub cache: CacheConfig,
+    pub journal: JournalConfig,
+    pub gateway: GatewayConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// Any OpenAI-compatible chat-completions API: OpenAI, Azure-style base URLs, vLLM,
+    /// llama.cpp's server, Ollama.
+    Openai,
+    /// Anthropic's Messages API.
+    Anthropic,
+    /// Keel's built-in learner (`classify` only, no network, no cost).
+    Local,
+}
+
+impl ProviderKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ProviderKind::Openai => "openai",
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Local => "local",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    /// The key under `[models]`.
+    pub name: String,
+    pub provider: ProviderKind,
+    /// e.g. `https://api.openai.com/v1`; requests go to `{base_url}/chat/completions`
+    /// (OpenAI) or `{base_url}/messages` (Anthropic). Empty for `local`.
+    pub base_url: String,
+    /// The provider's model name, sent in the request body.
+    pub model: String,
+    /// Name of the environment variable holding the API key; `None` sends no key (local servers).
+    pub api_key_env: Option<String>,
+    /// Header the key goes in: `authorization` (as `Bearer …`, the default for OpenAI),
+    /// `x-api-key` (the default for Anthropic) or e.g. `api-key` for Azure.
+    pub api_key_header: String,
+    /// Extra query parameters, e.g. `api-version` for Azure.
+    pub query: BTreeMap<String, String>,
+    /// Whole-request timeout per attempt.
+    pub timeout_ms: u64,
+    /// Calls in flight at once to this model; more wait their turn.
+    pub max_concurrency: usize,
+    /// Retries after the first attempt on 429, 5xx, timeouts and connection errors (0..=5).
+    pub max_retries: u32,
+    /// Consecutive failures that open the circuit breaker.
+    pub breaker_failures: u32,
+    /// How long an open breaker rejects calls before letting one probe through.
+    pub breaker_cooldown_ms: u64,
+    /// Responses larger than this are rejected (the first bytes are kept for the record).
+    pub max_response_bytes: usize,
+    /// Whether the provider accepts `response_format: json_schema` (OpenAI) / forced tool use
+    /// (Anthropic). When false, Keel asks for JSON in the prompt and still validates.
+    pub structured_output: bool,
+    /// Whether to ask for token log-probabilities (OpenAI-compatible only).
+    pub logprobs: bool,
+    /// Prices, newest `effective` first. Empty means the model's cost is unknown.
+    pub prices: Vec<Price>,
+}
+
+/// USD per million tokens, from `effective` (inclusive, UTC date) on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Price {
+    pub effective: chrono::NaiveDate,
+    pub input_per_million: f64,
+    pub output_per_million: f64,
+    pub cached_input_per_million: f64,
+}
+
+impl ModelConfig {
+    /// The price in force on `date`, if any.
+    pub fn price_on(&self, date: chrono::NaiveDate) -> Option<&Price> {
+        self.prices.iter().find(|price| price.effective <= date)
+    }
+}
+
+/// Limits in USD; `None` is no limit.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BudgetLimits {
+    pub daily_usd: Option<f64>,
+    pub monthly_usd: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct BudgetsConfig {
+    /// Over every call Keel makes (workflows and gateway together).
+    pub total: BudgetLimits,
+    /// Per workflow name.
+    pub workflows: BTreeMap<String, BudgetLimits>,
+    /// Per gateway caller (API token name).
+    pub callers: BTreeMap<String, BudgetLimits>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    pub enabled: bool,
+    pub ttl_ms: u64,
+    pub max_entries: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            enabled: true,
+            ttl_ms: 3_600_000,
+            max_entries: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct JournalConfig {
+    /// Keep prompt and response text out of the journal; their SHA-256 hashes are kept.
+    pub redact_text: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct GatewayConfig {
+    /// Alias → ordered models; the gateway tries them in order (fallback).
+    pub aliases: BTreeMap<String, Vec<String>>,
+}
+
+/// A problem in `keel.toml`, with its position when known.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{path}:{line}:{column}: {message}")]
+pub struct Error {
+    pub path: String,
+    /// 1-based; 0 when the position is unknown.
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl Config {
+    /// Reads and checks `path`.
+    pub fn load(path: &Path) -> Result<Config, Vec<Error>> {
+        let source = std::fs::read_to_string(path).map_err(|error| {
+            vec![Error {
+                path: path.display().to_string(),
+                line: 0,
+                column: 0,
+                message: format!("cannot read the configuration: {error}"),
+            }]
+        })?;
+        Config::parse(&path.display().to_string(), &source)
+    }
+
+    /// Checks `source` (the contents of `path`); returns every problem found.
+    pub fn parse(path: &str, source: &str) -> Result<Config, Vec<Error>> {
+        let raw: raw::File = match toml::from_str(source) {
+            Ok(raw) => raw,
+            Err(error) => {
+                let (line, column) = error
+                    .span()
+                    .map(|span| line_column(source, span.start))
+                    .unwrap_or((0, 0));
+                return Err(vec![Error {
+                    path: path.to_string(),
+                    line,
+                    column,
+                    message: error.message().to_string(),
+                }]);
+            }
+        };
+        let mut errors = Vec::new();
+        let mut config = Config::default();
+        for (name, model) in raw.models {
+            match check_model(&name, model) {
+                Ok(model) => {
+                    config.models.insert(name, model);
+                }
+                Err(message) => errors.push(message),
+            }
+        }
+        config.budgets = check_budgets(raw.budgets, &mut errors);
+        if let Some(cache) = raw.cache {
+            config.cache = CacheConfig {
+                enabled: cache.enabled.unwrap_or(true),
+                ttl_ms: cache.ttl_s.unwrap_or(3_600).saturating_mul(1000),
+                max_entries: cache.max_entries.unwrap_or(10_000).clamp(1, 10_000_000),
+            };
+        }
+        config.journal.redact_text = raw.journal.and_then(|j| j.redact_text).unwrap_or(false);
+        for (alias, targets) in raw.gateway.map(|g| g.aliases).unwrap_or_default() {
+            if targets.is_empty() {
+                errors.push(format!("gateway alias `{alias}` names no model"));
+            }
+            for target in &targets {
+                if !config.models.contains_key(target) {
+                    errors.push(format!(
+                        "gateway alias `{alias}` names model `{target}`, which is not under [models]"
+                    ));
+                }
+            }
+            config.gateway.aliases.insert(alias, targets);
+        }
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(errors
+                .into_iter()
+                .map(|message| {
+                    let (line, column) = locate(source, &message);
+                    Error {
+                        path: path.to_string(),
+                        line,
+                        column,
+                        message,
+                    }
+                })
+                .collect())
+        }
+    }
+
+    /// The model named `name`, or an error listing the declared ones.
+    pub fn model(&self, name: &str) -> Result<&ModelConfig, String> {
+        self.models.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.models.keys().map(String::as_str).collect();
+            format!(
+                "no model `{name}` in keel.toml (declared: {})",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )
+        })
+    }
+}
+
+fn check_model(name: &str, raw: raw::Model) -> Result<ModelConfig, String> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+    {
+        return Err(format!(
+            "model name `{name}`: use letters, digits, `-`, `_`, `.` or `:`"
+        ));
+    }
+    let base_url = raw
+        .base_url
+        .unwrap_or_default()
+        .trim_end_matches('/')
+        .to_string();
+    if raw.provider != ProviderKind::Local {
+        if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+            return Err(format!(
+                "[models.{name}] base_url must start with http:// or https:// (got `{base_url}`)"
+            ));
+        }
+        if raw.model.as_deref().unwrap_or("").is_empty() {
+            return Err(format!(
+                "[models.{name}] needs `model`, the provider's model name"
+            ));
+        }
+    }
+    if let Some(env) = &raw.api_key_env {
+        if env.is_empty() || !env.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!(
+                "[models.{name}] api_key_env names an environment variable (e.g. OPENAI_API_KEY), not a key; got `{}`",
+                if env.len() > 12 { "<hidden>" } else { env }
+            ));
+        }
+    }
+    let mut prices = Vec::new();
+    for raw_price in raw.price.into_iter().chain(raw.prices) {
+        let effective = match &raw_price.effective {
+            Some(date) => chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").map_err(|_| {
+                format!("[models.{name}] price effective date `{date}` is not YYYY-MM-DD")
+            })?,
+            None => chrono::NaiveDate::MIN,
+        };
+        for (what, value) in [
+            ("input", raw_price.input),
+            ("output", raw_price.output),
+            ("cached_input", raw_price.cached_input.unwrap_or(0.0)),
+        ] {
+            if !(value.is_finite() && value >= 0.0) {
+                return Err(format!(
+                    "[models.{name}] price `{what}` must be a non-negative number of USD per million tokens"
+                ));
+            }
+        }
+        prices.push(Price {
+            effective,
+            input_per_million: raw_price.input,
+            output_per_million: raw_price.output,
+            cached_input_per_million: raw_price.cached_input.unwrap_or(raw_price.input),
+        });
+    }
+    prices.sort_by(|a, b| b.effective.cmp(&a.effective));
+    let default_header = match raw.provider {
+        ProviderKind::Anthropic => "x-api-key",
+        _ => "authorization",
+    };
+    Ok(ModelConfig {
+        name: name.to_string(),
+        provider: raw.provider,
+        base_url,
+        model: raw.model.unwrap_or_else(|| name.to_string()),
+        api_key_env: raw.api_key_env,
+        api_key_header: raw
+            .api_key_header
+            .unwrap_or_else(|| default_header.to_string())
+            .to_ascii_lowercase(),
+        query: raw.query,
+        timeout_ms: raw
+            .timeout_s
+            .unwrap_or(60.0)
+            .clamp(0.01, 3_600.0)
+            .mul_add(1000.0, 0.0) as u64,
+        max_concurrency: raw.max_concurrency.unwrap_or(16).clamp(1, 4096),
+        max_retries: raw.max_retries.unwrap_or(2).min(5),
+        breaker_failures: raw.breaker_failures.unwrap_or(5).clamp(1, 1000),
+        breaker_cooldown_ms: raw
+            .breaker_cooldown_s
+            .unwrap_or(30.0)
+            .clamp(0.01, 3_600.0)
+            .mul_add(1000.0, 0.0) as u64,
+        max_response_bytes: raw
+            .max_response_bytes
+            .unwrap_or(4 << 20)
+            .clamp(1024, 64 << 20),
+        structured_output: raw.structured_output.unwrap_or(true),
+        logprobs: raw.logprobs.unwrap_or(raw.provider == ProviderKind::Openai),
+        prices,
+    })
+}
+
+fn check_budgets(raw: Option<raw::Budgets>, errors: &mut Vec<String>) -> BudgetsConfig {
+    let Some(raw) = raw else {
+        return BudgetsConfig::default();
+    };
+    let mut check = |scope: &str, limits: raw::Limits| -> BudgetLimits {
+        for value in [limits.daily_usd, limits.monthly_usd].into_iter().flatten() {
+            if !(value.is_finite() && value >= 0.0) {
+                errors.push(format!(
+                    "budget for {scope} must be a non-negative USD amount"
+                ));
+            }
+        }
+        BudgetLimits {
+            daily_usd: limits.daily_usd,
+            monthly_usd: limits.monthly_usd,
+        }
+    };
+    let total = check("the total", raw.total);
+    let workflows = raw
+        .workflows
+        .into_iter()
+        .map(|(name, limits)| {
+            let limits = check(&format!("workflow `{name}`"), limits);
+            (name, limits)
+        })
+        .collect();
+    let callers = raw
+        .callers
+        .into_iter()
+        .map(|(name, limits)| {
+            let limits = check(&format!("caller `{name}`"), limits);
+            (name, limits)
+        })
+        .collect();
+    BudgetsConfig {
+        total,
+        workflows,
+        callers,
+    }
+}
+
+fn line_column(source: &str, offset: usize) -> (usize, usize) {
+    let before = &source[..offset.min(source.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |s| s.chars().count()) + 1;
+    (line, column)
+}
+
+/// Best-effort position for a semantic error: the `[models.NAME]` or alias it mentions.
+fn locate(source: &str, message: &str) -> (usize, usize) {
+    let mentioned = message
+        .split(['`', '[', ']'])
+        .filter(|part| !part.is_empty() && !part.contains(' '))
+        .collect::<Vec<_>>();
+    for needle in mentioned {
+        if let Some(offset) = source.find(needle) {
+            return line_column(source, offset);
+        }
+    }
+    (0, 0)
+}
+
+/// The file as written; `Config::parse` turns it into checked values.
+mod raw {
+    use std::collections::BTreeMap;
+
+    use serde::Deserialize;
+
+    use super::ProviderKind;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct File {
+        #[serde(default)]
+        pub models: BTreeMap<String, Model>,
+        pub budgets: Option<Budgets>,
+        pub cache: Option<Cache>,
+        pub journal: Option<Journal>,
+        pub gateway: Option<Gateway>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Model {
+        pub provider: ProviderKind,
+        pub base_url: Option<String>,
+        pub model: Option<String>,
+        pub api_key_env: Option<String>,
+        pub api_key_header: Option<String>,
+        #[serde(default)]
+        pub query: BTreeMap<String, String>,
+        pub timeout_s: Option<f64>,
+        pub max_concurrency: Option<usize>,
+        pub max_retries: Option<u32>,
+        pub breaker_failures: Option<u32>,
+        pub breaker_cooldown_s: Option<f64>,
+        pub max_response_bytes: Option<usize>,
+        pub structured_output: Option<bool>,
+        pub logprobs: Option<bool>,
+        /// One price (`[models.x.price]`) …
+        pub price: Option<Price>,
+        /// … or several with effective dates (`[[models.x.prices]]`).
+        #[serde(default)]
+        pub prices: Vec<Price>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Price {
+        pub input: f64,
+        pub output: f64,
+        pub cached_input: Option<f64>,
+        pub effective: Option<String>,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Limits {
+        pub daily_usd: Option<f64>,
+        pub monthly_usd: Option<f64>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Budgets {
+        #[serde(default)]
+        pub total: Limits,
+        #[serde(default)]
+        pub workflows: BTreeMap<String, Limits>,
+        #[serde(default)]
+        pub callers: BTreeMap<String, Limits>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Cache {
+        pub enabled: Option<bool>,
+        pub ttl_s: Option<u64>,
+        pub max_entries: Option<usize>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Journal {
+        pub redact_text: Option<bool>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Gateway {
+        #[serde(default)]
+        pub aliases: BTreeMap<String, Vec<String>>,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_file_parses() {
+        let config = Config::parse(
+            "keel.toml",
+            r#"
+[models.small]
+provider = "openai"
+base_url = "http://127.0.0.1:9/v1/"
+model = "gpt-4o-mini"
+api_key_env = "OPENAI_API_KEY"
+timeout_s = 5
+[[models.small.prices]]
+input = 0.15
+output = 0.60
+cached_input = 0.075
+effective = "2026-01-01"
+[[models.small.prices]]
+input = 0.30
+output = 1.20
+effective = "2025-01-01"
+
+[models.learner]
+provider = "local"
+
+[budgets.total]
+daily_usd = 10
+[budgets.workflows.triage]
+monthly_usd = 100
+
+[gateway.aliases]
+fast = ["small"]
+"#,
+        )
+        .unwrap();
+        let small = &config.models["small"];
+        assert_eq!(small.base_url, "http://127.0.0.1:9/v1");
+        assert_eq!(small.timeout_ms, 5_000);
+        assert_eq!(small.api_key_header, "authorization");
+        let date = |s| chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
+        assert_eq!(
+            small
+                .price_on(date("2026-03-01"))
+                .unwrap()
+                .input_per_million,
+            0.15
+        );
+        assert_eq!(
+            small
+                .price_on(date("2025-06-01"))
+                .unwrap()
+                .input_per_million,
+            0.30
+        );
+        assert!(small.price_on(date("2024-06-01")).is_none());
+        assert_eq!(config.budgets.total.daily_usd, Some(10.0));
+        assert_eq!(config.budgets.workflows["triage"].monthly_usd, Some(100.0));
+        assert_eq!(config.gateway.aliases["fast"], vec!["small".to_string()]);
+        assert_eq!(config.models["learner"].provider, ProviderKind::Local);
+    }
+
+    #[test]
+    fn problems_are_reported_with_positions() {
+        let errors = Config::parse(
+            "keel.toml",
+            "[models.a]\nprovider = \"openai\"\nbase_url = \"ftp://x\"\nmodel = \"m\"\n\n[gateway.aliases]\nfast = [\"nope\"]\n",
+        )
+        .unwrap_err();
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert!(
+            text.iter()
+                .any(|e| e.contains("base_url must start with http")),
+            "{text:?}"
+        );
+        assert!(text.iter().any(|e| e.contains("`nope`")), "{text:?}");
+
+        let errors = Config::parse("keel.toml", "[models.a]\nprovider = \"gpt\"\n").unwrap_err();
+        assert_eq!(errors[0].line, 2, "{errors:?}");
+        assert!(errors[0].message.contains("unknown variant"), "{errors:?}");
+
+        let errors =
+            Config::parse("keel.toml", "[models.a]\nprovider = \"openai\"\nbase_url=\"http://x\"\nmodel=\"m\"\napi_key_env = \"sk-live-1234567890abcdef\"\n")
+                .unwrap_err();
+        assert!(
+            errors[0].message.contains("<hidden>"),
+            "a key pasted by mistake is not echoed: {errors:?}"
+        );
+    }
+}
