@@ -35,6 +35,11 @@ pub struct ServeArgs {
     /// Seconds to let in-flight steps finish on shutdown.
     #[arg(long, default_value_t = 10)]
     pub shutdown_grace_s: u64,
+    /// The models configuration (keel.toml). Default ./keel.toml; without it, `ai` steps
+    /// raise exceptions until models are configured. Learner files under
+    /// DATA_DIR/learners/WORKFLOW/STEP.bin are loaded at start.
+    #[arg(long, env = "KEEL_CONFIG")]
+    pub config: Option<PathBuf>,
 }
 
 /// Opens the store and the engine the way every command that runs cases does.
@@ -42,6 +47,7 @@ pub async fn start_engine(
     data: &DataArgs,
     lease: Duration,
     max_in_flight: usize,
+    ai: Option<Arc<keel_ai::cascade::Runtime>>,
 ) -> anyhow::Result<(Engine, Option<std::fs::File>)> {
     std::fs::create_dir_all(&data.data_dir).with_context(|| {
         format!(
@@ -63,6 +69,7 @@ pub async fn start_engine(
         lease,
         max_in_flight,
         data_dir: data.data_dir.clone(),
+        ai,
         ..Options::default()
     };
     let engine = Engine::start(store, options, Arc::new(SystemClock)).await?;
@@ -101,11 +108,96 @@ fn node_id(dir: &Path) -> anyhow::Result<String> {
     }
 }
 
+/// The models configuration for `serve` and `check`: the explicit path (which must load), or
+/// `./keel.toml` when present. `Ok(None)` when no configuration is in use; `Err` carries every
+/// problem as `path:line:col: message`.
+pub fn load_config(
+    explicit: Option<&Path>,
+) -> Result<Option<(PathBuf, keel_ai::config::Config)>, Vec<keel_ai::config::Error>> {
+    let path = match explicit {
+        Some(path) => path.to_path_buf(),
+        None => {
+            let default = PathBuf::from("keel.toml");
+            if !default.exists() {
+                return Ok(None);
+            }
+            default
+        }
+    };
+    keel_ai::config::Config::load(&path).map(|config| Some((path, config)))
+}
+
+/// Loads every `DATA_DIR/learners/WORKFLOW/STEP.bin` into `runtime`; returns how many loaded.
+pub fn load_learners(runtime: &keel_ai::cascade::Runtime, data_dir: &Path) -> usize {
+    let root = data_dir.join("learners");
+    let Ok(workflows) = std::fs::read_dir(&root) else {
+        return 0;
+    };
+    let mut loaded = 0;
+    for workflow in workflows.filter_map(Result::ok) {
+        let Ok(steps) = std::fs::read_dir(workflow.path()) else {
+            continue;
+        };
+        let workflow_name = workflow.file_name().to_string_lossy().into_owned();
+        for step in steps.filter_map(Result::ok) {
+            let path = step.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("bin") {
+                continue;
+            }
+            let Some(step_name) = path.file_stem().and_then(|s| s.to_str()) else {
+                continue;
+            };
+            let bytes = match std::fs::read(&path) {
+                Ok(bytes) => bytes,
+                Err(error) => {
+                    tracing::error!(path = %path.display(), %error, "cannot read learner file");
+                    continue;
+                }
+            };
+            match keel_ai::learner::Learner::from_bytes(&bytes) {
+                Ok(learner) => {
+                    tracing::info!(workflow = %workflow_name, step = %step_name, version = learner.version(), "learner loaded");
+                    runtime.set_learner(&workflow_name, step_name, learner);
+                    loaded += 1;
+                }
+                Err(error) => {
+                    tracing::error!(path = %path.display(), %error, "learner file not loaded");
+                }
+            }
+        }
+    }
+    loaded
+}
+
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let config = match load_config(args.config.as_deref()) {
+        Ok(config) => config,
+        Err(errors) => {
+            for error in &errors {
+                eprintln!("{error}");
+            }
+            eprintln!("keel serve: fix the configuration errors above");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let runtime = match config {
+        Some((path, config)) => {
+            tracing::info!(config = %path.display(), models = config.models.len(), "models configured");
+            let runtime = Arc::new(keel_ai::cascade::Runtime::new(config, reqwest::Client::new()));
+            let learners = load_learners(&runtime, &args.data.data_dir);
+            tracing::info!(learners, "learner files loaded");
+            Some(runtime)
+        }
+        None => {
+            tracing::warn!("no keel.toml: `ai` steps will raise exceptions until models are configured (pass --config PATH); learner files are not loaded");
+            None
+        }
+    };
     let (engine, _lock) = start_engine(
         &args.data,
         Duration::from_secs(args.lease_s),
         args.max_in_flight,
+        runtime,
     )
     .await?;
     if args.workflows.is_dir() {
