@@ -16,7 +16,9 @@ use serde_json::{json, Value};
 
 use crate::config::{Config, ModelConfig, ProviderKind};
 use crate::learner::Learner;
-use crate::provider::{ChatRequest, ChatResponse, Message, ProviderClient, ResponseFormat, Role, Usage};
+use crate::provider::{
+    ChatRequest, ChatResponse, Message, ProviderClient, ResponseFormat, Role, Usage,
+};
 
 /// The case values an `ai` step's checks and `accept_when` see, and the rendered prompts.
 pub struct StepContext {
@@ -40,7 +42,9 @@ pub struct Runtime {
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime").field("models", &self.clients.keys()).finish()
+        f.debug_struct("Runtime")
+            .field("models", &self.clients.keys())
+            .finish()
     }
 }
 
@@ -50,7 +54,12 @@ impl Runtime {
             .models
             .iter()
             .filter(|(_, model)| model.provider != ProviderKind::Local)
-            .map(|(name, model)| (name.clone(), ProviderClient::new(model.clone(), http.clone())))
+            .map(|(name, model)| {
+                (
+                    name.clone(),
+                    ProviderClient::new(model.clone(), http.clone()),
+                )
+            })
             .collect();
         Runtime {
             config,
@@ -71,7 +80,11 @@ impl Runtime {
     }
 
     fn learner(&self, workflow: &str, step: &str) -> Option<Arc<Learner>> {
-        self.learners.read().ok()?.get(&learner_key(workflow, step)).cloned()
+        self.learners
+            .read()
+            .ok()?
+            .get(&learner_key(workflow, step))
+            .cloned()
     }
 
     /// Runs the cascade of `ai` for one case.
@@ -83,15 +96,27 @@ impl Runtime {
         for (tier_index, tier) in ai.route.iter().enumerate() {
             path.push(tier.model.clone());
             let Ok(model) = self.config.model(&tier.model) else {
-                attempts.push(json!({"tier": tier_index, "model": tier.model, "error": "unknown_model",
-                    "message": format!("model `{}` is not declared in keel.toml", tier.model)}));
+                attempts.push(
+                    json!({"tier": tier_index, "model": tier.model, "error": "unknown_model",
+                    "message": format!("model `{}` is not declared in keel.toml", tier.model)}),
+                );
                 continue;
             };
             let answer = match model.provider {
-                ProviderKind::Local => self.ask_learner(ai, context, model, &mut attempts, tier_index),
+                ProviderKind::Local => {
+                    self.ask_learner(ai, context, model, &mut attempts, tier_index)
+                }
                 _ => {
-                    self.ask_model(ai, context, model, &mut attempts, tier_index, &mut cost_usd, &mut cost_known)
-                        .await
+                    self.ask_model(
+                        ai,
+                        context,
+                        model,
+                        &mut attempts,
+                        tier_index,
+                        &mut cost_usd,
+                        &mut cost_known,
+                    )
+                    .await
                 }
             };
             let Some((output, confidence, method)) = answer else {
@@ -127,7 +152,11 @@ impl Runtime {
         }
         let message = format!(
             "no tier of the route ({}) gave an accepted answer",
-            ai.route.iter().map(|t| t.model.as_str()).collect::<Vec<_>>().join(" → ")
+            ai.route
+                .iter()
+                .map(|t| t.model.as_str())
+                .collect::<Vec<_>>()
+                .join(" → ")
         );
         AiOutcome::Failed {
             kind: "ai_failed".to_string(),
@@ -161,10 +190,14 @@ impl Runtime {
         let output = json!({"label": prediction.label});
         let latency_us = started.elapsed().as_micros() as u64;
         let problems = self.problems(ai, context, &output);
-        attempts.push(json!({"tier": tier, "model": model.name, "provider": "local", "output": output,
+        attempts.push(
+            json!({"tier": tier, "model": model.name, "provider": "local", "output": output,
             "confidence": prediction.probability, "confidence_method": "learner", "cost_usd": 0.0,
-            "latency_us": latency_us, "problems": problems}));
-        problems.is_empty().then_some((output, prediction.probability, "learner"))
+            "latency_us": latency_us, "problems": problems}),
+        );
+        problems
+            .is_empty()
+            .then_some((output, prediction.probability, "learner"))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -221,7 +254,10 @@ impl Runtime {
             }
             attempts.push(attempt);
             // Tell the model what was wrong and ask again (bounded by `reask`).
-            request.messages.push(Message { role: Role::Assistant, content: response.text.clone() });
+            request.messages.push(Message {
+                role: Role::Assistant,
+                content: response.text.clone(),
+            });
             request.messages.push(Message {
                 role: Role::User,
                 content: format!(
@@ -239,7 +275,17 @@ impl Runtime {
         if let Err(violations) = ai.output_schema.validate(output) {
             return violations
                 .into_iter()
-                .map(|v| format!("{} {}", if v.path.is_empty() { "the answer" } else { &v.path }, v.message))
+                .map(|v| {
+                    format!(
+                        "{} {}",
+                        if v.path.is_empty() {
+                            "the answer"
+                        } else {
+                            &v.path
+                        },
+                        v.message
+                    )
+                })
                 .collect();
         }
         let mut activation = activation(context);
@@ -284,8 +330,14 @@ fn chat_request(ai: &Ai, context: &StepContext, model: &ModelConfig) -> ChatRequ
         Some(system) => format!("{system}\n\n{instruction}"),
         None => instruction,
     };
-    messages.push(Message { role: Role::System, content: system });
-    messages.push(Message { role: Role::User, content: context.prompt.clone() });
+    messages.push(Message {
+        role: Role::System,
+        content: system,
+    });
+    messages.push(Message {
+        role: Role::User,
+        content: context.prompt.clone(),
+    });
     ChatRequest {
         messages,
         temperature: Some(ai.temperature.unwrap_or(0.0)),
@@ -348,7 +400,9 @@ pub fn confidence(ai: &Ai, response: &ChatResponse, output: &Value) -> (f64, &'s
     let Some(tokens) = response.logprobs.as_ref().filter(|t| !t.is_empty()) else {
         return (0.0, "none");
     };
-    if let (AiTask::Classify { .. }, Some(label)) = (&ai.task, output.get("label").and_then(Value::as_str)) {
+    if let (AiTask::Classify { .. }, Some(label)) =
+        (&ai.task, output.get("label").and_then(Value::as_str))
+    {
         let mut text = String::new();
         let mut spans = Vec::with_capacity(tokens.len());
         for token in tokens {

@@ -312,7 +312,7 @@ fn check_model(name: &str, raw: raw::Model) -> Result<ModelConfig, String> {
             cached_input_per_million: raw_price.cached_input.unwrap_or(raw_price.input),
         });
     }
-    prices.sort_by(|a, b| b.effective.cmp(&a.effective));
+    prices.sort_by_key(|price| std::cmp::Reverse(price.effective));
     let default_header = match raw.provider {
         ProviderKind::Anthropic => "x-api-key",
         _ => "authorization",

@@ -14,7 +14,8 @@ use serde_json::{json, Map, Value};
 
 use crate::expr::{Activation, EvalError, Expr};
 use crate::workflow::{
-    Action, Ai, Decide, HitPolicy, JsonTemplate, Step, StepKind, Template, TemplatePart, Wait, Workflow,
+    Action, Ai, Decide, HitPolicy, JsonTemplate, Step, StepKind, Template, TemplatePart, Wait,
+    Workflow,
 };
 
 /// The loop guard: a case that executes more steps than this fails with `loop_guard`.
@@ -747,14 +748,22 @@ impl<'w> Run<'w> {
 
     /// Starts (or, after a crash, restarts) the cascade of an `ai` step.
     fn ai(&mut self, state: &mut CaseState, step: &Step, ai: &Ai) -> Flow {
-        let restart = state.action.as_ref().filter(|p| p.in_flight).map(|p| p.attempt);
+        let restart = state
+            .action
+            .as_ref()
+            .filter(|p| p.in_flight)
+            .map(|p| p.attempt);
         let attempt = restart.unwrap_or(1);
-        let case = json!({"id": state.id, "workflow": state.workflow, "version": state.workflow_version});
+        let case =
+            json!({"id": state.id, "workflow": state.workflow, "version": state.workflow_version});
         let render = |source: &str| crate::prompt::render(source, &state.input, &state.data, &case);
         let system = match ai.system.as_ref().map(|p| render(&p.source)).transpose() {
             Ok(system) => system,
             Err(message) => {
-                let message = format!("the system prompt of `{}` did not render: {message}", step.id);
+                let message = format!(
+                    "the system prompt of `{}` did not render: {message}",
+                    step.id
+                );
                 return Flow::Stop(self.fail(state, "template_error", message, Value::Null));
             }
         };
@@ -794,13 +803,21 @@ impl<'w> Run<'w> {
     }
 
     /// Applies a cascade's outcome; returns a command if the case stops here.
-    fn ai_result(&mut self, state: &mut CaseState, attempt: u32, outcome: AiOutcome) -> Option<Command> {
+    fn ai_result(
+        &mut self,
+        state: &mut CaseState,
+        attempt: u32,
+        outcome: AiOutcome,
+    ) -> Option<Command> {
         let step_id = state.step.clone()?;
         let step = find_step(self.workflow, &step_id)?;
         let StepKind::Ai(ai) = &step.kind else {
             return Some(current_command(state));
         };
-        state.action.as_ref().filter(|p| p.in_flight && p.attempt == attempt)?;
+        state
+            .action
+            .as_ref()
+            .filter(|p| p.in_flight && p.attempt == attempt)?;
         let id = Some(step_id.clone());
         match outcome {
             AiOutcome::Proposed {
@@ -818,12 +835,20 @@ impl<'w> Run<'w> {
                     "model": model,
                     "tier": tier,
                 });
-                self.emit("ai.proposed", id, json!({ "attempt": attempt, "proposal": proposal, "cascade": record }));
+                self.emit(
+                    "ai.proposed",
+                    id,
+                    json!({ "attempt": attempt, "proposal": proposal, "cascade": record }),
+                );
                 set_data(state, &ai.into, proposal);
                 let next = step.next.clone().unwrap_or_default();
                 self.goto(state, next)
             }
-            AiOutcome::Failed { kind, message, record } => {
+            AiOutcome::Failed {
+                kind,
+                message,
+                record,
+            } => {
                 let error = CaseError {
                     kind: kind.clone(),
                     step: id.clone(),

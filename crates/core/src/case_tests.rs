@@ -1438,7 +1438,16 @@ fn an_ai_step_renders_its_prompt_and_applies_the_proposal() {
         tier: 0,
         record: json!({"path": ["learner"]}),
     };
-    let t = advance(&wf, &mut state, Input::AiResult { attempt: 1, outcome }, T0 + 10, 0.0);
+    let t = advance(
+        &wf,
+        &mut state,
+        Input::AiResult {
+            attempt: 1,
+            outcome,
+        },
+        T0 + 10,
+        0.0,
+    );
     assert_eq!(t.command, Command::Stop);
     assert_eq!(state.status, Status::Completed);
     assert_eq!(state.data["triage"]["output"]["label"], "spam");
@@ -1456,11 +1465,24 @@ fn a_failed_cascade_parks_the_case_on_an_exception() {
         message: "no tier accepted".into(),
         record: json!({"attempts": [{"model": "small", "error": "malformed"}]}),
     };
-    let t = advance(&wf, &mut state, Input::AiResult { attempt: 1, outcome }, T0 + 10, 0.0);
+    let t = advance(
+        &wf,
+        &mut state,
+        Input::AiResult {
+            attempt: 1,
+            outcome,
+        },
+        T0 + 10,
+        0.0,
+    );
     assert_eq!(t.command, Command::Stop);
     assert_eq!(state.status, Status::Exception);
     assert!(!state.status.is_final());
-    let raised = t.events.iter().find(|e| e.kind == "exception.raised").unwrap();
+    let raised = t
+        .events
+        .iter()
+        .find(|e| e.kind == "exception.raised")
+        .unwrap();
     assert_eq!(raised.data["kind"], "ai_failed");
     assert_eq!(raised.data["cascade"]["attempts"][0]["error"], "malformed");
     // A stale or repeated result changes nothing.

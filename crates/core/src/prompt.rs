@@ -111,13 +111,21 @@ mod tests {
         let error = render("{{ input.nope }}", &input, &json!({}), &json!({})).unwrap_err();
         assert!(error.contains("undefined"), "{error}");
         // No HTML escaping in prompts.
-        let text = render("{{ input.s }}", &json!({"s": "<a & b>"}), &json!({}), &json!({})).unwrap();
+        let text = render(
+            "{{ input.s }}",
+            &json!({"s": "<a & b>"}),
+            &json!({}),
+            &json!({}),
+        )
+        .unwrap();
         assert_eq!(text, "<a & b>");
     }
 
     #[test]
     fn check_reports_syntax_and_unknown_variables() {
-        assert!(check("Hello {{ input.name }} {% for x in data.items %}{{ x }}{% endfor %}").is_empty());
+        assert!(
+            check("Hello {{ input.name }} {% for x in data.items %}{{ x }}{% endfor %}").is_empty()
+        );
         let problems = check("line one\n{{ input.name ");
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].line, Some(2));

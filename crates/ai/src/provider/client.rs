@@ -183,9 +183,11 @@ impl ProviderClient {
         let result = loop {
             stats.attempts += 1;
             let mut status = None;
-            let result = self.timed(self.stream_attempt(&prepared, &mut status)).await;
+            let result = self
+                .timed(self.stream_attempt(&prepared, &mut status))
+                .await;
             stats.last_status = status.or(stats.last_status);
-            match self.after_attempt(result, max_attempts, &mut stats) {
+            match self.after_attempt(result, max_attempts, &stats) {
                 Next::Done(result) => break result,
                 Next::Wait(wait_ms) => tokio::time::sleep(Duration::from_millis(wait_ms)).await,
             }

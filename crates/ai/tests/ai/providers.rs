@@ -25,23 +25,23 @@ const KEY: &str = "sk-test-9f8e7d6c5b4a3210secret";
 
 /// One request as the mock received it.
 #[derive(Debug, Clone)]
-struct Received {
+pub(crate) struct Received {
     path: String,
     query: String,
     headers: HeaderMap,
-    body: Value,
+    pub(crate) body: Value,
 }
 
 /// A local server; `hits` counts requests, `max_in_flight` the most handled at once.
-struct Mock {
-    base_url: String,
+pub(crate) struct Mock {
+    pub(crate) base_url: String,
     hits: Arc<AtomicUsize>,
     max_in_flight: Arc<AtomicUsize>,
     received: Arc<Mutex<Vec<Received>>>,
 }
 
 impl Mock {
-    fn hits(&self) -> usize {
+    pub(crate) fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
     }
 
@@ -56,7 +56,7 @@ impl Mock {
 }
 
 /// Serves every path with `handler(hit_index, request)`.
-async fn mock<F, Fut>(handler: F) -> Mock
+pub(crate) async fn mock<F, Fut>(handler: F) -> Mock
 where
     F: Fn(usize, Received) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response> + Send + 'static,
@@ -109,7 +109,7 @@ fn reply(status: u16, headers: &[(&str, &str)], body: impl Into<Body>) -> Respon
     builder.body(body.into()).unwrap()
 }
 
-fn json_reply(status: u16, body: Value) -> Response {
+pub(crate) fn json_reply(status: u16, body: Value) -> Response {
     reply(
         status,
         &[("content-type", "application/json")],
@@ -168,7 +168,7 @@ fn client(config: ModelConfig) -> ProviderClient {
         .with_api_key_lookup(Arc::new(|name| (name == KEY_ENV).then(|| KEY.to_string())))
 }
 
-fn openai_completion(content: &str, usage: bool) -> Value {
+pub(crate) fn openai_completion(content: &str, usage: bool) -> Value {
     let mut body = json!({
         "id": "chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT",
         "object": "chat.completion",

@@ -384,7 +384,9 @@ mod tests {
     #[test]
     fn ai_steps() {
         let wf = parse("  - id: x\n    ai:\n      task: extract\n      prompt: \"Invoice: {{ input.text }}\"\n      output_schema: { type: object, properties: { total: { type: number } }, required: [total] }\n      checks: [\"output.total > 0\"]\n      reask: 2\n      route:\n        - model: small\n          accept_when: confidence > 0.8 && cost < 0.01\n        - model: big\n  - id: e\n    end: { outcome: ok }\n");
-        let StepKind::Ai(ai) = &wf.steps[0].kind else { panic!() };
+        let StepKind::Ai(ai) = &wf.steps[0].kind else {
+            panic!()
+        };
         assert_eq!(ai.task, crate::workflow::AiTask::Extract);
         assert_eq!(ai.reask, 2);
         assert_eq!(ai.samples, 1);
@@ -393,15 +395,27 @@ mod tests {
         assert_eq!(ai.prompt.sha256.len(), 64);
         let end = "  - id: e\n    end: { outcome: ok }\n";
         // classify needs labels; extract needs a schema; a bad template and a bad variable.
-        assert!(codes(&format!("  - id: x\n    ai: {{ task: classify, prompt: p, route: [{{model: m}}] }}\n{end}")).contains(&"missing-field"));
-        assert!(codes(&format!("  - id: x\n    ai: {{ task: extract, prompt: p, route: [{{model: m}}] }}\n{end}")).contains(&"missing-field"));
+        assert!(codes(&format!(
+            "  - id: x\n    ai: {{ task: classify, prompt: p, route: [{{model: m}}] }}\n{end}"
+        ))
+        .contains(&"missing-field"));
+        assert!(codes(&format!(
+            "  - id: x\n    ai: {{ task: extract, prompt: p, route: [{{model: m}}] }}\n{end}"
+        ))
+        .contains(&"missing-field"));
         assert!(codes(&format!("  - id: x\n    ai: {{ task: generate, prompt: \"{{{{ input.a \", route: [{{model: m}}] }}\n{end}")).contains(&"invalid-template"));
         assert!(codes(&format!("  - id: x\n    ai: {{ task: generate, prompt: \"{{{{ secrets.key }}}}\", route: [{{model: m}}] }}\n{end}")).contains(&"invalid-template"));
         assert!(codes(&format!("  - id: x\n    ai: {{ task: generate, prompt: p, route: [{{model: m, accept_when: \"confidnce > 0.5\"}}] }}\n{end}")).contains(&"unknown-variable"));
-        assert!(codes(&format!("  - id: x\n    ai: {{ task: generate, prompt: p, route: [] }}\n{end}")).contains(&"invalid-value"));
+        assert!(codes(&format!(
+            "  - id: x\n    ai: {{ task: generate, prompt: p, route: [] }}\n{end}"
+        ))
+        .contains(&"invalid-value"));
         assert!(codes(&format!("  - id: x\n    ai: {{ task: generate, prompt: p, reask: 9, route: [{{model: m}}] }}\n{end}")).contains(&"out-of-range"));
         // `output` is a variable in checks only.
-        assert!(codes(&format!("  - id: x\n    validate: {{ assert: [\"output.a > 1\"] }}\n{end}")).contains(&"unknown-variable"));
+        assert!(codes(&format!(
+            "  - id: x\n    validate: {{ assert: [\"output.a > 1\"] }}\n{end}"
+        ))
+        .contains(&"unknown-variable"));
     }
 
     #[test]

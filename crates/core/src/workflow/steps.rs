@@ -4,8 +4,9 @@ use std::collections::BTreeMap;
 
 use super::diagnostic::Span;
 use super::model::{
-    Action, Ai, AiTask, Assertion, Prompt, Tier, Decide, DurationMs, End, HitPolicy, HttpMethod, RetryPolicy, Rule, Set,
-    StepKind, Switch, SwitchCase, Template, TemplatePart, Validate, Wait,
+    Action, Ai, AiTask, Assertion, Decide, DurationMs, End, HitPolicy, HttpMethod, Prompt,
+    RetryPolicy, Rule, Set, StepKind, Switch, SwitchCase, Template, TemplatePart, Tier, Validate,
+    Wait,
 };
 use super::values::{is_name, list, Checker, Usage};
 use super::yaml::{Node, Value};
@@ -641,7 +642,9 @@ impl Checker<'_> {
         ];
         let fields = self.fields(node, &what, key, &allowed, &["task", "prompt", "route"])?;
         let task = self.ai_task(&fields, key, label)?;
-        let prompt = fields.get("prompt").and_then(|n| self.prompt(n, "`prompt`"));
+        let prompt = fields
+            .get("prompt")
+            .and_then(|n| self.prompt(n, "`prompt`"));
         let system = match fields.get("system") {
             None => Some(None),
             Some(n) => self.prompt(n, "`system`").map(Some),
@@ -654,7 +657,9 @@ impl Checker<'_> {
                 self.error(
                     "conflicting-fields",
                     n.span,
-                    format!("{label}: a `classify` task's output is `{{label}}`, derived from `labels`"),
+                    format!(
+                        "{label}: a `classify` task's output is `{{label}}`, derived from `labels`"
+                    ),
                     "remove `output_schema`, or use `task: extract`".to_string(),
                 );
                 None
@@ -718,7 +723,12 @@ impl Checker<'_> {
         })
     }
 
-    fn ai_task(&mut self, fields: &super::values::Fields, key: Span, label: &str) -> Option<AiTask> {
+    fn ai_task(
+        &mut self,
+        fields: &super::values::Fields,
+        key: Span,
+        label: &str,
+    ) -> Option<AiTask> {
         let node = fields.get("task")?;
         let task = match node.as_str() {
             Some("classify") => {
@@ -740,8 +750,12 @@ impl Checker<'_> {
                 self.error(
                     "invalid-value",
                     node.span,
-                    format!("`task` must be classify, extract or generate, found {}", describe(node)),
-                    "classify picks a label, extract fills a schema, generate writes text".to_string(),
+                    format!(
+                        "`task` must be classify, extract or generate, found {}",
+                        describe(node)
+                    ),
+                    "classify picks a label, extract fills a schema, generate writes text"
+                        .to_string(),
                 );
                 return None;
             }
@@ -820,8 +834,14 @@ impl Checker<'_> {
     }
 
     fn is_block(&self, node: &Node) -> bool {
-        let line = self.source.lines().nth(node.span.line.saturating_sub(1)).unwrap_or_default();
-        let rest = line.get(node.span.column.saturating_sub(1)..).unwrap_or_default();
+        let line = self
+            .source
+            .lines()
+            .nth(node.span.line.saturating_sub(1))
+            .unwrap_or_default();
+        let rest = line
+            .get(node.span.column.saturating_sub(1)..)
+            .unwrap_or_default();
         rest.starts_with('|') || rest.starts_with('>')
     }
 
@@ -867,9 +887,13 @@ impl Checker<'_> {
         let mut tiers = Vec::new();
         let mut ok = true;
         for item in items {
-            let Some(fields) =
-                self.fields(item, "a route tier", item.span, &["model", "accept_when"], &["model"])
-            else {
+            let Some(fields) = self.fields(
+                item,
+                "a route tier",
+                item.span,
+                &["model", "accept_when"],
+                &["model"],
+            ) else {
                 ok = false;
                 continue;
             };

@@ -1,0 +1,260 @@
+//! The cascade end to end: a real learner as tier 0 and a local server speaking the OpenAI wire
+//! format as the next tiers; schema and check failures, re-asks, `accept_when`, costs, and the
+//! exception when no tier is accepted.
+
+use std::sync::{Arc, Mutex};
+
+use keel_ai::cascade::{Runtime, StepContext};
+use keel_ai::config::Config;
+use keel_ai::learner::Learner;
+use keel_core::case::AiOutcome;
+use keel_core::workflow::{Ai, StepKind};
+use serde_json::{json, Value};
+
+use crate::providers::{json_reply, mock, openai_completion, Mock};
+
+fn ai_step(body: &str) -> Ai {
+    let source = format!(
+        "name: mail\nversion: \"1\"\ninput: {{ schema: {{ type: object }} }}\nsteps:\n  - id: triage\n    ai:\n{body}  - id: done\n    end: {{ outcome: ok }}\n"
+    );
+    let workflow = keel_core::workflow::parse_str(&source, "mail.yaml", None).unwrap_or_else(|d| {
+        panic!(
+            "{}",
+            d.iter().map(|d| d.render(&source)).collect::<String>()
+        )
+    });
+    match &workflow.steps[0].kind {
+        StepKind::Ai(ai) => ai.clone(),
+        _ => unreachable!(),
+    }
+}
+
+const CLASSIFY: &str = "      task: classify\n      labels: [spam, ham]\n      prompt: \"{{ input.text }}\"\n      checks:\n        - expr: \"!(input.text.contains('invoice') && output.label == 'spam')\"\n          message: an invoice from a customer is never spam\n      route:\n        - model: learner\n          accept_when: confidence >= 0.9\n        - model: small\n        - model: big\n";
+
+fn runtime(mock: &Mock) -> Runtime {
+    let toml = format!(
+        "[models.learner]\nprovider = \"local\"\n\n[models.small]\nprovider = \"openai\"\nbase_url = \"{0}\"\nmodel = \"gpt-4o-mini\"\nmax_retries = 0\nbreaker_failures = 1000\n[models.small.price]\ninput = 0.15\noutput = 0.60\n\n[models.big]\nprovider = \"openai\"\nbase_url = \"{0}\"\nmodel = \"gpt-4o\"\nmax_retries = 0\nbreaker_failures = 1000\n[models.big.price]\ninput = 2.5\noutput = 10\n",
+        mock.base_url
+    );
+    let config = Config::parse("keel.toml", &toml).unwrap();
+    Runtime::new(config, reqwest::Client::new())
+}
+
+fn context(text: &str) -> StepContext {
+    StepContext {
+        workflow: "mail".into(),
+        step: "triage".into(),
+        input: json!({"text": text}),
+        data: json!({}),
+        case: json!({"id": "c1"}),
+        now: chrono::Utc::now(),
+        system: None,
+        prompt: text.to_string(),
+    }
+}
+
+/// A mock that answers each request with the next of `answers` (by the request's model) and
+/// keeps the bodies it received.
+async fn scripted(answers: Vec<(&'static str, Value)>) -> (Mock, Arc<Mutex<Vec<Value>>>) {
+    let answers = Arc::new(Mutex::new(answers));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (answers2, seen2) = (answers.clone(), seen.clone());
+    let mock = mock(move |_, received| {
+        let (answers, seen) = (answers2.clone(), seen2.clone());
+        async move {
+            seen.lock().unwrap().push(received.body.clone());
+            let mut answers = answers.lock().unwrap();
+            if answers.is_empty() {
+                return json_reply(500, json!({"error": {"message": "no more answers", "type": "server_error", "param": null, "code": null}}));
+            }
+            let (_, body) = answers.remove(0);
+            json_reply(200, body)
+        }
+    })
+    .await;
+    (mock, seen)
+}
+
+fn spam_examples(file: &str) -> Vec<(String, String)> {
+    let path = format!("{}/../../examples/data/{file}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let v: Value = serde_json::from_str(line).unwrap();
+            (
+                v["text"].as_str().unwrap().to_string(),
+                v["label"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_untrained_learner_hands_over_and_the_model_answer_is_costed() {
+    let (mock, seen) = scripted(vec![(
+        "small",
+        openai_completion("{\"label\":\"ham\"}", true),
+    )])
+    .await;
+    let runtime = runtime(&mock);
+    let outcome = runtime
+        .run(&ai_step(CLASSIFY), &context("lunch on friday?"))
+        .await;
+    let AiOutcome::Proposed {
+        output,
+        model,
+        tier,
+        record,
+        confidence_method,
+        ..
+    } = outcome
+    else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(output, json!({"label": "ham"}));
+    assert_eq!((model.as_str(), tier), ("small", 1));
+    assert_eq!(confidence_method, "none", "no logprobs in this response");
+    assert_eq!(record["attempts"][0]["error"], "untrained");
+    // 19 input and 10 output tokens at $0.15 / $0.60 per million.
+    let cost = record["cost_usd"].as_f64().unwrap();
+    assert!(
+        (cost - (19.0 * 0.15 + 10.0 * 0.60) / 1e6).abs() < 1e-12,
+        "{cost}"
+    );
+    assert_eq!(record["cost_known"], true);
+    // The schema was requested as structured output.
+    let body = &seen.lock().unwrap()[0];
+    assert_eq!(body["response_format"]["type"], "json_schema");
+    assert_eq!(
+        body["response_format"]["json_schema"]["schema"]["properties"]["label"]["enum"],
+        json!(["spam", "ham"])
+    );
+}
+
+#[tokio::test]
+async fn a_trained_learner_settles_easy_cases_without_a_call() {
+    let (mock, _) = scripted(vec![]).await;
+    let runtime = runtime(&mock);
+    let mut learner = Learner::default();
+    learner
+        .update_batch(&spam_examples("spam-sample.jsonl"))
+        .unwrap();
+    runtime.set_learner("mail", "triage", learner);
+    let holdout = spam_examples("spam-holdout.jsonl");
+    let (mut at_tier_0, mut correct) = (0, 0);
+    for (text, label) in holdout.iter().take(40) {
+        let ctx = context(text);
+        if let AiOutcome::Proposed {
+            output,
+            tier: 0,
+            confidence,
+            ..
+        } = runtime.run(&ai_step(CLASSIFY), &ctx).await
+        {
+            assert!(confidence >= 0.9);
+            at_tier_0 += 1;
+            correct += usize::from(output["label"] == label.as_str());
+        }
+    }
+    assert!(
+        correct >= 20,
+        "the learner settled only {correct} of 40 cases correctly"
+    );
+    assert!(
+        correct * 10 >= at_tier_0 * 9,
+        "{correct} of {at_tier_0} settled cases were right"
+    );
+    // Only the cases the learner was unsure of reached the models (one call to each tier: the
+    // mock has no answers, so both fail).
+    assert_eq!(
+        mock.hits(),
+        2 * (40 - at_tier_0),
+        "confident learner answers cost no model call"
+    );
+}
+
+#[tokio::test]
+async fn garbage_is_re_asked_with_the_reason_then_the_next_tier_runs() {
+    let (mock, seen) = scripted(vec![
+        ("small", openai_completion("Sure! It is spam.", true)),
+        ("small", openai_completion("{\"label\":\"maybe\"}", true)),
+        ("big", openai_completion("{\"label\":\"spam\"}", false)),
+    ])
+    .await;
+    let runtime = runtime(&mock);
+    let outcome = runtime
+        .run(&ai_step(CLASSIFY), &context("WIN MONEY NOW"))
+        .await;
+    let AiOutcome::Proposed {
+        output,
+        model,
+        record,
+        ..
+    } = outcome
+    else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!((output, model.as_str()), (json!({"label": "spam"}), "big"));
+    let attempts = record["attempts"].as_array().unwrap();
+    assert!(
+        attempts[1]["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("not JSON"),
+        "{attempts:?}"
+    );
+    assert!(
+        attempts[2]["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("label"),
+        "{attempts:?}"
+    );
+    // The re-ask told the model what was wrong.
+    let reask = &seen.lock().unwrap()[1];
+    let last = reask["messages"].as_array().unwrap().last().unwrap()["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        last.contains("not acceptable") && last.contains("not JSON"),
+        "{last}"
+    );
+    // The last tier reported no usage: its cost is unknown, never guessed.
+    assert_eq!(record["cost_known"], false);
+}
+
+#[tokio::test]
+async fn when_no_tier_is_accepted_the_case_gets_an_exception_with_every_attempt() {
+    let (mock, _) = scripted(vec![
+        ("small", openai_completion("{\"label\":\"spam\"}", true)),
+        ("small", openai_completion("{\"label\":\"spam\"}", true)),
+        ("big", openai_completion("", true)),
+    ])
+    .await;
+    let runtime = runtime(&mock);
+    let outcome = runtime
+        .run(&ai_step(CLASSIFY), &context("invoice 42 attached"))
+        .await;
+    let AiOutcome::Failed { kind, record, .. } = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(kind, "ai_failed");
+    let attempts = record["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 5, "{attempts:?}");
+    assert_eq!(
+        attempts[1]["problems"][0],
+        "an invoice from a customer is never spam"
+    );
+    assert_eq!(
+        attempts[3]["problems"][0], "the answer is empty",
+        "{:?}",
+        attempts[3]
+    );
+    assert_eq!(
+        attempts[4]["error"], "provider_error",
+        "the mock has no more answers"
+    );
+    assert_eq!(record["path"], json!(["learner", "small", "big"]));
+}
