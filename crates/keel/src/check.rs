@@ -9,8 +9,12 @@ use keel_core::workflow::{self, Diagnostic, Severity};
 #[derive(Args, Debug)]
 pub struct CheckArgs {
     /// Workflow files or directories (every *.yaml / *.yml inside).
-    #[arg(required = true)]
+    #[arg(required_unless_present = "config")]
     pub paths: Vec<PathBuf>,
+    /// The models configuration to check (default ./keel.toml when present); also checks that
+    /// every model named in an `ai` step's route is declared in it.
+    #[arg(long, env = "KEEL_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Print diagnostics as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -23,9 +27,36 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     }
     let mut all: Vec<Diagnostic> = Vec::new();
     let mut checked = 0;
+    let config = match crate::serve::load_config(args.config.as_deref()) {
+        Ok(config) => {
+            if config.is_some() {
+                checked += 1;
+            }
+            config
+        }
+        Err(errors) => {
+            checked += 1;
+            let diagnostics: Vec<Diagnostic> = errors.iter().map(config_diagnostic).collect();
+            if !args.json {
+                let source = errors
+                    .first()
+                    .and_then(|e| std::fs::read_to_string(&e.path).ok())
+                    .unwrap_or_default();
+                for diagnostic in &diagnostics {
+                    eprintln!("{}", diagnostic.render(&source));
+                }
+            }
+            all.extend(diagnostics);
+            None
+        }
+    };
     for file in &files {
         checked += 1;
-        let diagnostics = workflow::check_file(file).diagnostics;
+        let checked_file = workflow::check_file(file);
+        let mut diagnostics = checked_file.diagnostics;
+        if let (Some((config_path, config)), Some(parsed)) = (&config, &checked_file.workflow) {
+            diagnostics.extend(undeclared_models(file, parsed, config_path, config));
+        }
         if !args.json {
             let source = std::fs::read_to_string(file).unwrap_or_default();
             for diagnostic in &diagnostics {
@@ -68,4 +99,79 @@ fn collect(path: &Path, files: &mut Vec<PathBuf>) -> anyhow::Result<()> {
         anyhow::bail!("{} does not exist", path.display());
     }
     Ok(())
+}
+
+/// A `keel.toml` problem as a diagnostic, so that it prints like the workflow ones.
+fn config_diagnostic(error: &keel_ai::config::Error) -> Diagnostic {
+    Diagnostic {
+        severity: Severity::Error,
+        code: "invalid-config",
+        message: error.message.clone(),
+        file: error.path.clone(),
+        line: error.line,
+        column: error.column,
+        end_line: error.line,
+        end_column: error.column + 1,
+        hint: None,
+    }
+}
+
+/// Every model named in an `ai` step's route that `config` does not declare (as a model or a
+/// gateway alias), positioned at the first `model: NAME` in the file.
+fn undeclared_models(
+    file: &Path,
+    workflow: &workflow::Workflow,
+    config_path: &Path,
+    config: &keel_ai::config::Config,
+) -> Vec<Diagnostic> {
+    let source = std::fs::read_to_string(file).unwrap_or_default();
+    let mut diagnostics = Vec::new();
+    for step in &workflow.steps {
+        let workflow::StepKind::Ai(ai) = &step.kind else {
+            continue;
+        };
+        for tier in &ai.route {
+            if config.models.contains_key(&tier.model)
+                || config.gateway.aliases.contains_key(&tier.model)
+            {
+                continue;
+            }
+            let (line, column) = position_of(&source, &tier.model);
+            let declared: Vec<&str> = config.models.keys().map(String::as_str).collect();
+            diagnostics.push(Diagnostic {
+                severity: Severity::Error,
+                code: "unknown-model",
+                message: format!(
+                    "step `{}` routes to model `{}`, which {} does not declare",
+                    step.id,
+                    tier.model,
+                    config_path.display()
+                ),
+                file: file.display().to_string(),
+                line,
+                column,
+                end_line: line,
+                end_column: column + tier.model.chars().count(),
+                hint: Some(if declared.is_empty() {
+                    format!("add [models.{}] to {}", tier.model, config_path.display())
+                } else {
+                    format!("declared models: {}", declared.join(", "))
+                }),
+            });
+        }
+    }
+    diagnostics
+}
+
+/// 1-based line and column of the first `model:` entry naming `name` (else of `name`).
+fn position_of(source: &str, name: &str) -> (usize, usize) {
+    for (index, line) in source.lines().enumerate() {
+        if let Some(at) = line.find("model:") {
+            if let Some(offset) = line[at..].find(name) {
+                let byte = at + offset;
+                return (index + 1, line[..byte].chars().count() + 1);
+            }
+        }
+    }
+    (1, 1)
 }
