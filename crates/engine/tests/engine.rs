@@ -771,3 +771,132 @@ async fn verification_spans_many_pages_and_finds_a_change_deep_inside() {
     assert_eq!(report.findings[0].leaf_index, 55_000);
     assert_eq!(report.leaves, total as u64, "every page was read");
 }
+
+const TRIAGE: &str = r#"
+name: triage
+version: "1"
+input: { schema: { type: object, required: [subject], properties: { subject: { type: string } } } }
+steps:
+  - id: classify
+    ai:
+      task: classify
+      labels: [billing, technical]
+      prompt: "Ticket: {{ input.subject }}"
+      route:
+        - model: small
+  - id: route
+    switch:
+      - when: data.classify.output.label == 'billing'
+        goto: billing
+      - default: technical
+  - id: billing
+    end: { outcome: billing }
+  - id: technical
+    end: { outcome: technical }
+"#;
+
+/// A local server speaking the OpenAI chat-completions wire format that answers `label`.
+async fn openai_upstream(label: &'static str) -> String {
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move || async move {
+            axum::Json(json!({
+                "id": "chatcmpl-1", "object": "chat.completion", "created": 1741569952,
+                "model": "gpt-4o-mini-2024-07-18",
+                "choices": [{"index": 0, "finish_reason": "stop", "logprobs": null,
+                    "message": {"role": "assistant", "content": format!("{{\"label\":\"{label}\"}}"), "refusal": null}}],
+                "usage": {"prompt_tokens": 30, "completion_tokens": 6, "total_tokens": 36}
+            }))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{address}/v1")
+}
+
+async fn engine_with_models(toml: Option<String>) -> (Engine, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("keel.sqlite").display().to_string())
+        .await
+        .unwrap();
+    let ai = toml.map(|toml| {
+        let config = keel_ai::config::Config::parse("keel.toml", &toml).unwrap();
+        Arc::new(keel_ai::cascade::Runtime::new(
+            config,
+            reqwest::Client::new(),
+        ))
+    });
+    let options = Options {
+        node_id: "test-node".into(),
+        poll_interval: Duration::from_millis(20),
+        data_dir: dir.path().to_path_buf(),
+        ai,
+        ..Options::default()
+    };
+    let engine = Engine::start(store, options, Arc::new(keel_engine::SystemClock))
+        .await
+        .unwrap();
+    engine.deploy_source(TRIAGE, "triage.yaml").await.unwrap();
+    (engine, dir)
+}
+
+#[tokio::test]
+async fn an_ai_step_calls_the_model_and_the_workflow_branches_on_its_answer() {
+    let base_url = openai_upstream("billing").await;
+    let toml = format!("[models.small]\nprovider = \"openai\"\nbase_url = \"{base_url}\"\nmodel = \"gpt-4o-mini\"\n[models.small.price]\ninput = 0.15\noutput = 0.6\n");
+    let (engine, _dir) = engine_with_models(Some(toml)).await;
+    let submitted = engine
+        .submit("triage", json!({"subject": "refund my invoice"}), None)
+        .await
+        .unwrap();
+    let row = wait_status(
+        &engine,
+        &submitted.case_id,
+        &["completed", "failed", "exception"],
+    )
+    .await;
+    assert_eq!(row.status, "completed", "{}", row.state);
+    let state = state(&row);
+    assert_eq!(state["outcome"], "billing");
+    assert_eq!(state["data"]["classify"]["model"], "small");
+    let kinds = kinds(&engine, &submitted.case_id).await;
+    assert!(
+        kinds.contains(&"ai.started".to_string()) && kinds.contains(&"ai.proposed".to_string()),
+        "{kinds:?}"
+    );
+    let timeline = engine
+        .store()
+        .timeline(&submitted.case_id, 100)
+        .await
+        .unwrap();
+    let proposed = timeline.iter().find(|e| e.kind == "ai.proposed").unwrap();
+    let data: Value = serde_json::from_str(&proposed.data).unwrap();
+    assert_eq!(data["cascade"]["attempts"][0]["usage"]["input_tokens"], 30);
+    assert!(data["cascade"]["cost_usd"].as_f64().unwrap() > 0.0);
+}
+
+#[tokio::test]
+async fn without_models_an_ai_step_parks_the_case_on_an_exception() {
+    let (engine, _dir) = engine_with_models(None).await;
+    let submitted = engine
+        .submit("triage", json!({"subject": "x"}), None)
+        .await
+        .unwrap();
+    let row = wait_status(
+        &engine,
+        &submitted.case_id,
+        &["completed", "failed", "exception"],
+    )
+    .await;
+    assert_eq!(row.status, "exception", "{}", row.state);
+    let state = state(&row);
+    assert_eq!(state["error"]["kind"], "ai_failed");
+    assert!(state["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("--config"));
+    assert!(kinds(&engine, &submitted.case_id)
+        .await
+        .contains(&"exception.raised".to_string()));
+}
