@@ -5,6 +5,7 @@ mod audit;
 mod bench;
 mod check;
 mod client;
+mod learner;
 mod serve;
 
 use std::path::PathBuf;
@@ -57,6 +58,12 @@ enum Command {
         #[command(subcommand)]
         command: audit::AuditCommand,
     },
+    /// Train and evaluate the built-in learner of an `ai` step (`keel learner train|eval`).
+    /// A running `keel serve` loads learner files at start: restart it after training.
+    Learner {
+        #[command(subcommand)]
+        command: learner::LearnerCommand,
+    },
     /// Measure throughput and latency; prints a table, or one JSON object with --json.
     Bench {
         #[command(subcommand)]
@@ -104,6 +111,7 @@ fn main() -> ExitCode {
             Command::Cases(args) => client::cases(args).await,
             Command::Case { command } => client::case(command).await,
             Command::Audit { command } => audit::run(command).await,
+            Command::Learner { command } => learner::run(command),
             Command::Bench { command } => bench::run(command).await,
         }
     });
