@@ -347,7 +347,8 @@ fn chat_request(ai: &Ai, context: &StepContext, model: &ModelConfig) -> ChatRequ
             schema: ai.output_schema.json().clone(),
             strict: false,
         },
-        logprobs: model.logprobs.then_some(0),
+        // One alternative per token: some servers (llama.cpp) return no log-probabilities for 0.
+        logprobs: model.logprobs.then_some(1),
         stop: Vec::new(),
     }
 }

@@ -258,3 +258,72 @@ async fn when_no_tier_is_accepted_the_case_gets_an_exception_with_every_attempt(
     );
     assert_eq!(record["path"], json!(["learner", "small", "big"]));
 }
+
+/// Against a real local model (llama.cpp's server with SmolLM2-135M, started by
+/// `scripts/local-llm.sh start`), when `KEEL_LOCAL_LLM_URL` is set. The model is weak: whatever
+/// it answers, Keel either proposes a valid label that passed every check, or raises an
+/// exception with every attempt and raw answer kept. Nothing is accepted unchecked.
+#[tokio::test]
+async fn a_real_local_model_is_held_to_the_schema_and_the_checks() {
+    let Ok(base_url) = std::env::var("KEEL_LOCAL_LLM_URL") else {
+        eprintln!("KEEL_LOCAL_LLM_URL is not set; skipping the real-model path (scripts/local-llm.sh start)");
+        return;
+    };
+    let toml = format!(
+        "[models.smol]\nprovider = \"openai\"\nbase_url = \"{base_url}\"\nmodel = \"smollm2-135m-instruct\"\ntimeout_s = 120\nmax_retries = 1\n"
+    );
+    let runtime = Runtime::new(
+        Config::parse("keel.toml", &toml).unwrap(),
+        reqwest::Client::new(),
+    );
+    let step = ai_step(
+        "      task: classify\n      labels: [spam, ham]\n      prompt: \"Is this email spam or ham?\\n\\n{{ input.text }}\"\n      max_tokens: 40\n      checks:\n        - expr: \"!(input.text.contains('invoice') && output.label == 'spam')\"\n          message: an invoice from a customer is never spam\n      route:\n        - model: smol\n          accept_when: confidence >= 0.0\n",
+    );
+    let emails = spam_examples("spam-holdout.jsonl");
+    let mut texts: Vec<String> = emails
+        .iter()
+        .take(4)
+        .map(|(text, _)| text.chars().take(600).collect())
+        .collect();
+    texts.push("Please find attached invoice 2291 for October. Regards, ACME accounts".to_string());
+    for text in texts {
+        match runtime.run(&step, &context(&text)).await {
+            AiOutcome::Proposed {
+                output,
+                confidence,
+                confidence_method,
+                record,
+                ..
+            } => {
+                let label = output["label"].as_str().unwrap();
+                assert!(label == "spam" || label == "ham", "{output}");
+                assert!(
+                    !(text.contains("invoice") && label == "spam"),
+                    "the check was bypassed"
+                );
+                assert!((0.0..=1.0).contains(&confidence));
+                assert!(
+                    ["logprob_label", "logprob_mean"].contains(&confidence_method.as_str()),
+                    "{confidence_method}"
+                );
+                assert!(record["attempts"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|a| a["usage"].is_object()));
+            }
+            AiOutcome::Failed { kind, record, .. } => {
+                assert_eq!(kind, "ai_failed");
+                let attempts = record["attempts"].as_array().unwrap();
+                assert!(!attempts.is_empty());
+                assert!(
+                    attempts
+                        .iter()
+                        .all(|a| a["problems"].as_array().is_some_and(|p| !p.is_empty())
+                            || a["error"].is_string()),
+                    "{attempts:?}"
+                );
+            }
+        }
+    }
+}
