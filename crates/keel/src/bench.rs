@@ -21,6 +21,22 @@ pub enum BenchCommand {
     Engine(EngineArgs),
     /// Journal appends, full verification and inclusion proofs at N entries.
     Ledger(LedgerArgs),
+    /// The built-in learner on one thread: predictions/s and updates/s against the floors.
+    Learner(LearnerArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct LearnerArgs {
+    /// Labelled texts, one {"text", "label"} object per line. Default
+    /// examples/data/spam-sample.jsonl, or synthetic ~1 KB texts when that file is absent.
+    #[arg(long)]
+    pub jsonl: Option<std::path::PathBuf>,
+    /// Seconds for each phase (learning, then predicting).
+    #[arg(long, default_value_t = 2.0)]
+    pub seconds: f64,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -66,6 +82,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
     let (figures, json) = match command {
         BenchCommand::Engine(args) => (bench_engine(&args).await?, args.json),
         BenchCommand::Ledger(args) => (bench_ledger(&args).await?, args.json),
+        BenchCommand::Learner(args) => return bench_learner(&args),
     };
     print_figures(&figures, json);
     Ok(ExitCode::SUCCESS)
@@ -551,4 +568,106 @@ async fn bench_ledger(args: &LedgerArgs) -> anyhow::Result<Figures> {
     );
     figures.add("peak_rss_mib", peak_rss_kib() as f64 / 1024.0, "MiB");
     Ok(figures)
+}
+
+/// Floors the learner must beat on one thread (issue targets).
+const PREDICTIONS_FLOOR: f64 = 50_000.0;
+const UPDATES_FLOOR: f64 = 10_000.0;
+
+fn bench_learner(args: &LearnerArgs) -> anyhow::Result<ExitCode> {
+    let default = std::path::Path::new("examples/data/spam-sample.jsonl");
+    let (examples, source) = match &args.jsonl {
+        Some(path) => (
+            crate::learner::read_examples(path)?,
+            path.display().to_string(),
+        ),
+        None if default.exists() => (
+            crate::learner::read_examples(default)?,
+            default.display().to_string(),
+        ),
+        None => (synthetic_examples(), "synthetic ~1 KB texts".to_string()),
+    };
+    if !(args.seconds > 0.0 && args.seconds.is_finite()) {
+        anyhow::bail!("--seconds must be a positive number");
+    }
+    let limits = keel_ai::learner::BenchLimits {
+        max_duration: Duration::from_secs_f64(args.seconds),
+        ..keel_ai::learner::BenchLimits::default()
+    };
+    let report = keel_ai::learner::bench(
+        &examples,
+        keel_ai::learner::LearnerOptions::default(),
+        limits,
+    )?;
+    let meets =
+        report.predictions_per_s >= PREDICTIONS_FLOOR && report.updates_per_s >= UPDATES_FLOOR;
+    if args.json {
+        let mut object = serde_json::to_value(&report)?;
+        if let Value::Object(map) = &mut object {
+            map.insert("benchmark".into(), json!("learner"));
+            map.insert("source".into(), json!(source));
+            map.insert("predictions_per_s_floor".into(), json!(PREDICTIONS_FLOOR));
+            map.insert("updates_per_s_floor".into(), json!(UPDATES_FLOOR));
+            map.insert("meets_floors".into(), json!(meets));
+        }
+        println!("{object}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "learner (one thread, {} examples from {source}, {} classes)",
+        report.examples, report.classes
+    );
+    println!("  {:<24} {:>16} {:>16}", "figure", "measured", "floor");
+    let rows = [
+        (
+            "predictions/s",
+            format!("{:.0}", report.predictions_per_s),
+            format!("{PREDICTIONS_FLOOR:.0}"),
+        ),
+        (
+            "updates/s",
+            format!("{:.0}", report.updates_per_s),
+            format!("{UPDATES_FLOOR:.0}"),
+        ),
+        (
+            "mean text bytes",
+            format!("{:.0}", report.mean_text_bytes),
+            "-".to_string(),
+        ),
+        (
+            "model bytes",
+            report.model_bytes.to_string(),
+            "-".to_string(),
+        ),
+    ];
+    for (name, measured, floor) in rows {
+        println!("  {name:<24} {measured:>16} {floor:>16}");
+    }
+    println!("  floors {}", if meets { "met" } else { "NOT met" });
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Synthetic labelled texts of about 1 KB each, two classes, deterministic.
+fn synthetic_examples() -> Vec<(String, String)> {
+    let mut rng = fastrand::Rng::with_seed(7);
+    let words = [
+        [
+            "invoice", "payment", "meeting", "report", "schedule", "project", "review", "budget",
+        ],
+        [
+            "winner", "free", "credit", "offer", "click", "prize", "cheap", "urgent",
+        ],
+    ];
+    (0..400)
+        .map(|i| {
+            let class = i % 2;
+            let mut text = String::with_capacity(1100);
+            while text.len() < 1000 {
+                let pool = if rng.u8(0..10) < 7 { class } else { 1 - class };
+                text.push_str(words[pool][rng.usize(0..8)]);
+                text.push(' ');
+            }
+            (text, if class == 0 { "ham" } else { "spam" }.to_string())
+        })
+        .collect()
 }

@@ -94,9 +94,8 @@ pub fn read_examples(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
         if line.trim().is_empty() {
             continue;
         }
-        let value: serde_json::Value = serde_json::from_str(&line).with_context(|| {
-            format!("{}:{number}: not a JSON object", path.display())
-        })?;
+        let value: serde_json::Value = serde_json::from_str(&line)
+            .with_context(|| format!("{}:{number}: not a JSON object", path.display()))?;
         let text = value.get("text").and_then(|v| v.as_str());
         let label = value.get("label").and_then(|v| v.as_str());
         match (text, label) {
@@ -120,9 +119,7 @@ fn train(args: &TrainArgs) -> anyhow::Result<ExitCode> {
         Ok(bytes) => Learner::from_bytes(&bytes)
             .with_context(|| format!("cannot load {}", path.display()))?,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Learner::default(),
-        Err(error) => {
-            return Err(error).with_context(|| format!("cannot read {}", path.display()))
-        }
+        Err(error) => return Err(error).with_context(|| format!("cannot read {}", path.display())),
     };
     let bar = if std::io::stderr().is_terminal() && !args.json {
         let bar = ProgressBar::new(examples.len() as u64);
@@ -160,7 +157,9 @@ fn train(args: &TrainArgs) -> anyhow::Result<ExitCode> {
         println!("version        {}", learner.version());
         println!("examples seen  {}", learner.examples_seen());
         println!("classes        {}", learner.classes().join(", "));
-        eprintln!("a running `keel serve` loads learner files at start: restart it to use this model");
+        eprintln!(
+            "a running `keel serve` loads learner files at start: restart it to use this model"
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

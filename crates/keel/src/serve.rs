@@ -183,7 +183,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let runtime = match config {
         Some((path, config)) => {
             tracing::info!(config = %path.display(), models = config.models.len(), "models configured");
-            let runtime = Arc::new(keel_ai::cascade::Runtime::new(config, reqwest::Client::new()));
+            let runtime = Arc::new(keel_ai::cascade::Runtime::new(
+                config,
+                reqwest::Client::new(),
+            ));
             let learners = load_learners(&runtime, &args.data.data_dir);
             tracing::info!(learners, "learner files loaded");
             Some(runtime)
