@@ -443,3 +443,129 @@ async fn sighup_deploys_a_changed_workflow_as_a_new_version() {
     assert_eq!(version(&after), 2, "{after}");
     terminate(server);
 }
+
+#[test]
+fn learner_train_then_eval_on_the_spam_sample() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/data");
+    let sample = examples.join("spam-sample.jsonl");
+    let holdout = examples.join("spam-holdout.jsonl");
+
+    let (code, _, stderr) = keel(&[
+        "learner",
+        "eval",
+        "mail",
+        "triage",
+        "--jsonl",
+        holdout.to_str().unwrap(),
+        "--data-dir",
+        data,
+    ]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("keel learner train"), "{stderr}");
+
+    let (code, stdout, stderr) = keel(&[
+        "learner",
+        "train",
+        "mail",
+        "triage",
+        "--jsonl",
+        sample.to_str().unwrap(),
+        "--data-dir",
+        data,
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let trained: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(trained["examples_seen"], 400);
+    assert!(dir.path().join("data/learners/mail/triage.bin").exists());
+
+    let (code, stdout, stderr) = keel(&[
+        "learner",
+        "eval",
+        "mail",
+        "triage",
+        "--jsonl",
+        holdout.to_str().unwrap(),
+        "--data-dir",
+        data,
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let evaluation: Value = serde_json::from_str(&stdout).unwrap();
+    assert!(
+        evaluation["accuracy"].as_f64().unwrap() >= 0.9,
+        "{evaluation}"
+    );
+
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"text\": \"a\", \"label\": \"b\"}\n{\"text\": 1}\n").unwrap();
+    let (code, _, stderr) = keel(&[
+        "learner",
+        "train",
+        "mail",
+        "triage",
+        "--jsonl",
+        bad.to_str().unwrap(),
+        "--data-dir",
+        data,
+    ]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("bad.jsonl:2"), "{stderr}");
+}
+
+#[test]
+fn check_config_reports_positions_and_undeclared_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("keel.toml");
+    std::fs::write(
+        &broken,
+        "[models.small]\nprovider = \"openai\"\nbase_url = \"http://x\"\nmodel = \"m\"\n\n[models.big\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = keel(&["check", "--config", broken.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("keel.toml:6:"), "{stderr}");
+
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "[models.small]\nprovider = \"openai\"\nbase_url = \"http://x\"\nmodel = \"m\"\n",
+    )
+    .unwrap();
+    let workflow = dir.path().join("ai.yaml");
+    std::fs::write(
+        &workflow,
+        "name: t\nversion: \"1\"\ninput: { schema: { type: object } }\nsteps:\n  - id: x\n    ai:\n      task: generate\n      prompt: \"hi\"\n      route:\n        - model: small\n        - model: huge\n  - id: e\n    end: { outcome: ok }\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = keel(&[
+        "check",
+        "--config",
+        good.to_str().unwrap(),
+        workflow.to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("`huge`") && stderr.contains("ai.yaml:11:"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("`small`,"), "{stderr}");
+
+    let (code, stdout, _) = keel(&[
+        "check",
+        "--json",
+        "--config",
+        good.to_str().unwrap(),
+        workflow.to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0);
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["diagnostics"][0]["code"], "unknown-model");
+
+    let (code, _, stderr) = keel(&["serve", "--config", broken.to_str().unwrap()]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("keel.toml:6:"), "{stderr}");
+}
