@@ -223,8 +223,12 @@ impl Runtime {
                 Err(error) => {
                     attempt["error"] = json!(error.code());
                     attempt["message"] = json!(error.to_string());
-                    if let Some(raw) = error.raw() {
-                        attempt["raw"] = json!(raw);
+                    match error.raw() {
+                        Some(raw) if self.config.journal.redact_text => {
+                            attempt["raw_sha256"] = json!(sha256_hex(raw.as_bytes()));
+                        }
+                        Some(raw) => attempt["raw"] = json!(raw),
+                        None => {}
                     }
                     attempts.push(attempt);
                     return None;
@@ -237,7 +241,11 @@ impl Runtime {
             }
             attempt["usage"] = json!(response.usage);
             attempt["cost_usd"] = json!(cost);
-            attempt["response"] = json!(response.text);
+            if self.config.journal.redact_text {
+                attempt["response_sha256"] = json!(sha256_hex(response.text.as_bytes()));
+            } else {
+                attempt["response"] = json!(response.text);
+            }
             let parsed = parse_answer(ai, &response.text);
             let problems = match &parsed {
                 Ok(output) => self.problems(ai, context, output),
@@ -354,8 +362,11 @@ fn chat_request(ai: &Ai, context: &StepContext, model: &ModelConfig) -> ChatRequ
 }
 
 fn request_sha256(request: &ChatRequest) -> String {
+    sha256_hex(&serde_json::to_vec(request).unwrap_or_default())
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
-    let bytes = serde_json::to_vec(request).unwrap_or_default();
     hex::encode(sha2::Sha256::digest(bytes))
 }
 

@@ -327,3 +327,30 @@ async fn a_real_local_model_is_held_to_the_schema_and_the_checks() {
         }
     }
 }
+
+#[tokio::test]
+async fn redaction_keeps_response_text_out_of_the_record_and_keeps_its_hash() {
+    let (mock, _) = scripted(vec![("small", openai_completion("not json at all", true))]).await;
+    let toml = format!(
+        "[journal]\nredact_text = true\n[models.small]\nprovider = \"openai\"\nbase_url = \"{}\"\nmodel = \"m\"\nmax_retries = 0\n",
+        mock.base_url
+    );
+    let runtime = Runtime::new(
+        Config::parse("keel.toml", &toml).unwrap(),
+        reqwest::Client::new(),
+    );
+    let step = ai_step("      task: classify\n      labels: [spam, ham]\n      prompt: \"{{ input.text }}\"\n      reask: 0\n      route:\n        - model: small\n");
+    let outcome = runtime.run(&step, &context("secret customer text")).await;
+    let AiOutcome::Failed { record, .. } = outcome else {
+        panic!("{outcome:?}")
+    };
+    let text = record.to_string();
+    assert!(!text.contains("not json at all"), "{text}");
+    assert_eq!(
+        record["attempts"][0]["response_sha256"]
+            .as_str()
+            .unwrap()
+            .len(),
+        64
+    );
+}
