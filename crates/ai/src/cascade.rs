@@ -14,6 +14,7 @@ use keel_core::expr::Activation;
 use keel_core::workflow::{Ai, AiTask};
 use serde_json::{json, Value};
 
+use crate::budget::{to_nano, Budgets};
 use crate::config::{Config, ModelConfig, ProviderKind};
 use crate::learner::Learner;
 use crate::provider::{
@@ -38,6 +39,7 @@ pub struct Runtime {
     clients: BTreeMap<String, ProviderClient>,
     /// By `workflow/step`.
     learners: RwLock<BTreeMap<String, Arc<Learner>>>,
+    budgets: Budgets,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -62,6 +64,7 @@ impl Runtime {
             })
             .collect();
         Runtime {
+            budgets: Budgets::new(config.budgets.clone()),
             config,
             clients,
             learners: RwLock::new(BTreeMap::new()),
@@ -70,6 +73,10 @@ impl Runtime {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    pub fn budgets(&self) -> &Budgets {
+        &self.budgets
     }
 
     /// Replaces the learner of `workflow/step` (after training or loading from the store).
@@ -93,7 +100,15 @@ impl Runtime {
         let mut path: Vec<String> = Vec::new();
         let mut cost_usd = 0.0;
         let mut cost_known = true;
+        // Set when a budget refused a tier: only cheaper tiers may run after it.
+        let mut budget_ceiling: Option<f64> = None;
         for (tier_index, tier) in ai.route.iter().enumerate() {
+            if let (Some(ceiling), Ok(model)) = (budget_ceiling, self.config.model(&tier.model)) {
+                if unit_price(model) >= ceiling {
+                    attempts.push(json!({"tier": tier_index, "model": tier.model, "skipped": "not cheaper than a tier the budget refused"}));
+                    continue;
+                }
+            }
             path.push(tier.model.clone());
             let Ok(model) = self.config.model(&tier.model) else {
                 attempts.push(
@@ -120,6 +135,13 @@ impl Runtime {
                 }
             };
             let Some((output, confidence, method)) = answer else {
+                if attempts
+                    .last()
+                    .is_some_and(|a| a["error"] == "budget_exhausted")
+                {
+                    budget_ceiling =
+                        Some(budget_ceiling.unwrap_or(f64::MAX).min(unit_price(model)));
+                }
                 continue;
             };
             let accepted = match &tier.accept_when {
@@ -158,8 +180,15 @@ impl Runtime {
                 .collect::<Vec<_>>()
                 .join(" → ")
         );
+        let (kind, message) = match budget_ceiling {
+            Some(_) => (
+                "budget_exhausted",
+                format!("{message}: the budget refused a tier and no cheaper one was accepted"),
+            ),
+            None => ("ai_failed", message),
+        };
         AiOutcome::Failed {
-            kind: "ai_failed".to_string(),
+            kind: kind.to_string(),
             message,
             record: record(&path, attempts, cost_usd, cost_known),
         }
@@ -213,8 +242,27 @@ impl Runtime {
     ) -> Option<(Value, f64, &'static str)> {
         let client = self.clients.get(&model.name)?;
         let mut request = chat_request(ai, context, model);
+        let date = context.now.date_naive();
         for ask in 0..=ai.reask {
+            let estimate = estimate_cost(model, &request, date);
+            let reservation =
+                match self
+                    .budgets
+                    .reserve(Some(&context.workflow), date, to_nano(estimate))
+                {
+                    Ok(reservation) => reservation,
+                    Err(exhausted) => {
+                        attempts.push(json!({"tier": tier, "model": model.name, "ask": ask,
+                        "error": "budget_exhausted", "message": exhausted.to_string()}));
+                        return None;
+                    }
+                };
             let (result, stats) = client.chat(&request).await;
+            let actual = match &result {
+                Ok(response) => cost_of(model, response.usage, date).map(to_nano),
+                Err(_) => Some(0),
+            };
+            self.budgets.settle(reservation, actual);
             let mut attempt = json!({"tier": tier, "model": model.name, "provider": model.provider.as_str(),
                 "ask": ask, "attempts": stats.attempts, "latency_ms": stats.latency_ms,
                 "request_sha256": request_sha256(&request)});
@@ -387,6 +435,29 @@ fn parse_answer(ai: &Ai, text: &str) -> Result<Value, String> {
         Err(_) if matches!(ai.task, AiTask::Generate) => Ok(json!({"text": text})),
         Err(error) => Err(format!("the answer is not JSON ({error})")),
     }
+}
+
+/// An upper estimate of a call's cost, reserved against budgets before it is sent: the request's
+/// characters as input tokens (a token is at least one character) and `max_tokens` of output.
+fn estimate_cost(model: &ModelConfig, request: &ChatRequest, date: chrono::NaiveDate) -> f64 {
+    let input_chars: usize = request.messages.iter().map(|m| m.content.len()).sum();
+    let usage = Usage {
+        input_tokens: input_chars as u64 / 3 + 16,
+        output_tokens: u64::from(request.max_tokens.unwrap_or(1024)),
+        cached_input_tokens: 0,
+    };
+    cost_of(model, Some(usage), date).unwrap_or(0.0)
+}
+
+/// A model's price per token for ordering tiers by cost (input plus output, per million).
+fn unit_price(model: &ModelConfig) -> f64 {
+    if model.provider == ProviderKind::Local {
+        return 0.0;
+    }
+    model
+        .prices
+        .first()
+        .map_or(f64::MAX, |p| p.input_per_million + p.output_per_million)
 }
 
 /// USD for `usage` at the price in force on `date`; `None` (unknown) without usage or price.

@@ -9,6 +9,7 @@
 //! knows nothing of SQL: what must be persisted (learner weights, spend) goes through plain
 //! values that the engine stores.
 
+pub mod budget;
 pub mod cascade;
 pub mod config;
 pub mod learner;

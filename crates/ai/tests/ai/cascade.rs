@@ -354,3 +354,95 @@ async fn redaction_keeps_response_text_out_of_the_record_and_keeps_its_hash() {
         64
     );
 }
+
+/// 50 calls at once against a daily budget that covers only some of them: reservations are
+/// atomic, so no more calls reach the provider than the budget admits, the spend stays within
+/// the limit, and every refused case ends in a `budget_exhausted` exception, never a silent skip.
+#[tokio::test]
+async fn fifty_concurrent_calls_cannot_overspend_the_budget() {
+    let mock = mock(|_, _| async {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        json_reply(200, openai_completion("{\"label\":\"ham\"}", true))
+    })
+    .await;
+    let step = ai_step("      task: classify\n      labels: [spam, ham]\n      prompt: \"{{ input.text }}\"\n      max_tokens: 100\n      route:\n        - model: small\n");
+    // Each call reserves (its characters / 3 + 16 input tokens + 100 output tokens) at $1 per
+    // million; the limit admits 10 of those estimates.
+    let text = "hello";
+    let system_chars =
+        "Answer with only a JSON object {\"label\": …} where label is one of: spam, ham.".len();
+    let estimate_tokens = ((system_chars + text.len()) / 3 + 16 + 100) as f64;
+    let limit = estimate_tokens * 10.0 / 1e6;
+    let toml = format!(
+        "[budgets.total]\ndaily_usd = {limit}\n[models.small]\nprovider = \"openai\"\nbase_url = \"{}\"\nmodel = \"m\"\nmax_retries = 0\nmax_concurrency = 64\n[models.small.price]\ninput = 1\noutput = 1\n",
+        mock.base_url
+    );
+    let runtime = Arc::new(Runtime::new(
+        Config::parse("keel.toml", &toml).unwrap(),
+        reqwest::Client::new(),
+    ));
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let (runtime, step) = (runtime.clone(), step.clone());
+        tasks.push(tokio::spawn(async move {
+            runtime.run(&step, &context(text)).await
+        }));
+    }
+    let (mut proposed, mut exhausted) = (0, 0);
+    for task in tasks {
+        match task.await.unwrap() {
+            AiOutcome::Proposed { .. } => proposed += 1,
+            AiOutcome::Failed { kind, .. } => {
+                assert_eq!(kind, "budget_exhausted");
+                exhausted += 1;
+            }
+        }
+    }
+    assert_eq!(proposed + exhausted, 50);
+    assert_eq!(
+        mock.hits(),
+        proposed,
+        "every admitted call reached the provider once"
+    );
+    assert!(
+        proposed <= 10,
+        "{proposed} calls were admitted; the budget covers 10 estimates"
+    );
+    assert!(proposed >= 1, "the budget admits calls while it lasts");
+    let spent = runtime
+        .budgets()
+        .spent_today(chrono::Utc::now().date_naive());
+    assert!(spent <= limit, "spent {spent} of {limit}");
+    assert!(
+        (spent - proposed as f64 * 29.0 / 1e6).abs() < 1e-12,
+        "settled at the actual cost: {spent}"
+    );
+}
+
+#[tokio::test]
+async fn an_exhausted_budget_falls_to_a_cheaper_tier() {
+    let (mock, _) = scripted(vec![]).await;
+    let toml = format!(
+        "[budgets.workflows.mail]\ndaily_usd = 0\n[models.learner]\nprovider = \"local\"\n[models.small]\nprovider = \"openai\"\nbase_url = \"{}\"\nmodel = \"m\"\n[models.small.price]\ninput = 1\noutput = 1\n",
+        mock.base_url
+    );
+    let runtime = Runtime::new(
+        Config::parse("keel.toml", &toml).unwrap(),
+        reqwest::Client::new(),
+    );
+    let mut learner = Learner::default();
+    learner
+        .update_batch(&spam_examples("spam-sample.jsonl"))
+        .unwrap();
+    runtime.set_learner("mail", "triage", learner);
+    let step = ai_step("      task: classify\n      labels: [spam, ham]\n      prompt: \"{{ input.text }}\"\n      route:\n        - model: small\n        - model: learner\n");
+    let outcome = runtime
+        .run(&step, &context("cheap viagra, win money now!!!"))
+        .await;
+    let AiOutcome::Proposed { model, record, .. } = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(model, "learner");
+    assert_eq!(record["attempts"][0]["error"], "budget_exhausted");
+    assert_eq!(mock.hits(), 0);
+}
