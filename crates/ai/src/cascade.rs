@@ -15,6 +15,7 @@ use keel_core::workflow::{Ai, AiTask};
 use serde_json::{json, Value};
 
 use crate::budget::{to_nano, Budgets};
+use crate::cache::Cache;
 use crate::config::{Config, ModelConfig, ProviderKind};
 use crate::learner::Learner;
 use crate::provider::{
@@ -40,6 +41,7 @@ pub struct Runtime {
     /// By `workflow/step`.
     learners: RwLock<BTreeMap<String, Arc<Learner>>>,
     budgets: Budgets,
+    cache: Cache,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -65,6 +67,7 @@ impl Runtime {
             .collect();
         Runtime {
             budgets: Budgets::new(config.budgets.clone()),
+            cache: Cache::new(config.cache.clone()),
             config,
             clients,
             learners: RwLock::new(BTreeMap::new()),
@@ -243,7 +246,27 @@ impl Runtime {
         let client = self.clients.get(&model.name)?;
         let mut request = chat_request(ai, context, model);
         let date = context.now.date_naive();
+        let now_ms = context.now.timestamp_millis();
         for ask in 0..=ai.reask {
+            let cache_key = self.cache.key(&model.name, &request);
+            if let Some(response) = cache_key
+                .as_ref()
+                .and_then(|key| self.cache.get(key, now_ms))
+            {
+                let mut attempt = json!({"tier": tier, "model": model.name, "provider": model.provider.as_str(),
+                    "ask": ask, "cache_hit": true, "cost_usd": 0.0, "request_sha256": request_sha256(&request)});
+                let output = parse_answer(ai, &response.text)
+                    .ok()
+                    .filter(|o| self.problems(ai, context, o).is_empty());
+                if let Some(output) = output {
+                    let (confidence, method) = confidence(ai, &response, &output);
+                    attempt["output"] = output.clone();
+                    attempt["confidence"] = json!(confidence);
+                    attempt["confidence_method"] = json!(method);
+                    attempts.push(attempt);
+                    return Some((output, confidence, method));
+                }
+            }
             let estimate = estimate_cost(model, &request, date);
             let reservation =
                 match self
@@ -300,7 +323,12 @@ impl Runtime {
                 Err(problem) => vec![problem.clone()],
             };
             attempt["problems"] = json!(problems);
+            attempt["cache_hit"] = json!(false);
             if let (Ok(output), true) = (&parsed, problems.is_empty()) {
+                if let Some(key) = cache_key {
+                    // Only answers that passed every check are worth serving again.
+                    self.cache.put(key, response.clone(), now_ms);
+                }
                 let (confidence, method) = confidence(ai, &response, output);
                 attempt["output"] = output.clone();
                 attempt["confidence"] = json!(confidence);

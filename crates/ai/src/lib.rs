@@ -10,6 +10,7 @@
 //! values that the engine stores.
 
 pub mod budget;
+pub mod cache;
 pub mod cascade;
 pub mod config;
 pub mod learner;

@@ -446,3 +446,37 @@ async fn an_exhausted_budget_falls_to_a_cheaper_tier() {
     assert_eq!(record["attempts"][0]["error"], "budget_exhausted");
     assert_eq!(mock.hits(), 0);
 }
+
+#[tokio::test]
+async fn a_repeated_request_at_temperature_0_is_served_from_the_cache() {
+    let (mock, _) = scripted(vec![(
+        "small",
+        openai_completion("{\"label\":\"ham\"}", true),
+    )])
+    .await;
+    let toml = format!(
+        "[models.small]\nprovider = \"openai\"\nbase_url = \"{}\"\nmodel = \"m\"\nmax_retries = 0\n[models.small.price]\ninput = 1\noutput = 1\n",
+        mock.base_url
+    );
+    let runtime = Runtime::new(
+        Config::parse("keel.toml", &toml).unwrap(),
+        reqwest::Client::new(),
+    );
+    let step = ai_step("      task: classify\n      labels: [spam, ham]\n      prompt: \"{{ input.text }}\"\n      route:\n        - model: small\n");
+    for round in 0..3 {
+        let outcome = runtime.run(&step, &context("see you at lunch")).await;
+        let AiOutcome::Proposed { output, record, .. } = outcome else {
+            panic!("{outcome:?}")
+        };
+        assert_eq!(output["label"], "ham");
+        assert_eq!(record["attempts"][0]["cache_hit"], round > 0, "{record}");
+    }
+    assert_eq!(mock.hits(), 1, "one call, then the cache");
+    // A different request is not a hit.
+    let outcome = runtime.run(&step, &context("another text")).await;
+    assert!(
+        matches!(outcome, AiOutcome::Failed { .. }),
+        "the mock has no more answers"
+    );
+    assert_eq!(mock.hits(), 2);
+}
