@@ -226,6 +226,8 @@ pub struct Ai {
     /// schema or a check (0..=3, default 1).
     pub reask: u32,
     /// k > 1: ask each model k times and use agreement as the confidence (1..=9, default 1).
+    /// Parsed and checked; the runtime does not sample yet (each tier is asked once), so
+    /// confidence comes from the learner or from log-probabilities.
     pub samples: u32,
     /// Default 0 (and then the response cache applies); with `samples > 1`, default 0.7.
     pub temperature: Option<f64>,
