@@ -253,18 +253,13 @@ impl Runtime {
                 .as_ref()
                 .and_then(|key| self.cache.get(key, now_ms))
             {
-                let mut attempt = json!({"tier": tier, "model": model.name, "provider": model.provider.as_str(),
+                let attempt = json!({"tier": tier, "model": model.name, "provider": model.provider.as_str(),
                     "ask": ask, "cache_hit": true, "cost_usd": 0.0, "request_sha256": request_sha256(&request)});
                 let output = parse_answer(ai, &response.text)
                     .ok()
                     .filter(|o| self.problems(ai, context, o).is_empty());
                 if let Some(output) = output {
-                    let (confidence, method) = confidence(ai, &response, &output);
-                    attempt["output"] = output.clone();
-                    attempt["confidence"] = json!(confidence);
-                    attempt["confidence_method"] = json!(method);
-                    attempts.push(attempt);
-                    return Some((output, confidence, method));
+                    return Some(accept(ai, &response, output, attempt, attempts));
                 }
             }
             let estimate = estimate_cost(model, &request, date);
@@ -329,12 +324,7 @@ impl Runtime {
                     // Only answers that passed every check are worth serving again.
                     self.cache.put(key, response.clone(), now_ms);
                 }
-                let (confidence, method) = confidence(ai, &response, output);
-                attempt["output"] = output.clone();
-                attempt["confidence"] = json!(confidence);
-                attempt["confidence_method"] = json!(method);
-                attempts.push(attempt);
-                return Some((output.clone(), confidence, method));
+                return Some(accept(ai, &response, output.clone(), attempt, attempts));
             }
             attempts.push(attempt);
             // Tell the model what was wrong and ask again (bounded by `reask`).
@@ -384,6 +374,22 @@ impl Runtime {
         }
         problems
     }
+}
+
+/// Records a valid answer with its confidence and returns it for `accept_when`.
+fn accept(
+    ai: &Ai,
+    response: &ChatResponse,
+    output: Value,
+    mut attempt: Value,
+    attempts: &mut Vec<Value>,
+) -> (Value, f64, &'static str) {
+    let (confidence, method) = confidence(ai, response, &output);
+    attempt["output"] = output.clone();
+    attempt["confidence"] = json!(confidence);
+    attempt["confidence_method"] = json!(method);
+    attempts.push(attempt);
+    (output, confidence, method)
 }
 
 fn learner_key(workflow: &str, step: &str) -> String {

@@ -87,7 +87,10 @@ fn example_workflows_check_clean() {
         );
         let workflow = checked.workflow.unwrap();
         assert_eq!(workflow.source_sha256.len(), 64);
-        assert!(workflow.steps.len() >= 4, "the examples show more than a toy");
+        assert!(
+            workflow.steps.len() >= 4,
+            "the examples show more than a toy"
+        );
     }
 }
 
