@@ -1178,3 +1178,6 @@ fn options_read(path: &str) -> Result<SqliteConnectOptions> {
         .map_err(|_| Error::Url(path.to_string()))?
         .busy_timeout(Duration::from_secs(30)))
 }
+
+mod ai;
+pub use ai::{AiCallRow, LearnerRow, SpendRow, TokenRow};

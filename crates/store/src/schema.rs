@@ -66,7 +66,55 @@ CREATE TRIGGER nodes_no_delete BEFORE DELETE ON ledger_nodes BEGIN SELECT RAISE(
 CREATE TRIGGER checkpoints_no_update BEFORE UPDATE ON checkpoints BEGIN SELECT RAISE(ABORT, 'keel: checkpoints is append-only'); END;
 CREATE TRIGGER checkpoints_no_delete BEFORE DELETE ON checkpoints BEGIN SELECT RAISE(ABORT, 'keel: checkpoints is append-only'); END;
 "#,
-)];
+),
+    (
+        2,
+        r#"
+CREATE TABLE api_tokens (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    roles TEXT NOT NULL,
+    sha256 TEXT NOT NULL UNIQUE,
+    created_at_ms INTEGER NOT NULL,
+    expires_at_ms INTEGER,
+    revoked_at_ms INTEGER
+);
+CREATE TABLE ai_calls (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at_ms INTEGER NOT NULL,
+    day TEXT NOT NULL,
+    source TEXT NOT NULL,
+    caller TEXT,
+    workflow TEXT,
+    step TEXT,
+    case_id TEXT,
+    model TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    status TEXT NOT NULL,
+    input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    cached_input_tokens INTEGER NOT NULL,
+    cost_nano INTEGER,
+    latency_ms INTEGER NOT NULL,
+    cache_hit INTEGER NOT NULL,
+    attempts INTEGER NOT NULL
+);
+CREATE INDEX ai_calls_day ON ai_calls (day);
+CREATE TABLE learners (
+    workflow TEXT NOT NULL,
+    step TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    model BLOB NOT NULL,
+    examples INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (workflow, step, version)
+);
+CREATE TRIGGER learners_no_update BEFORE UPDATE ON learners BEGIN SELECT RAISE(ABORT, 'keel: learners is append-only'); END;
+"#,
+    ),
+];
 
 /// (version, SQL) for PostgreSQL.
 pub const POSTGRES: &[(i64, &str)] = &[(
@@ -137,4 +185,52 @@ CREATE TRIGGER nodes_no_truncate BEFORE TRUNCATE ON ledger_nodes FOR EACH STATEM
 CREATE TRIGGER checkpoints_append_only BEFORE UPDATE OR DELETE ON checkpoints FOR EACH ROW EXECUTE FUNCTION keel_append_only();
 CREATE TRIGGER checkpoints_no_truncate BEFORE TRUNCATE ON checkpoints FOR EACH STATEMENT EXECUTE FUNCTION keel_append_only();
 "#,
-)];
+),
+    (
+        2,
+        r#"
+CREATE TABLE api_tokens (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    roles TEXT NOT NULL,
+    sha256 TEXT NOT NULL UNIQUE,
+    created_at_ms BIGINT NOT NULL,
+    expires_at_ms BIGINT,
+    revoked_at_ms BIGINT
+);
+CREATE TABLE ai_calls (
+    id BIGSERIAL PRIMARY KEY,
+    at_ms BIGINT NOT NULL,
+    day TEXT NOT NULL,
+    source TEXT NOT NULL,
+    caller TEXT,
+    workflow TEXT,
+    step TEXT,
+    case_id TEXT,
+    model TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    status TEXT NOT NULL,
+    input_tokens BIGINT NOT NULL,
+    output_tokens BIGINT NOT NULL,
+    cached_input_tokens BIGINT NOT NULL,
+    cost_nano BIGINT,
+    latency_ms BIGINT NOT NULL,
+    cache_hit BIGINT NOT NULL,
+    attempts BIGINT NOT NULL
+);
+CREATE INDEX ai_calls_day ON ai_calls (day);
+CREATE TABLE learners (
+    workflow TEXT NOT NULL,
+    step TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    model BYTEA NOT NULL,
+    examples BIGINT NOT NULL,
+    source TEXT NOT NULL,
+    created_at_ms BIGINT NOT NULL,
+    PRIMARY KEY (workflow, step, version)
+);
+CREATE TRIGGER learners_append_only BEFORE UPDATE ON learners FOR EACH ROW EXECUTE FUNCTION keel_append_only();
+"#,
+    ),
+];
