@@ -11,6 +11,16 @@ use chrono::Datelike;
 
 use crate::config::{BudgetLimits, BudgetsConfig};
 
+const TOTAL: &str = "the total";
+
+fn workflow_scope(workflow: &str) -> String {
+    format!("workflow `{workflow}`")
+}
+
+fn caller_scope(caller: &str) -> String {
+    format!("caller `{caller}`")
+}
+
 /// Money in nano-dollars, so sums are exact.
 pub type NanoUsd = i64;
 
@@ -62,21 +72,46 @@ impl Budgets {
         }
     }
 
-    fn scopes(&self, workflow: Option<&str>) -> Vec<(String, &BudgetLimits)> {
-        let mut scopes = vec![("the total".to_string(), &self.config.total)];
-        if let Some(limits) = workflow.and_then(|w| self.config.workflows.get(w)) {
-            scopes.push((
-                format!("workflow `{}`", workflow.unwrap_or_default()),
-                limits,
-            ));
+    fn scopes(&self, workflow: Option<&str>, caller: Option<&str>) -> Vec<(String, &BudgetLimits)> {
+        let mut scopes = vec![(TOTAL.to_string(), &self.config.total)];
+        if let Some(workflow) = workflow {
+            if let Some(limits) = self.config.workflows.get(workflow) {
+                scopes.push((workflow_scope(workflow), limits));
+            }
+        }
+        if let Some(caller) = caller {
+            if let Some(limits) = self.config.callers.get(caller) {
+                scopes.push((caller_scope(caller), limits));
+            }
         }
         scopes
     }
 
-    /// Reserves `estimate` against every limit that applies on `date`, or refuses.
+    /// Adds spend recorded before this process started (from the store's `ai_calls`), so that
+    /// limits hold across restarts.
+    pub fn preload(&self, date: chrono::NaiveDate, workflow: Option<&str>, caller: Option<&str>, spent: NanoUsd) {
+        let mut usage = self
+            .usage
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut scopes = vec![TOTAL.to_string()];
+        scopes.extend(workflow.map(workflow_scope));
+        scopes.extend(caller.map(caller_scope));
+        for scope in scopes {
+            usage.entry(Window::Day(scope.clone(), date)).or_default().spent += spent;
+            usage
+                .entry(Window::Month(scope, date.year(), date.month()))
+                .or_default()
+                .spent += spent;
+        }
+    }
+
+    /// Reserves `estimate` against every limit that applies on `date` (the total, the workflow's
+    /// and the caller's), or refuses.
     pub fn reserve(
         &self,
         workflow: Option<&str>,
+        caller: Option<&str>,
         date: chrono::NaiveDate,
         estimate: NanoUsd,
     ) -> Result<Reservation, Exhausted> {
@@ -86,7 +121,7 @@ impl Budgets {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut windows = Vec::new();
         let mut checks = Vec::new();
-        for (scope, limits) in self.scopes(workflow) {
+        for (scope, limits) in self.scopes(workflow, caller) {
             let day = Window::Day(scope.clone(), date);
             let month = Window::Month(scope.clone(), date.year(), date.month());
             for (window, limit, period) in [
@@ -137,7 +172,7 @@ impl Budgets {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         usage
-            .get(&Window::Day("the total".to_string(), date))
+            .get(&Window::Day(TOTAL.to_string(), date))
             .map_or(0.0, |u| u.spent as f64 / 1e9)
     }
 }

@@ -266,7 +266,7 @@ impl Runtime {
             let reservation =
                 match self
                     .budgets
-                    .reserve(Some(&context.workflow), date, to_nano(estimate))
+                    .reserve(Some(&context.workflow), None, date, to_nano(estimate))
                 {
                     Ok(reservation) => reservation,
                     Err(exhausted) => {

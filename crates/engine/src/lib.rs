@@ -7,6 +7,7 @@
 //! through this node are leased to it in the same transaction and run at once, without a
 //! round trip through the poller.
 
+mod ailog;
 pub mod audit;
 mod clock;
 mod committer;
@@ -125,6 +126,7 @@ pub(crate) struct Inner {
     pub clock: Arc<dyn Clock>,
     pub options: Options,
     pub committer: committer::Handle,
+    pub ai_log: ailog::Handle,
     pub work: mpsc::Sender<worker::Item>,
     pub in_flight: Arc<Semaphore>,
     pub http: reqwest::Client,
@@ -152,6 +154,10 @@ impl Engine {
     pub async fn start(store: Store, options: Options, clock: Arc<dyn Clock>) -> Result<Engine> {
         let (signer, origin) = sequencer::load_or_create_key(&store, &options.data_dir).await?;
         let (committer, committer_task) = committer::spawn(store.clone(), options.max_batch);
+        let (ai_log, ai_log_task) = ailog::spawn(store.clone());
+        if let Some(runtime) = &options.ai {
+            preload_spend(&store, runtime, clock.now_ms()).await?;
+        }
         let (work_tx, work_rx) = mpsc::channel(options.max_in_flight.max(1));
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(64)
@@ -172,6 +178,7 @@ impl Engine {
             in_flight: Arc::new(Semaphore::new(options.max_in_flight.max(1))),
             options,
             committer,
+            ai_log,
             work: work_tx,
             http,
             poke: Notify::new(),
@@ -184,6 +191,7 @@ impl Engine {
         });
         let tasks = vec![
             committer_task,
+            ai_log_task,
             tokio::spawn(worker::dispatch(inner.clone(), work_rx)),
             tokio::spawn(worker::poll(inner.clone())),
             tokio::spawn(worker::sla_ticker(inner.clone())),
@@ -428,6 +436,7 @@ impl Engine {
                 "shutdown grace period ended with cases in flight; they resume after restart"
             );
         }
+        self.inner.ai_log.flush().await;
         // One last sequencer pass so the checkpoint covers everything written.
         if let Err(error) = sequencer::sequence_once(&self.inner, true).await {
             tracing::warn!(%error, "final sequencer pass failed; the next start finishes it");
@@ -445,10 +454,49 @@ impl Engine {
         }
     }
 
+    /// Records one model call that belongs to no case (the gateway's): its `ai_calls` row and
+    /// its journal entry are written in the background, in batches. Waits only when the queue
+    /// is full.
+    pub async fn record_ai_call(&self, call: keel_store::AiCallRow, entry: NewEntry) {
+        self.inner.ai_log.record(call, Some(entry)).await;
+    }
+
+    /// Waits until every model call recorded so far is written.
+    pub async fn flush_ai_calls(&self) {
+        self.inner.ai_log.flush().await;
+    }
+
+    /// The AI runtime of `keel.toml`, when one was given.
+    pub fn ai(&self) -> Option<&Arc<keel_ai::cascade::Runtime>> {
+        self.inner.options.ai.as_ref()
+    }
+
     /// Runs the sequencer now until every journal entry has a leaf and writes a checkpoint.
     pub async fn sequence_now(&self) -> Result<()> {
         sequencer::sequence_once(&self.inner, true).await
     }
+}
+
+/// Loads this month's known spend into the budgets, so that limits hold across restarts.
+async fn preload_spend(
+    store: &Store,
+    runtime: &keel_ai::cascade::Runtime,
+    now_ms: i64,
+) -> Result<()> {
+    let today = keel_core::case::millis_to_datetime(now_ms).date_naive();
+    let first = today.format("%Y-%m-01").to_string();
+    for row in store.ai_spend_since(&first).await? {
+        let Ok(date) = chrono::NaiveDate::parse_from_str(&row.day, "%Y-%m-%d") else {
+            continue;
+        };
+        runtime.budgets().preload(
+            date,
+            row.workflow.as_deref(),
+            row.caller.as_deref(),
+            row.cost_nano,
+        );
+    }
+    Ok(())
 }
 
 fn submitted_existing(row: CaseRow) -> Submitted {

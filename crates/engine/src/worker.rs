@@ -162,7 +162,15 @@ async fn run_ai(
         system: request.system,
         prompt: request.prompt,
     };
-    runtime.run(spec, &context).await
+    let outcome = runtime.run(spec, &context).await;
+    let record = match &outcome {
+        case::AiOutcome::Proposed { record, .. } | case::AiOutcome::Failed { record, .. } => record,
+    };
+    let now_ms = inner.clock.now_ms();
+    for call in crate::ailog::rows_of_cascade(record, &state.workflow, &request.step, &state.id, now_ms) {
+        inner.ai_log.record(call, None).await;
+    }
+    outcome
 }
 
 fn holds_lease(inner: &Inner, row: &CaseRow, now: i64) -> bool {

@@ -1,0 +1,154 @@
+//! The record of model calls: one `ai_calls` row per call (the projection budgets and cost
+//! reports read), plus a journal entry for calls that belong to no case (the gateway's).
+//!
+//! Writes are batched by one task off the request path, so a gateway response never waits
+//! for an fsync. The queue is bounded: when the database falls behind, callers wait for room
+//! (back-pressure) rather than records being dropped. On shutdown the queue is drained.
+
+use keel_store::{AiCallRow, NewEntry, Store};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+
+/// Records waiting to be written.
+const QUEUE: usize = 16_384;
+/// Records per transaction at most.
+const MAX_BATCH: usize = 2_000;
+
+pub(crate) enum Message {
+    Record(AiCallRow, Option<NewEntry>),
+    /// Replies once everything queued before it is written.
+    Flush(oneshot::Sender<()>),
+}
+
+#[derive(Clone)]
+pub(crate) struct Handle {
+    tx: mpsc::Sender<Message>,
+}
+
+impl Handle {
+    pub async fn record(&self, call: AiCallRow, entry: Option<NewEntry>) {
+        if self.tx.send(Message::Record(call, entry)).await.is_err() {
+            tracing::error!("the model-call log has stopped; a call was not recorded");
+        }
+    }
+
+    pub async fn flush(&self) {
+        let (reply, wait) = oneshot::channel();
+        if self.tx.send(Message::Flush(reply)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
+
+pub(crate) fn spawn(store: Store) -> (Handle, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    (Handle { tx }, tokio::spawn(run(store, rx)))
+}
+
+async fn run(store: Store, mut rx: mpsc::Receiver<Message>) {
+    let mut calls = Vec::new();
+    let mut entries = Vec::new();
+    let mut waiting = Vec::new();
+    while let Some(message) = rx.recv().await {
+        let mut next = Some(message);
+        while let Some(message) = next.take() {
+            match message {
+                Message::Record(call, entry) => {
+                    calls.push(call);
+                    entries.extend(entry);
+                }
+                Message::Flush(reply) => waiting.push(reply),
+            }
+            if calls.len() < MAX_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        write(&store, &calls, &entries).await;
+        calls.clear();
+        entries.clear();
+        for reply in waiting.drain(..) {
+            let _ = reply.send(());
+        }
+    }
+}
+
+/// Writes one batch, retrying a failed transaction a few times before giving up on it loudly.
+async fn write(store: &Store, calls: &[AiCallRow], entries: &[NewEntry]) {
+    if calls.is_empty() && entries.is_empty() {
+        return;
+    }
+    let mut delay_ms = 50;
+    for attempt in 1..=5 {
+        match store.record_ai_calls(calls, entries).await {
+            Ok(()) => return,
+            Err(error) if attempt < 5 => {
+                tracing::warn!(%error, attempt, "recording model calls failed; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
+                delay_ms *= 4;
+            }
+            Err(error) => {
+                tracing::error!(%error, calls = calls.len(), "recording model calls failed five times; these calls are missing from ai_calls and the journal");
+            }
+        }
+    }
+}
+
+/// The `ai_calls` rows of one cascade's record (`{"attempts": [...]}`): one per attempt that
+/// reached a provider or the cache. Learner answers and skipped tiers cost nothing and are not
+/// model calls.
+pub(crate) fn rows_of_cascade(
+    record: &Value,
+    workflow: &str,
+    step: &str,
+    case_id: &str,
+    now_ms: i64,
+) -> Vec<AiCallRow> {
+    let day = crate::rfc3339_ms(now_ms)[..10].to_string();
+    let Some(attempts) = record.get("attempts").and_then(Value::as_array) else {
+        return Vec::new();
+    };
+    attempts
+        .iter()
+        .filter(|attempt| {
+            let provider = attempt.get("provider").and_then(Value::as_str);
+            matches!(provider, Some(p) if p != "local")
+                && (attempt.get("attempts").is_some() || attempt.get("cache_hit") == Some(&Value::Bool(true)))
+        })
+        .map(|attempt| {
+            let text = |key: &str| attempt.get(key).and_then(Value::as_str).unwrap_or_default().to_string();
+            let usage = attempt.get("usage");
+            let tokens = |key: &str| usage.and_then(|u| u.get(key)).and_then(Value::as_i64).unwrap_or(0);
+            let cache_hit = attempt.get("cache_hit") == Some(&Value::Bool(true));
+            AiCallRow {
+                at_ms: now_ms,
+                day: day.clone(),
+                source: "step".into(),
+                caller: None,
+                workflow: Some(workflow.to_string()),
+                step: Some(step.to_string()),
+                case_id: Some(case_id.to_string()),
+                model: text("model"),
+                provider: text("provider"),
+                status: attempt
+                    .get("error")
+                    .and_then(Value::as_str)
+                    .unwrap_or("ok")
+                    .to_string(),
+                input_tokens: tokens("input_tokens"),
+                output_tokens: tokens("output_tokens"),
+                cached_input_tokens: tokens("cached_input_tokens"),
+                cost_nano: if attempt.get("error").is_some() {
+                    Some(0)
+                } else {
+                    attempt
+                        .get("cost_usd")
+                        .and_then(Value::as_f64)
+                        .map(keel_ai::budget::to_nano)
+                },
+                latency_ms: attempt.get("latency_ms").and_then(Value::as_i64).unwrap_or(0),
+                cache_hit,
+                attempts: attempt.get("attempts").and_then(Value::as_i64).unwrap_or(0),
+            }
+        })
+        .collect()
+}
