@@ -4,6 +4,12 @@
 //!
 //! Nothing here is accepted unchecked: an answer is either valid and accepted by its tier, or
 //! the next tier runs, or the step ends in `AiOutcome::Failed` (an exception for a person).
+//!
+//! Confidence is in [0, 1] and recorded with its method, raw, so that it can be recalibrated
+//! later: `learner` (the local learner's probability), `logprob_label` / `logprob_mean` (token
+//! log-probabilities, when the provider returns them), `agreement` (with `samples: k > 1` and no
+//! log-probabilities: k - 1 more answers are drawn and confidence is the share of the k that agree
+//! with the majority answer), else `none` (0).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -32,6 +38,35 @@ pub struct StepContext {
     pub now: chrono::DateTime<chrono::Utc>,
     pub system: Option<String>,
     pub prompt: String,
+}
+
+/// The temperature of the extra samples drawn for agreement when the step's temperature is 0 or
+/// unset: at 0 a model repeats its first answer and agreement would say nothing. A step with a
+/// temperature above 0 samples at its own temperature.
+pub const SAMPLING_TEMPERATURE: f64 = 0.7;
+
+/// A valid answer of one tier, with its confidence and where in the record it was given.
+struct Answer {
+    output: Value,
+    confidence: f64,
+    method: &'static str,
+    /// The index in the record's attempts of the call that gave `output` (marked `accepted`).
+    attempt: usize,
+}
+
+/// What every model call of one tier shares.
+struct TierCall<'a> {
+    ai: &'a Ai,
+    context: &'a StepContext,
+    model: &'a ModelConfig,
+    client: &'a ProviderClient,
+    tier: usize,
+}
+
+/// Why a call gave no response; either way its attempt is already in the record.
+enum NoResponse {
+    BudgetRefused,
+    Failed,
 }
 
 /// The AI layer at run time: one client per configured model and the local learners.
@@ -80,6 +115,16 @@ impl Runtime {
 
     pub fn budgets(&self) -> &Budgets {
         &self.budgets
+    }
+
+    /// The response cache (the gateway shares it with workflow steps).
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    /// The client of a configured remote model (`None` for unknown or `local` models).
+    pub fn client(&self, model: &str) -> Option<&ProviderClient> {
+        self.clients.get(model)
     }
 
     /// Replaces the learner of `workflow/step` (after training or loading from the store).
@@ -137,7 +182,7 @@ impl Runtime {
                     .await
                 }
             };
-            let Some((output, confidence, method)) = answer else {
+            let Some(answer) = answer else {
                 if attempts
                     .last()
                     .is_some_and(|a| a["error"] == "budget_exhausted")
@@ -151,24 +196,24 @@ impl Runtime {
                 None => Ok(true),
                 Some(expr) => {
                     let mut activation = activation(context);
-                    activation.set("output", &output);
-                    activation.set("confidence", &json!(confidence));
+                    activation.set("output", &answer.output);
+                    activation.set("confidence", &json!(answer.confidence));
                     activation.set("cost", &json!(cost_usd));
                     activation.set("tier", &json!(tier_index as i64));
                     expr.eval_bool(&activation).map_err(|e| e.to_string())
                 }
             };
-            if let Some(last) = attempts.last_mut() {
-                last["accepted"] = json!(accepted.as_ref().is_ok_and(|a| *a));
+            if let Some(attempt) = attempts.get_mut(answer.attempt) {
+                attempt["accepted"] = json!(accepted.as_ref().is_ok_and(|a| *a));
                 if let Err(error) = &accepted {
-                    last["accept_when_error"] = json!(error);
+                    attempt["accept_when_error"] = json!(error);
                 }
             }
             if accepted == Ok(true) {
                 return AiOutcome::Proposed {
-                    output,
-                    confidence,
-                    confidence_method: method.to_string(),
+                    output: answer.output,
+                    confidence: answer.confidence,
+                    confidence_method: answer.method.to_string(),
                     model: tier.model.clone(),
                     tier: tier_index,
                     record: record(&path, attempts, cost_usd, cost_known),
@@ -204,7 +249,7 @@ impl Runtime {
         model: &ModelConfig,
         attempts: &mut Vec<Value>,
         tier: usize,
-    ) -> Option<(Value, f64, &'static str)> {
+    ) -> Option<Answer> {
         let started = Instant::now();
         let AiTask::Classify { labels } = &ai.task else {
             attempts.push(json!({"tier": tier, "model": model.name, "provider": "local", "error": "unsupported",
@@ -222,14 +267,18 @@ impl Runtime {
         let output = json!({"label": prediction.label});
         let latency_us = started.elapsed().as_micros() as u64;
         let problems = self.problems(ai, context, &output);
+        let attempt = attempts.len();
         attempts.push(
             json!({"tier": tier, "model": model.name, "provider": "local", "output": output,
             "confidence": prediction.probability, "confidence_method": "learner", "cost_usd": 0.0,
             "latency_us": latency_us, "problems": problems}),
         );
-        problems
-            .is_empty()
-            .then_some((output, prediction.probability, "learner"))
+        problems.is_empty().then_some(Answer {
+            output,
+            confidence: prediction.probability,
+            method: "learner",
+            attempt,
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -242,10 +291,15 @@ impl Runtime {
         tier: usize,
         cost_usd: &mut f64,
         cost_known: &mut bool,
-    ) -> Option<(Value, f64, &'static str)> {
-        let client = self.clients.get(&model.name)?;
+    ) -> Option<Answer> {
+        let call = TierCall {
+            ai,
+            context,
+            model,
+            client: self.clients.get(&model.name)?,
+            tier,
+        };
         let mut request = chat_request(ai, context, model);
-        let date = context.now.date_naive();
         let now_ms = context.now.timestamp_millis();
         for ask in 0..=ai.reask {
             let cache_key = self.cache.key(&model.name, &request);
@@ -255,77 +309,37 @@ impl Runtime {
             {
                 let attempt = json!({"tier": tier, "model": model.name, "provider": model.provider.as_str(),
                     "ask": ask, "cache_hit": true, "cost_usd": 0.0, "request_sha256": request_sha256(&request)});
-                let output = parse_answer(ai, &response.text)
-                    .ok()
-                    .filter(|o| self.problems(ai, context, o).is_empty());
-                if let Some(output) = output {
-                    return Some(accept(ai, &response, output, attempt, attempts));
+                if let Ok(output) = self.judge(ai, context, &response.text) {
+                    let first = accept(ai, &response, output, attempt, attempts);
+                    return Some(
+                        self.agree(&call, &request, first, attempts, cost_usd, cost_known)
+                            .await,
+                    );
                 }
             }
-            let estimate = estimate_cost(model, &request, date);
-            let reservation =
-                match self
-                    .budgets
-                    .reserve(Some(&context.workflow), None, date, to_nano(estimate))
-                {
-                    Ok(reservation) => reservation,
-                    Err(exhausted) => {
-                        attempts.push(json!({"tier": tier, "model": model.name, "ask": ask,
-                        "error": "budget_exhausted", "message": exhausted.to_string()}));
-                        return None;
-                    }
-                };
-            let (result, stats) = client.chat(&request).await;
-            let actual = match &result {
-                Ok(response) => cost_of(model, response.usage, date).map(to_nano),
-                Err(_) => Some(0),
+            let attempt = json!({"tier": tier, "model": model.name, "ask": ask});
+            let sent = self
+                .send(&call, &request, attempt, attempts, cost_usd, cost_known)
+                .await;
+            let Ok((response, mut attempt)) = sent else {
+                return None;
             };
-            self.budgets.settle(reservation, actual);
-            let mut attempt = json!({"tier": tier, "model": model.name, "provider": model.provider.as_str(),
-                "ask": ask, "attempts": stats.attempts, "latency_ms": stats.latency_ms,
-                "request_sha256": request_sha256(&request)});
-            let response = match result {
-                Ok(response) => response,
-                Err(error) => {
-                    attempt["error"] = json!(error.code());
-                    attempt["message"] = json!(error.to_string());
-                    match error.raw() {
-                        Some(raw) if self.config.journal.redact_text => {
-                            attempt["raw_sha256"] = json!(sha256_hex(raw.as_bytes()));
-                        }
-                        Some(raw) => attempt["raw"] = json!(raw),
-                        None => {}
+            let problems = match self.judge(ai, context, &response.text) {
+                Ok(output) => {
+                    attempt["problems"] = json!([]);
+                    if let Some(key) = cache_key {
+                        // Only answers that passed every check are worth serving again.
+                        self.cache.put(key, response.clone(), now_ms);
                     }
-                    attempts.push(attempt);
-                    return None;
+                    let first = accept(ai, &response, output, attempt, attempts);
+                    return Some(
+                        self.agree(&call, &request, first, attempts, cost_usd, cost_known)
+                            .await,
+                    );
                 }
-            };
-            let cost = cost_of(model, response.usage, context.now.date_naive());
-            match cost {
-                Some(cost) => *cost_usd += cost,
-                None => *cost_known = false,
-            }
-            attempt["usage"] = json!(response.usage);
-            attempt["cost_usd"] = json!(cost);
-            if self.config.journal.redact_text {
-                attempt["response_sha256"] = json!(sha256_hex(response.text.as_bytes()));
-            } else {
-                attempt["response"] = json!(response.text);
-            }
-            let parsed = parse_answer(ai, &response.text);
-            let problems = match &parsed {
-                Ok(output) => self.problems(ai, context, output),
-                Err(problem) => vec![problem.clone()],
+                Err(problems) => problems,
             };
             attempt["problems"] = json!(problems);
-            attempt["cache_hit"] = json!(false);
-            if let (Ok(output), true) = (&parsed, problems.is_empty()) {
-                if let Some(key) = cache_key {
-                    // Only answers that passed every check are worth serving again.
-                    self.cache.put(key, response.clone(), now_ms);
-                }
-                return Some(accept(ai, &response, output.clone(), attempt, attempts));
-            }
             attempts.push(attempt);
             // Tell the model what was wrong and ask again (bounded by `reask`).
             request.messages.push(Message {
@@ -342,6 +356,161 @@ impl Runtime {
             });
         }
         None
+    }
+
+    /// Sends one request under a budget reservation and records the call in `attempt`: retries,
+    /// latency, usage, cost (added to the cascade's) and the response, or only its hash under
+    /// redaction. When the budget refuses the call or the provider fails, the attempt is pushed
+    /// to `attempts` and the reason returned.
+    async fn send(
+        &self,
+        call: &TierCall<'_>,
+        request: &ChatRequest,
+        mut attempt: Value,
+        attempts: &mut Vec<Value>,
+        cost_usd: &mut f64,
+        cost_known: &mut bool,
+    ) -> Result<(ChatResponse, Value), NoResponse> {
+        let (model, date) = (call.model, call.context.now.date_naive());
+        let estimate = to_nano(estimate_cost(model, request, date));
+        let workflow = Some(call.context.workflow.as_str());
+        let reservation = match self.budgets.reserve(workflow, None, date, estimate) {
+            Ok(reservation) => reservation,
+            Err(exhausted) => {
+                attempt["error"] = json!("budget_exhausted");
+                attempt["message"] = json!(exhausted.to_string());
+                attempts.push(attempt);
+                return Err(NoResponse::BudgetRefused);
+            }
+        };
+        let (result, stats) = call.client.chat(request).await;
+        let cost = match &result {
+            Ok(response) => cost_of(model, response.usage, date),
+            Err(_) => Some(0.0),
+        };
+        self.budgets.settle(reservation, cost.map(to_nano));
+        attempt["provider"] = json!(model.provider.as_str());
+        attempt["attempts"] = json!(stats.attempts);
+        attempt["latency_ms"] = json!(stats.latency_ms);
+        attempt["request_sha256"] = json!(request_sha256(request));
+        let response = match result {
+            Ok(response) => response,
+            Err(error) => {
+                attempt["error"] = json!(error.code());
+                attempt["message"] = json!(error.to_string());
+                match error.raw() {
+                    Some(raw) if self.config.journal.redact_text => {
+                        attempt["raw_sha256"] = json!(sha256_hex(raw.as_bytes()));
+                    }
+                    Some(raw) => attempt["raw"] = json!(raw),
+                    None => {}
+                }
+                attempts.push(attempt);
+                return Err(NoResponse::Failed);
+            }
+        };
+        match cost {
+            Some(cost) => *cost_usd += cost,
+            None => *cost_known = false,
+        }
+        attempt["usage"] = json!(response.usage);
+        attempt["cost_usd"] = json!(cost);
+        if self.config.journal.redact_text {
+            attempt["response_sha256"] = json!(sha256_hex(response.text.as_bytes()));
+        } else {
+            attempt["response"] = json!(response.text);
+        }
+        attempt["cache_hit"] = json!(false);
+        Ok((response, attempt))
+    }
+
+    /// When the tier's first valid answer has no confidence of its own (no log-probabilities)
+    /// and the step asks for `samples: k > 1`, draws k - 1 more answers to the same request and
+    /// returns the majority answer (ties go to the one given first) with confidence = the share
+    /// of the k samples that agree with it. Invalid answers, failed calls and samples the budget
+    /// refused (which stops sampling) count as disagreeing. Samples are fresh calls at
+    /// `SAMPLING_TEMPERATURE` unless the step sets a temperature above 0, never served from the
+    /// cache and never cached.
+    async fn agree(
+        &self,
+        call: &TierCall<'_>,
+        request: &ChatRequest,
+        first: Answer,
+        attempts: &mut Vec<Value>,
+        cost_usd: &mut f64,
+        cost_known: &mut bool,
+    ) -> Answer {
+        let k = call.ai.samples;
+        if k <= 1 || first.method != "none" {
+            return first;
+        }
+        let mut request = request.clone();
+        if request.temperature.unwrap_or(0.0) == 0.0 {
+            request.temperature = Some(SAMPLING_TEMPERATURE);
+        }
+        if let Some(attempt) = attempts.get_mut(first.attempt) {
+            attempt["sample"] = json!(0);
+        }
+        // Each valid sample's output and the index of its attempt in the record.
+        let mut valid = vec![(first.output, first.attempt)];
+        let mut drawn = 1;
+        for sample in 1..k {
+            let attempt = json!({"tier": call.tier, "model": call.model.name, "sample": sample});
+            let sent = self
+                .send(call, &request, attempt, attempts, cost_usd, cost_known)
+                .await;
+            drawn += u32::from(!matches!(sent, Err(NoResponse::BudgetRefused)));
+            let (response, mut attempt) = match sent {
+                Ok(sent) => sent,
+                Err(NoResponse::BudgetRefused) => break,
+                Err(NoResponse::Failed) => continue,
+            };
+            match self.judge(call.ai, call.context, &response.text) {
+                Ok(output) => {
+                    attempt["problems"] = json!([]);
+                    attempt["output"] = output.clone();
+                    valid.push((output, attempts.len()));
+                }
+                Err(problems) => attempt["problems"] = json!(problems),
+            }
+            attempts.push(attempt);
+        }
+        let keys: Vec<String> = valid
+            .iter()
+            .map(|(output, _)| normalised_answer(&call.ai.task, output))
+            .collect();
+        let counts = answer_counts(&keys);
+        let (proposal, agree) = majority(&counts);
+        let position = keys.iter().position(|key| key == proposal).unwrap_or(0);
+        let (output, attempt) = valid.swap_remove(position);
+        let confidence = f64::from(agree) / f64::from(k);
+        let answers: serde_json::Map<String, Value> = counts
+            .iter()
+            .map(|(key, count)| (key.to_string(), json!(count)))
+            .collect();
+        if let Some(record) = attempts.get_mut(attempt) {
+            record["confidence"] = json!(confidence);
+            record["confidence_method"] = json!("agreement");
+            record["agreement"] = json!({"k": k, "drawn": drawn, "agree": agree,
+                "answers": answers, "temperature": request.temperature});
+        }
+        Answer {
+            output,
+            confidence,
+            method: "agreement",
+            attempt,
+        }
+    }
+
+    /// The answer in `text` when it parses and has no problems, else its problems.
+    fn judge(&self, ai: &Ai, context: &StepContext, text: &str) -> Result<Value, Vec<String>> {
+        let output = parse_answer(ai, text).map_err(|problem| vec![problem])?;
+        let problems = self.problems(ai, context, &output);
+        if problems.is_empty() {
+            Ok(output)
+        } else {
+            Err(problems)
+        }
     }
 
     /// Schema violations and failed checks of one output, as messages for the model and the record.
@@ -383,13 +552,67 @@ fn accept(
     output: Value,
     mut attempt: Value,
     attempts: &mut Vec<Value>,
-) -> (Value, f64, &'static str) {
+) -> Answer {
     let (confidence, method) = confidence(ai, response, &output);
     attempt["output"] = output.clone();
     attempt["confidence"] = json!(confidence);
     attempt["confidence_method"] = json!(method);
     attempts.push(attempt);
-    (output, confidence, method)
+    Answer {
+        output,
+        confidence,
+        method,
+        attempt: attempts.len() - 1,
+    }
+}
+
+/// What two samples must share to agree: the label of a `classify` answer, otherwise the whole
+/// output as canonical JSON (object keys sorted), so that key order does not matter.
+fn normalised_answer(task: &AiTask, output: &Value) -> String {
+    match (task, output.get("label").and_then(Value::as_str)) {
+        (AiTask::Classify { .. }, Some(label)) => label.to_string(),
+        _ => canonical_json(output).to_string(),
+    }
+}
+
+fn canonical_json(value: &Value) -> Value {
+    match value {
+        Value::Object(object) => {
+            let mut entries: Vec<(&String, &Value)> = object.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(key, value)| (key.clone(), canonical_json(value)))
+                    .collect(),
+            )
+        }
+        Value::Array(items) => Value::Array(items.iter().map(canonical_json).collect()),
+        other => other.clone(),
+    }
+}
+
+/// Each distinct answer with how many samples gave it, in order of first appearance.
+fn answer_counts(keys: &[String]) -> Vec<(&str, u32)> {
+    let mut counts: Vec<(&str, u32)> = Vec::new();
+    for key in keys {
+        match counts.iter_mut().find(|(seen, _)| *seen == key.as_str()) {
+            Some((_, count)) => *count += 1,
+            None => counts.push((key, 1)),
+        }
+    }
+    counts
+}
+
+/// The most frequent answer and its count; a tie goes to the answer that appeared first.
+fn majority<'a>(counts: &[(&'a str, u32)]) -> (&'a str, u32) {
+    let mut best = ("", 0);
+    for &(key, count) in counts {
+        if count > best.1 {
+            best = (key, count);
+        }
+    }
+    best
 }
 
 fn learner_key(workflow: &str, step: &str) -> String {
@@ -443,11 +666,11 @@ fn chat_request(ai: &Ai, context: &StepContext, model: &ModelConfig) -> ChatRequ
     }
 }
 
-fn request_sha256(request: &ChatRequest) -> String {
+pub fn request_sha256(request: &ChatRequest) -> String {
     sha256_hex(&serde_json::to_vec(request).unwrap_or_default())
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
+pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
 }
@@ -473,7 +696,7 @@ fn parse_answer(ai: &Ai, text: &str) -> Result<Value, String> {
 
 /// An upper estimate of a call's cost, reserved against budgets before it is sent: the request's
 /// characters as input tokens (a token is at least one character) and `max_tokens` of output.
-fn estimate_cost(model: &ModelConfig, request: &ChatRequest, date: chrono::NaiveDate) -> f64 {
+pub fn estimate_cost(model: &ModelConfig, request: &ChatRequest, date: chrono::NaiveDate) -> f64 {
     let input_chars: usize = request.messages.iter().map(|m| m.content.len()).sum();
     let usage = Usage {
         input_tokens: input_chars as u64 / 3 + 16,

@@ -13,6 +13,7 @@ mod clock;
 mod committer;
 mod registry;
 pub mod sequencer;
+pub mod tokens;
 mod worker;
 
 use std::path::{Path, PathBuf};
@@ -68,6 +69,9 @@ pub enum Error {
     NoCheckpoint(String),
     #[error("{0}")]
     Io(String),
+    /// A request that can never succeed as given (the message says what to change).
+    #[error("{0}")]
+    InvalidRequest(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -127,6 +131,7 @@ pub(crate) struct Inner {
     pub options: Options,
     pub committer: committer::Handle,
     pub ai_log: ailog::Handle,
+    pub tokens: tokens::TokenCache,
     pub work: mpsc::Sender<worker::Item>,
     pub in_flight: Arc<Semaphore>,
     pub http: reqwest::Client,
@@ -179,6 +184,7 @@ impl Engine {
             options,
             committer,
             ai_log,
+            tokens: tokens::TokenCache::default(),
             work: work_tx,
             http,
             poke: Notify::new(),
@@ -459,6 +465,17 @@ impl Engine {
     /// is full.
     pub async fn record_ai_call(&self, call: keel_store::AiCallRow, entry: NewEntry) {
         self.inner.ai_log.record(call, Some(entry)).await;
+    }
+
+    /// The caller a presented API token secret stands for, or why it is refused.
+    pub async fn authenticate(
+        &self,
+        secret: &str,
+    ) -> Result<std::result::Result<tokens::Caller, tokens::Refusal>> {
+        self.inner
+            .tokens
+            .authenticate(&self.inner.store, secret, self.now_ms())
+            .await
     }
 
     /// Waits until every model call recorded so far is written.

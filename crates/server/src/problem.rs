@@ -209,7 +209,9 @@ impl From<keel_engine::Error> for Problem {
             Error::TooLarge { .. } => Problem::new(Kind::PayloadTooLarge, detail),
             Error::Contended => Problem::new(Kind::Contended, detail),
             Error::ShuttingDown => Problem::new(Kind::ShuttingDown, detail),
-            Error::BadProofRequest(_) => Problem::new(Kind::InvalidParameter, detail),
+            Error::BadProofRequest(_) | Error::InvalidRequest(_) => {
+                Problem::new(Kind::InvalidParameter, detail)
+            }
             Error::NoCheckpoint(_) => Problem::new(Kind::NoCheckpoint, detail),
             Error::Store(_) | Error::CorruptState(_) | Error::Ledger(_) | Error::Io(_) => {
                 Problem::internal(&error)
