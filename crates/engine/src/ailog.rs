@@ -15,7 +15,7 @@ const QUEUE: usize = 16_384;
 const MAX_BATCH: usize = 2_000;
 
 pub(crate) enum Message {
-    Record(AiCallRow, Option<NewEntry>),
+    Record(Vec<AiCallRow>, Option<NewEntry>),
     /// Replies once everything queued before it is written.
     Flush(oneshot::Sender<()>),
 }
@@ -26,8 +26,8 @@ pub(crate) struct Handle {
 }
 
 impl Handle {
-    pub async fn record(&self, call: AiCallRow, entry: Option<NewEntry>) {
-        if self.tx.send(Message::Record(call, entry)).await.is_err() {
+    pub async fn record(&self, calls: Vec<AiCallRow>, entry: Option<NewEntry>) {
+        if self.tx.send(Message::Record(calls, entry)).await.is_err() {
             tracing::error!("the model-call log has stopped; a call was not recorded");
         }
     }
@@ -53,8 +53,8 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Message>) {
         let mut next = Some(message);
         while let Some(message) = next.take() {
             match message {
-                Message::Record(call, entry) => {
-                    calls.push(call);
+                Message::Record(more, entry) => {
+                    calls.extend(more);
                     entries.extend(entry);
                 }
                 Message::Flush(reply) => waiting.push(reply),
@@ -112,12 +112,24 @@ pub(crate) fn rows_of_cascade(
         .filter(|attempt| {
             let provider = attempt.get("provider").and_then(Value::as_str);
             matches!(provider, Some(p) if p != "local")
-                && (attempt.get("attempts").is_some() || attempt.get("cache_hit") == Some(&Value::Bool(true)))
+                && (attempt.get("attempts").is_some()
+                    || attempt.get("cache_hit") == Some(&Value::Bool(true)))
         })
         .map(|attempt| {
-            let text = |key: &str| attempt.get(key).and_then(Value::as_str).unwrap_or_default().to_string();
+            let text = |key: &str| {
+                attempt
+                    .get(key)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string()
+            };
             let usage = attempt.get("usage");
-            let tokens = |key: &str| usage.and_then(|u| u.get(key)).and_then(Value::as_i64).unwrap_or(0);
+            let tokens = |key: &str| {
+                usage
+                    .and_then(|u| u.get(key))
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0)
+            };
             let cache_hit = attempt.get("cache_hit") == Some(&Value::Bool(true));
             AiCallRow {
                 at_ms: now_ms,
@@ -145,7 +157,10 @@ pub(crate) fn rows_of_cascade(
                         .and_then(Value::as_f64)
                         .map(keel_ai::budget::to_nano)
                 },
-                latency_ms: attempt.get("latency_ms").and_then(Value::as_i64).unwrap_or(0),
+                latency_ms: attempt
+                    .get("latency_ms")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0),
                 cache_hit,
                 attempts: attempt.get("attempts").and_then(Value::as_i64).unwrap_or(0),
             }

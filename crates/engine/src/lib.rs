@@ -11,6 +11,7 @@ mod ailog;
 pub mod audit;
 mod clock;
 mod committer;
+pub mod learn;
 mod registry;
 pub mod sequencer;
 pub mod tokens;
@@ -131,6 +132,8 @@ pub(crate) struct Inner {
     pub options: Options,
     pub committer: committer::Handle,
     pub ai_log: ailog::Handle,
+    /// The engine's copy of each learner it updates online, one lock per learner.
+    pub learners: learn::Learners,
     pub tokens: tokens::TokenCache,
     pub work: mpsc::Sender<worker::Item>,
     pub in_flight: Arc<Semaphore>,
@@ -162,6 +165,8 @@ impl Engine {
         let (ai_log, ai_log_task) = ailog::spawn(store.clone());
         if let Some(runtime) = &options.ai {
             preload_spend(&store, runtime, clock.now_ms()).await?;
+            let loaded = learn::load_into_runtime(&store, runtime).await?;
+            tracing::info!(learners = loaded, "stored learners loaded");
         }
         let (work_tx, work_rx) = mpsc::channel(options.max_in_flight.max(1));
         let http = reqwest::Client::builder()
@@ -184,6 +189,7 @@ impl Engine {
             options,
             committer,
             ai_log,
+            learners: learn::Learners::default(),
             tokens: tokens::TokenCache::default(),
             work: work_tx,
             http,
@@ -460,11 +466,11 @@ impl Engine {
         }
     }
 
-    /// Records one model call that belongs to no case (the gateway's): its `ai_calls` row and
-    /// its journal entry are written in the background, in batches. Waits only when the queue
-    /// is full.
-    pub async fn record_ai_call(&self, call: keel_store::AiCallRow, entry: NewEntry) {
-        self.inner.ai_log.record(call, Some(entry)).await;
+    /// Records model calls that belong to no case (the gateway's): their `ai_calls` rows and
+    /// journal entry are written in the background, in batches, in one transaction. Waits
+    /// only when the queue is full.
+    pub async fn record_ai_calls(&self, calls: Vec<keel_store::AiCallRow>, entry: Option<NewEntry>) {
+        self.inner.ai_log.record(calls, entry).await;
     }
 
     /// The caller a presented API token secret stands for, or why it is refused.

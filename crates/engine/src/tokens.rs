@@ -52,7 +52,12 @@ pub async fn create_token(
     expires_at_ms: Option<i64>,
     now_ms: i64,
 ) -> Result<(String, TokenRow)> {
-    if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
         return Err(Error::InvalidRequest(format!(
             "token name `{name}` is not valid: use 1–64 letters, digits, `-`, `_` or `.`"
         )));

@@ -167,8 +167,10 @@ async fn run_ai(
         case::AiOutcome::Proposed { record, .. } | case::AiOutcome::Failed { record, .. } => record,
     };
     let now_ms = inner.clock.now_ms();
-    for call in crate::ailog::rows_of_cascade(record, &state.workflow, &request.step, &state.id, now_ms) {
-        inner.ai_log.record(call, None).await;
+    let calls =
+        crate::ailog::rows_of_cascade(record, &state.workflow, &request.step, &state.id, now_ms);
+    if !calls.is_empty() {
+        inner.ai_log.record(calls, None).await;
     }
     outcome
 }

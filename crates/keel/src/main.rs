@@ -7,6 +7,7 @@ mod check;
 mod client;
 mod learner;
 mod serve;
+mod token;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -58,11 +59,17 @@ enum Command {
         #[command(subcommand)]
         command: audit::AuditCommand,
     },
-    /// Train and evaluate the built-in learner of an `ai` step (`keel learner train|eval`).
-    /// A running `keel serve` loads learner files at start: restart it after training.
+    /// Train, evaluate and list the stored versions of the built-in learner of an `ai` step
+    /// (`keel learner train|eval|versions`). A running `keel serve` loads the latest stored
+    /// versions at start and learns online from labelled examples posted to its API.
     Learner {
         #[command(subcommand)]
         command: learner::LearnerCommand,
+    },
+    /// API tokens for the gateway and the API (`keel token create|list|revoke`).
+    Token {
+        #[command(subcommand)]
+        command: token::TokenCommand,
     },
     /// Measure throughput and latency; prints a table, or one JSON object with --json.
     Bench {
@@ -111,7 +118,8 @@ fn main() -> ExitCode {
             Command::Cases(args) => client::cases(args).await,
             Command::Case { command } => client::case(command).await,
             Command::Audit { command } => audit::run(command).await,
-            Command::Learner { command } => learner::run(command),
+            Command::Learner { command } => learner::run(command).await,
+            Command::Token { command } => token::run(command).await,
             Command::Bench { command } => bench::run(command).await,
         }
     });

@@ -9,7 +9,9 @@
 mod audit;
 mod cases;
 mod extract;
+mod gateway;
 mod health;
+mod learners;
 mod openapi;
 mod problem;
 mod sandbox;
@@ -79,6 +81,13 @@ pub fn router(engine: Engine, options: ServerOptions) -> Router {
         .route("/v1/audit/checkpoint", get(audit::checkpoint))
         .route("/v1/audit/proof/inclusion", get(audit::inclusion_proof))
         .route("/v1/audit/proof/consistency", get(audit::consistency_proof))
+        .route("/v1/chat/completions", post(gateway::chat_completions))
+        .route("/v1/models", get(gateway::models))
+        .route("/v1/learners", get(learners::list_learners))
+        .route(
+            "/v1/learners/{workflow}/{step}/examples",
+            post(learners::add_examples),
+        )
         .route("/v1/openapi.json", get(openapi::openapi_json))
         .merge(SwaggerUi::new("/docs").config(utoipa_swagger_ui::Config::from("/v1/openapi.json")))
         .fallback(problem::not_found)

@@ -624,3 +624,6 @@ async fn the_sandbox_honours_idempotency_keys() {
         "the repeat did not act again"
     );
 }
+
+#[path = "api/gateway.rs"]
+mod gateway;

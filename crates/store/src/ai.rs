@@ -138,7 +138,8 @@ impl Store {
 
     /// Every token, newest first.
     pub async fn tokens(&self) -> Result<Vec<TokenRow>> {
-        let sql = format!("SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY created_at_ms DESC, id DESC");
+        let sql =
+            format!("SELECT {TOKEN_COLUMNS} FROM api_tokens ORDER BY created_at_ms DESC, id DESC");
         dispatch_read!(self, |pool| {
             sqlx::query(&sql)
                 .fetch_all(pool)
