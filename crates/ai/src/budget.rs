@@ -89,7 +89,13 @@ impl Budgets {
 
     /// Adds spend recorded before this process started (from the store's `ai_calls`), so that
     /// limits hold across restarts.
-    pub fn preload(&self, date: chrono::NaiveDate, workflow: Option<&str>, caller: Option<&str>, spent: NanoUsd) {
+    pub fn preload(
+        &self,
+        date: chrono::NaiveDate,
+        workflow: Option<&str>,
+        caller: Option<&str>,
+        spent: NanoUsd,
+    ) {
         let mut usage = self
             .usage
             .lock()
@@ -98,7 +104,10 @@ impl Budgets {
         scopes.extend(workflow.map(workflow_scope));
         scopes.extend(caller.map(caller_scope));
         for scope in scopes {
-            usage.entry(Window::Day(scope.clone(), date)).or_default().spent += spent;
+            usage
+                .entry(Window::Day(scope.clone(), date))
+                .or_default()
+                .spent += spent;
             usage
                 .entry(Window::Month(scope, date.year(), date.month()))
                 .or_default()
