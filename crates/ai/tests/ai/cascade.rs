@@ -480,3 +480,274 @@ async fn a_repeated_request_at_temperature_0_is_served_from_the_cache() {
     );
     assert_eq!(mock.hits(), 2);
 }
+
+/// A classify step with `samples: 3` (and whatever `extra` adds to the step) routed to `route`.
+fn sampled_step(extra: &str, route: &str) -> Ai {
+    ai_step(&format!(
+        "      task: classify\n      labels: [spam, ham]\n      prompt: \"{{{{ input.text }}}}\"\n      samples: 3\n      max_tokens: 100\n{extra}      route:\n{route}"
+    ))
+}
+
+fn labelled(label: &str) -> Value {
+    openai_completion(&format!("{{\"label\":\"{label}\"}}"), true)
+}
+
+/// The cost of one `openai_completion` (19 input and 10 output tokens) on the `small` model.
+const SMALL_CALL_USD: f64 = (19.0 * 0.15 + 10.0 * 0.60) / 1e6;
+
+#[tokio::test]
+async fn without_logprobs_confidence_is_agreement_across_k_samples() {
+    // (the three answers, the proposal, how many of the 3 agree with it, its attempt)
+    let cases = [
+        (["spam", "spam", "ham"], "spam", 2, 0),
+        (["ham", "spam", "spam"], "spam", 2, 1),
+        // A tie goes to the first answer; an invalid answer counts as disagreeing.
+        (["spam", "ham", "maybe"], "spam", 1, 0),
+    ];
+    for (answers, proposal, agree, proposal_attempt) in cases {
+        let (mock, seen) = scripted(answers.iter().map(|a| ("small", labelled(a))).collect()).await;
+        let runtime = runtime(&mock);
+        let step = sampled_step("", "        - model: small\n");
+        let outcome = runtime.run(&step, &context("lunch on friday?")).await;
+        let AiOutcome::Proposed {
+            output,
+            confidence,
+            confidence_method,
+            record,
+            ..
+        } = outcome
+        else {
+            panic!("{answers:?}: {outcome:?}")
+        };
+        assert_eq!(output, json!({"label": proposal}), "{answers:?}");
+        assert!(
+            (confidence - f64::from(agree) / 3.0).abs() < 1e-12,
+            "{answers:?}: {confidence}"
+        );
+        assert_eq!(confidence_method, "agreement");
+        assert_eq!(mock.hits(), 3, "{answers:?}: two extra samples were drawn");
+        let attempts = record["attempts"].as_array().unwrap();
+        assert_eq!(attempts.len(), 3, "{attempts:?}");
+        for (index, attempt) in attempts.iter().enumerate() {
+            assert_eq!(attempt["sample"], index, "{attempt}");
+            assert_eq!(attempt["cost_usd"], SMALL_CALL_USD, "{attempt}");
+            assert_eq!(attempt["usage"]["input_tokens"], 19, "{attempt}");
+            assert_eq!(attempt["cache_hit"], false, "{attempt}");
+            assert!(attempt["response"].is_string(), "{attempt}");
+            assert_eq!(
+                attempt["accepted"] == true,
+                index == proposal_attempt,
+                "{attempt}"
+            );
+        }
+        let cost = record["cost_usd"].as_f64().unwrap();
+        assert!((cost - 3.0 * SMALL_CALL_USD).abs() < 1e-15, "{cost}");
+        let accepted = &attempts[proposal_attempt];
+        assert_eq!(accepted["confidence_method"], "agreement");
+        assert_eq!(accepted["agreement"]["k"], 3);
+        assert_eq!(accepted["agreement"]["agree"], agree);
+        let expected_answers = match answers {
+            ["spam", "ham", "maybe"] => json!({"spam": 1, "ham": 1}),
+            _ => json!({answers[0]: if answers[0] == proposal { 2 } else { 1 },
+                        answers[2]: if answers[2] == proposal { 2 } else { 1 }}),
+        };
+        assert_eq!(accepted["agreement"]["answers"], expected_answers);
+        if answers[2] == "maybe" {
+            assert!(
+                attempts[2]["problems"][0]
+                    .as_str()
+                    .unwrap()
+                    .contains("label"),
+                "{attempts:?}"
+            );
+        }
+        // The first answer at the step's temperature (0); the extra samples at 0.7 so that
+        // they can differ.
+        let temperatures: Vec<Value> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|body| body["temperature"].clone())
+            .collect();
+        assert_eq!(temperatures, vec![json!(0.0), json!(0.7), json!(0.7)]);
+    }
+}
+
+#[tokio::test]
+async fn accept_when_sees_the_agreement_confidence() {
+    let route =
+        "        - model: small\n          accept_when: confidence >= 0.9\n        - model: big\n";
+    // Unanimous: accepted at the first tier.
+    let (mock, _) = scripted(vec![
+        ("small", labelled("spam")),
+        ("small", labelled("spam")),
+        ("small", labelled("spam")),
+    ])
+    .await;
+    let outcome = runtime(&mock)
+        .run(&sampled_step("", route), &context("WIN MONEY NOW"))
+        .await;
+    let AiOutcome::Proposed {
+        model, confidence, ..
+    } = outcome
+    else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!((model.as_str(), confidence), ("small", 1.0));
+    assert_eq!(mock.hits(), 3);
+    // Disagreeing (2 of 3): not accepted, and the next tier (which samples too) answers.
+    let (mock, _) = scripted(vec![
+        ("small", labelled("spam")),
+        ("small", labelled("ham")),
+        ("small", labelled("spam")),
+        ("big", labelled("ham")),
+        ("big", labelled("ham")),
+        ("big", labelled("ham")),
+    ])
+    .await;
+    let outcome = runtime(&mock)
+        .run(&sampled_step("", route), &context("WIN MONEY NOW"))
+        .await;
+    let AiOutcome::Proposed {
+        output,
+        model,
+        tier,
+        confidence,
+        record,
+        ..
+    } = outcome
+    else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(
+        (output, model.as_str(), tier, confidence),
+        (json!({"label": "ham"}), "big", 1, 1.0)
+    );
+    assert_eq!(mock.hits(), 6);
+    let attempts = record["attempts"].as_array().unwrap();
+    assert_eq!(attempts[0]["accepted"], false, "{attempts:?}");
+    assert_eq!(attempts[0]["agreement"]["agree"], 2, "{attempts:?}");
+    // With only the disagreeing tier, the case gets an exception.
+    let (mock, _) = scripted(vec![
+        ("small", labelled("spam")),
+        ("small", labelled("ham")),
+        ("small", labelled("spam")),
+    ])
+    .await;
+    let route = "        - model: small\n          accept_when: confidence >= 0.9\n";
+    let outcome = runtime(&mock)
+        .run(&sampled_step("", route), &context("WIN MONEY NOW"))
+        .await;
+    let AiOutcome::Failed { kind, record, .. } = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(kind, "ai_failed");
+    assert_eq!(record["attempts"].as_array().unwrap().len(), 3, "{record}");
+}
+
+#[tokio::test]
+async fn a_provider_returning_logprobs_is_not_sampled() {
+    let mut answer = labelled("spam");
+    answer["choices"][0]["logprobs"] = json!({
+        "content": [
+            {"token": "{\"label\":\"", "logprob": -0.01, "bytes": null, "top_logprobs": []},
+            {"token": "spam", "logprob": -0.2, "bytes": null, "top_logprobs": []},
+            {"token": "\"}", "logprob": -0.001, "bytes": null, "top_logprobs": []}
+        ],
+        "refusal": null
+    });
+    let (mock, seen) = scripted(vec![
+        ("small", answer),
+        ("small", labelled("ham")),
+        ("small", labelled("ham")),
+        ("small", labelled("ham")),
+    ])
+    .await;
+    let runtime = runtime(&mock);
+    let step = sampled_step("", "        - model: small\n");
+    let outcome = runtime.run(&step, &context("WIN MONEY NOW")).await;
+    let AiOutcome::Proposed {
+        output,
+        confidence,
+        confidence_method,
+        record,
+        ..
+    } = outcome
+    else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(output, json!({"label": "spam"}));
+    assert_eq!(confidence_method, "logprob_label");
+    assert!((confidence - (-0.2f64).exp()).abs() < 1e-12, "{confidence}");
+    assert_eq!(mock.hits(), 1, "log-probabilities make samples unnecessary");
+    assert_eq!(record["attempts"].as_array().unwrap().len(), 1);
+    assert_eq!(seen.lock().unwrap()[0]["logprobs"], true);
+    // The same step, answered without log-probabilities, is sampled.
+    let outcome = runtime.run(&step, &context("see you at lunch")).await;
+    let AiOutcome::Proposed {
+        confidence_method, ..
+    } = outcome
+    else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(confidence_method, "agreement");
+    assert_eq!(mock.hits(), 4);
+}
+
+/// The budget admits the first answer and one sample: sampling stops at the first refusal,
+/// nothing is overspent, and the samples never drawn count as disagreeing (2 of k = 4).
+#[tokio::test]
+async fn a_budget_that_admits_two_calls_stops_sampling_without_overspending() {
+    let mock = mock(|_, _| async { json_reply(200, labelled("spam")) }).await;
+    // Each call reserves (its characters / 3 + 16 input tokens + 100 output tokens) at $1 per
+    // million and settles at 29 tokens: the limit admits a first call and a second, not a third.
+    let text = "hello";
+    let system_chars =
+        "Answer with only a JSON object {\"label\": …} where label is one of: spam, ham.".len();
+    let estimate_tokens = ((system_chars + text.len()) / 3 + 16 + 100) as f64;
+    let limit = (29.0 + estimate_tokens + 10.0) / 1e6;
+    let toml = format!(
+        "[budgets.total]\ndaily_usd = {limit}\n[models.small]\nprovider = \"openai\"\nbase_url = \"{}\"\nmodel = \"m\"\nmax_retries = 0\n[models.small.price]\ninput = 1\noutput = 1\n",
+        mock.base_url
+    );
+    let runtime = Runtime::new(
+        Config::parse("keel.toml", &toml).unwrap(),
+        reqwest::Client::new(),
+    );
+    let step = ai_step("      task: classify\n      labels: [spam, ham]\n      prompt: \"{{ input.text }}\"\n      samples: 4\n      max_tokens: 100\n      route:\n        - model: small\n");
+    let outcome = runtime.run(&step, &context(text)).await;
+    let AiOutcome::Proposed {
+        output,
+        confidence,
+        confidence_method,
+        record,
+        ..
+    } = outcome
+    else {
+        panic!("{outcome:?}")
+    };
+    assert_eq!(output, json!({"label": "spam"}));
+    assert_eq!(confidence_method, "agreement");
+    assert!((confidence - 2.0 / 4.0).abs() < 1e-12, "{confidence}");
+    assert_eq!(
+        mock.hits(),
+        2,
+        "the third call was refused before it was sent"
+    );
+    let attempts = record["attempts"].as_array().unwrap();
+    assert_eq!(
+        attempts.len(),
+        3,
+        "the first refusal stops sampling: {attempts:?}"
+    );
+    assert_eq!(attempts[2]["sample"], 2);
+    assert_eq!(attempts[2]["error"], "budget_exhausted");
+    assert_eq!(attempts[0]["agreement"]["drawn"], 2);
+    let spent = runtime
+        .budgets()
+        .spent_today(chrono::Utc::now().date_naive());
+    assert!(spent <= limit, "spent {spent} of {limit}");
+    assert!((spent - 2.0 * 29.0 / 1e6).abs() < 1e-12, "{spent}");
+    let cost = record["cost_usd"].as_f64().unwrap();
+    assert!((cost - 2.0 * 29.0 / 1e6).abs() < 1e-12, "{cost}");
+}

@@ -225,11 +225,11 @@ pub struct Ai {
     /// How many times one model is asked again, told what was wrong, after an answer fails the
     /// schema or a check (0..=3, default 1).
     pub reask: u32,
-    /// k > 1: ask each model k times and use agreement as the confidence (1..=9, default 1).
-    /// Parsed and checked; the runtime does not sample yet (each tier is asked once), so
-    /// confidence comes from the learner or from log-probabilities.
+    /// k > 1: when a model returns no log-probabilities, ask it k − 1 more times and use the
+    /// agreement of the k answers as the confidence (1..=9, default 1). The extra samples run
+    /// at this temperature, or at 0.7 when it is 0 or unset, and are never cached.
     pub samples: u32,
-    /// Default 0 (and then the response cache applies); with `samples > 1`, default 0.7.
+    /// Default 0 (and then the response cache applies to the first answer).
     pub temperature: Option<f64>,
     pub max_tokens: u32,
     /// The cascade, cheapest first. Non-empty.
