@@ -141,6 +141,11 @@ pub struct JournalConfig {
 pub struct GatewayConfig {
     /// Alias → ordered models; the gateway tries them in order (fallback).
     pub aliases: BTreeMap<String, Vec<String>>,
+    /// `true`: answer a call only once its journal entry is committed (fsync), which adds the
+    /// commit's latency (milliseconds) to every call. `false` (default): answer first and write
+    /// the entry in the background within milliseconds; a graceful stop drains the queue, but
+    /// a crash (SIGKILL, power loss) can lose the entries of calls answered in its last moments.
+    pub durable_journal: bool,
 }
 
 /// A problem in `keel.toml`, with its position when known.
@@ -204,7 +209,12 @@ impl Config {
             };
         }
         config.journal.redact_text = raw.journal.and_then(|j| j.redact_text).unwrap_or(false);
-        for (alias, targets) in raw.gateway.map(|g| g.aliases).unwrap_or_default() {
+        let (aliases, durable_journal) = raw
+            .gateway
+            .map(|g| (g.aliases, g.durable_journal))
+            .unwrap_or_default();
+        config.gateway.durable_journal = durable_journal.unwrap_or(false);
+        for (alias, targets) in aliases {
             if targets.is_empty() {
                 errors.push(format!("gateway alias `{alias}` names no model"));
             }
@@ -503,6 +513,7 @@ mod raw {
     pub struct Gateway {
         #[serde(default)]
         pub aliases: BTreeMap<String, Vec<String>>,
+        pub durable_journal: Option<bool>,
     }
 }
 

@@ -85,6 +85,11 @@ pub struct CaseState {
     /// Every SLA breach recorded for this case, so that each deadline is journaled once.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sla_breaches: Vec<SlaBreach>,
+    /// The rendered prompt each `ai` step of this case last sent, by step id: the exact text a
+    /// learner learns from when a person labels the outcome. Kept in the state, never in the
+    /// journal, so that `journal.redact_text` keeps prompt text out of the ledger.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ai_prompts: BTreeMap<String, String>,
 }
 
 /// One recorded SLA breach: of the whole case (`step` is `None`) or of one visit to a step.
@@ -251,6 +256,7 @@ impl CaseState {
             error: None,
             sla_breached: false,
             sla_breaches: Vec::new(),
+            ai_prompts: BTreeMap::new(),
         }
     }
 
@@ -794,6 +800,7 @@ impl<'w> Run<'w> {
             });
         }
         state.status = Status::Running;
+        state.ai_prompts.insert(step.id.clone(), prompt.clone());
         Flow::Stop(Command::Ai(AiRequest {
             step: step.id.clone(),
             attempt,

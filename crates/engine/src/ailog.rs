@@ -14,8 +14,14 @@ const QUEUE: usize = 16_384;
 /// Records per transaction at most.
 const MAX_BATCH: usize = 2_000;
 
+#[allow(clippy::large_enum_variant)] // records are moved through once; boxing buys nothing
 pub(crate) enum Message {
-    Record(Vec<AiCallRow>, Option<NewEntry>),
+    /// Replies (when a sender is given) once the records are committed.
+    Record(
+        Vec<AiCallRow>,
+        Option<NewEntry>,
+        Option<oneshot::Sender<()>>,
+    ),
     /// Replies once everything queued before it is written.
     Flush(oneshot::Sender<()>),
 }
@@ -27,9 +33,30 @@ pub(crate) struct Handle {
 
 impl Handle {
     pub async fn record(&self, calls: Vec<AiCallRow>, entry: Option<NewEntry>) {
-        if self.tx.send(Message::Record(calls, entry)).await.is_err() {
+        if self
+            .tx
+            .send(Message::Record(calls, entry, None))
+            .await
+            .is_err()
+        {
             tracing::error!("the model-call log has stopped; a call was not recorded");
         }
+    }
+
+    /// Like `record`, but returns only once the records are committed (group commit: every
+    /// record queued meanwhile shares the transaction).
+    pub async fn record_durably(&self, calls: Vec<AiCallRow>, entry: Option<NewEntry>) {
+        let (reply, wait) = oneshot::channel();
+        if self
+            .tx
+            .send(Message::Record(calls, entry, Some(reply)))
+            .await
+            .is_err()
+        {
+            tracing::error!("the model-call log has stopped; a call was not recorded");
+            return;
+        }
+        let _ = wait.await;
     }
 
     pub async fn flush(&self) {
@@ -53,9 +80,10 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Message>) {
         let mut next = Some(message);
         while let Some(message) = next.take() {
             match message {
-                Message::Record(more, entry) => {
+                Message::Record(more, entry, reply) => {
                     calls.extend(more);
                     entries.extend(entry);
+                    waiting.extend(reply);
                 }
                 Message::Flush(reply) => waiting.push(reply),
             }

@@ -469,8 +469,21 @@ impl Engine {
     /// Records model calls that belong to no case (the gateway's): their `ai_calls` rows and
     /// journal entry are written in the background, in batches, in one transaction. Waits
     /// only when the queue is full.
-    pub async fn record_ai_calls(&self, calls: Vec<keel_store::AiCallRow>, entry: Option<NewEntry>) {
+    pub async fn record_ai_calls(
+        &self,
+        calls: Vec<keel_store::AiCallRow>,
+        entry: Option<NewEntry>,
+    ) {
         self.inner.ai_log.record(calls, entry).await;
+    }
+
+    /// Like [`Engine::record_ai_calls`], but returns once they are committed.
+    pub async fn record_ai_calls_durably(
+        &self,
+        calls: Vec<keel_store::AiCallRow>,
+        entry: Option<NewEntry>,
+    ) {
+        self.inner.ai_log.record_durably(calls, entry).await;
     }
 
     /// The caller a presented API token secret stands for, or why it is refused.

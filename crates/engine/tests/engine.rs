@@ -900,3 +900,320 @@ async fn without_models_an_ai_step_parks_the_case_on_an_exception() {
         .await
         .contains(&"exception.raised".to_string()));
 }
+
+/// TRIAGE with `small` as the built-in learner: no model but the local one.
+fn local_learner_toml() -> Option<String> {
+    Some("[models.small]\nprovider = \"local\"\n".to_string())
+}
+
+fn labelled(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(text, label)| (text.to_string(), label.to_string()))
+        .collect()
+}
+
+const BILLING_AND_TECHNICAL: &[(&str, &str)] = &[
+    ("Ticket: refund my invoice", "billing"),
+    ("Ticket: I was charged twice on my invoice", "billing"),
+    ("Ticket: update the card on my invoice", "billing"),
+    ("Ticket: the app crashes on start", "technical"),
+    ("Ticket: login page shows an error", "technical"),
+    ("Ticket: the server returns error 500", "technical"),
+];
+
+async fn outcome_of(engine: &Engine, subject: &str) -> keel_store::CaseRow {
+    let id = engine
+        .submit("triage", json!({ "subject": subject }), None)
+        .await
+        .unwrap()
+        .case_id;
+    wait_status(engine, &id, &["completed", "failed", "exception"]).await
+}
+
+async fn journal_of_kind(engine: &Engine, kind: &str) -> Vec<Value> {
+    engine
+        .store()
+        .journal_after(0, 1_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|row| row.kind == kind)
+        .map(|row| serde_json::from_str(&row.data).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn online_learning_stores_a_version_per_batch_and_the_cascade_answers_with_it() {
+    let (engine, dir) = engine_with_models(local_learner_toml()).await;
+    let untrained = outcome_of(&engine, "refund my invoice").await;
+    assert_eq!(untrained.status, "exception", "{}", untrained.state);
+
+    let learned = engine
+        .learn(
+            "triage",
+            "classify",
+            labelled(BILLING_AND_TECHNICAL),
+            "test",
+        )
+        .await
+        .unwrap();
+    assert_eq!(learned.version, 1);
+    assert_eq!(learned.examples, 6);
+    let billing = outcome_of(&engine, "refund my invoice").await;
+    assert_eq!(billing.status, "completed", "{}", billing.state);
+    assert_eq!(state(&billing)["outcome"], "billing");
+    assert_eq!(
+        state(&billing)["data"]["classify"]["confidence_method"],
+        "learner"
+    );
+
+    // A new phrase, taught often enough, changes the answer.
+    let phrase = "Ticket: my subscription renewal";
+    assert_eq!(
+        state(&outcome_of(&engine, "my subscription renewal").await)["outcome"],
+        "technical"
+    );
+    let teach: Vec<(String, String)> = (0..5)
+        .map(|_| (phrase.to_string(), "billing".to_string()))
+        .collect();
+    let learned = engine
+        .learn("triage", "classify", teach, "test")
+        .await
+        .unwrap();
+    assert_eq!((learned.version, learned.examples), (2, 11));
+    assert_eq!(
+        state(&outcome_of(&engine, "my subscription renewal").await)["outcome"],
+        "billing"
+    );
+
+    let versions = engine
+        .store()
+        .learner_versions("triage", "classify")
+        .await
+        .unwrap();
+    assert_eq!(
+        versions
+            .iter()
+            .map(|v| (v.version, v.examples))
+            .collect::<Vec<_>>(),
+        [(2, 11), (1, 6)]
+    );
+    let entries = journal_of_kind(&engine, "learner.updated").await;
+    assert_eq!(entries.len(), 2);
+    assert_eq!(entries[1]["version"], 2);
+    assert_eq!(entries[1]["batch"], 5);
+    assert_eq!(entries[1]["model_sha256"].as_str().unwrap().len(), 64);
+
+    // A restarted engine answers with the stored learner.
+    engine.shutdown(Duration::from_secs(5)).await;
+    engine.store().close().await;
+    let store = Store::open(&dir.path().join("keel.sqlite").display().to_string())
+        .await
+        .unwrap();
+    let config =
+        keel_ai::config::Config::parse("keel.toml", &local_learner_toml().unwrap()).unwrap();
+    let options = Options {
+        node_id: "test-node".into(),
+        poll_interval: Duration::from_millis(20),
+        data_dir: dir.path().to_path_buf(),
+        ai: Some(Arc::new(keel_ai::cascade::Runtime::new(
+            config,
+            reqwest::Client::new(),
+        ))),
+        ..Options::default()
+    };
+    let engine = Engine::start(store, options, Arc::new(keel_engine::SystemClock))
+        .await
+        .unwrap();
+    let again = outcome_of(&engine, "my subscription renewal").await;
+    assert_eq!(again.status, "completed", "{}", again.state);
+    assert_eq!(state(&again)["outcome"], "billing");
+}
+
+#[tokio::test]
+async fn concurrent_batches_for_one_learner_are_both_kept() {
+    let (engine, _dir) = engine_with_models(local_learner_toml()).await;
+    let first = labelled(&BILLING_AND_TECHNICAL[..2]);
+    let second = labelled(&BILLING_AND_TECHNICAL[2..]);
+    let mut tasks = Vec::new();
+    for round in 0..4 {
+        for batch in [&first, &second] {
+            let engine = engine.clone();
+            let batch = batch.clone();
+            tasks.push(tokio::spawn(async move {
+                engine
+                    .learn("triage", "classify", batch, &format!("round {round}"))
+                    .await
+                    .unwrap()
+            }));
+        }
+    }
+    let mut versions = Vec::new();
+    for task in tasks {
+        versions.push(task.await.unwrap().version);
+    }
+    versions.sort_unstable();
+    assert_eq!(versions, (1..=8).collect::<Vec<i64>>());
+    let latest = engine.learners().await.unwrap();
+    assert_eq!(latest.len(), 1);
+    assert_eq!((latest[0].version, latest[0].examples), (8, 4 * 6));
+}
+
+#[tokio::test]
+async fn a_case_outcome_teaches_the_learner_with_the_prompt_it_rendered() {
+    let (engine, _dir) = engine_with_models(local_learner_toml()).await;
+    let parked = outcome_of(&engine, "the export button is missing").await;
+    assert_eq!(parked.status, "exception", "{}", parked.state);
+    assert_eq!(
+        state(&parked)["ai_prompts"]["classify"],
+        "Ticket: the export button is missing"
+    );
+    let journal = engine.store().journal_after(0, 1_000).await.unwrap();
+    assert!(
+        journal
+            .iter()
+            .all(|row| !row.data.contains("Ticket: the export")),
+        "the rendered prompt stays out of the journal"
+    );
+
+    engine
+        .learn(
+            "triage",
+            "classify",
+            labelled(BILLING_AND_TECHNICAL),
+            "test",
+        )
+        .await
+        .unwrap();
+    let learned = engine
+        .learn_from_case(&parked.id, "classify", "technical")
+        .await
+        .unwrap();
+    assert_eq!((learned.version, learned.examples), (2, 7));
+    let versions = engine
+        .store()
+        .learner_versions("triage", "classify")
+        .await
+        .unwrap();
+    assert_eq!(versions[0].source, format!("case:{}", parked.id));
+
+    let no_prompt = engine.learn_from_case(&parked.id, "route", "billing").await;
+    assert!(
+        matches!(no_prompt, Err(keel_engine::learn::Error::NoPrompt { .. })),
+        "{no_prompt:?}"
+    );
+    let unknown = engine
+        .learn_from_case("no-such-case", "classify", "billing")
+        .await;
+    assert!(
+        matches!(unknown, Err(keel_engine::learn::Error::UnknownCase(_))),
+        "{unknown:?}"
+    );
+}
+
+#[tokio::test]
+async fn learning_refuses_what_it_cannot_use_and_stores_nothing() {
+    use keel_engine::learn::Error;
+    let (engine, _dir) = engine_with_models(local_learner_toml()).await;
+    let one = || labelled(&[("Ticket: refund", "billing")]);
+    type Check = fn(&Error) -> bool;
+    let cases: Vec<(Result<_, Error>, Check)> = vec![
+        (engine.learn("nope", "classify", one(), "t").await, |e| {
+            matches!(e, Error::UnknownWorkflow(_))
+        }),
+        (engine.learn("triage", "nope", one(), "t").await, |e| {
+            matches!(e, Error::UnknownStep { .. })
+        }),
+        (engine.learn("triage", "route", one(), "t").await, |e| {
+            matches!(e, Error::NotClassify { .. })
+        }),
+        (
+            engine
+                .learn("triage", "classify", labelled(&[("x", "sales")]), "t")
+                .await,
+            |e| matches!(e, Error::UnknownLabel { label, .. } if label == "sales"),
+        ),
+        (
+            engine.learn("triage", "classify", Vec::new(), "t").await,
+            |e| matches!(e, Error::EmptyBatch),
+        ),
+        (
+            engine
+                .learn(
+                    "triage",
+                    "classify",
+                    vec![("x".to_string(), "billing".to_string()); 1_001],
+                    "t",
+                )
+                .await,
+            |e| matches!(e, Error::TooManyExamples { .. }),
+        ),
+    ];
+    for (result, expected) in cases {
+        let error = result.unwrap_err();
+        assert!(expected(&error), "{error:?}");
+    }
+    assert!(engine.learners().await.unwrap().is_empty());
+    assert!(journal_of_kind(&engine, "learner.updated").await.is_empty());
+}
+
+#[tokio::test]
+async fn learner_versions_and_concurrent_batches_on_postgres() {
+    let Ok(admin) = std::env::var("KEEL_TEST_DATABASE_URL") else {
+        eprintln!("learner_versions_and_concurrent_batches_on_postgres: skipped (set KEEL_TEST_DATABASE_URL to run it)");
+        return;
+    };
+    let name = format!("keel_learn_{}", std::process::id());
+    Store::admin_execute(
+        &admin,
+        &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+    )
+    .await
+    .unwrap();
+    Store::admin_execute(&admin, &format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    let base = admin.rsplit_once('/').unwrap().0.to_string();
+    let store = Store::open(&format!("{base}/{name}")).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        keel_ai::config::Config::parse("keel.toml", &local_learner_toml().unwrap()).unwrap();
+    let options = Options {
+        node_id: "pg-node".into(),
+        poll_interval: Duration::from_millis(20),
+        data_dir: dir.path().to_path_buf(),
+        ai: Some(Arc::new(keel_ai::cascade::Runtime::new(
+            config,
+            reqwest::Client::new(),
+        ))),
+        ..Options::default()
+    };
+    let engine = Engine::start(store.clone(), options, Arc::new(keel_engine::SystemClock))
+        .await
+        .unwrap();
+    engine.deploy_source(TRIAGE, "triage.yaml").await.unwrap();
+    let tasks: Vec<_> = [&BILLING_AND_TECHNICAL[..3], &BILLING_AND_TECHNICAL[3..]]
+        .into_iter()
+        .map(|batch| {
+            let engine = engine.clone();
+            let batch = labelled(batch);
+            tokio::spawn(async move { engine.learn("triage", "classify", batch, "pg").await })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let latest = engine.learners().await.unwrap();
+    assert_eq!((latest[0].version, latest[0].examples), (2, 6));
+    let billing = outcome_of(&engine, "refund my invoice").await;
+    assert_eq!(state(&billing)["outcome"], "billing", "{}", billing.state);
+    engine.shutdown(Duration::from_secs(5)).await;
+    store.close().await;
+    Store::admin_execute(
+        &admin,
+        &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+    )
+    .await
+    .unwrap();
+}

@@ -1,4 +1,4 @@
-//! `keel bench engine|ledger`: measured figures, as a table or one JSON object (`--json`).
+//! `keel bench engine|ledger|learner|gateway`: measured figures, as a table or one JSON object (`--json`).
 //! Nothing here asserts a timing; the numbers are for people and for the issue notes.
 
 use std::collections::HashMap;
@@ -23,6 +23,9 @@ pub enum BenchCommand {
     Ledger(LedgerArgs),
     /// The built-in learner on one thread: predictions/s and updates/s against the floors.
     Learner(LearnerArgs),
+    /// The latency the gateway adds to /v1/chat/completions (Keel minus direct) at fixed
+    /// request rates, the highest rate sustained and RSS; `--litellm` measures LiteLLM too.
+    Gateway(crate::bench_gateway::GatewayArgs),
 }
 
 #[derive(Args, Debug)]
@@ -83,19 +86,22 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Engine(args) => (bench_engine(&args).await?, args.json),
         BenchCommand::Ledger(args) => (bench_ledger(&args).await?, args.json),
         BenchCommand::Learner(args) => return bench_learner(&args),
+        BenchCommand::Gateway(args) => {
+            (crate::bench_gateway::bench_gateway(&args).await?, args.json)
+        }
     };
     print_figures(&figures, json);
     Ok(ExitCode::SUCCESS)
 }
 
 /// Ordered (name, value, unit) rows.
-struct Figures {
-    title: String,
-    rows: Vec<(String, Value, String)>,
+pub(crate) struct Figures {
+    pub(crate) title: String,
+    pub(crate) rows: Vec<(String, Value, String)>,
 }
 
 impl Figures {
-    fn add(&mut self, name: &str, value: impl Into<Value>, unit: &str) {
+    pub(crate) fn add(&mut self, name: &str, value: impl Into<Value>, unit: &str) {
         self.rows
             .push((name.to_string(), value.into(), unit.to_string()));
     }
@@ -351,7 +357,7 @@ async fn bench_engine(args: &EngineArgs) -> anyhow::Result<Figures> {
     Ok(figures)
 }
 
-fn percentile(sorted: &[u64], q: f64) -> u64 {
+pub(crate) fn percentile(sorted: &[u64], q: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
     }
@@ -376,7 +382,7 @@ fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-fn progress(total: u64, what: &str) -> ProgressBar {
+pub(crate) fn progress(total: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(total);
     let template =
         format!("{{spinner}} {{bar:40}} {{pos}}/{{len}} {what} ({{per_sec}}, eta {{eta}})");

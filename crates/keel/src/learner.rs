@@ -1,6 +1,11 @@
-//! `keel learner train|eval`: trains the built-in learner of one `ai` step from labelled JSONL
-//! and measures it. Models live in DATA_DIR/learners/WORKFLOW/STEP.bin; a running `keel serve`
-//! loads them at start (restart it to pick up a newly trained model).
+//! `keel learner train|eval|versions`: trains the built-in learner of one `ai` step from
+//! labelled JSONL, measures it, and lists its versions. Models live in the database, one
+//! version per training run or update batch, each announced in the journal; a running
+//! `keel serve` loads the latest versions at start and learns online from labelled outcomes
+//! (`POST /v1/learners/{workflow}/{step}/examples`).
+//!
+//! Learners used to be files, DATA_DIR/learners/WORKFLOW/STEP.bin: such a file is imported once
+//! as version 1 (source `file`) when no version of its learner is stored yet.
 
 use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
@@ -10,17 +15,24 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use keel_ai::learner::{evaluate, Learner};
+use keel_engine::learn::{self, Actor, NewVersion};
+use keel_store::Store;
 use serde_json::json;
+
+use crate::DataArgs;
 
 #[derive(Subcommand, Debug)]
 pub enum LearnerCommand {
     /// Train (or keep training) the learner of WORKFLOW's STEP from a JSONL file of
-    /// {"text": ..., "label": ...} lines; writes DATA_DIR/learners/WORKFLOW/STEP.bin.
-    /// A running `keel serve` loads learner files at start: restart it to use the new model.
+    /// {"text": ..., "label": ...} lines. Continues from the latest stored version and stores
+    /// the result as the next version (journal entry `learner.trained`). A running
+    /// `keel serve` loads stored learners at start: restart it to use the new version.
     Train(TrainArgs),
-    /// Evaluate the trained learner of WORKFLOW's STEP on a labelled JSONL file: accuracy,
-    /// log-loss and the confusion matrix.
+    /// Evaluate the latest stored version of WORKFLOW's STEP learner on a labelled JSONL file:
+    /// accuracy, log-loss and the confusion matrix.
     Eval(EvalArgs),
+    /// List the stored versions of WORKFLOW's STEP learner, newest first.
+    Versions(VersionsArgs),
 }
 
 #[derive(Args, Debug)]
@@ -32,9 +44,8 @@ pub struct TrainArgs {
     /// Labelled examples: one {"text": ..., "label": ...} object per line.
     #[arg(long)]
     pub jsonl: PathBuf,
-    /// Data directory holding learners/WORKFLOW/STEP.bin.
-    #[arg(long, env = "KEEL_DATA_DIR", default_value = "keel-data")]
-    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub data: DataArgs,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -49,25 +60,50 @@ pub struct EvalArgs {
     /// Labelled examples: one {"text": ..., "label": ...} object per line.
     #[arg(long)]
     pub jsonl: PathBuf,
-    /// Data directory holding learners/WORKFLOW/STEP.bin.
-    #[arg(long, env = "KEEL_DATA_DIR", default_value = "keel-data")]
-    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub data: DataArgs,
     /// Print the evaluation as one JSON object.
     #[arg(long)]
     pub json: bool,
 }
 
+#[derive(Args, Debug)]
+pub struct VersionsArgs {
+    /// The workflow name.
+    pub workflow: String,
+    /// The `ai` step id.
+    pub step: String,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Show at most this many versions (1 to 1000).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub limit: u16,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Examples per `update_batch` call while training (the progress bar moves per batch).
 const BATCH: usize = 100;
 
-pub fn run(command: LearnerCommand) -> anyhow::Result<ExitCode> {
+pub async fn run(command: LearnerCommand) -> anyhow::Result<ExitCode> {
     match command {
-        LearnerCommand::Train(args) => train(&args),
-        LearnerCommand::Eval(args) => eval(&args),
+        LearnerCommand::Train(args) => train(&args).await,
+        LearnerCommand::Eval(args) => eval(&args).await,
+        LearnerCommand::Versions(args) => versions(&args).await,
     }
 }
 
-/// Where the learner of `workflow/step` is stored.
+/// Where a learner was stored before learners moved into the database.
 pub fn learner_path(data_dir: &Path, workflow: &str, step: &str) -> anyhow::Result<PathBuf> {
+    check_names(workflow, step)?;
+    Ok(data_dir
+        .join("learners")
+        .join(workflow)
+        .join(format!("{step}.bin")))
+}
+
+fn check_names(workflow: &str, step: &str) -> anyhow::Result<()> {
     for (what, name) in [("workflow", workflow), ("step", step)] {
         if name.is_empty()
             || !name
@@ -77,10 +113,7 @@ pub fn learner_path(data_dir: &Path, workflow: &str, step: &str) -> anyhow::Resu
             bail!("invalid {what} name `{name}`: use letters, digits, `-` and `_`");
         }
     }
-    Ok(data_dir
-        .join("learners")
-        .join(workflow)
-        .join(format!("{step}.bin")))
+    Ok(())
 }
 
 /// Reads `{"text", "label"}` lines; blank lines are skipped.
@@ -109,19 +142,196 @@ pub fn read_examples(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
     Ok(examples)
 }
 
-fn train(args: &TrainArgs) -> anyhow::Result<ExitCode> {
-    let path = learner_path(&args.data_dir, &args.workflow, &args.step)?;
+/// Opens the database of `data`; creates it (and the data directory) only when `create`.
+async fn open_store(data: &DataArgs, create: bool) -> anyhow::Result<Store> {
+    let url = data.database_url();
+    if !url.starts_with("postgres") {
+        if create {
+            std::fs::create_dir_all(&data.data_dir).with_context(|| {
+                format!(
+                    "cannot create the data directory {}",
+                    data.data_dir.display()
+                )
+            })?;
+        } else if !Path::new(&url).exists() {
+            bail!("no database at {url}; train a learner first (`keel learner train`) or pass --data-dir / --database");
+        }
+    }
+    Store::open(&url)
+        .await
+        .with_context(|| format!("cannot open the database {url}"))
+}
+
+fn cli_actor() -> Actor {
+    Actor {
+        actor_type: "cli".into(),
+        actor_id: std::env::var("USER").unwrap_or_else(|_| "local".into()),
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as i64)
+}
+
+/// Imports DATA_DIR/learners/WORKFLOW/STEP.bin as the first stored version of its learner when
+/// the file exists and no version is stored; returns the stored version and learner if it did.
+pub async fn import_file(
+    store: &Store,
+    data_dir: &Path,
+    workflow: &str,
+    step: &str,
+    actor: Actor,
+) -> anyhow::Result<Option<(i64, Learner)>> {
+    let path = learner_path(data_dir, workflow, step)?;
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error).with_context(|| format!("cannot read {}", path.display())),
+    };
+    if !store.learner_versions(workflow, step).await?.is_empty() {
+        return Ok(None);
+    }
+    let learner =
+        Learner::from_bytes(&bytes).with_context(|| format!("cannot load {}", path.display()))?;
+    let version = learn::save_version(
+        store,
+        NewVersion {
+            workflow,
+            step,
+            learner: &learner,
+            kind: "learner.imported",
+            source: "file",
+            batch: 0,
+            extra: json!({"file": path.display().to_string()}),
+            actor,
+            now_ms: now_ms(),
+        },
+    )
+    .await?;
+    tracing::info!(file = %path.display(), workflow, step, version, "learner file imported into the store");
+    Ok(Some((version, learner)))
+}
+
+/// Imports every DATA_DIR/learners/WORKFLOW/STEP.bin whose learner has no stored version yet
+/// (see [`import_file`]); returns what was imported. A file that does not import is logged.
+pub async fn import_files(
+    store: &Store,
+    data_dir: &Path,
+    actor: &Actor,
+) -> Vec<(String, String, Learner)> {
+    let mut imported = Vec::new();
+    let Ok(workflows) = std::fs::read_dir(data_dir.join("learners")) else {
+        return imported;
+    };
+    for workflow in workflows.filter_map(Result::ok) {
+        let Ok(steps) = std::fs::read_dir(workflow.path()) else {
+            continue;
+        };
+        let workflow = workflow.file_name().to_string_lossy().into_owned();
+        for step in steps.filter_map(Result::ok) {
+            let path = step.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("bin") {
+                continue;
+            }
+            let Some(step) = path.file_stem().and_then(|s| s.to_str()) else {
+                continue;
+            };
+            match import_file(store, data_dir, &workflow, step, actor.clone()).await {
+                Ok(Some((_, learner))) => {
+                    imported.push((workflow.clone(), step.to_string(), learner))
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::error!(file = %path.display(), error = %format!("{error:#}"), "learner file not imported")
+                }
+            }
+        }
+    }
+    imported
+}
+
+/// The latest stored version of `workflow/step` (after importing an old file if there is one).
+async fn latest_learner(
+    store: &Store,
+    data: &DataArgs,
+    workflow: &str,
+    step: &str,
+) -> anyhow::Result<Option<(i64, Learner)>> {
+    check_names(workflow, step)?;
+    import_file(store, &data.data_dir, workflow, step, cli_actor()).await?;
+    Ok(learn::latest(store, workflow, step).await?)
+}
+
+async fn train(args: &TrainArgs) -> anyhow::Result<ExitCode> {
+    check_names(&args.workflow, &args.step)?;
     let examples = read_examples(&args.jsonl)?;
     if examples.is_empty() {
         bail!("{} holds no examples", args.jsonl.display());
     }
-    let mut learner = match std::fs::read(&path) {
-        Ok(bytes) => Learner::from_bytes(&bytes)
-            .with_context(|| format!("cannot load {}", path.display()))?,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Learner::default(),
-        Err(error) => return Err(error).with_context(|| format!("cannot read {}", path.display())),
-    };
-    let bar = if std::io::stderr().is_terminal() && !args.json {
+    let store = open_store(&args.data, true).await?;
+    let previous = latest_learner(&store, &args.data, &args.workflow, &args.step).await?;
+    let previous_version = previous.as_ref().map(|(version, _)| *version);
+    let mut learner = previous.map_or_else(Learner::default, |(_, learner)| learner);
+    fit(&mut learner, &examples, !args.json)?;
+    let accuracy = evaluate(&learner, &examples).accuracy;
+    let source = format!(
+        "cli:{}",
+        args.jsonl.file_name().map_or_else(
+            || args.jsonl.display().to_string(),
+            |name| name.to_string_lossy().into_owned()
+        )
+    );
+    let version = learn::save_version(
+        &store,
+        NewVersion {
+            workflow: &args.workflow,
+            step: &args.step,
+            learner: &learner,
+            kind: "learner.trained",
+            source: &source,
+            batch: examples.len(),
+            extra: json!({"training_accuracy": accuracy}),
+            actor: cli_actor(),
+            now_ms: now_ms(),
+        },
+    )
+    .await?;
+    store.close().await;
+    if args.json {
+        let report = json!({
+            "workflow": args.workflow,
+            "step": args.step,
+            "version": version,
+            "previous_version": previous_version,
+            "examples_seen": learner.examples_seen(),
+            "trained_now": examples.len(),
+            "classes": learner.classes(),
+            "training_accuracy": accuracy,
+            "database": args.data.database_url(),
+        });
+        println!("{report}");
+    } else {
+        println!(
+            "stored {}/{} version {version} in {}",
+            args.workflow,
+            args.step,
+            args.data.database_url()
+        );
+        println!("examples seen      {}", learner.examples_seen());
+        println!("classes            {}", learner.classes().join(", "));
+        println!("training accuracy  {accuracy:.4}");
+        eprintln!(
+            "a running `keel serve` loads stored learners at start: restart it to use this version"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Trains `learner` on `examples` in batches, with a progress bar on a terminal.
+fn fit(learner: &mut Learner, examples: &[(String, String)], show: bool) -> anyhow::Result<()> {
+    let bar = if std::io::stderr().is_terminal() && show {
         let bar = ProgressBar::new(examples.len() as u64);
         bar.set_style(
             ProgressStyle::with_template(
@@ -142,62 +352,85 @@ fn train(args: &TrainArgs) -> anyhow::Result<ExitCode> {
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    write_atomically(&path, &learner.to_bytes())?;
+    Ok(())
+}
+
+async fn eval(args: &EvalArgs) -> anyhow::Result<ExitCode> {
+    check_names(&args.workflow, &args.step)?;
+    let examples = read_examples(&args.jsonl)?;
+    // An old learner file is imported into a new database rather than refused.
+    let old_file = learner_path(&args.data.data_dir, &args.workflow, &args.step)?.exists();
+    let store = open_store(&args.data, old_file).await.with_context(|| {
+        format!(
+            "no trained learner for {}/{}; run `keel learner train {} {} --jsonl FILE` first",
+            args.workflow, args.step, args.workflow, args.step
+        )
+    })?;
+    let latest = latest_learner(&store, &args.data, &args.workflow, &args.step).await?;
+    store.close().await;
+    let Some((version, learner)) = latest else {
+        bail!(
+            "no trained learner for {}/{} in {}; run `keel learner train {} {} --jsonl FILE` first",
+            args.workflow,
+            args.step,
+            args.data.database_url(),
+            args.workflow,
+            args.step
+        );
+    };
+    let evaluation = evaluate(&learner, &examples);
     if args.json {
-        let report = json!({
-            "path": path.display().to_string(),
-            "version": learner.version(),
-            "examples_seen": learner.examples_seen(),
-            "trained_now": examples.len(),
-            "classes": learner.classes(),
-        });
+        let mut report = serde_json::to_value(&evaluation)?;
+        report["version"] = json!(version);
         println!("{report}");
     } else {
-        println!("wrote {}", path.display());
-        println!("version        {}", learner.version());
-        println!("examples seen  {}", learner.examples_seen());
-        println!("classes        {}", learner.classes().join(", "));
-        eprintln!(
-            "a running `keel serve` loads learner files at start: restart it to use this model"
-        );
+        println!("{}/{} version {version}", args.workflow, args.step);
+        print!("{}", evaluation.to_table());
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = path.parent().context("the learner path has no directory")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let mut temp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
-    std::io::Write::write_all(&mut temp, bytes)?;
-    temp.as_file().sync_all()?;
-    temp.persist(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
-}
-
-fn eval(args: &EvalArgs) -> anyhow::Result<ExitCode> {
-    let path = learner_path(&args.data_dir, &args.workflow, &args.step)?;
-    let bytes = match std::fs::read(&path) {
-        Ok(bytes) => bytes,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => bail!(
-            "no trained learner for {}/{} at {}; run `keel learner train {} {} --jsonl FILE` first",
-            args.workflow,
-            args.step,
-            path.display(),
-            args.workflow,
-            args.step
-        ),
-        Err(error) => return Err(error).with_context(|| format!("cannot read {}", path.display())),
-    };
-    let learner =
-        Learner::from_bytes(&bytes).with_context(|| format!("cannot load {}", path.display()))?;
-    let examples = read_examples(&args.jsonl)?;
-    let evaluation = evaluate(&learner, &examples);
+async fn versions(args: &VersionsArgs) -> anyhow::Result<ExitCode> {
+    check_names(&args.workflow, &args.step)?;
+    let store = open_store(&args.data, false).await?;
+    let mut rows = store.learner_versions(&args.workflow, &args.step).await?;
+    store.close().await;
+    rows.truncate(usize::from(args.limit));
     if args.json {
-        println!("{}", serde_json::to_string(&evaluation)?);
-    } else {
-        print!("{}", evaluation.to_table());
+        let versions: Vec<_> = rows
+            .iter()
+            .map(|row| {
+                json!({
+                    "version": row.version,
+                    "examples": row.examples,
+                    "source": row.source,
+                    "created_at": keel_engine::rfc3339_ms(row.created_at_ms),
+                })
+            })
+            .collect();
+        let report = json!({"workflow": args.workflow, "step": args.step, "versions": versions});
+        println!("{report}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if rows.is_empty() {
+        eprintln!(
+            "no stored versions of {}/{}; `keel learner train {} {} --jsonl FILE` stores the first",
+            args.workflow, args.step, args.workflow, args.step
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:>8}  {:>10}  {:<24}  source",
+        "version", "examples", "created at"
+    );
+    for row in &rows {
+        println!(
+            "{:>8}  {:>10}  {:<24}  {}",
+            row.version,
+            row.examples,
+            keel_engine::rfc3339_ms(row.created_at_ms),
+            row.source
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -3,6 +3,7 @@
 
 mod audit;
 mod bench;
+mod bench_gateway;
 mod check;
 mod client;
 mod learner;

@@ -36,8 +36,9 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 10)]
     pub shutdown_grace_s: u64,
     /// The models configuration (keel.toml). Default ./keel.toml; without it, `ai` steps
-    /// raise exceptions until models are configured. Learner files under
-    /// DATA_DIR/learners/WORKFLOW/STEP.bin are loaded at start.
+    /// raise exceptions until models are configured. The latest stored version of every
+    /// learner is loaded at start (old DATA_DIR/learners/WORKFLOW/STEP.bin files are imported
+    /// into the database first).
     #[arg(long, env = "KEEL_CONFIG")]
     pub config: Option<PathBuf>,
 }
@@ -127,48 +128,6 @@ pub fn load_config(
     keel_ai::config::Config::load(&path).map(|config| Some((path, config)))
 }
 
-/// Loads every `DATA_DIR/learners/WORKFLOW/STEP.bin` into `runtime`; returns how many loaded.
-pub fn load_learners(runtime: &keel_ai::cascade::Runtime, data_dir: &Path) -> usize {
-    let root = data_dir.join("learners");
-    let Ok(workflows) = std::fs::read_dir(&root) else {
-        return 0;
-    };
-    let mut loaded = 0;
-    for workflow in workflows.filter_map(Result::ok) {
-        let Ok(steps) = std::fs::read_dir(workflow.path()) else {
-            continue;
-        };
-        let workflow_name = workflow.file_name().to_string_lossy().into_owned();
-        for step in steps.filter_map(Result::ok) {
-            let path = step.path();
-            if path.extension().and_then(|e| e.to_str()) != Some("bin") {
-                continue;
-            }
-            let Some(step_name) = path.file_stem().and_then(|s| s.to_str()) else {
-                continue;
-            };
-            let bytes = match std::fs::read(&path) {
-                Ok(bytes) => bytes,
-                Err(error) => {
-                    tracing::error!(path = %path.display(), %error, "cannot read learner file");
-                    continue;
-                }
-            };
-            match keel_ai::learner::Learner::from_bytes(&bytes) {
-                Ok(learner) => {
-                    tracing::info!(workflow = %workflow_name, step = %step_name, version = learner.version(), "learner loaded");
-                    runtime.set_learner(&workflow_name, step_name, learner);
-                    loaded += 1;
-                }
-                Err(error) => {
-                    tracing::error!(path = %path.display(), %error, "learner file not loaded");
-                }
-            }
-        }
-    }
-    loaded
-}
-
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = match load_config(args.config.as_deref()) {
         Ok(config) => config,
@@ -187,12 +146,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 config,
                 reqwest::Client::new(),
             ));
-            let learners = load_learners(&runtime, &args.data.data_dir);
-            tracing::info!(learners, "learner files loaded");
             Some(runtime)
         }
         None => {
-            tracing::warn!("no keel.toml: `ai` steps will raise exceptions until models are configured (pass --config PATH); learner files are not loaded");
+            tracing::warn!("no keel.toml: `ai` steps will raise exceptions until models are configured (pass --config PATH); stored learners are not loaded");
             None
         }
     };
@@ -203,6 +160,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         runtime,
     )
     .await?;
+    import_learner_files(&engine, &args.data.data_dir).await;
     if args.workflows.is_dir() {
         deploy(&engine, &args.workflows).await?;
         tokio::spawn(redeploy_on_sighup(engine.clone(), args.workflows.clone()));
@@ -238,6 +196,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     engine.store().close().await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Imports old DATA_DIR/learners/WORKFLOW/STEP.bin files whose learners have no stored version
+/// yet, and hands them to the AI runtime (the engine loaded the stored ones at start).
+async fn import_learner_files(engine: &Engine, data_dir: &Path) {
+    let actor = keel_engine::learn::Actor {
+        actor_type: "system".into(),
+        actor_id: "serve".into(),
+    };
+    for (workflow, step, learner) in
+        crate::learner::import_files(engine.store(), data_dir, &actor).await
+    {
+        if let Some(runtime) = engine.ai() {
+            runtime.set_learner(&workflow, &step, learner);
+        }
+    }
 }
 
 /// Deploys every workflow file in `dir`: changed files become new versions.

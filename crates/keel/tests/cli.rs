@@ -480,7 +480,8 @@ fn learner_train_then_eval_on_the_spam_sample() {
     assert_eq!(code, 0, "{stderr}");
     let trained: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(trained["examples_seen"], 400);
-    assert!(dir.path().join("data/learners/mail/triage.bin").exists());
+    assert_eq!(trained["version"], 1, "{trained}");
+    assert!(dir.path().join("data/keel.sqlite").exists());
 
     let (code, stdout, stderr) = keel(&[
         "learner",
@@ -568,4 +569,299 @@ fn check_config_reports_positions_and_undeclared_models() {
     let (code, _, stderr) = keel(&["serve", "--config", broken.to_str().unwrap()]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("keel.toml:6:"), "{stderr}");
+}
+
+fn spam_data() -> (PathBuf, PathBuf) {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/data");
+    (
+        examples.join("spam-sample.jsonl"),
+        examples.join("spam-holdout.jsonl"),
+    )
+}
+
+/// `keel learner …` with `--data-dir data` and `--json`; asserts success, returns the JSON.
+fn learner_json(args: &[&str], data: &Path) -> Value {
+    let mut all: Vec<&str> = vec!["learner"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--data-dir", data.to_str().unwrap(), "--json"]);
+    let (code, stdout, stderr) = keel(&all);
+    assert_eq!(code, 0, "{all:?}: {stderr}");
+    serde_json::from_str(&stdout).unwrap()
+}
+
+async fn learner_journal(data: &Path) -> Vec<(String, Value)> {
+    let store = keel_store::Store::open(data.join("keel.sqlite").to_str().unwrap())
+        .await
+        .unwrap();
+    let rows = store.journal_after(0, 1_000).await.unwrap();
+    store.close().await;
+    rows.into_iter()
+        .filter(|row| row.kind.starts_with("learner."))
+        .map(|row| (row.kind, serde_json::from_str(&row.data).unwrap()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn learner_training_runs_are_stored_versions_with_journal_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (sample, holdout) = spam_data();
+    let sample = sample.to_str().unwrap();
+
+    let first = learner_json(&["train", "mail", "triage", "--jsonl", sample], &data);
+    assert_eq!(
+        (first["version"].clone(), first["examples_seen"].clone()),
+        (json!(1), json!(400))
+    );
+    let second = learner_json(&["train", "mail", "triage", "--jsonl", sample], &data);
+    assert_eq!(second["version"], 2, "{second}");
+    assert_eq!(second["previous_version"], 1, "{second}");
+    assert_eq!(second["examples_seen"], 800, "{second}");
+    assert!(!data.join("learners").exists(), "no learner files any more");
+
+    let listed = learner_json(&["versions", "mail", "triage"], &data);
+    let versions = listed["versions"].as_array().unwrap();
+    assert_eq!(
+        versions
+            .iter()
+            .map(|v| (
+                v["version"].as_i64().unwrap(),
+                v["examples"].as_i64().unwrap()
+            ))
+            .collect::<Vec<_>>(),
+        [(2, 800), (1, 400)]
+    );
+    assert_eq!(versions[0]["source"], "cli:spam-sample.jsonl");
+    let (code, table, _) = keel(&[
+        "learner",
+        "versions",
+        "mail",
+        "triage",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0);
+    assert!(
+        table.contains("cli:spam-sample.jsonl") && table.lines().count() == 3,
+        "{table}"
+    );
+
+    let journal = learner_journal(&data).await;
+    assert_eq!(journal.len(), 2, "{journal:?}");
+    for (index, (kind, entry)) in journal.iter().enumerate() {
+        assert_eq!(kind, "learner.trained");
+        assert_eq!(entry["workflow"], "mail");
+        assert_eq!(entry["step"], "triage");
+        assert_eq!(entry["version"], index as i64 + 1);
+        assert_eq!(entry["source"], "cli:spam-sample.jsonl");
+        assert!(
+            entry["training_accuracy"].as_f64().unwrap() > 0.9,
+            "{entry}"
+        );
+    }
+    let store = keel_store::Store::open(data.join("keel.sqlite").to_str().unwrap())
+        .await
+        .unwrap();
+    let latest = store.latest_learners().await.unwrap();
+    store.close().await;
+    assert_eq!(
+        journal[1].1["model_sha256"],
+        keel_ai::cascade::sha256_hex(&latest[0].model)
+    );
+
+    // Eval reads the latest stored version.
+    let evaluation = learner_json(
+        &[
+            "eval",
+            "mail",
+            "triage",
+            "--jsonl",
+            holdout.to_str().unwrap(),
+        ],
+        &data,
+    );
+    assert_eq!(evaluation["version"], 2);
+    assert!(
+        evaluation["accuracy"].as_f64().unwrap() >= 0.9,
+        "{evaluation}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_learner_file_is_imported_once_and_training_continues_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (sample, holdout) = spam_data();
+    let mut old = keel_ai::learner::Learner::default();
+    old.update_batch(&[
+        ("cheap pills now".to_string(), "spam".to_string()),
+        ("meeting notes attached".to_string(), "ham".to_string()),
+    ])
+    .unwrap();
+    std::fs::create_dir_all(data.join("learners/mail")).unwrap();
+    std::fs::write(data.join("learners/mail/legacy.bin"), old.to_bytes()).unwrap();
+
+    for _ in 0..2 {
+        let evaluation = learner_json(
+            &[
+                "eval",
+                "mail",
+                "legacy",
+                "--jsonl",
+                holdout.to_str().unwrap(),
+            ],
+            &data,
+        );
+        assert_eq!(evaluation["version"], 1, "{evaluation}");
+    }
+    let listed = learner_json(&["versions", "mail", "legacy"], &data);
+    assert_eq!(listed["versions"].as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed["versions"][0]["source"], "file");
+    assert_eq!(listed["versions"][0]["examples"], 2);
+
+    let trained = learner_json(
+        &[
+            "train",
+            "mail",
+            "legacy",
+            "--jsonl",
+            sample.to_str().unwrap(),
+        ],
+        &data,
+    );
+    assert_eq!(trained["version"], 2, "{trained}");
+    assert_eq!(trained["examples_seen"], 402, "{trained}");
+    let kinds: Vec<String> = learner_journal(&data)
+        .await
+        .into_iter()
+        .map(|(kind, _)| kind)
+        .collect();
+    assert_eq!(kinds, ["learner.imported", "learner.trained"]);
+}
+
+const MAIL_WORKFLOW: &str = r#"
+name: mail
+version: "1"
+input: { schema: { type: object, required: [text], properties: { text: { type: string } } } }
+steps:
+  - id: triage
+    ai:
+      task: classify
+      labels: [spam, ham]
+      prompt: "{{ input.text }}"
+      route:
+        - model: learner
+  - id: decide
+    switch:
+      - when: data.triage.output.label == 'spam'
+        goto: junk
+      - default: inbox
+  - id: junk
+    end: { outcome: junk }
+  - id: inbox
+    end: { outcome: inbox }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_answers_with_the_learner_that_train_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (sample, holdout) = spam_data();
+    learner_json(
+        &[
+            "train",
+            "mail",
+            "triage",
+            "--jsonl",
+            sample.to_str().unwrap(),
+        ],
+        &data,
+    );
+    let workflows = dir.path().join("workflows");
+    std::fs::create_dir_all(&workflows).unwrap();
+    std::fs::write(workflows.join("mail.yaml"), MAIL_WORKFLOW).unwrap();
+    let config = dir.path().join("keel.toml");
+    std::fs::write(&config, "[models.learner]\nprovider = \"local\"\n").unwrap();
+    // An old learner file: `serve` imports it into the store at start.
+    let mut old = keel_ai::learner::Learner::default();
+    old.update_batch(&[("a".to_string(), "x".to_string())])
+        .unwrap();
+    std::fs::create_dir_all(data.join("learners/mail")).unwrap();
+    std::fs::write(data.join("learners/mail/legacy.bin"), old.to_bytes()).unwrap();
+
+    let port = free_port();
+    let server = Server {
+        child: Command::new(KEEL)
+            .args(["serve", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--workflows")
+            .arg(&workflows)
+            .arg("--config")
+            .arg(&config)
+            .env("KEEL_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+        base: format!("http://127.0.0.1:{port}"),
+    };
+    let client = reqwest::Client::new();
+    wait_ready(&client, &server).await;
+
+    let learners = get_json(&client, format!("{}/v1/learners", server.base)).await;
+    let listed: Vec<(&str, &str, i64, &str)> = learners["learners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["workflow"].as_str().unwrap(),
+                l["step"].as_str().unwrap(),
+                l["version"].as_i64().unwrap(),
+                l["source"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("mail", "legacy", 1, "file"),
+            ("mail", "triage", 1, "cli:spam-sample.jsonl")
+        ]
+    );
+    let holdout = std::fs::read_to_string(holdout).unwrap();
+    let mut checked = HashSet::new();
+    for line in holdout.lines() {
+        let example: Value = serde_json::from_str(line).unwrap();
+        let label = example["label"].as_str().unwrap().to_string();
+        if !checked.insert(label.clone()) {
+            continue;
+        }
+        let submitted: Value = client
+            .post(format!("{}/v1/workflows/mail/cases", server.base))
+            .json(&json!({"text": example["text"]}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let id = submitted["case_id"].as_str().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let case = loop {
+            let case = get_json(&client, format!("{}/v1/cases/{id}", server.base)).await;
+            if case["status"] != "running" || Instant::now() > deadline {
+                break case;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(case["status"], "completed", "{case:#}");
+        let expected = if label == "spam" { "junk" } else { "inbox" };
+        assert_eq!(case["outcome"], expected, "{case:#}");
+        assert_eq!(case["data"]["triage"]["confidence_method"], "learner");
+    }
+    assert_eq!(checked.len(), 2);
+    terminate(server);
 }

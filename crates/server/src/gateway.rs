@@ -494,6 +494,25 @@ fn problems(check: &AnswerCheck, text: &str) -> Vec<String> {
     }
 }
 
+/// How a request ended, for its journal entry.
+struct End<'a> {
+    served: Option<&'a str>,
+    status: &'a str,
+    response: Option<&'a str>,
+    usage: Option<Usage>,
+}
+
+impl End<'_> {
+    fn failed(status: &str) -> End<'_> {
+        End {
+            served: None,
+            status,
+            response: None,
+            usage: None,
+        }
+    }
+}
+
 /// What one request did, for its journal entry and `ai_calls` rows.
 struct Log {
     caller: Caller,
@@ -529,17 +548,15 @@ impl Log {
         }
     }
 
-    /// Writes the journal entry and the call rows (in the background).
-    async fn finish(
-        self,
-        engine: &Engine,
-        runtime: &Runtime,
-        request: &ChatRequest,
-        served: Option<&str>,
-        status: &str,
-        response: Option<&str>,
-        usage: Option<Usage>,
-    ) {
+    /// Writes the journal entry and the call rows (durably or in the background, as
+    /// `[gateway] durable_journal` says).
+    async fn finish(self, engine: &Engine, runtime: &Runtime, request: &ChatRequest, end: End<'_>) {
+        let End {
+            served,
+            status,
+            response,
+            usage,
+        } = end;
         let redact = runtime.config().journal.redact_text;
         let mut data = json!({
             "caller": self.caller.name,
@@ -573,7 +590,13 @@ impl Log {
             data,
             data_sha256,
         };
-        engine.record_ai_calls(self.calls, Some(entry)).await;
+        if runtime.config().gateway.durable_journal {
+            engine
+                .record_ai_calls_durably(self.calls, Some(entry))
+                .await;
+        } else {
+            engine.record_ai_calls(self.calls, Some(entry)).await;
+        }
     }
 }
 
@@ -791,7 +814,7 @@ async fn complete(
     }
     let error = failure.into_error();
     let code = error.code;
-    log.finish(&engine, &runtime, &parsed.request, None, code, None, None)
+    log.finish(&engine, &runtime, &parsed.request, End::failed(code))
         .await;
     error.into_response()
 }
@@ -919,16 +942,13 @@ async fn answer(
         axum::Json(body).into_response()
     };
     keel_headers(&mut http, &model.name, cost, cache_hit);
-    log.finish(
-        &engine,
-        runtime,
-        &parsed.request,
-        Some(&model.name),
-        "ok",
-        Some(&response.text),
-        response.usage,
-    )
-    .await;
+    let end = End {
+        served: Some(&model.name),
+        status: "ok",
+        response: Some(&response.text),
+        usage: response.usage,
+    };
+    log.finish(&engine, runtime, &parsed.request, end).await;
     http
 }
 
@@ -1069,6 +1089,15 @@ async fn forward_stream(
                 json!({"model": model.name, "provider": model.provider.as_str(),
                 "attempts": open.attempts, "status": status, "usage": usage, "cost_usd": cost}),
             );
+            // Journaled before the stream's end is sent, so that (with a durable journal) a
+            // caller that saw `[DONE]` can rely on the entry.
+            let end = End {
+                served: Some(&model.name),
+                status: &status,
+                response: Some(&text),
+                usage,
+            };
+            log.finish(&engine, &runtime, &request, end).await;
             if !client_gone {
                 match &outcome {
                     Ok((usage, finish_reason)) => {
@@ -1089,16 +1118,6 @@ async fn forward_stream(
                 }
             }
             drop(tx);
-            log.finish(
-                &engine,
-                &runtime,
-                &request,
-                Some(&model.name),
-                &status,
-                Some(&text),
-                usage,
-            )
-            .await;
         });
         let body = Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|item| (item, rx))
@@ -1109,7 +1128,7 @@ async fn forward_stream(
     }
     let error = failure.into_error();
     let code = error.code;
-    log.finish(&engine, &runtime, &parsed.request, None, code, None, None)
+    log.finish(&engine, &runtime, &parsed.request, End::failed(code))
         .await;
     error.into_response()
 }

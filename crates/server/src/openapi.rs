@@ -7,6 +7,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use utoipa::OpenApi;
 
+use crate::learners;
 use crate::{audit, cases, health, problem, workflows, AppState};
 
 #[derive(OpenApi)]
@@ -26,6 +27,8 @@ use crate::{audit, cases, health, problem, workflows, AppState};
         audit::checkpoint,
         audit::inclusion_proof,
         audit::consistency_proof,
+        learners::list_learners,
+        learners::add_examples,
         openapi_json,
     ),
     components(schemas(problem::ProblemBody, problem::ViolationBody)),
@@ -34,6 +37,7 @@ use crate::{audit, cases, health, problem, workflows, AppState};
         (name = "workflows", description = "Deployed workflows"),
         (name = "cases", description = "Cases: submit, read, list, signal"),
         (name = "audit", description = "Signed checkpoints and Merkle proofs"),
+        (name = "learners", description = "Local learners: stored versions and online learning from labelled examples"),
         (name = "meta", description = "This document"),
     )
 )]

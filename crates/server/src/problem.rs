@@ -39,6 +39,14 @@ pub enum Kind {
     ShuttingDown,
     /// The store cannot be reached (readiness).
     NotReady,
+    /// The workflow has no step of that id (learners).
+    UnknownStep,
+    /// The step has no learner: it is not an `ai` step with `task: classify`.
+    NotClassifyStep,
+    /// An example's label is not one of the step's labels.
+    UnknownLabel,
+    /// A batch of labelled examples is empty, too large, or names a case it cannot use.
+    InvalidExamples,
     Internal,
 }
 
@@ -58,6 +66,10 @@ impl Kind {
             Kind::Contended => "contended",
             Kind::ShuttingDown => "shutting-down",
             Kind::NotReady => "not-ready",
+            Kind::UnknownStep => "unknown-step",
+            Kind::NotClassifyStep => "not-classify-step",
+            Kind::UnknownLabel => "unknown-label",
+            Kind::InvalidExamples => "invalid-examples",
             Kind::Internal => "internal",
         }
     }
@@ -77,6 +89,10 @@ impl Kind {
             Kind::Contended => "The case is contended",
             Kind::ShuttingDown => "The server is shutting down",
             Kind::NotReady => "The server is not ready",
+            Kind::UnknownStep => "No such step",
+            Kind::NotClassifyStep => "The step has no learner",
+            Kind::UnknownLabel => "The label is not one of the step's labels",
+            Kind::InvalidExamples => "The examples cannot be learnt",
             Kind::Internal => "Internal error",
         }
     }
@@ -93,6 +109,10 @@ impl Kind {
             Kind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Kind::Contended => StatusCode::CONFLICT,
             Kind::ShuttingDown | Kind::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            Kind::UnknownStep => StatusCode::NOT_FOUND,
+            Kind::NotClassifyStep | Kind::UnknownLabel | Kind::InvalidExamples => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

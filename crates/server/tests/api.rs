@@ -50,6 +50,8 @@ const PATHS: &[&str] = &[
     "/v1/audit/checkpoint",
     "/v1/audit/proof/inclusion",
     "/v1/audit/proof/consistency",
+    "/v1/learners",
+    "/v1/learners/{workflow}/{step}/examples",
     "/v1/openapi.json",
 ];
 
@@ -627,3 +629,290 @@ async fn the_sandbox_honours_idempotency_keys() {
 
 #[path = "api/gateway.rs"]
 mod gateway;
+
+/// One `classify` step answered by the built-in learner only, then a switch on its label.
+const TRIAGE_WORKFLOW: &str = r#"
+name: triage
+version: "1"
+input: { schema: { type: object, required: [subject], properties: { subject: { type: string } } } }
+steps:
+  - id: classify
+    ai:
+      task: classify
+      labels: [billing, technical]
+      prompt: "Ticket: {{ input.subject }}"
+      route:
+        - model: learner
+  - id: route
+    switch:
+      - when: data.classify.output.label == 'billing'
+        goto: billing
+      - default: technical
+  - id: billing
+    end: { outcome: billing }
+  - id: technical
+    end: { outcome: technical }
+"#;
+
+/// A server whose engine has an AI runtime with the built-in learner as its only model.
+async fn spawn_learning_app() -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let store = keel_store::Store::open(dir.path().join("keel.db").to_str().unwrap())
+        .await
+        .unwrap();
+    let config =
+        keel_ai::config::Config::parse("keel.toml", "[models.learner]\nprovider = \"local\"\n")
+            .unwrap();
+    let engine_options = Options {
+        data_dir: dir.path().to_path_buf(),
+        node_id: "test-node".into(),
+        ai: Some(Arc::new(keel_ai::cascade::Runtime::new(
+            config,
+            reqwest::Client::new(),
+        ))),
+        ..Default::default()
+    };
+    let engine = Engine::start(store, engine_options, Arc::new(SystemClock))
+        .await
+        .unwrap();
+    engine
+        .deploy_source(TRIAGE_WORKFLOW, "triage.yaml")
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(keel_server::serve(
+        listener,
+        engine.clone(),
+        ServerOptions::default(),
+        std::future::pending(),
+    ));
+    TestApp {
+        base,
+        client: reqwest::Client::new(),
+        engine,
+        _dir: dir,
+    }
+}
+
+fn examples(pairs: &[(&str, &str)]) -> Value {
+    let examples: Vec<Value> = pairs
+        .iter()
+        .map(|(text, label)| json!({"text": text, "label": label}))
+        .collect();
+    json!({ "examples": examples })
+}
+
+const TICKETS: &[(&str, &str)] = &[
+    ("Ticket: refund my invoice", "billing"),
+    ("Ticket: I was charged twice on my invoice", "billing"),
+    ("Ticket: update the card on my invoice", "billing"),
+    ("Ticket: the app crashes on start", "technical"),
+    ("Ticket: login page shows an error", "technical"),
+    ("Ticket: the server returns error 500", "technical"),
+];
+
+impl TestApp {
+    /// Submits a triage case and waits until it leaves `running`; returns the case.
+    async fn triage(&self, subject: &str) -> Value {
+        let response = self
+            .post_json("/v1/workflows/triage/cases", &json!({ "subject": subject }))
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let id = response.json::<Value>().await.unwrap()["case_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        self.case_until(&id, |case| {
+            ["completed", "failed", "exception"].contains(&case["status"].as_str().unwrap_or(""))
+        })
+        .await
+    }
+}
+
+#[tokio::test]
+async fn posted_examples_raise_the_version_and_change_predictions() {
+    let app = spawn_learning_app().await;
+    let untrained = app.triage("my subscription renewal").await;
+    assert_eq!(untrained["status"], "exception", "{untrained:#}");
+
+    let response = app
+        .post_json("/v1/learners/triage/classify/examples", &examples(TICKETS))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        json!({"version": 1, "examples": 6})
+    );
+    let before = app.triage("my subscription renewal").await;
+    assert_eq!(before["outcome"], "technical", "{before:#}");
+
+    // Teach the phrase through the case that asked about it: its rendered prompt is the text.
+    let case_id = untrained["id"].as_str().unwrap();
+    let mut taught = vec![json!({"case_id": case_id, "label": "billing"})];
+    taught.extend(
+        (0..4).map(|_| json!({"text": "Ticket: my subscription renewal", "label": "billing"})),
+    );
+    let response = app
+        .post_json(
+            "/v1/learners/triage/classify/examples",
+            &json!({ "examples": taught }),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        json!({"version": 2, "examples": 11})
+    );
+    let after = app.triage("my subscription renewal").await;
+    assert_eq!(after["outcome"], "billing", "{after:#}");
+
+    let listed: Value = app.get("/v1/learners").await.json().await.unwrap();
+    let learners = listed["learners"].as_array().unwrap();
+    assert_eq!(learners.len(), 1, "{listed:#}");
+    assert_eq!(learners[0]["workflow"], "triage");
+    assert_eq!(learners[0]["step"], "classify");
+    assert_eq!(learners[0]["version"], 2);
+    assert_eq!(learners[0]["examples"], 11);
+    assert_eq!(learners[0]["source"], "api");
+    assert!(learners[0]["created_at"].as_str().unwrap().ends_with('Z'));
+}
+
+#[tokio::test]
+async fn concurrent_example_batches_both_survive() {
+    let app = spawn_learning_app().await;
+    let url = format!("{}/v1/learners/triage/classify/examples", app.base);
+    let batches = [examples(&TICKETS[..2]), examples(&TICKETS[2..])];
+    let mut requests = Vec::new();
+    for _ in 0..3 {
+        for batch in &batches {
+            requests.push(app.client.post(&url).json(batch).send());
+        }
+    }
+    let mut versions = Vec::new();
+    for response in futures_join_all(requests).await {
+        let response = response.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        versions.push(
+            response.json::<Value>().await.unwrap()["version"]
+                .as_i64()
+                .unwrap(),
+        );
+    }
+    versions.sort_unstable();
+    assert_eq!(versions, [1, 2, 3, 4, 5, 6]);
+    let listed: Value = app.get("/v1/learners").await.json().await.unwrap();
+    assert_eq!(listed["learners"][0]["version"], 6);
+    assert_eq!(listed["learners"][0]["examples"], 3 * TICKETS.len());
+}
+
+/// Runs every future at once (spawned, so the requests really overlap) and collects the results.
+async fn futures_join_all<F>(futures: Vec<F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut outputs = Vec::with_capacity(handles.len());
+    for handle in handles {
+        outputs.push(handle.await.unwrap());
+    }
+    outputs
+}
+
+#[tokio::test]
+async fn bad_example_batches_are_problems() {
+    let app = spawn_learning_app().await;
+    let one = examples(&[("Ticket: refund", "billing")]);
+    let parked = app.triage("no learner yet").await;
+    let parked_id = parked["id"].as_str().unwrap();
+    let cases: Vec<(&str, Value, StatusCode, &str)> = vec![
+        (
+            "/v1/learners/nope/classify/examples",
+            one.clone(),
+            StatusCode::NOT_FOUND,
+            "unknown-workflow",
+        ),
+        (
+            "/v1/learners/triage/nope/examples",
+            one.clone(),
+            StatusCode::NOT_FOUND,
+            "unknown-step",
+        ),
+        (
+            "/v1/learners/triage/route/examples",
+            one.clone(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "not-classify-step",
+        ),
+        (
+            "/v1/learners/triage/classify/examples",
+            examples(&[("Ticket: refund", "sales")]),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown-label",
+        ),
+        (
+            "/v1/learners/triage/classify/examples",
+            json!({"examples": []}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-examples",
+        ),
+        (
+            "/v1/learners/triage/classify/examples",
+            json!({"examples": [{"text": "x"}]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-examples",
+        ),
+        (
+            "/v1/learners/triage/classify/examples",
+            json!({"examples": [{"text": "x", "case_id": "y", "label": "billing"}]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-examples",
+        ),
+        (
+            "/v1/learners/triage/classify/examples",
+            json!({"examples": [{"case_id": "no-such-case", "label": "billing"}]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-examples",
+        ),
+        (
+            "/v1/learners/triage/route/examples",
+            json!({"examples": [{"case_id": parked_id, "label": "billing"}]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "not-classify-step",
+        ),
+    ];
+    for (path, body, status, slug) in cases {
+        let response = app.post_json(path, &body).await;
+        expect_problem(response, status, slug).await;
+    }
+    let oversized = vec![json!({"text": "x", "label": "billing"}); 1_001];
+    let response = app
+        .post_json(
+            "/v1/learners/triage/classify/examples",
+            &json!({ "examples": oversized }),
+        )
+        .await;
+    let problem = expect_problem(
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid-examples",
+    )
+    .await;
+    assert!(
+        problem["detail"].as_str().unwrap().contains("1000"),
+        "{problem:#}"
+    );
+    let malformed = app
+        .client
+        .post(format!("{}/v1/learners/triage/classify/examples", app.base))
+        .header("content-type", "application/json")
+        .body("{\"examples\": [")
+        .send()
+        .await
+        .unwrap();
+    expect_problem(malformed, StatusCode::BAD_REQUEST, "malformed-json").await;
+
+    let listed: Value = app.get("/v1/learners").await.json().await.unwrap();
+    assert_eq!(listed, json!({"learners": []}), "nothing was stored");
+}

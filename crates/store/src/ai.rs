@@ -282,6 +282,7 @@ impl Store {
 
     /// Stores a new version of a learner (one more than the latest) with its journal entry
     /// `announce(version)`; returns the version.
+    #[allow(clippy::too_many_arguments)] // one version's columns, each named at the call
     pub async fn save_learner(
         &self,
         workflow: &str,

@@ -3,9 +3,10 @@
 //! `keel_migrations` so a start-up on an existing database applies only what is new.
 
 /// (version, SQL) for SQLite.
-pub const SQLITE: &[(i64, &str)] = &[(
-    1,
-    r#"
+pub const SQLITE: &[(i64, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE workflows (
     name TEXT NOT NULL,
@@ -66,7 +67,7 @@ CREATE TRIGGER nodes_no_delete BEFORE DELETE ON ledger_nodes BEGIN SELECT RAISE(
 CREATE TRIGGER checkpoints_no_update BEFORE UPDATE ON checkpoints BEGIN SELECT RAISE(ABORT, 'keel: checkpoints is append-only'); END;
 CREATE TRIGGER checkpoints_no_delete BEFORE DELETE ON checkpoints BEGIN SELECT RAISE(ABORT, 'keel: checkpoints is append-only'); END;
 "#,
-),
+    ),
     (
         2,
         r#"
@@ -117,9 +118,10 @@ CREATE TRIGGER learners_no_update BEFORE UPDATE ON learners BEGIN SELECT RAISE(A
 ];
 
 /// (version, SQL) for PostgreSQL.
-pub const POSTGRES: &[(i64, &str)] = &[(
-    1,
-    r#"
+pub const POSTGRES: &[(i64, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE workflows (
     name TEXT NOT NULL,
@@ -185,7 +187,7 @@ CREATE TRIGGER nodes_no_truncate BEFORE TRUNCATE ON ledger_nodes FOR EACH STATEM
 CREATE TRIGGER checkpoints_append_only BEFORE UPDATE OR DELETE ON checkpoints FOR EACH ROW EXECUTE FUNCTION keel_append_only();
 CREATE TRIGGER checkpoints_no_truncate BEFORE TRUNCATE ON checkpoints FOR EACH STATEMENT EXECUTE FUNCTION keel_append_only();
 "#,
-),
+    ),
     (
         2,
         r#"
