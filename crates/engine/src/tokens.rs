@@ -115,9 +115,19 @@ fn token_entry(kind: &str, now_ms: i64, data: serde_json::Value) -> NewEntry {
 }
 
 /// Cached token lookups by secret hash.
+///
+/// When an entry goes stale, the first request to notice refreshes it from the database while
+/// the others keep using the stale row for the few milliseconds that takes: one read per token
+/// per [`CACHE_TTL_MS`], never a stampede of reads when a busy token's entry expires.
 #[derive(Default)]
 pub(crate) struct TokenCache {
-    entries: Mutex<HashMap<String, (i64, TokenRow)>>,
+    entries: Mutex<HashMap<String, Cached>>,
+}
+
+struct Cached {
+    fetched_ms: i64,
+    row: TokenRow,
+    refreshing: bool,
 }
 
 impl TokenCache {
@@ -129,23 +139,47 @@ impl TokenCache {
     ) -> Result<std::result::Result<Caller, Refusal>> {
         let sha = token_sha256(secret);
         let cached = {
-            let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-            entries
-                .get(&sha)
-                .filter(|(fetched, _)| now_ms - fetched < CACHE_TTL_MS)
-                .map(|(_, row)| row.clone())
+            let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+            match entries.get_mut(&sha) {
+                Some(entry) if now_ms - entry.fetched_ms < CACHE_TTL_MS || entry.refreshing => {
+                    Some(entry.row.clone())
+                }
+                Some(entry) => {
+                    entry.refreshing = true;
+                    None
+                }
+                None => None,
+            }
         };
         let row = match cached {
             Some(row) => row,
             None => {
-                let Some(row) = store.token_by_hash(&sha).await? else {
-                    return Ok(Err(Refusal::Unknown));
-                };
+                let found = store.token_by_hash(&sha).await;
                 let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+                let row = match found {
+                    Ok(Some(row)) => row,
+                    Ok(None) => {
+                        entries.remove(&sha);
+                        return Ok(Err(Refusal::Unknown));
+                    }
+                    Err(error) => {
+                        if let Some(entry) = entries.get_mut(&sha) {
+                            entry.refreshing = false;
+                        }
+                        return Err(error.into());
+                    }
+                };
                 if entries.len() >= CACHE_MAX {
                     entries.clear();
                 }
-                entries.insert(sha, (now_ms, row.clone()));
+                entries.insert(
+                    sha,
+                    Cached {
+                        fetched_ms: now_ms,
+                        row: row.clone(),
+                        refreshing: false,
+                    },
+                );
                 row
             }
         };

@@ -1217,3 +1217,55 @@ async fn learner_versions_and_concurrent_batches_on_postgres() {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn tokens_authenticate_until_revoked_or_expired_and_revocation_reaches_the_cache() {
+    use keel_engine::tokens::{create_token, revoke_token, Refusal};
+    let h = harness().await;
+    let store = h.engine.store();
+    let (secret, row) = create_token(
+        store,
+        "billing",
+        "svc-billing",
+        &["gateway".into()],
+        None,
+        START_MS,
+    )
+    .await
+    .unwrap();
+    assert!(secret.starts_with("keel_") && secret.len() > 40);
+    let caller = h.engine.authenticate(&secret).await.unwrap().unwrap();
+    assert_eq!(caller.name, "billing");
+    assert_eq!(caller.token_id, row.id);
+    assert_eq!(caller.roles, ["gateway"]);
+    // Only the hash is stored.
+    let stored = store.tokens().await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_ne!(stored[0].sha256, secret);
+    assert_eq!(
+        h.engine.authenticate("keel_unknown").await.unwrap(),
+        Err(Refusal::Unknown)
+    );
+    // Revoked: the cached entry is trusted until it goes stale, then the refresh refuses it.
+    assert_eq!(revoke_token(store, "billing", START_MS).await.unwrap(), 1);
+    assert!(h.engine.authenticate(&secret).await.unwrap().is_ok());
+    h.clock.advance_ms(keel_engine::tokens::CACHE_TTL_MS + 1);
+    assert_eq!(
+        h.engine.authenticate(&secret).await.unwrap(),
+        Err(Refusal::Revoked)
+    );
+    // Expiry needs no refresh.
+    let (short, _) = create_token(store, "short", "x", &[], Some(START_MS + 60_000), START_MS)
+        .await
+        .unwrap();
+    assert!(h.engine.authenticate(&short).await.unwrap().is_ok());
+    h.clock.advance_ms(61_000);
+    assert_eq!(
+        h.engine.authenticate(&short).await.unwrap(),
+        Err(Refusal::Expired)
+    );
+    // Bad names are refused before anything is stored.
+    assert!(create_token(store, "has space", "x", &[], None, START_MS)
+        .await
+        .is_err());
+}

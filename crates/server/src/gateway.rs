@@ -149,7 +149,17 @@ impl IntoResponse for GatewayError {
     }
 }
 
-/// `GET /v1/models`: the models and aliases a caller may name.
+/// The models and aliases a caller may name (OpenAI's model list).
+#[utoipa::path(
+    get,
+    path = "/v1/models",
+    tag = "gateway",
+    security(("keel_token" = [])),
+    responses(
+        (status = 200, description = "`{object: list, data: [{id, object: model, created, owned_by}]}`", body = serde_json::Value),
+        (status = 401, description = "Missing, unknown, revoked or expired token (OpenAI error body)", body = serde_json::Value),
+    )
+)]
 pub(crate) async fn models(State(state): State<AppState>, headers: HeaderMap) -> Response {
     if let Err(error) = authenticate(&state.engine, &headers).await {
         return error.into_response();
@@ -600,7 +610,25 @@ impl Log {
     }
 }
 
-/// `POST /v1/chat/completions`.
+/// OpenAI-compatible chat completions: aliases with fallback, Keel's validation of
+/// `response_format`, the response cache, caller budgets and an `ai.call` journal entry per
+/// call. `stream: true` answers with server-sent events in OpenAI's chunk format.
+#[utoipa::path(
+    post,
+    path = "/v1/chat/completions",
+    tag = "gateway",
+    security(("keel_token" = [])),
+    request_body(content = serde_json::Value, content_type = "application/json",
+        description = "OpenAI's chat-completions request: model, messages, temperature, max_tokens or max_completion_tokens, stop, response_format, stream, stream_options, logprobs, top_logprobs, n (1), user, metadata, store"),
+    responses(
+        (status = 200, description = "`chat.completion`, or `text/event-stream` of `chat.completion.chunk` ending in `[DONE]`; headers x-keel-model, x-keel-cost-usd, x-keel-cache", body = serde_json::Value),
+        (status = 400, description = "Invalid or unsupported request (OpenAI error body)", body = serde_json::Value),
+        (status = 401, description = "Missing, unknown, revoked or expired token", body = serde_json::Value),
+        (status = 404, description = "Unknown model or alias", body = serde_json::Value),
+        (status = 429, description = "The caller's or the total budget is exhausted (`budget_exhausted`)", body = serde_json::Value),
+        (status = 502, description = "Every model failed, or answered outside `response_format` (`invalid_response`)", body = serde_json::Value),
+    )
+)]
 pub(crate) async fn chat_completions(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -7,8 +7,8 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use utoipa::OpenApi;
 
-use crate::learners;
 use crate::{audit, cases, health, problem, workflows, AppState};
+use crate::{gateway, learners};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -29,8 +29,11 @@ use crate::{audit, cases, health, problem, workflows, AppState};
         audit::consistency_proof,
         learners::list_learners,
         learners::add_examples,
+        gateway::chat_completions,
+        gateway::models,
         openapi_json,
     ),
+    modifiers(&TokenAuth),
     components(schemas(problem::ProblemBody, problem::ViolationBody)),
     tags(
         (name = "health", description = "Liveness and readiness"),
@@ -38,10 +41,30 @@ use crate::{audit, cases, health, problem, workflows, AppState};
         (name = "cases", description = "Cases: submit, read, list, signal"),
         (name = "audit", description = "Signed checkpoints and Merkle proofs"),
         (name = "learners", description = "Local learners: stored versions and online learning from labelled examples"),
+        (name = "gateway", description = "OpenAI-compatible gateway: point an OpenAI client's base URL at /v1 with a Keel token as its API key"),
         (name = "meta", description = "This document"),
     )
 )]
 pub struct ApiDoc;
+
+/// Declares the bearer-token scheme of the gateway endpoints.
+struct TokenAuth;
+
+impl utoipa::Modify for TokenAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "keel_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("A token from `keel token create`"))
+                    .build(),
+            ),
+        );
+    }
+}
 
 /// This document.
 #[utoipa::path(

@@ -52,6 +52,8 @@ const PATHS: &[&str] = &[
     "/v1/audit/proof/consistency",
     "/v1/learners",
     "/v1/learners/{workflow}/{step}/examples",
+    "/v1/chat/completions",
+    "/v1/models",
     "/v1/openapi.json",
 ];
 
