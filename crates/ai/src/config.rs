@@ -19,6 +19,8 @@ pub struct Config {
     pub cache: CacheConfig,
     pub journal: JournalConfig,
     pub gateway: GatewayConfig,
+    /// Outbound webhooks (`[[webhooks]]`), in file order.
+    pub webhooks: Vec<WebhookConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -148,6 +150,32 @@ pub struct GatewayConfig {
     pub durable_journal: bool,
 }
 
+/// The events a webhook may subscribe to: journal entry kinds.
+pub const WEBHOOK_EVENTS: &[&str] = &[
+    "task.created",
+    "task.due_soon",
+    "exception.raised",
+    "exception.escalated",
+    "sla.breached",
+];
+
+/// One `[[webhooks]]` endpoint. The secret itself is not here: only the name of the
+/// environment variable that holds it, read when the engine starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookConfig {
+    /// Unique; the delivery log and the journal refer to the endpoint by it.
+    pub name: String,
+    pub url: String,
+    /// Name of the environment variable holding the HMAC secret.
+    pub secret_env: String,
+    /// Subscribed events, each one of [`WEBHOOK_EVENTS`] (`"*"` in the file means all).
+    pub events: Vec<String>,
+    /// Whole-request timeout per attempt (default 10 s).
+    pub timeout_ms: u64,
+    /// Attempts before a delivery is given up as failed (1..=50, default 12).
+    pub max_attempts: u32,
+}
+
 /// A problem in `keel.toml`, with its position when known.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{path}:{line}:{column}: {message}")]
@@ -227,6 +255,7 @@ impl Config {
             }
             config.gateway.aliases.insert(alias, targets);
         }
+        config.webhooks = check_webhooks(raw.webhooks, &mut errors);
         if errors.is_empty() {
             Ok(config)
         } else {
@@ -402,6 +431,81 @@ fn check_budgets(raw: Option<raw::Budgets>, errors: &mut Vec<String>) -> Budgets
     }
 }
 
+fn check_webhooks(raw: Vec<raw::Webhook>, errors: &mut Vec<String>) -> Vec<WebhookConfig> {
+    let mut checked: Vec<WebhookConfig> = Vec::new();
+    for webhook in raw {
+        let name = webhook.name;
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            errors.push(format!(
+                "`{name}` is not a webhook name: use letters, digits, `-`, `_` or `.`"
+            ));
+            continue;
+        }
+        if checked.iter().any(|other| other.name == name) {
+            errors.push(format!("`{name}` names two [[webhooks]]; names must be unique"));
+            continue;
+        }
+        if !(webhook.url.starts_with("http://") || webhook.url.starts_with("https://")) {
+            errors.push(format!(
+                "`{}` is not a webhook url: it must start with http:// or https:// (webhook {name})",
+                webhook.url
+            ));
+        }
+        let env = &webhook.secret_env;
+        if env.is_empty() || !env.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            errors.push(format!(
+                "`{}` is not an environment variable name: webhook {name}'s secret_env names the variable that holds the secret (e.g. KEEL_WEBHOOK_SECRET_OPS), not the secret",
+                if env.len() > 12 { "<hidden>" } else { env }
+            ));
+        }
+        let mut events = Vec::new();
+        for event in &webhook.events {
+            if event == "*" {
+                events.extend(WEBHOOK_EVENTS.iter().map(|known| known.to_string()));
+            } else if WEBHOOK_EVENTS.contains(&event.as_str()) {
+                events.push(event.clone());
+            } else {
+                errors.push(format!(
+                    "`{event}` is not a webhook event (webhook {name}); known: {}, or \"*\" for all",
+                    WEBHOOK_EVENTS.join(", ")
+                ));
+            }
+        }
+        events.sort();
+        events.dedup();
+        if webhook.events.is_empty() {
+            errors.push(format!(
+                "`{name}` subscribes to no events: list some in `events`, or \"*\" for all"
+            ));
+        }
+        let timeout_s = webhook.timeout_s.unwrap_or(10.0);
+        if !(timeout_s.is_finite() && timeout_s > 0.0 && timeout_s <= 300.0) {
+            errors.push(format!(
+                "`{name}` has timeout_s = {timeout_s}; give seconds in (0, 300]"
+            ));
+        }
+        let max_attempts = webhook.max_attempts.unwrap_or(12);
+        if !(1..=50).contains(&max_attempts) {
+            errors.push(format!(
+                "`{name}` has max_attempts = {max_attempts}; give 1 to 50"
+            ));
+        }
+        checked.push(WebhookConfig {
+            name,
+            url: webhook.url,
+            secret_env: webhook.secret_env,
+            events,
+            timeout_ms: (timeout_s.clamp(0.001, 300.0) * 1000.0) as u64,
+            max_attempts,
+        });
+    }
+    checked
+}
+
 fn line_column(source: &str, offset: usize) -> (usize, usize) {
     let before = &source[..offset.min(source.len())];
     let line = before.matches('\n').count() + 1;
@@ -440,6 +544,8 @@ mod raw {
         pub cache: Option<Cache>,
         pub journal: Option<Journal>,
         pub gateway: Option<Gateway>,
+        #[serde(default)]
+        pub webhooks: Vec<Webhook>,
     }
 
     #[derive(Debug, Deserialize)]
@@ -506,6 +612,17 @@ mod raw {
     #[serde(deny_unknown_fields)]
     pub struct Journal {
         pub redact_text: Option<bool>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Webhook {
+        pub name: String,
+        pub url: String,
+        pub secret_env: String,
+        pub events: Vec<String>,
+        pub timeout_s: Option<f64>,
+        pub max_attempts: Option<u32>,
     }
 
     #[derive(Debug, Deserialize)]

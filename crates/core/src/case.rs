@@ -90,6 +90,12 @@ pub struct CaseState {
     /// journal, so that `journal.redact_text` keeps prompt text out of the ledger.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub ai_prompts: BTreeMap<String, String>,
+    /// The open task of the step the case is at (an approval or a gated action).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<crate::gate::TaskProgress>,
+    /// Who submitted the case (the API token's subject), for the four-eyes rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitted_by: Option<String>,
 }
 
 /// One recorded SLA breach: of the whole case (`step` is `None`) or of one visit to a step.
@@ -139,6 +145,12 @@ pub enum Input {
     Signal { name: String, payload: Value },
     /// The result of the `ai` step attempt that `Command::Ai` asked for.
     AiResult { attempt: u32, outcome: AiOutcome },
+    /// A person's decision on the case's open task.
+    TaskDecision {
+        task_id: String,
+        decider: crate::gate::Decider,
+        decision: crate::gate::TaskDecision,
+    },
 }
 
 /// What an `ai` step's cascade came to. Built by the AI layer, applied here.
@@ -257,6 +269,8 @@ impl CaseState {
             sla_breached: false,
             sla_breaches: Vec::new(),
             ai_prompts: BTreeMap::new(),
+            task: None,
+            submitted_by: None,
         }
     }
 
@@ -400,6 +414,15 @@ pub fn advance(
                 return run.finish(command);
             }
         }
+        Input::TaskDecision {
+            task_id,
+            decider,
+            decision,
+        } => {
+            if let Some(command) = run.task_decision(state, &task_id, decider, decision) {
+                return run.finish(command);
+            }
+        }
     }
     let command = run.drive(state);
     run.finish(command)
@@ -532,6 +555,7 @@ impl<'w> Run<'w> {
         state.status = Status::Running;
         state.action = None;
         state.wait_until_ms = None;
+        state.task = None;
         None
     }
 
@@ -646,7 +670,47 @@ impl<'w> Run<'w> {
                 );
                 Flow::Goto(next)
             }
-            StepKind::Action(action) => self.action(state, step, action),
+            StepKind::Action(action) => {
+                let approved = state
+                    .task
+                    .as_ref()
+                    .is_some_and(|t| t.step == step.id && t.approved);
+                if crate::gate::action_needs_task(action) && !approved {
+                    let preview = match render_request(
+                        &self.activation(state),
+                        step,
+                        action,
+                        0,
+                        String::new(),
+                    ) {
+                        Ok(request) => {
+                            json!({"method": request.method, "url": request.url, "body": request.body})
+                        }
+                        Err(message) => json!({"unrenderable": message}),
+                    };
+                    let title = format!("Approve action `{}` using AI output", step.id);
+                    self.open_task(
+                        state,
+                        step,
+                        &action.gate,
+                        "action",
+                        title,
+                        action.uses_ai.clone(),
+                        preview,
+                    )
+                } else {
+                    self.action(state, step, action)
+                }
+            }
+            StepKind::Approval(approval) => self.open_task(
+                state,
+                step,
+                &approval.gate,
+                "approval",
+                approval.title.clone(),
+                Vec::new(),
+                Value::Null,
+            ),
             StepKind::Ai(ai) => self.ai(state, step, ai),
             StepKind::Wait(wait) => self.wait(state, step, wait),
             StepKind::End(end) => {
@@ -963,6 +1027,319 @@ impl<'w> Run<'w> {
         });
         state.status = Status::Waiting;
         Some(Command::Sleep { until_ms: retry_at })
+    }
+
+    /// Opens the task of an approval step or a gated action, or keeps waiting on it.
+    #[allow(clippy::too_many_arguments)] // one task's parts, each named at the two call sites
+    fn open_task(
+        &mut self,
+        state: &mut CaseState,
+        step: &Step,
+        gate: &crate::workflow::Gate,
+        kind: &str,
+        title: String,
+        ai_steps: Vec<String>,
+        preview: Value,
+    ) -> Flow {
+        if let Some(task) = state.task.as_mut().filter(|t| t.step == step.id) {
+            let due = task.due_ms;
+            if let Some(due) = due.filter(|due| self.now_ms >= *due) {
+                if !task.overdue_recorded {
+                    task.overdue_recorded = true;
+                    let id = task.id.clone();
+                    self.emit(
+                        "task.overdue",
+                        Some(step.id.clone()),
+                        json!({ "task_id": id, "due_ms": due }),
+                    );
+                }
+                state.status = Status::Waiting;
+                return Flow::Stop(Command::Stop);
+            }
+            state.status = Status::Waiting;
+            return Flow::Stop(due.map_or(Command::Stop, |until_ms| Command::Sleep { until_ms }));
+        }
+        let amount = match &gate.limit {
+            None => None,
+            Some(expr) => match expr.eval(&self.activation(state)) {
+                Ok(value) => match value.as_f64() {
+                    Some(amount) => Some(amount),
+                    None => {
+                        let message = format!(
+                            "the approval `limit` expression `{}` gave {value}, not a number",
+                            expr.source()
+                        );
+                        return Flow::Stop(self.fail(
+                            state,
+                            "expression_error",
+                            message,
+                            Value::Null,
+                        ));
+                    }
+                },
+                Err(error) => return Flow::Stop(self.expression_failed(state, expr, error)),
+            },
+        };
+        let due_ms = gate.due.map(|due| self.now_ms.saturating_add(due.0 as i64));
+        let task = crate::gate::TaskProgress {
+            id: format!("{}.{}.{}", state.id, step.id, state.steps_executed),
+            step: step.id.clone(),
+            kind: kind.to_string(),
+            required: gate.required,
+            roles: gate.roles.clone(),
+            amount,
+            due_ms,
+            ai_steps,
+            approvals: Vec::new(),
+            approved: false,
+            overdue_recorded: false,
+        };
+        let proposals: serde_json::Map<String, Value> = task
+            .ai_steps
+            .iter()
+            .filter_map(|ai_step| {
+                let into = match find_step(self.workflow, ai_step).map(|s| &s.kind) {
+                    Some(StepKind::Ai(ai)) => ai.into.clone(),
+                    _ => return None,
+                };
+                Some((
+                    ai_step.clone(),
+                    state.data.get(&into).cloned().unwrap_or(Value::Null),
+                ))
+            })
+            .collect();
+        self.emit(
+            "task.created",
+            Some(step.id.clone()),
+            json!({
+                "task_id": task.id, "kind": kind, "title": title, "required": task.required,
+                "roles": task.roles, "amount": amount, "due_ms": due_ms,
+                "proposals": proposals, "action": preview, "submitted_by": state.submitted_by,
+            }),
+        );
+        state.task = Some(task);
+        state.status = Status::Waiting;
+        Flow::Stop(due_ms.map_or(Command::Stop, |until_ms| Command::Sleep { until_ms }))
+    }
+
+    /// Applies a person's decision on the open task; `None` to drive on.
+    fn task_decision(
+        &mut self,
+        state: &mut CaseState,
+        task_id: &str,
+        decider: crate::gate::Decider,
+        decision: crate::gate::TaskDecision,
+    ) -> Option<Command> {
+        use crate::gate::TaskDecision;
+        let step_id = state.step.clone();
+        let Some(task) = state.task.clone().filter(|t| t.id == task_id) else {
+            self.emit(
+                "task.decision_refused",
+                step_id,
+                json!({ "task_id": task_id, "by": decider.user, "decision": decision.keyword(),
+                    "code": "task_not_open", "message": "the case has no open task with this id" }),
+            );
+            return Some(current_command(state));
+        };
+        let refusal =
+            crate::gate::check_decision(&task, &decider, &decision, state.submitted_by.as_deref())
+                .err()
+                .or_else(|| self.correction_problem(state, &task, &decision));
+        if let Some(refusal) = refusal {
+            self.emit(
+                "task.decision_refused",
+                step_id,
+                json!({ "task_id": task_id, "by": decider.user, "roles": decider.roles,
+                    "decision": decision.keyword(), "code": refusal.code, "message": refusal.message }),
+            );
+            return Some(current_command(state));
+        }
+        let step = find_step(self.workflow, &task.step)?;
+        match decision {
+            TaskDecision::Reject { reason } => {
+                self.emit(
+                    "task.completed",
+                    step_id.clone(),
+                    json!({ "task_id": task_id, "decision": "rejected", "by": [decider.user], "reason": reason }),
+                );
+                if let StepKind::Approval(approval) = &step.kind {
+                    set_data(
+                        state,
+                        &approval.into,
+                        json!({"decision": "rejected", "by": [decider.user], "reason": reason}),
+                    );
+                    if let Some(target) = approval.on_reject.clone() {
+                        return self.goto(state, target);
+                    }
+                }
+                let message = format!("`{}` rejected the task: {reason}", decider.user);
+                self.emit(
+                    "exception.raised",
+                    step_id.clone(),
+                    json!({ "kind": "rejected", "message": message, "task_id": task_id, "data": state.data }),
+                );
+                state.status = Status::Exception;
+                state.error = Some(CaseError {
+                    kind: "rejected".into(),
+                    step: step_id,
+                    message,
+                    details: json!({ "task_id": task_id, "reason": reason }),
+                });
+                Some(Command::Stop)
+            }
+            TaskDecision::Approve { .. } | TaskDecision::Correct { .. } => {
+                let keyword = decision.keyword();
+                if let TaskDecision::Correct {
+                    output,
+                    step: ai_step,
+                    ..
+                } = &decision
+                {
+                    self.apply_correction(
+                        state,
+                        &task,
+                        ai_step.as_deref(),
+                        output.clone(),
+                        &decider.user,
+                    );
+                }
+                let mut task = task;
+                task.approvals.push(crate::gate::TaskApproval {
+                    by: decider.user.clone(),
+                    at_ms: self.now_ms,
+                    decision: keyword.to_string(),
+                });
+                self.emit(
+                    "task.approval_recorded",
+                    step_id.clone(),
+                    json!({ "task_id": task_id, "by": decider.user, "decision": keyword,
+                        "approvals": task.approvals.len(), "required": task.required }),
+                );
+                if (task.approvals.len() as u32) < task.required {
+                    let due = task.due_ms;
+                    state.task = Some(task);
+                    return Some(due.map_or(Command::Stop, |until_ms| Command::Sleep { until_ms }));
+                }
+                let by: Vec<&str> = task.approvals.iter().map(|a| a.by.as_str()).collect();
+                let corrected = task.approvals.iter().any(|a| a.decision == "correct");
+                let outcome = if corrected { "corrected" } else { "approved" };
+                self.emit(
+                    "task.completed",
+                    step_id,
+                    json!({ "task_id": task_id, "decision": outcome, "by": by }),
+                );
+                if let StepKind::Approval(approval) = &step.kind {
+                    set_data(
+                        state,
+                        &approval.into,
+                        json!({"decision": outcome, "by": by}),
+                    );
+                    let next = step.next.clone().unwrap_or_default();
+                    return self.goto(state, next);
+                }
+                task.approved = true;
+                state.task = Some(task);
+                None
+            }
+        }
+    }
+
+    /// Why a correction cannot be applied (no AI proposal, an ambiguous or unknown step, an
+    /// output that fails the step's schema or checks), if it cannot.
+    fn correction_problem(
+        &self,
+        state: &CaseState,
+        task: &crate::gate::TaskProgress,
+        decision: &crate::gate::TaskDecision,
+    ) -> Option<crate::gate::Refusal> {
+        let crate::gate::TaskDecision::Correct { output, step, .. } = decision else {
+            return None;
+        };
+        let refuse = |message: String| {
+            Some(crate::gate::Refusal {
+                code: "invalid_correction",
+                message,
+            })
+        };
+        let ai_step = match (step, task.ai_steps.as_slice()) {
+            (Some(step), steps) if steps.contains(step) => step.clone(),
+            (Some(step), _) => {
+                return refuse(format!("the task does not use a proposal of step `{step}`"))
+            }
+            (None, [only]) => only.clone(),
+            (None, []) => {
+                return refuse("there is no AI proposal to correct; approve or reject".into())
+            }
+            (None, _) => {
+                return refuse(format!(
+                    "name the step whose proposal you correct: one of {:?}",
+                    task.ai_steps
+                ))
+            }
+        };
+        let Some(StepKind::Ai(ai)) = find_step(self.workflow, &ai_step).map(|s| &s.kind) else {
+            return refuse(format!("step `{ai_step}` is not an `ai` step"));
+        };
+        if let Err(violations) = ai.output_schema.validate(output) {
+            let problems: Vec<String> = violations
+                .iter()
+                .map(|v| format!("{} {}", v.path, v.message))
+                .collect();
+            return refuse(format!(
+                "the corrected output does not match the step's schema: {}",
+                problems.join("; ")
+            ));
+        }
+        let mut activation = self.activation(state);
+        activation.set("output", output);
+        for check in &ai.checks {
+            match check.expr.eval_bool(&activation) {
+                Ok(true) => {}
+                Ok(false) => {
+                    return refuse(format!(
+                        "the corrected output fails a check: {}",
+                        check.message
+                    ))
+                }
+                Err(error) => return refuse(format!("a check could not be evaluated: {error}")),
+            }
+        }
+        None
+    }
+
+    /// Replaces the proposal's output by the corrected one and journals the labelled outcome.
+    fn apply_correction(
+        &mut self,
+        state: &mut CaseState,
+        task: &crate::gate::TaskProgress,
+        ai_step: Option<&str>,
+        output: Value,
+        by: &str,
+    ) {
+        let Some(ai_step) = ai_step
+            .map(str::to_string)
+            .or_else(|| task.ai_steps.first().cloned())
+        else {
+            return;
+        };
+        let Some(StepKind::Ai(ai)) = find_step(self.workflow, &ai_step).map(|s| &s.kind) else {
+            return;
+        };
+        let mut proposal = state.data.get(&ai.into).cloned().unwrap_or(Value::Null);
+        let proposed = proposal.get("output").cloned().unwrap_or(Value::Null);
+        self.emit(
+            "outcome.labelled",
+            Some(ai_step.clone()),
+            json!({ "task_id": task.id, "by": by, "source": "correction",
+                "model": proposal.get("model"), "confidence": proposal.get("confidence"),
+                "confidence_method": proposal.get("confidence_method"),
+                "proposed": proposed, "corrected": output, "agreed": proposed == output }),
+        );
+        if let Value::Object(fields) = &mut proposal {
+            fields.insert("output".into(), output);
+            fields.insert("corrected_by".into(), json!(by));
+        }
+        set_data(state, &ai.into, proposal);
     }
 
     fn wait(&mut self, state: &mut CaseState, step: &Step, wait: &Wait) -> Flow {

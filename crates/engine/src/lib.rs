@@ -14,7 +14,9 @@ mod committer;
 pub mod learn;
 mod registry;
 pub mod sequencer;
+pub mod tasks;
 pub mod tokens;
+pub mod webhooks;
 mod worker;
 
 use std::path::{Path, PathBuf};
@@ -97,6 +99,8 @@ pub struct Options {
     /// The models of `keel.toml`; `None` when no configuration was given (an `ai` step then
     /// raises an `ai_failed` exception saying so).
     pub ai: Option<Arc<keel_ai::cascade::Runtime>>,
+    /// Outbound webhooks (`[[webhooks]]` of `keel.toml`); none by default.
+    pub webhooks: webhooks::Options,
 }
 
 impl Default for Options {
@@ -110,6 +114,7 @@ impl Default for Options {
             checkpoint_interval: Duration::from_secs(1),
             data_dir: PathBuf::from("keel-data"),
             ai: None,
+            webhooks: webhooks::Options::default(),
         }
     }
 }
@@ -132,6 +137,7 @@ pub(crate) struct Inner {
     pub options: Options,
     pub committer: committer::Handle,
     pub ai_log: ailog::Handle,
+    pub webhooks: webhooks::Handle,
     /// The engine's copy of each learner it updates online, one lock per learner.
     pub learners: learn::Learners,
     pub tokens: tokens::TokenCache,
@@ -174,6 +180,13 @@ impl Engine {
             .user_agent(concat!("keel/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|error| Error::Io(format!("cannot build the HTTP client: {error}")))?;
+        let webhooks = webhooks::start(
+            store.clone(),
+            clock.clone(),
+            options.node_id.clone(),
+            options.webhooks.clone(),
+        )
+        .await?;
         let released = store.release_leases(&options.node_id).await?;
         if released > 0 {
             tracing::info!(
@@ -189,6 +202,7 @@ impl Engine {
             options,
             committer,
             ai_log,
+            webhooks,
             learners: learn::Learners::default(),
             tokens: tokens::TokenCache::default(),
             work: work_tx,
@@ -264,6 +278,18 @@ impl Engine {
         input: Value,
         idempotency_key: Option<String>,
     ) -> Result<Submitted> {
+        self.submit_as(workflow, input, idempotency_key, None).await
+    }
+
+    /// Like [`Engine::submit`], recording who submitted (a token's subject): that person may
+    /// not approve the case's tasks (four-eyes).
+    pub async fn submit_as(
+        &self,
+        workflow: &str,
+        input: Value,
+        idempotency_key: Option<String>,
+        submitted_by: Option<String>,
+    ) -> Result<Submitted> {
         if self
             .inner
             .shutting_down
@@ -302,7 +328,8 @@ impl Engine {
         }
         let now = self.now_ms();
         let id = uuid::Uuid::now_v7().to_string();
-        let state = CaseState::new(id.clone(), &definition, version_no, input, now);
+        let mut state = CaseState::new(id.clone(), &definition, version_no, input, now);
+        state.submitted_by = submitted_by;
         // Lease the case to this node in the same transaction if a worker slot is free, so it
         // runs at once; otherwise leave it to the poller.
         let permit = self.inner.work.clone().try_reserve_owned().ok();
@@ -318,6 +345,7 @@ impl Engine {
                 "workflow_label": definition.version,
                 "input": state.input,
                 "idempotency_key": idempotency_key,
+                "submitted_by": state.submitted_by,
             }),
             now,
         );
@@ -434,6 +462,7 @@ impl Engine {
     /// Stops taking work, lets in-flight cases reach their next durable point (or leaves them
     /// resumable), flushes the committer and the sequencer, and returns.
     pub async fn shutdown(&self, grace: Duration) {
+        let deadline = tokio::time::Instant::now() + grace;
         self.inner
             .shutting_down
             .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -448,6 +477,10 @@ impl Engine {
                 "shutdown grace period ended with cases in flight; they resume after restart"
             );
         }
+        self.inner
+            .webhooks
+            .shutdown(deadline.saturating_duration_since(tokio::time::Instant::now()))
+            .await;
         self.inner.ai_log.flush().await;
         // One last sequencer pass so the checkpoint covers everything written.
         if let Err(error) = sequencer::sequence_once(&self.inner, true).await {

@@ -21,13 +21,15 @@ pub const CACHE_TTL_MS: i64 = 5_000;
 const CACHE_MAX: usize = 10_000;
 
 /// Who made a request, as established by its token.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Caller {
     pub token_id: String,
     /// The caller name budgets and the journal use.
     pub name: String,
     pub subject: String,
     pub roles: Vec<String>,
+    /// From the user the token acts for (`keel user add --approval-limit`).
+    pub approval_limit: Option<f64>,
 }
 
 /// Why a presented token was not accepted.
@@ -36,6 +38,8 @@ pub enum Refusal {
     Unknown,
     Revoked,
     Expired,
+    /// The user the token acts for is disabled.
+    Disabled,
 }
 
 /// The SHA-256 (hex) under which a secret is stored.
@@ -127,6 +131,7 @@ pub(crate) struct TokenCache {
 struct Cached {
     fetched_ms: i64,
     row: TokenRow,
+    user: Option<keel_store::UserRow>,
     refreshing: bool,
 }
 
@@ -142,7 +147,7 @@ impl TokenCache {
             let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
             match entries.get_mut(&sha) {
                 Some(entry) if now_ms - entry.fetched_ms < CACHE_TTL_MS || entry.refreshing => {
-                    Some(entry.row.clone())
+                    Some((entry.row.clone(), entry.user.clone()))
                 }
                 Some(entry) => {
                     entry.refreshing = true;
@@ -151,13 +156,20 @@ impl TokenCache {
                 None => None,
             }
         };
-        let row = match cached {
-            Some(row) => row,
+        let (row, user) = match cached {
+            Some(cached) => cached,
             None => {
-                let found = store.token_by_hash(&sha).await;
+                let found = match store.token_by_hash(&sha).await {
+                    Ok(Some(row)) => match store.user(&row.subject).await {
+                        Ok(user) => Ok(Some((row, user))),
+                        Err(error) => Err(error),
+                    },
+                    Ok(None) => Ok(None),
+                    Err(error) => Err(error),
+                };
                 let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-                let row = match found {
-                    Ok(Some(row)) => row,
+                let (row, user) = match found {
+                    Ok(Some(found)) => found,
                     Ok(None) => {
                         entries.remove(&sha);
                         return Ok(Err(Refusal::Unknown));
@@ -177,28 +189,40 @@ impl TokenCache {
                     Cached {
                         fetched_ms: now_ms,
                         row: row.clone(),
+                        user: user.clone(),
                         refreshing: false,
                     },
                 );
-                row
+                (row, user)
             }
         };
+        if user.as_ref().is_some_and(|u| u.disabled) {
+            return Ok(Err(Refusal::Disabled));
+        }
         if row.revoked_at_ms.is_some() {
             return Ok(Err(Refusal::Revoked));
         }
         if row.expires_at_ms.is_some_and(|expires| expires <= now_ms) {
             return Ok(Err(Refusal::Expired));
         }
+        // A token that acts for a user has that user's roles and limit.
+        let (roles, approval_limit) = match user {
+            Some(user) => (user.roles, user.approval_limit),
+            None => (
+                row.roles
+                    .split(',')
+                    .filter(|r| !r.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+                None,
+            ),
+        };
         Ok(Ok(Caller {
             token_id: row.id,
             name: row.name,
             subject: row.subject,
-            roles: row
-                .roles
-                .split(',')
-                .filter(|r| !r.is_empty())
-                .map(str::to_string)
-                .collect(),
+            roles,
+            approval_limit,
         }))
     }
 }

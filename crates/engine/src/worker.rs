@@ -236,6 +236,15 @@ pub(crate) async fn apply_external(
     row: CaseRow,
     input: Input,
 ) -> Result<WriteOutcome> {
+    Ok(apply_external_events(inner, row, input).await?.0)
+}
+
+/// Like `apply_external`, also returning the events the input produced.
+pub(crate) async fn apply_external_events(
+    inner: &Inner,
+    row: CaseRow,
+    input: Input,
+) -> Result<(WriteOutcome, Vec<case::Event>)> {
     let mut state = parse_state(&row)?;
     let definition = workflow_of(inner, &state)?;
     let now = inner.clock.now_ms();
@@ -280,7 +289,7 @@ pub(crate) async fn apply_external(
     {
         let _ = inner.finished.send(state.id.clone());
     }
-    Ok(outcome)
+    Ok((outcome, transition.events))
 }
 
 /// Claims runnable cases (due timers and retries, expired leases) and hands them to workers.

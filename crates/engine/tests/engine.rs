@@ -1269,3 +1269,619 @@ async fn tokens_authenticate_until_revoked_or_expired_and_revocation_reaches_the
         .await
         .is_err());
 }
+
+// ---------------------------------------------------------------- webhooks
+
+const WEBHOOK_SECRET: &str = "whsec-test-4f1c";
+
+/// One request a webhook receiver saw, and the status it answered.
+#[derive(Clone, Debug)]
+struct ReceivedWebhook {
+    id: String,
+    timestamp: String,
+    signature: String,
+    content_type: String,
+    body: String,
+    answered: u16,
+}
+
+/// A webhook receiver that answers every request with a status the test can change, and
+/// deduplicates by `keel-webhook-id` as receivers are told to: a repeated id is acknowledged
+/// but not accepted again.
+#[derive(Clone)]
+struct WebhookReceiver {
+    status: Arc<std::sync::atomic::AtomicU16>,
+    requests: Arc<Mutex<Vec<ReceivedWebhook>>>,
+    accepted: Arc<Mutex<Vec<String>>>,
+}
+
+impl WebhookReceiver {
+    fn new(status: u16) -> WebhookReceiver {
+        WebhookReceiver {
+            status: Arc::new(std::sync::atomic::AtomicU16::new(status)),
+            requests: Arc::default(),
+            accepted: Arc::default(),
+        }
+    }
+
+    fn serve(&self, listener: tokio::net::TcpListener) {
+        let receiver = self.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: HeaderMap, body: String| {
+                let receiver = receiver.clone();
+                async move { receiver.receive(&headers, body) }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    }
+
+    fn receive(&self, headers: &HeaderMap, body: String) -> StatusCode {
+        let status = self.status.load(Ordering::SeqCst);
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string()
+        };
+        let id = header("keel-webhook-id");
+        if status == 200 {
+            let mut accepted = self.accepted.lock().unwrap();
+            if !accepted.contains(&id) {
+                accepted.push(id.clone());
+            }
+        }
+        self.requests.lock().unwrap().push(ReceivedWebhook {
+            id,
+            timestamp: header("keel-webhook-timestamp"),
+            signature: header("keel-signature"),
+            content_type: header("content-type"),
+            body,
+            answered: status,
+        });
+        StatusCode::from_u16(status).unwrap()
+    }
+
+    fn requests(&self) -> Vec<ReceivedWebhook> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    fn accepted(&self) -> Vec<String> {
+        self.accepted.lock().unwrap().clone()
+    }
+}
+
+/// A receiver on a fresh port answering `status`; returns its URL.
+async fn webhook_receiver(status: u16) -> (String, WebhookReceiver) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let receiver = WebhookReceiver::new(status);
+    receiver.serve(listener);
+    (url, receiver)
+}
+
+/// The endpoints of a `keel.toml` text, through the real parser, with the test secret.
+fn webhook_endpoints(toml: &str) -> Vec<keel_engine::webhooks::Endpoint> {
+    let config = keel_ai::config::Config::parse("keel.toml", toml).unwrap();
+    keel_engine::webhooks::Endpoint::with_secrets(&config.webhooks, |variable| {
+        (variable == "KEEL_TEST_WEBHOOK_SECRET").then(|| WEBHOOK_SECRET.to_string())
+    })
+    .unwrap()
+}
+
+fn webhook_toml(name: &str, url: &str, events: &str, max_attempts: u32) -> String {
+    format!(
+        "[[webhooks]]\nname = \"{name}\"\nurl = \"{url}\"\nsecret_env = \"KEEL_TEST_WEBHOOK_SECRET\"\n\
+         events = {events}\ntimeout_s = 2\nmax_attempts = {max_attempts}\n"
+    )
+}
+
+/// An engine on the wall clock over the SQLite file in `dir`, with fast webhook retries.
+async fn webhook_engine(
+    dir: &std::path::Path,
+    endpoints: Vec<keel_engine::webhooks::Endpoint>,
+) -> Engine {
+    let store = Store::open(&dir.join("keel.sqlite").display().to_string())
+        .await
+        .unwrap();
+    let options = Options {
+        node_id: "webhook-node".into(),
+        poll_interval: Duration::from_millis(20),
+        data_dir: dir.to_path_buf(),
+        webhooks: keel_engine::webhooks::Options {
+            endpoints,
+            poll_interval: Duration::from_millis(20),
+            backoff_base: Duration::from_millis(10),
+            backoff_cap: Duration::from_millis(80),
+            ..keel_engine::webhooks::Options::default()
+        },
+        ..Options::default()
+    };
+    Engine::start(store, options, Arc::new(keel_engine::SystemClock))
+        .await
+        .unwrap()
+}
+
+/// Journals one entry of `kind` for case `case-N`, as any part of Keel would.
+async fn journal_event(store: &Store, kind: &str, n: i64) {
+    let (data, data_sha256) = keel_engine::canonical_data(&json!({ "n": n }));
+    store
+        .append(&[keel_store::NewEntry {
+            at: keel_engine::rfc3339_ms(chrono_now_ms()),
+            kind: kind.into(),
+            actor_type: "system".into(),
+            actor_id: "test".into(),
+            case_id: Some(format!("case-{n}")),
+            workflow: Some("wf".into()),
+            step: Some("review".into()),
+            data,
+            data_sha256,
+        }])
+        .await
+        .unwrap();
+}
+
+fn chrono_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Waits (bounded, 10 s) until `done` holds for the endpoint's delivery log.
+async fn wait_deliveries(
+    engine: &Engine,
+    endpoint: &str,
+    what: &str,
+    done: impl Fn(&[keel_store::WebhookDeliveryRow]) -> bool,
+) -> Vec<keel_store::WebhookDeliveryRow> {
+    let filter = keel_store::WebhookDeliveryFilter {
+        endpoint: Some(endpoint.into()),
+        limit: 1_000,
+        ..Default::default()
+    };
+    let mut rows = Vec::new();
+    for _ in 0..1_000 {
+        rows = engine.webhook_deliveries(&filter).await.unwrap();
+        if done(&rows) {
+            return rows;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("webhook deliveries never reached `{what}`: {rows:#?}");
+}
+
+/// Waits (bounded, 10 s) until `done` holds.
+async fn wait_for(what: &str, done: impl Fn() -> bool) {
+    for _ in 0..1_000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+/// The `keel-signature` a receiver expects, computed here independently of the engine.
+fn expected_signature(timestamp: &str, body: &str) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(WEBHOOK_SECRET.as_bytes()).unwrap();
+    mac.update(format!("{timestamp}.{body}").as_bytes());
+    format!("v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+#[tokio::test]
+async fn a_webhook_for_a_raised_exception_is_delivered_once_signed_over_timestamp_and_body() {
+    let (url, receiver) = webhook_receiver(200).await;
+    let dir = tempfile::tempdir().unwrap();
+    let endpoints = webhook_endpoints(&webhook_toml("ops", &url, "[\"exception.raised\"]", 12));
+    let engine = webhook_engine(dir.path(), endpoints).await;
+    engine.deploy_source(TRIAGE, "triage.yaml").await.unwrap();
+    // No models configured: the `ai` step parks the case on an exception.
+    let case_id = engine
+        .submit("triage", json!({"subject": "x"}), None)
+        .await
+        .unwrap()
+        .case_id;
+    wait_status(&engine, &case_id, &["exception"]).await;
+    let rows = wait_deliveries(&engine, "ops", "one delivered", |rows| {
+        rows.len() == 1 && rows[0].status == "delivered"
+    })
+    .await;
+    // Give a duplicate a chance to show up.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 1, "{requests:#?}");
+    let request = &requests[0];
+    let row = &rows[0];
+    assert_eq!(request.id, row.id);
+    assert_eq!(request.content_type, "application/json");
+    assert_eq!(
+        request.signature,
+        expected_signature(&request.timestamp, &request.body),
+        "the signature verifies with the shared secret"
+    );
+    let sent_at_s: i64 = request.timestamp.parse().unwrap();
+    assert!(
+        (chrono_now_ms() / 1000 - sent_at_s).abs() <= 60,
+        "the timestamp is the time of sending: {sent_at_s}"
+    );
+    let body: Value = serde_json::from_str(&request.body).unwrap();
+    assert_eq!(body["id"], row.id.as_str());
+    assert_eq!(body["type"], "exception.raised");
+    assert_eq!(body["seq"], row.journal_seq);
+    assert_eq!(body["data"]["case_id"], case_id.as_str());
+    assert_eq!(body["data"]["workflow"], "triage");
+    assert_eq!(body["data"]["step"], "classify");
+    assert_eq!(body["data"]["kind"], "ai_failed");
+    assert_eq!(request.body, row.payload, "the body is the stored payload");
+    assert_eq!(row.attempts, 1);
+    assert_eq!(row.last_status_code, Some(200));
+    assert_eq!(row.case_id.as_deref(), Some(case_id.as_str()));
+    let attempts = engine.webhook_attempts(&row.id).await.unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].status_code, Some(200));
+    assert_eq!(attempts[0].error, None);
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_webhook_receiver_goes_down_and_comes_back_and_nothing_is_lost() {
+    // A port with nothing listening: connections are refused.
+    let address = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let url = format!("http://{address}/hook");
+    let dir = tempfile::tempdir().unwrap();
+    let endpoints = webhook_endpoints(&webhook_toml("ops", &url, "[\"*\"]", 50));
+    let engine = webhook_engine(dir.path(), endpoints).await;
+    let kinds = [
+        "task.created",
+        "task.due_soon",
+        "exception.raised",
+        "exception.escalated",
+        "sla.breached",
+    ];
+    for (n, kind) in kinds.iter().enumerate() {
+        journal_event(engine.store(), kind, n as i64).await;
+    }
+    wait_deliveries(&engine, "ops", "every delivery refused twice", |rows| {
+        rows.len() == 5
+            && rows
+                .iter()
+                .all(|r| r.attempts >= 2 && r.status == "pending")
+    })
+    .await;
+
+    // It comes back, overloaded: it answers 503 until every delivery has been tried.
+    let receiver = WebhookReceiver::new(503);
+    receiver.serve(tokio::net::TcpListener::bind(address).await.unwrap());
+    wait_for("every delivery answered 503 at least once", || {
+        let ids: std::collections::HashSet<String> =
+            receiver.requests().into_iter().map(|r| r.id).collect();
+        ids.len() == 5
+    })
+    .await;
+    receiver.status.store(200, Ordering::SeqCst);
+    let rows = wait_deliveries(&engine, "ops", "all delivered", |rows| {
+        rows.len() == 5 && rows.iter().all(|r| r.status == "delivered")
+    })
+    .await;
+
+    let mut ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+    let mut accepted = receiver.accepted();
+    ids.sort();
+    accepted.sort();
+    assert_eq!(accepted, ids, "each delivery accepted exactly once");
+    let requests = receiver.requests();
+    let answered_ok: Vec<&ReceivedWebhook> =
+        requests.iter().filter(|r| r.answered == 200).collect();
+    assert_eq!(answered_ok.len(), 5, "no delivery repeated after its 2xx");
+    let mut types: Vec<String> = answered_ok
+        .iter()
+        .map(|r| {
+            let body: Value = serde_json::from_str(&r.body).unwrap();
+            assert_eq!(r.signature, expected_signature(&r.timestamp, &r.body));
+            body["type"].as_str().unwrap().to_string()
+        })
+        .collect();
+    types.sort();
+    let mut expected_types: Vec<String> = kinds.iter().map(|k| k.to_string()).collect();
+    expected_types.sort();
+    assert_eq!(types, expected_types);
+    for r in &requests {
+        assert!(ids.contains(&r.id), "the same ids on every attempt");
+    }
+    // The delivery log shows the failed attempts: refused, then 503, then 200.
+    for row in &rows {
+        let attempts = engine.webhook_attempts(&row.id).await.unwrap();
+        assert_eq!(attempts.len() as i64, row.attempts);
+        assert!(row.attempts >= 4, "{attempts:#?}");
+        assert!(attempts[0].status_code.is_none());
+        assert!(
+            attempts[0]
+                .error
+                .as_deref()
+                .unwrap()
+                .starts_with("cannot connect"),
+            "{attempts:#?}"
+        );
+        assert!(attempts.iter().any(|a| a.status_code == Some(503)
+            && a.error
+                .as_deref()
+                .is_some_and(|e| e.starts_with("HTTP 503"))));
+        let last = attempts.last().unwrap();
+        assert_eq!((last.status_code, last.error.as_deref()), (Some(200), None));
+        assert_eq!(row.delivered_at_ms, Some(last.at_ms));
+        assert!(attempts.windows(2).all(|w| w[0].at_ms <= w[1].at_ms));
+    }
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_webhook_that_never_recovers_fails_after_max_attempts_with_a_journal_entry() {
+    let (url, receiver) = webhook_receiver(500).await;
+    let dir = tempfile::tempdir().unwrap();
+    let endpoints = webhook_endpoints(&webhook_toml("ops", &url, "[\"sla.breached\"]", 3));
+    let engine = webhook_engine(dir.path(), endpoints).await;
+    journal_event(engine.store(), "sla.breached", 7).await;
+    let rows = wait_deliveries(&engine, "ops", "failed", |rows| {
+        rows.len() == 1 && rows[0].status == "failed"
+    })
+    .await;
+    let row = &rows[0];
+    assert_eq!(row.attempts, 3);
+    assert_eq!(row.next_attempt_at_ms, None);
+    assert_eq!(row.delivered_at_ms, None);
+    assert_eq!(row.last_status_code, Some(500));
+    let attempts = engine.webhook_attempts(&row.id).await.unwrap();
+    assert_eq!(attempts.len(), 3);
+    assert!(attempts.iter().all(|a| a.status_code == Some(500)));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let requests = receiver.requests();
+    assert_eq!(
+        requests.len(),
+        3,
+        "no attempt after the last: {requests:#?}"
+    );
+    assert!(requests.iter().all(|r| r.id == row.id));
+
+    let failed: Vec<keel_store::JournalRow> = engine
+        .store()
+        .journal_after(0, 1_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == "webhook.failed")
+        .collect();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].case_id.as_deref(), Some("case-7"));
+    let data: Value = serde_json::from_str(&failed[0].data).unwrap();
+    assert_eq!(data["endpoint"], "ops");
+    assert_eq!(data["delivery_id"], row.id.as_str());
+    assert_eq!(data["event"], "sla.breached");
+    assert_eq!(data["attempts"], 3);
+    assert_eq!(data["last_status_code"], 500);
+    assert!(
+        !failed[0].data.contains(WEBHOOK_SECRET),
+        "the secret is never journaled"
+    );
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_webhook_gets_only_the_events_it_subscribes_to_and_only_from_its_start() {
+    let (breaches_url, breaches) = webhook_receiver(200).await;
+    let (tasks_url, tasks) = webhook_receiver(200).await;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // Journaled before the endpoints existed: history is not replayed to them.
+        let store = Store::open(&dir.path().join("keel.sqlite").display().to_string())
+            .await
+            .unwrap();
+        journal_event(&store, "sla.breached", 0).await;
+        store.close().await;
+    }
+    let toml = webhook_toml("breaches", &breaches_url, "[\"sla.breached\"]", 12)
+        + &webhook_toml(
+            "tasks",
+            &tasks_url,
+            "[\"task.created\", \"task.due_soon\"]",
+            12,
+        );
+    let engine = webhook_engine(dir.path(), webhook_endpoints(&toml)).await;
+    for (n, kind) in [
+        "exception.raised",
+        "task.created",
+        "case.created",
+        "sla.breached",
+        "exception.escalated",
+        "task.due_soon",
+    ]
+    .iter()
+    .enumerate()
+    {
+        journal_event(engine.store(), kind, 1 + n as i64).await;
+    }
+    wait_deliveries(&engine, "breaches", "one delivered", |rows| {
+        rows.len() == 1 && rows[0].status == "delivered"
+    })
+    .await;
+    wait_deliveries(&engine, "tasks", "two delivered", |rows| {
+        rows.len() == 2 && rows.iter().all(|r| r.status == "delivered")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let types = |receiver: &WebhookReceiver| -> Vec<(String, String)> {
+        let mut types: Vec<(String, String)> = receiver
+            .requests()
+            .iter()
+            .map(|r| {
+                let body: Value = serde_json::from_str(&r.body).unwrap();
+                (
+                    body["type"].as_str().unwrap().to_string(),
+                    body["data"]["case_id"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        types.sort();
+        types
+    };
+    assert_eq!(
+        types(&breaches),
+        [("sla.breached".to_string(), "case-4".to_string())]
+    );
+    assert_eq!(
+        types(&tasks),
+        [
+            ("task.created".to_string(), "case-2".to_string()),
+            ("task.due_soon".to_string(), "case-6".to_string())
+        ]
+    );
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn webhook_deliveries_enqueued_or_journaled_before_a_restart_are_delivered_after_it() {
+    let down = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let toml = |url: &str| webhook_toml("ops", url, "[\"exception.raised\"]", 50);
+    let engine = webhook_engine(
+        dir.path(),
+        webhook_endpoints(&toml(&format!("http://{down}/hook"))),
+    )
+    .await;
+    for n in 0..3 {
+        journal_event(engine.store(), "exception.raised", n).await;
+    }
+    let before = wait_deliveries(&engine, "ops", "three enqueued and tried", |rows| {
+        rows.len() == 3 && rows.iter().all(|r| r.attempts >= 1)
+    })
+    .await;
+    engine.shutdown(Duration::from_secs(5)).await;
+    engine.store().close().await;
+
+    // While Keel is stopped, two more events are journaled (another process, say).
+    let store = Store::open(&dir.path().join("keel.sqlite").display().to_string())
+        .await
+        .unwrap();
+    for n in 3..5 {
+        journal_event(&store, "exception.raised", n).await;
+    }
+    store.close().await;
+
+    // The receiver moved; the restarted engine sends the same deliveries there.
+    let (url, receiver) = webhook_receiver(200).await;
+    let engine = webhook_engine(dir.path(), webhook_endpoints(&toml(&url))).await;
+    let rows = wait_deliveries(&engine, "ops", "five delivered", |rows| {
+        rows.len() == 5 && rows.iter().all(|r| r.status == "delivered")
+    })
+    .await;
+    for row in &before {
+        assert!(
+            rows.iter().any(|r| r.id == row.id),
+            "the delivery enqueued before the restart kept its id"
+        );
+    }
+    let mut seqs: Vec<i64> = rows.iter().map(|r| r.journal_seq).collect();
+    seqs.sort();
+    seqs.dedup();
+    assert_eq!(seqs.len(), 5, "one delivery per event");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 5, "{requests:#?}");
+    assert_eq!(receiver.accepted().len(), 5);
+    let mut cases: Vec<String> = requests
+        .iter()
+        .map(|r| {
+            let body: Value = serde_json::from_str(&r.body).unwrap();
+            body["data"]["case_id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    cases.sort();
+    assert_eq!(cases, ["case-0", "case-1", "case-2", "case-3", "case-4"]);
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn webhook_configuration_errors_name_the_line_or_the_missing_variable() {
+    let check = |toml: &str, expect: &str, line: usize| {
+        let errors = keel_ai::config::Config::parse("keel.toml", toml).unwrap_err();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.message.contains(expect) && e.line == line),
+            "wanted `{expect}` on line {line}: {errors:#?}"
+        );
+    };
+    let base = "[[webhooks]]\nname = \"ops\"\nurl = \"https://hooks.example.com/keel\"\nsecret_env = \"KEEL_WEBHOOK_SECRET_OPS\"\n";
+    check(
+        &format!("{base}events = [\"exception.raised\", \"task.creatd\"]\n"),
+        "`task.creatd` is not a webhook event",
+        5,
+    );
+    check(
+        &format!("{base}events = [\"*\"]\nmax_attempts = 0\n"),
+        "give 1 to 50",
+        2,
+    );
+    check(
+        &format!("{base}events = [\"*\"]\nmax_attempts = 51\n"),
+        "give 1 to 50",
+        2,
+    );
+    check(
+        &format!("{base}events = []\n"),
+        "subscribes to no events",
+        2,
+    );
+    check(
+        &format!("{base}events = [\"*\"]\nsecret = \"hunter2\"\n"),
+        "unknown field `secret`",
+        6,
+    );
+    check(
+        "[[webhooks]]\nname = \"ops\"\nurl = \"ftp://x\"\nsecret_env = \"S\"\nevents = [\"*\"]\n",
+        "must start with http:// or https://",
+        3,
+    );
+    check(
+        &format!("{base}events = [\"*\"]\n{base}events = [\"*\"]\n"),
+        "names two [[webhooks]]",
+        2,
+    );
+
+    // `*` is every event; timeout and attempts have defaults.
+    let config =
+        keel_ai::config::Config::parse("keel.toml", &format!("{base}events = [\"*\"]\n")).unwrap();
+    let webhook = &config.webhooks[0];
+    assert_eq!(webhook.events.len(), keel_ai::config::WEBHOOK_EVENTS.len());
+    assert_eq!((webhook.timeout_ms, webhook.max_attempts), (10_000, 12));
+
+    // The secret comes from the environment at start; a missing variable is named.
+    let error = keel_engine::webhooks::Endpoint::with_secrets(&config.webhooks, |_| None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("KEEL_WEBHOOK_SECRET_OPS") && error.contains("not set"),
+        "{error}"
+    );
+    let error =
+        keel_engine::webhooks::Endpoint::with_secrets(&config.webhooks, |_| Some(String::new()))
+            .unwrap_err()
+            .to_string();
+    assert!(error.contains("is empty"), "{error}");
+    let endpoints = keel_engine::webhooks::Endpoint::with_secrets(&config.webhooks, |_| {
+        Some(WEBHOOK_SECRET.into())
+    })
+    .unwrap();
+    assert!(
+        !format!("{endpoints:?}").contains(WEBHOOK_SECRET),
+        "Debug never shows the secret"
+    );
+}

@@ -49,6 +49,7 @@ pub async fn start_engine(
     lease: Duration,
     max_in_flight: usize,
     ai: Option<Arc<keel_ai::cascade::Runtime>>,
+    webhooks: Vec<keel_engine::webhooks::Endpoint>,
 ) -> anyhow::Result<(Engine, Option<std::fs::File>)> {
     std::fs::create_dir_all(&data.data_dir).with_context(|| {
         format!(
@@ -71,6 +72,10 @@ pub async fn start_engine(
         max_in_flight,
         data_dir: data.data_dir.clone(),
         ai,
+        webhooks: keel_engine::webhooks::Options {
+            endpoints: webhooks,
+            ..keel_engine::webhooks::Options::default()
+        },
         ..Options::default()
     };
     let engine = Engine::start(store, options, Arc::new(SystemClock)).await?;
@@ -139,6 +144,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
+    // Webhook secrets are read from the environment now, so a missing one stops the start.
+    let webhooks = match &config {
+        Some((_, config)) => {
+            match keel_engine::webhooks::Endpoint::from_environment(&config.webhooks) {
+                Ok(endpoints) => endpoints,
+                Err(error) => {
+                    eprintln!("{error}");
+                    eprintln!("keel serve: fix the webhook configuration above");
+                    return Ok(ExitCode::from(2));
+                }
+            }
+        }
+        None => Vec::new(),
+    };
     let runtime = match config {
         Some((path, config)) => {
             tracing::info!(config = %path.display(), models = config.models.len(), "models configured");
@@ -158,6 +177,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         Duration::from_secs(args.lease_s),
         args.max_in_flight,
         runtime,
+        webhooks,
     )
     .await?;
     import_learner_files(&engine, &args.data.data_dir).await;

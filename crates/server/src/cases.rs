@@ -162,6 +162,9 @@ pub async fn submit_case(
     JsonBody(input): JsonBody,
 ) -> Result<Response, Problem> {
     let idempotency_key = idempotency_key(&headers)?;
+    let submitted_by = crate::auth::optional(&state.engine, &headers)
+        .await?
+        .map(|caller| caller.subject);
     let input = input.ok_or_else(|| {
         Problem::new(
             Kind::MalformedJson,
@@ -170,7 +173,7 @@ pub async fn submit_case(
     })?;
     let submitted = state
         .engine
-        .submit(&workflow, input, idempotency_key)
+        .submit_as(&workflow, input, idempotency_key, submitted_by)
         .await?;
     let body = SubmittedCase {
         case_id: submitted.case_id,

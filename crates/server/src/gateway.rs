@@ -207,9 +207,9 @@ async fn authenticate(engine: &Engine, headers: &HeaderMap) -> Result<Caller, Ga
         Ok(Err(Refusal::Revoked)) => Err(GatewayError::auth(
             "the API key was revoked; create a new one with `keel token create`",
         )),
-        Ok(Err(Refusal::Expired)) => Err(GatewayError::auth(
-            "the API key has expired; create a new one with `keel token create`",
-        )),
+        Ok(Err(refusal @ (Refusal::Expired | Refusal::Disabled))) => {
+            Err(GatewayError::auth(crate::auth::refusal_message(refusal)))
+        }
         Err(error) => {
             tracing::error!(%error, "token lookup failed");
             Err(GatewayError::internal())

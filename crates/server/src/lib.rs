@@ -7,6 +7,7 @@
 //! Swagger UI at `/docs` renders it.
 
 mod audit;
+mod auth;
 mod cases;
 mod extract;
 mod gateway;
@@ -15,6 +16,7 @@ mod learners;
 mod openapi;
 mod problem;
 mod sandbox;
+mod tasks;
 mod workflows;
 
 use std::future::Future;
@@ -81,6 +83,9 @@ pub fn router(engine: Engine, options: ServerOptions) -> Router {
         .route("/v1/audit/checkpoint", get(audit::checkpoint))
         .route("/v1/audit/proof/inclusion", get(audit::inclusion_proof))
         .route("/v1/audit/proof/consistency", get(audit::consistency_proof))
+        .route("/v1/tasks", get(tasks::list_tasks))
+        .route("/v1/tasks/{id}", get(tasks::get_task))
+        .route("/v1/tasks/{id}/decision", post(tasks::decide_task))
         .route("/v1/chat/completions", post(gateway::chat_completions))
         .route("/v1/models", get(gateway::models))
         .route("/v1/learners", get(learners::list_learners))

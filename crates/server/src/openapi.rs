@@ -8,7 +8,7 @@ use axum::response::IntoResponse;
 use utoipa::OpenApi;
 
 use crate::{audit, cases, health, problem, workflows, AppState};
-use crate::{gateway, learners};
+use crate::{gateway, learners, tasks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -29,6 +29,9 @@ use crate::{gateway, learners};
         audit::consistency_proof,
         learners::list_learners,
         learners::add_examples,
+        tasks::list_tasks,
+        tasks::get_task,
+        tasks::decide_task,
         gateway::chat_completions,
         gateway::models,
         openapi_json,
@@ -41,6 +44,7 @@ use crate::{gateway, learners};
         (name = "cases", description = "Cases: submit, read, list, signal"),
         (name = "audit", description = "Signed checkpoints and Merkle proofs"),
         (name = "learners", description = "Local learners: stored versions and online learning from labelled examples"),
+        (name = "tasks", description = "Human decisions: approval steps and actions that use AI output"),
         (name = "gateway", description = "OpenAI-compatible gateway: point an OpenAI client's base URL at /v1 with a Keel token as its API key"),
         (name = "meta", description = "This document"),
     )

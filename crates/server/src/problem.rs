@@ -47,6 +47,13 @@ pub enum Kind {
     UnknownLabel,
     /// A batch of labelled examples is empty, too large, or names a case it cannot use.
     InvalidExamples,
+    /// No valid API token.
+    Unauthenticated,
+    /// A person's decision was refused (four-eyes, role, limit, distinct approvers).
+    DecisionRefused,
+    UnknownTask,
+    /// The task is already decided.
+    TaskClosed,
     Internal,
 }
 
@@ -70,6 +77,10 @@ impl Kind {
             Kind::NotClassifyStep => "not-classify-step",
             Kind::UnknownLabel => "unknown-label",
             Kind::InvalidExamples => "invalid-examples",
+            Kind::Unauthenticated => "unauthenticated",
+            Kind::DecisionRefused => "decision-refused",
+            Kind::UnknownTask => "unknown-task",
+            Kind::TaskClosed => "task-closed",
             Kind::Internal => "internal",
         }
     }
@@ -93,6 +104,10 @@ impl Kind {
             Kind::NotClassifyStep => "The step has no learner",
             Kind::UnknownLabel => "The label is not one of the step's labels",
             Kind::InvalidExamples => "The examples cannot be learnt",
+            Kind::Unauthenticated => "A valid API token is required",
+            Kind::DecisionRefused => "The decision is not allowed",
+            Kind::UnknownTask => "No such task",
+            Kind::TaskClosed => "The task is already decided",
             Kind::Internal => "Internal error",
         }
     }
@@ -113,6 +128,10 @@ impl Kind {
             Kind::NotClassifyStep | Kind::UnknownLabel | Kind::InvalidExamples => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
+            Kind::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Kind::DecisionRefused => StatusCode::FORBIDDEN,
+            Kind::UnknownTask => StatusCode::NOT_FOUND,
+            Kind::TaskClosed => StatusCode::CONFLICT,
             Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

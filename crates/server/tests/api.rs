@@ -52,6 +52,9 @@ const PATHS: &[&str] = &[
     "/v1/audit/proof/consistency",
     "/v1/learners",
     "/v1/learners/{workflow}/{step}/examples",
+    "/v1/tasks",
+    "/v1/tasks/{id}",
+    "/v1/tasks/{id}/decision",
     "/v1/chat/completions",
     "/v1/models",
     "/v1/openapi.json",
@@ -631,6 +634,8 @@ async fn the_sandbox_honours_idempotency_keys() {
 
 #[path = "api/gateway.rs"]
 mod gateway;
+#[path = "api/tasks.rs"]
+mod tasks;
 
 /// One `classify` step answered by the built-in learner only, then a switch on its label.
 const TRIAGE_WORKFLOW: &str = r#"

@@ -95,6 +95,54 @@ macro_rules! insert_entries {
     };
 }
 
+/// Applies `tasks` projection changes inside the transaction `$tx`.
+macro_rules! apply_task_changes {
+    ($tx:ident, $changes:expr) => {
+        for change in $changes {
+            match change {
+                tasks::TaskChange::Created(task) => {
+                    sqlx::query("INSERT INTO tasks (id, case_id, workflow, step, kind, status, title, roles, required, approvals, approvers, amount, due_at_ms, overdue, created_at_ms, decided_at_ms, detail) VALUES ($1, $2, $3, $4, $5, 'open', $6, $7, $8, 0, '', $9, $10, 0, $11, NULL, $12) ON CONFLICT (id) DO NOTHING")
+                        .bind(&task.id)
+                        .bind(&task.case_id)
+                        .bind(&task.workflow)
+                        .bind(&task.step)
+                        .bind(&task.kind)
+                        .bind(&task.title)
+                        .bind(task.roles.join(","))
+                        .bind(task.required)
+                        .bind(task.amount)
+                        .bind(task.due_at_ms)
+                        .bind(task.created_at_ms)
+                        .bind(task.detail.to_string())
+                        .execute(&mut *$tx)
+                        .await?;
+                }
+                tasks::TaskChange::Approval { id, by } => {
+                    sqlx::query("UPDATE tasks SET approvals = approvals + 1, approvers = CASE WHEN approvers = '' THEN $1 ELSE approvers || ',' || $1 END WHERE id = $2")
+                        .bind(&by)
+                        .bind(&id)
+                        .execute(&mut *$tx)
+                        .await?;
+                }
+                tasks::TaskChange::Completed { id, decision, at_ms } => {
+                    sqlx::query("UPDATE tasks SET status = $1, decision = $1, decided_at_ms = $2 WHERE id = $3")
+                        .bind(&decision)
+                        .bind(at_ms)
+                        .bind(&id)
+                        .execute(&mut *$tx)
+                        .await?;
+                }
+                tasks::TaskChange::Overdue { id } => {
+                    sqlx::query("UPDATE tasks SET overdue = 1 WHERE id = $1")
+                        .bind(&id)
+                        .execute(&mut *$tx)
+                        .await?;
+                }
+            }
+        }
+    };
+}
+
 /// A deployed workflow version.
 #[derive(Debug, Clone)]
 pub struct WorkflowRow {
@@ -573,6 +621,7 @@ impl Store {
                     .await?;
             }
             insert_entries!(tx, entries);
+            apply_task_changes!(tx, tasks::task_changes(entries.iter().copied()));
             tx.commit().await?;
             Ok(outcomes)
         })
@@ -1180,4 +1229,11 @@ fn options_read(path: &str) -> Result<SqliteConnectOptions> {
 }
 
 mod ai;
+mod tasks;
 pub use ai::{AiCallRow, LearnerRow, SpendRow, TokenRow};
+pub use tasks::{TaskFilter, TaskRow, UserRow};
+mod webhooks;
+pub use webhooks::{
+    WebhookAttemptRow, WebhookDeliveryFilter, WebhookDeliveryRow, WEBHOOK_DELIVERED,
+    WEBHOOK_FAILED, WEBHOOK_PENDING,
+};

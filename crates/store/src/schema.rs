@@ -115,6 +115,78 @@ CREATE TABLE learners (
 CREATE TRIGGER learners_no_update BEFORE UPDATE ON learners BEGIN SELECT RAISE(ABORT, 'keel: learners is append-only'); END;
 "#,
     ),
+    (
+        4,
+        r#"
+CREATE TABLE webhook_cursors (
+    endpoint TEXT PRIMARY KEY,
+    after_seq INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL
+);
+CREATE TABLE webhook_deliveries (
+    id TEXT PRIMARY KEY,
+    endpoint TEXT NOT NULL,
+    journal_seq INTEGER NOT NULL,
+    event TEXT NOT NULL,
+    case_id TEXT,
+    payload TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    next_attempt_at_ms INTEGER,
+    last_status_code INTEGER,
+    last_error TEXT,
+    created_at_ms INTEGER NOT NULL,
+    delivered_at_ms INTEGER,
+    UNIQUE (endpoint, journal_seq)
+);
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries (endpoint, next_attempt_at_ms) WHERE status = 'pending';
+CREATE INDEX webhook_deliveries_log ON webhook_deliveries (endpoint, status, id);
+CREATE TABLE webhook_attempts (
+    delivery_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    at_ms INTEGER NOT NULL,
+    status_code INTEGER,
+    error TEXT,
+    duration_ms INTEGER NOT NULL,
+    PRIMARY KEY (delivery_id, attempt)
+);
+"#,
+    ),
+    (
+        3,
+        r#"
+CREATE TABLE tasks (
+    id TEXT PRIMARY KEY,
+    case_id TEXT NOT NULL,
+    workflow TEXT NOT NULL,
+    step TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL,
+    title TEXT NOT NULL,
+    roles TEXT NOT NULL,
+    required INTEGER NOT NULL,
+    approvals INTEGER NOT NULL,
+    approvers TEXT NOT NULL,
+    amount DOUBLE PRECISION,
+    due_at_ms INTEGER,
+    overdue INTEGER NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    decided_at_ms INTEGER,
+    decision TEXT,
+    detail TEXT NOT NULL
+);
+CREATE INDEX tasks_open ON tasks (status, created_at_ms);
+CREATE INDEX tasks_case ON tasks (case_id);
+CREATE TABLE users (
+    name TEXT PRIMARY KEY,
+    display_name TEXT NOT NULL,
+    roles TEXT NOT NULL,
+    approval_limit DOUBLE PRECISION,
+    disabled INTEGER NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
+"#,
+    ),
 ];
 
 /// (version, SQL) for PostgreSQL.
@@ -233,6 +305,78 @@ CREATE TABLE learners (
     PRIMARY KEY (workflow, step, version)
 );
 CREATE TRIGGER learners_append_only BEFORE UPDATE ON learners FOR EACH ROW EXECUTE FUNCTION keel_append_only();
+"#,
+    ),
+    (
+        4,
+        r#"
+CREATE TABLE webhook_cursors (
+    endpoint TEXT PRIMARY KEY,
+    after_seq BIGINT NOT NULL,
+    updated_at_ms BIGINT NOT NULL
+);
+CREATE TABLE webhook_deliveries (
+    id TEXT PRIMARY KEY,
+    endpoint TEXT NOT NULL,
+    journal_seq BIGINT NOT NULL,
+    event TEXT NOT NULL,
+    case_id TEXT,
+    payload TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts BIGINT NOT NULL,
+    next_attempt_at_ms BIGINT,
+    last_status_code BIGINT,
+    last_error TEXT,
+    created_at_ms BIGINT NOT NULL,
+    delivered_at_ms BIGINT,
+    UNIQUE (endpoint, journal_seq)
+);
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries (endpoint, next_attempt_at_ms) WHERE status = 'pending';
+CREATE INDEX webhook_deliveries_log ON webhook_deliveries (endpoint, status, id);
+CREATE TABLE webhook_attempts (
+    delivery_id TEXT NOT NULL,
+    attempt BIGINT NOT NULL,
+    at_ms BIGINT NOT NULL,
+    status_code BIGINT,
+    error TEXT,
+    duration_ms BIGINT NOT NULL,
+    PRIMARY KEY (delivery_id, attempt)
+);
+"#,
+    ),
+    (
+        3,
+        r#"
+CREATE TABLE tasks (
+    id TEXT PRIMARY KEY,
+    case_id TEXT NOT NULL,
+    workflow TEXT NOT NULL,
+    step TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL,
+    title TEXT NOT NULL,
+    roles TEXT NOT NULL,
+    required BIGINT NOT NULL,
+    approvals BIGINT NOT NULL,
+    approvers TEXT NOT NULL,
+    amount DOUBLE PRECISION,
+    due_at_ms BIGINT,
+    overdue BIGINT NOT NULL,
+    created_at_ms BIGINT NOT NULL,
+    decided_at_ms BIGINT,
+    decision TEXT,
+    detail TEXT NOT NULL
+);
+CREATE INDEX tasks_open ON tasks (status, created_at_ms);
+CREATE INDEX tasks_case ON tasks (case_id);
+CREATE TABLE users (
+    name TEXT PRIMARY KEY,
+    display_name TEXT NOT NULL,
+    roles TEXT NOT NULL,
+    approval_limit DOUBLE PRECISION,
+    disabled BIGINT NOT NULL,
+    created_at_ms BIGINT NOT NULL
+);
 "#,
     ),
 ];

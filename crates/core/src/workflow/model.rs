@@ -55,6 +55,7 @@ pub enum StepKind {
     Action(Action),
     Ai(Ai),
     Wait(Wait),
+    Approval(Approval),
     End(End),
 }
 
@@ -69,6 +70,7 @@ impl StepKind {
             StepKind::Action(_) => "action",
             StepKind::Ai(_) => "ai",
             StepKind::Wait(_) => "wait",
+            StepKind::Approval(_) => "approval",
             StepKind::End(_) => "end",
         }
     }
@@ -151,6 +153,48 @@ pub struct Action {
     pub response_schema: Option<Schema>,
     /// The response `{status, body}` is stored at `data.<into>`; defaults to the step id.
     pub into: String,
+    /// The `ai` steps whose proposals this action uses (its templates read `data.<their into>`),
+    /// found by the parser. Such an action is gated: it waits for the oversight its trust level
+    /// demands (`crate::gate`).
+    pub uses_ai: Vec<String>,
+    /// How a person approves it when gated (`approval:` on the action; defaults otherwise).
+    pub gate: Gate,
+}
+
+/// Who must approve, how many, and by when: on an `approval` step or a gated `action`.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    /// Approvals from distinct people needed (1..=10, default 1).
+    pub required: u32,
+    /// Roles allowed to decide (default `reviewer`); `admin` may always decide.
+    pub roles: Vec<String>,
+    /// CEL giving the amount at stake; an approver's approval limit must be at least this.
+    pub limit: Option<Expr>,
+    /// The task falls due this long after it is created (default none).
+    pub due: Option<DurationMs>,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate {
+            required: 1,
+            roles: vec!["reviewer".to_string()],
+            limit: None,
+            due: None,
+        }
+    }
+}
+
+/// `approval:` — an explicit human gate: a task that people approve or reject.
+#[derive(Debug, Clone)]
+pub struct Approval {
+    /// What the reviewer is asked, shown on the task.
+    pub title: String,
+    pub gate: Gate,
+    /// The decision `{decision, by, reason}` is stored at `data.<into>`; default the step id.
+    pub into: String,
+    /// Where a rejection goes; without it a rejection raises a `rejected` exception.
+    pub on_reject: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

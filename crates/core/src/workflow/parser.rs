@@ -249,7 +249,13 @@ impl Checker<'_> {
             (Some(n), Some(key)) => self.input(n, key),
             _ => None,
         };
-        let steps = fields.get("steps").and_then(|n| self.steps(n));
+        let steps = fields
+            .get("steps")
+            .and_then(|n| self.steps(n))
+            .map(|mut steps| {
+                crate::gate::mark_ai_actions(&mut steps);
+                steps
+            });
         Some(Workflow {
             name: name?,
             version: version?,

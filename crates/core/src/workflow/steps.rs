@@ -4,15 +4,15 @@ use std::collections::BTreeMap;
 
 use super::diagnostic::Span;
 use super::model::{
-    Action, Ai, AiTask, Assertion, Decide, DurationMs, End, HitPolicy, HttpMethod, Prompt,
-    RetryPolicy, Rule, Set, StepKind, Switch, SwitchCase, Template, TemplatePart, Tier, Validate,
-    Wait,
+    Action, Ai, AiTask, Approval, Assertion, Decide, DurationMs, End, Gate, HitPolicy, HttpMethod,
+    Prompt, RetryPolicy, Rule, Set, StepKind, Switch, SwitchCase, Template, TemplatePart, Tier,
+    Validate, Wait,
 };
 use super::values::{is_name, list, Checker, Usage};
 use super::yaml::{Node, Value};
 
 pub(crate) const KINDS: &[&str] = &[
-    "validate", "switch", "decide", "set", "action", "ai", "wait", "end",
+    "validate", "switch", "decide", "set", "action", "ai", "wait", "approval", "end",
 ];
 const COMMON: &[&str] = &["id", "sla", "next"];
 /// Decision tables with more columns are not checked for completeness (2^16 combinations).
@@ -143,6 +143,9 @@ impl Checker<'_> {
             "wait" => self
                 .wait(body, key, &label, &mut draft.targets)
                 .map(StepKind::Wait),
+            "approval" => self
+                .approval(body, key, &label, &id, &mut draft.targets)
+                .map(StepKind::Approval),
             _ => self.end(body, key, &label).map(StepKind::End),
         };
         if self.error_count() == errors_before {
@@ -581,8 +584,20 @@ impl Checker<'_> {
             "retry",
             "response_schema",
             "into",
+            "approval",
         ];
         let fields = self.fields(node, &what, key, &allowed, &["url"])?;
+        let gate = match fields.get("approval") {
+            None => Some(Gate::default()),
+            Some(n) => self
+                .gate(
+                    n,
+                    fields.key_span("approval").unwrap_or(key),
+                    "`approval` of the action",
+                    &[],
+                )
+                .map(|(gate, _)| gate),
+        };
         let method = match fields.get("method") {
             None => Some(HttpMethod::Get),
             Some(n) => self.method(n),
@@ -621,7 +636,107 @@ impl Checker<'_> {
             retry: retry?,
             response_schema: response_schema?,
             into: into?,
+            uses_ai: Vec::new(),
+            gate: gate?,
         })
+    }
+
+    /// `approval:` of a step: a title, the gate, `into` and `on_reject`.
+    fn approval(
+        &mut self,
+        node: &Node,
+        key: Span,
+        label: &str,
+        id: &str,
+        targets: &mut Vec<Target>,
+    ) -> Option<Approval> {
+        let what = format!("`approval` of {label}");
+        let (gate, fields) = self.gate(node, key, &what, &["title", "into", "on_reject"])?;
+        let title = match fields.get("title") {
+            Some(n) => self.string(n, "`title`"),
+            None => Some(format!("Approve step `{id}`")),
+        };
+        let into = match fields.get("into") {
+            Some(n) => self.identifier(n, "`into`"),
+            None => Some(id.to_string()),
+        };
+        let on_reject = match fields.get("on_reject") {
+            Some(n) => {
+                let step = self.string(n, "`on_reject`")?;
+                targets.push(Target {
+                    step: step.clone(),
+                    span: n.span,
+                });
+                Some(step)
+            }
+            None => None,
+        };
+        Some(Approval {
+            title: title?,
+            gate,
+            into: into?,
+            on_reject,
+        })
+    }
+
+    /// The gate fields (`required`, `roles`, `limit`, `due`) plus `extra` allowed fields.
+    fn gate<'n>(
+        &mut self,
+        node: &'n Node,
+        key: Span,
+        what: &str,
+        extra: &[&str],
+    ) -> Option<(Gate, super::values::Fields<'n>)> {
+        let mut allowed = vec!["required", "roles", "limit", "due"];
+        allowed.extend_from_slice(extra);
+        let fields = self.fields(node, what, key, &allowed, &[])?;
+        let required = self.small_count(&fields, "required", 1, 10, 1);
+        let roles = match fields.get("roles") {
+            None => Some(vec!["reviewer".to_string()]),
+            Some(n) => self.role_list(n),
+        };
+        let limit = match fields.get("limit") {
+            None => Some(None),
+            Some(n) => self.expr(n, Usage::Value).map(Some),
+        };
+        let due = match fields.get("due") {
+            None => Some(None),
+            Some(n) => self.duration(n, "`due`").map(Some),
+        };
+        Some((
+            Gate {
+                required: required?,
+                roles: roles?,
+                limit: limit?,
+                due: due?,
+            },
+            fields,
+        ))
+    }
+
+    fn role_list(&mut self, node: &Node) -> Option<Vec<String>> {
+        let Value::Seq(items) = &node.value else {
+            self.wrong_type(
+                node,
+                "`roles`",
+                "a list of role names, e.g. [reviewer, specialist]",
+            );
+            return None;
+        };
+        let mut roles = Vec::new();
+        for item in items {
+            roles.push(self.name(item, "role name", "invalid-name")?);
+        }
+        if roles.is_empty() {
+            self.error(
+                "empty",
+                node.span,
+                "`roles` is empty: nobody could decide".to_string(),
+                "list at least one role, e.g. [reviewer]".to_string(),
+            );
+            return None;
+        }
+        Some(roles)
     }
 
     fn ai(&mut self, node: &Node, key: Span, label: &str, id: &str) -> Option<Ai> {

@@ -17,8 +17,8 @@ use serde_json::{json, Value};
 
 /// Requests the upstream received, by upstream model name.
 #[derive(Clone, Default)]
-struct Upstream {
-    base_url: String,
+pub(crate) struct Upstream {
+    pub(crate) base_url: String,
     hits: Arc<AtomicUsize>,
     bodies: Arc<Mutex<Vec<Value>>>,
 }
@@ -98,7 +98,7 @@ use futures_util::StreamExt;
 /// An OpenAI-compatible upstream whose behaviour is chosen by the request's `model`:
 /// `echo` repeats the last user message, `json-good` / `json-bad` answer JSON that passes /
 /// fails the tests' schema, `fail` answers HTTP 500, `cut` streams two pieces then breaks.
-async fn upstream() -> Upstream {
+pub(crate) async fn upstream() -> Upstream {
     let state = Upstream::default();
     let shared = state.clone();
     let router = axum::Router::new().route(
@@ -151,7 +151,7 @@ async fn upstream() -> Upstream {
     Upstream { base_url, ..state }
 }
 
-fn keel_toml(upstream: &str, extra: &str) -> String {
+pub(crate) fn keel_toml(upstream: &str, extra: &str) -> String {
     let mut toml = String::new();
     for (name, model) in [
         ("primary", "echo"),
@@ -204,7 +204,7 @@ async fn gateway(extra_toml: &str) -> Gateway {
     }
 }
 
-async fn start(dir: &tempfile::TempDir, toml: &str) -> (Engine, String) {
+pub(crate) async fn start(dir: &tempfile::TempDir, toml: &str) -> (Engine, String) {
     let config = keel_ai::config::Config::parse("keel.toml", toml).unwrap();
     let runtime = keel_ai::cascade::Runtime::new(config, reqwest::Client::new());
     let store = keel_store::Store::open(dir.path().join("keel.db").to_str().unwrap())

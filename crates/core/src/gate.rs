@@ -1,0 +1,323 @@
+//! The trust gate: the one place that decides whether an AI-proposed action waits for a person,
+//! and whether a person may decide a task. Progressive trust (phases 2–4) extends
+//! [`action_needs_task`]; nothing else in Keel makes this decision.
+
+use serde::{Deserialize, Serialize};
+
+use crate::workflow::{Action, JsonTemplate, Step, StepKind, Template, TemplatePart};
+
+/// Phase 1 of progressive trust: every action that uses an AI proposal waits for a person.
+pub fn action_needs_task(action: &Action) -> bool {
+    !action.uses_ai.is_empty()
+}
+
+/// Fills `uses_ai` of every action: the `ai` steps whose `data.<into>` its templates read.
+pub fn mark_ai_actions(steps: &mut [Step]) {
+    let ai_outputs: Vec<(String, String)> = steps
+        .iter()
+        .filter_map(|step| match &step.kind {
+            StepKind::Ai(ai) => Some((step.id.clone(), ai.into.clone())),
+            _ => None,
+        })
+        .collect();
+    for step in steps.iter_mut() {
+        let StepKind::Action(action) = &mut step.kind else {
+            continue;
+        };
+        let mut sources = Vec::new();
+        template_sources(&action.url, &mut sources);
+        for header in action.headers.values() {
+            template_sources(header, &mut sources);
+        }
+        if let Some(body) = &action.body {
+            json_sources(body, &mut sources);
+        }
+        action.uses_ai = ai_outputs
+            .iter()
+            .filter(|(_, into)| sources.iter().any(|source| reads_data(source, into)))
+            .map(|(id, _)| id.clone())
+            .collect();
+    }
+}
+
+fn template_sources(template: &Template, out: &mut Vec<String>) {
+    for part in &template.parts {
+        if let TemplatePart::Hole(expr) = part {
+            out.push(expr.source().to_string());
+        }
+    }
+}
+
+fn json_sources(template: &JsonTemplate, out: &mut Vec<String>) {
+    match template {
+        JsonTemplate::Literal(_) => {}
+        JsonTemplate::String(t) => template_sources(t, out),
+        JsonTemplate::Array(items) => items.iter().for_each(|i| json_sources(i, out)),
+        JsonTemplate::Object(fields) => fields.iter().for_each(|(_, v)| json_sources(v, out)),
+    }
+}
+
+/// Whether CEL `source` reads `data.<name>` (or `data["<name>"]`), as a whole identifier.
+fn reads_data(source: &str, name: &str) -> bool {
+    let dotted = format!("data.{name}");
+    let indexed = [format!("data[\"{name}\"]"), format!("data['{name}']")];
+    if indexed.iter().any(|i| source.contains(i.as_str())) {
+        return true;
+    }
+    source.match_indices(&dotted).any(|(at, _)| {
+        let before_ok = source[..at]
+            .chars()
+            .next_back()
+            .is_none_or(|c| !(c.is_alphanumeric() || c == '_' || c == '.'));
+        let after_ok = source[at + dotted.len()..]
+            .chars()
+            .next()
+            .is_none_or(|c| !(c.is_alphanumeric() || c == '_'));
+        before_ok && after_ok
+    })
+}
+
+/// Who is deciding a task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decider {
+    pub user: String,
+    pub roles: Vec<String>,
+    /// The largest amount this person may approve; `None` is no limit granted (an amount-bound
+    /// gate then refuses their approval).
+    pub approval_limit: Option<f64>,
+}
+
+/// What a person decided.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "decision", rename_all = "snake_case")]
+pub enum TaskDecision {
+    /// Approve as proposed.
+    Approve {
+        #[serde(default)]
+        comment: Option<String>,
+    },
+    /// Approve with the AI output replaced by `output` (a labelled outcome).
+    Correct {
+        output: serde_json::Value,
+        /// The `ai` step whose proposal is corrected, when the action uses several.
+        #[serde(default)]
+        step: Option<String>,
+        #[serde(default)]
+        comment: Option<String>,
+    },
+    Reject {
+        reason: String,
+    },
+}
+
+impl TaskDecision {
+    pub fn keyword(&self) -> &'static str {
+        match self {
+            TaskDecision::Approve { .. } => "approve",
+            TaskDecision::Correct { .. } => "correct",
+            TaskDecision::Reject { .. } => "reject",
+        }
+    }
+}
+
+/// An open task of a case (at most one: the step the case is at).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskProgress {
+    pub id: String,
+    pub step: String,
+    /// `approval` (an approval step) or `action` (a gated action).
+    pub kind: String,
+    pub required: u32,
+    pub roles: Vec<String>,
+    /// The amount at stake (the gate's `limit` expression), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due_ms: Option<i64>,
+    /// The `ai` steps whose proposals the task is about.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ai_steps: Vec<String>,
+    #[serde(default)]
+    pub approvals: Vec<TaskApproval>,
+    /// Enough approvals: the gated action may run.
+    #[serde(default)]
+    pub approved: bool,
+    #[serde(default)]
+    pub overdue_recorded: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskApproval {
+    pub by: String,
+    pub at_ms: i64,
+    pub decision: String,
+}
+
+/// Why a decision was refused: a stable code and a message for the person.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// Checks that `decider` may take `decision` on `task`. Pure: the same inputs always give the
+/// same answer, so the engine can check before and the state machine again when applying.
+pub fn check_decision(
+    task: &TaskProgress,
+    decider: &Decider,
+    decision: &TaskDecision,
+    submitted_by: Option<&str>,
+) -> Result<(), Refusal> {
+    if task.approved {
+        return Err(Refusal {
+            code: "task_closed",
+            message: "the task already has every approval it needs".into(),
+        });
+    }
+    let allowed = decider
+        .roles
+        .iter()
+        .any(|role| role == "admin" || task.roles.contains(role));
+    if !allowed {
+        return Err(Refusal {
+            code: "role_not_allowed",
+            message: format!(
+                "deciding this task needs one of the roles {:?}; `{}` has {:?}",
+                task.roles, decider.user, decider.roles
+            ),
+        });
+    }
+    if matches!(decision, TaskDecision::Reject { .. }) {
+        return Ok(());
+    }
+    if submitted_by == Some(decider.user.as_str()) {
+        return Err(Refusal {
+            code: "four_eyes",
+            message: format!(
+                "`{}` submitted this case and cannot approve it (four-eyes rule)",
+                decider.user
+            ),
+        });
+    }
+    if task.approvals.iter().any(|a| a.by == decider.user) {
+        return Err(Refusal {
+            code: "duplicate_approver",
+            message: format!(
+                "`{}` already approved this task; it needs {} approvals from distinct people",
+                decider.user, task.required
+            ),
+        });
+    }
+    if let Some(amount) = task.amount {
+        match decider.approval_limit {
+            Some(limit) if limit >= amount => {}
+            Some(limit) => {
+                return Err(Refusal {
+                    code: "over_limit",
+                    message: format!(
+                        "the amount {amount} is over `{}`'s approval limit of {limit}",
+                        decider.user
+                    ),
+                })
+            }
+            None => {
+                return Err(Refusal {
+                    code: "over_limit",
+                    message: format!(
+                        "the amount {amount} needs an approval limit, and `{}` has none",
+                        decider.user
+                    ),
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn task(amount: Option<f64>) -> TaskProgress {
+        TaskProgress {
+            id: "t".into(),
+            step: "pay".into(),
+            kind: "action".into(),
+            required: 2,
+            roles: vec!["reviewer".into()],
+            amount,
+            due_ms: None,
+            ai_steps: vec![],
+            approvals: vec![],
+            approved: false,
+            overdue_recorded: false,
+        }
+    }
+
+    fn who(user: &str, roles: &[&str], limit: Option<f64>) -> Decider {
+        Decider {
+            user: user.into(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            approval_limit: limit,
+        }
+    }
+
+    const APPROVE: TaskDecision = TaskDecision::Approve { comment: None };
+
+    #[test]
+    fn decisions_follow_roles_four_eyes_distinctness_and_limits() {
+        let t = task(Some(500.0));
+        let code = |d: &Decider, by: Option<&str>| {
+            check_decision(&t, d, &APPROVE, by).err().map(|r| r.code)
+        };
+        assert_eq!(
+            code(&who("ann", &["reviewer"], Some(1000.0)), Some("bob")),
+            None
+        );
+        assert_eq!(
+            code(&who("ann", &["operator"], Some(1000.0)), None),
+            Some("role_not_allowed")
+        );
+        assert_eq!(code(&who("ann", &["admin"], Some(1000.0)), None), None);
+        assert_eq!(
+            code(&who("bob", &["reviewer"], Some(1000.0)), Some("bob")),
+            Some("four_eyes")
+        );
+        assert_eq!(
+            code(&who("ann", &["reviewer"], Some(100.0)), None),
+            Some("over_limit")
+        );
+        assert_eq!(
+            code(&who("ann", &["reviewer"], None), None),
+            Some("over_limit")
+        );
+        let mut once = task(None);
+        once.approvals.push(TaskApproval {
+            by: "ann".into(),
+            at_ms: 0,
+            decision: "approve".into(),
+        });
+        assert_eq!(
+            check_decision(&once, &who("ann", &["reviewer"], None), &APPROVE, None)
+                .unwrap_err()
+                .code,
+            "duplicate_approver"
+        );
+        // Rejecting needs the role only.
+        let reject = TaskDecision::Reject {
+            reason: "no".into(),
+        };
+        assert!(check_decision(&t, &who("bob", &["reviewer"], None), &reject, Some("bob")).is_ok());
+    }
+
+    #[test]
+    fn reads_data_matches_whole_names_only() {
+        assert!(reads_data("data.triage.output.label", "triage"));
+        assert!(reads_data("string(data.triage)", "triage"));
+        assert!(reads_data("data[\"triage\"].output", "triage"));
+        assert!(!reads_data("data.triage2.output", "triage"));
+        assert!(!reads_data("input.data.triage", "triage"));
+        assert!(!reads_data("mydata.triage", "triage"));
+    }
+}
