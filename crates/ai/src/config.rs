@@ -446,7 +446,9 @@ fn check_webhooks(raw: Vec<raw::Webhook>, errors: &mut Vec<String>) -> Vec<Webho
             continue;
         }
         if checked.iter().any(|other| other.name == name) {
-            errors.push(format!("`{name}` names two [[webhooks]]; names must be unique"));
+            errors.push(format!(
+                "`{name}` names two [[webhooks]]; names must be unique"
+            ));
             continue;
         }
         if !(webhook.url.starts_with("http://") || webhook.url.starts_with("https://")) {

@@ -32,7 +32,9 @@ use std::ops::ControlFlow;
 use std::str::FromStr;
 use std::time::Duration;
 
-use chrono::{DateTime, Datelike, Days, NaiveDate, NaiveDateTime, TimeDelta, TimeZone, Utc, Weekday};
+use chrono::{
+    DateTime, Datelike, Days, NaiveDate, NaiveDateTime, TimeDelta, TimeZone, Utc, Weekday,
+};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
@@ -186,7 +188,9 @@ pub enum Error {
         to: DateTime<Utc>,
         limit_days: u64,
     },
-    #[error("calendar `{calendar}`: {instant} is too close to the end of the supported date range")]
+    #[error(
+        "calendar `{calendar}`: {instant} is too close to the end of the supported date range"
+    )]
     OutOfRange {
         calendar: String,
         instant: DateTime<Utc>,
@@ -401,7 +405,11 @@ fn suggest_time_zone(value: &str) -> Option<&'static str> {
     if wanted.is_empty() || wanted.len() > MAX_ERROR_VALUE_CHARS {
         return None;
     }
-    let names = || chrono_tz::TZ_VARIANTS.iter().map(|time_zone| time_zone.name());
+    let names = || {
+        chrono_tz::TZ_VARIANTS
+            .iter()
+            .map(|time_zone| time_zone.name())
+    };
     names()
         .find(|name| name.to_ascii_lowercase() == wanted)
         .or_else(|| {
@@ -443,7 +451,12 @@ fn parse_working_days(calendar: &str, values: &[String]) -> Result<[bool; 7], Er
 
 fn parse_hours(calendar: &str, values: &[String]) -> Result<Vec<WorkingHours>, Error> {
     if values.len() > MAX_INTERVALS_PER_DAY {
-        return Err(too_many(calendar, "hours", values.len(), MAX_INTERVALS_PER_DAY));
+        return Err(too_many(
+            calendar,
+            "hours",
+            values.len(),
+            MAX_INTERVALS_PER_DAY,
+        ));
     }
     let mut parsed = Vec::with_capacity(values.len());
     for (index, value) in values.iter().enumerate() {
@@ -496,8 +509,7 @@ fn parse_interval(value: &str) -> Option<(u16, u16)> {
 fn parse_minute_of_day(value: &str) -> Option<u16> {
     let (hours, minutes) = value.trim().split_once(':')?;
     let digits = |text: &str| text.bytes().all(|byte| byte.is_ascii_digit());
-    if !(1..=2).contains(&hours.len()) || minutes.len() != 2 || !digits(hours) || !digits(minutes)
-    {
+    if !(1..=2).contains(&hours.len()) || minutes.len() != 2 || !digits(hours) || !digits(minutes) {
         return None;
     }
     let hours: u16 = hours.parse().ok()?;
@@ -541,7 +553,6 @@ fn clip(value: &str) -> String {
     }
 }
 
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -571,7 +582,9 @@ mod tests {
     }
 
     fn utc(text: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc)
     }
 
     fn hours(count: u64) -> Duration {
@@ -607,7 +620,12 @@ mod tests {
     fn split_working_hours_skip_the_lunch_break() {
         // Mon 2026-01-19 11:00 CET (10:00Z) + 3 h: 1.5 h to 12:30, then 13:30 + 1.5 h = 15:00
         // CET = 14:00Z.
-        let office = calendar("Europe/Berlin", &WEEKDAYS, &["13:30-17:00", "09:00-12:30"], &[]);
+        let office = calendar(
+            "Europe/Berlin",
+            &WEEKDAYS,
+            &["13:30-17:00", "09:00-12:30"],
+            &[],
+        );
         let due = office.add_business(utc("2026-01-19T10:00:00Z"), hours(3));
         assert_eq!(due, Ok(utc("2026-01-19T14:00:00Z")));
         let lunch = office.next_working_instant(utc("2026-01-19T11:45:00Z"));
@@ -660,13 +678,15 @@ mod tests {
         // 23:00 CEST: the day from 00:00 to 24:00 local lasted 23 hours.
         let due = always.add_business(utc("2026-03-28T21:00:00Z"), hours(24));
         assert_eq!(due, Ok(utc("2026-03-29T21:00:00Z")));
-        let sunday = always.business_between(utc("2026-03-28T23:00:00Z"), utc("2026-03-29T22:00:00Z"));
+        let sunday =
+            always.business_between(utc("2026-03-28T23:00:00Z"), utc("2026-03-29T22:00:00Z"));
         assert_eq!(sunday, Ok(hours(23)));
         // Sat 2026-10-24 22:00 CEST (20:00Z) + 24 h = Sun 20:00Z = 21:00 CET; that Sunday,
         // 00:00 CEST (10-24 22:00Z) to 24:00 CET (10-25 23:00Z), lasted 25 hours.
         let due = always.add_business(utc("2026-10-24T20:00:00Z"), hours(24));
         assert_eq!(due, Ok(utc("2026-10-25T20:00:00Z")));
-        let sunday = always.business_between(utc("2026-10-24T22:00:00Z"), utc("2026-10-25T23:00:00Z"));
+        let sunday =
+            always.business_between(utc("2026-10-24T22:00:00Z"), utc("2026-10-25T23:00:00Z"));
         assert_eq!(sunday, Ok(hours(25)));
     }
 
@@ -675,11 +695,15 @@ mod tests {
         let night = berlin_every_day("00:00-06:00");
         // Sun 2026-03-29 00:00 CET = 03-28 23:00Z; 06:00 CEST = 04:00Z: five working hours.
         let midnight = utc("2026-03-28T23:00:00Z");
-        assert_eq!(night.add_business(midnight, hours(5)), Ok(utc("2026-03-29T04:00:00Z")));
+        assert_eq!(
+            night.add_business(midnight, hours(5)),
+            Ok(utc("2026-03-29T04:00:00Z"))
+        );
         // Half an hour more is Mon 00:00 CEST (03-29 22:00Z) + 30 min.
         let due = night.add_business(midnight, hours(5) + minutes(30));
         assert_eq!(due, Ok(utc("2026-03-29T22:30:00Z")));
-        let between = night.business_between(utc("2026-03-28T12:00:00Z"), utc("2026-03-29T12:00:00Z"));
+        let between =
+            night.business_between(utc("2026-03-28T12:00:00Z"), utc("2026-03-29T12:00:00Z"));
         assert_eq!(between, Ok(hours(5)));
     }
 
@@ -688,10 +712,17 @@ mod tests {
         let night = berlin_every_day("00:00-06:00");
         // Sun 2026-10-25 00:00 CEST = 10-24 22:00Z; 06:00 CET = 05:00Z: seven working hours.
         let midnight = utc("2026-10-24T22:00:00Z");
-        assert_eq!(night.add_business(midnight, hours(7)), Ok(utc("2026-10-25T05:00:00Z")));
+        assert_eq!(
+            night.add_business(midnight, hours(7)),
+            Ok(utc("2026-10-25T05:00:00Z"))
+        );
         // After six working hours the clock reads only 05:00 CET (04:00Z).
-        assert_eq!(night.add_business(midnight, hours(6)), Ok(utc("2026-10-25T04:00:00Z")));
-        let between = night.business_between(utc("2026-10-24T12:00:00Z"), utc("2026-10-25T12:00:00Z"));
+        assert_eq!(
+            night.add_business(midnight, hours(6)),
+            Ok(utc("2026-10-25T04:00:00Z"))
+        );
+        let between =
+            night.business_between(utc("2026-10-24T12:00:00Z"), utc("2026-10-25T12:00:00Z"));
         assert_eq!(between, Ok(hours(7)));
     }
 
@@ -704,14 +735,16 @@ mod tests {
         assert_eq!(next, Ok(utc("2026-03-29T01:00:00Z")));
         let day = early.business_between(utc("2026-03-29T00:00:00Z"), utc("2026-03-29T12:00:00Z"));
         assert_eq!(day, Ok(hours(1)));
-        let day_before = early.business_between(utc("2026-03-28T00:00:00Z"), utc("2026-03-28T12:00:00Z"));
+        let day_before =
+            early.business_between(utc("2026-03-28T00:00:00Z"), utc("2026-03-28T12:00:00Z"));
         assert_eq!(day_before, Ok(minutes(90)));
         // 02:00–02:30 lies wholly in the skipped hour: no work that day; the next is Mon 02:00
         // CEST = 00:00Z.
         let skipped = berlin_every_day("02:00-02:30");
         let next = skipped.next_working_instant(utc("2026-03-29T00:00:00Z"));
         assert_eq!(next, Ok(utc("2026-03-30T00:00:00Z")));
-        let two_days = skipped.business_between(utc("2026-03-28T12:00:00Z"), utc("2026-03-30T12:00:00Z"));
+        let two_days =
+            skipped.business_between(utc("2026-03-28T12:00:00Z"), utc("2026-03-30T12:00:00Z"));
         assert_eq!(two_days, Ok(minutes(30)));
     }
 
@@ -721,7 +754,8 @@ mod tests {
         // 02:00–03:00 local happens at 00:00–01:00Z and again at 01:00–02:00Z.
         // 02:00–02:30 is [00:00Z, 00:30Z): worked once.
         let repeated = berlin_every_day("02:00-02:30");
-        let day = repeated.business_between(utc("2026-10-24T12:00:00Z"), utc("2026-10-25T12:00:00Z"));
+        let day =
+            repeated.business_between(utc("2026-10-24T12:00:00Z"), utc("2026-10-25T12:00:00Z"));
         assert_eq!(day, Ok(minutes(30)));
         // 02:10 CET (01:10Z, the second 02:10) is not working time; the next is Mon 02:00 CET.
         let next = repeated.next_working_instant(utc("2026-10-25T01:10:00Z"));
@@ -734,7 +768,12 @@ mod tests {
 
     #[test]
     fn a_new_york_office_with_independence_day_and_daylight_saving() {
-        let office = calendar("America/New_York", &WEEKDAYS, &["09:00-17:00"], &["2026-07-03"]);
+        let office = calendar(
+            "America/New_York",
+            &WEEKDAYS,
+            &["09:00-17:00"],
+            &["2026-07-03"],
+        );
         // Thu 2026-07-02 15:00 EDT (19:00Z) + 8 h: 2 h on Thursday, Friday is the observed
         // holiday, Mon 07-06 09:00 EDT (13:00Z) + 6 h = 19:00Z.
         let due = office.add_business(utc("2026-07-02T19:00:00Z"), hours(8));
@@ -755,7 +794,10 @@ mod tests {
         assert_eq!(due, utc("2027-01-01T16:00:00Z"));
         let due = office.add_business(start, hours(52 * 40 + 1));
         assert_eq!(due, Ok(utc("2027-01-04T09:00:00Z")));
-        assert_eq!(office.business_between(start, utc("2027-01-01T16:00:00Z")), Ok(hours(2080)));
+        assert_eq!(
+            office.business_between(start, utc("2027-01-01T16:00:00Z")),
+            Ok(hours(2080))
+        );
         let always = berlin_every_day("00:00-24:00");
         let due = always.add_business(start, hours(365 * 24));
         assert_eq!(due, Ok(start + TimeDelta::days(365)));
@@ -767,12 +809,21 @@ mod tests {
         let start = utc("2026-01-05T08:00:00Z");
         // Eleven years of 40-hour weeks need more than ten calendar years.
         let refused = office.add_business(start, hours(11 * 52 * 40));
-        assert!(matches!(refused, Err(Error::BeyondHorizon { .. })), "{refused:?}");
+        assert!(
+            matches!(refused, Err(Error::BeyondHorizon { .. })),
+            "{refused:?}"
+        );
         let refused = office.add_business(start, Duration::MAX);
-        assert!(matches!(refused, Err(Error::BeyondHorizon { .. })), "{refused:?}");
+        assert!(
+            matches!(refused, Err(Error::BeyondHorizon { .. })),
+            "{refused:?}"
+        );
         assert!(office.add_business(start, hours(9 * 52 * 40)).is_ok());
         let refused = office.business_between(start, utc("2037-01-01T00:00:00Z"));
-        assert!(matches!(refused, Err(Error::SpanTooLong { .. })), "{refused:?}");
+        assert!(
+            matches!(refused, Err(Error::SpanTooLong { .. })),
+            "{refused:?}"
+        );
         let backwards = office.business_between(start, utc("2025-01-01T00:00:00Z"));
         assert_eq!(backwards, Ok(Duration::ZERO));
     }
@@ -874,7 +925,10 @@ mod tests {
     fn touching_intervals_and_24_00_are_accepted() {
         let split = calendar("UTC", &EVERY_DAY, &["00:00-12:00", "12:00-24:00"], &[]);
         let start = utc("2026-05-01T07:00:00Z");
-        assert_eq!(split.add_business(start, hours(48)), Ok(start + TimeDelta::hours(48)));
+        assert_eq!(
+            split.add_business(start, hours(48)),
+            Ok(start + TimeDelta::hours(48))
+        );
         let spec = CalendarSpec {
             time_zone: "UTC".into(),
             working_days: vec!["mon".into()],
@@ -882,7 +936,10 @@ mod tests {
             holidays: Vec::new(),
         };
         let long_name = "n".repeat(MAX_NAME_BYTES + 1);
-        assert!(matches!(Calendar::from_spec(&long_name, &spec), Err(Error::BadName { .. })));
+        assert!(matches!(
+            Calendar::from_spec(&long_name, &spec),
+            Err(Error::BadName { .. })
+        ));
     }
 
     /// The calendars the properties run over: lunch breaks and holidays, a night shift that
@@ -897,13 +954,19 @@ mod tests {
             ),
             berlin_every_day("00:00-06:00"),
             berlin_every_day("02:30-04:00"),
-            calendar("America/New_York", &["mon", "wed", "sat"], &["07:15-19:45"], &["2026-07-04"]),
+            calendar(
+                "America/New_York",
+                &["mon", "wed", "sat"],
+                &["07:15-19:45"],
+                &["2026-07-04"],
+            ),
         ]
     }
 
     /// Instants from 2026-01-01 to 2027-12-31, whole seconds.
     fn instant() -> impl Strategy<Value = DateTime<Utc>> {
-        (1_767_225_600i64..1_830_211_200).prop_map(|seconds| DateTime::from_timestamp(seconds, 0).unwrap())
+        (1_767_225_600i64..1_830_211_200)
+            .prop_map(|seconds| DateTime::from_timestamp(seconds, 0).unwrap())
     }
 
     /// Up to 1,000 hours, in seconds.

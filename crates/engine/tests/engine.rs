@@ -1382,11 +1382,19 @@ async fn webhook_engine(
     dir: &std::path::Path,
     endpoints: Vec<keel_engine::webhooks::Endpoint>,
 ) -> Engine {
-    let store = Store::open(&dir.join("keel.sqlite").display().to_string())
-        .await
-        .unwrap();
+    let url = dir.join("keel.sqlite").display().to_string();
+    webhook_engine_on(&url, dir, "webhook-node", endpoints).await
+}
+
+async fn webhook_engine_on(
+    url: &str,
+    dir: &std::path::Path,
+    node_id: &str,
+    endpoints: Vec<keel_engine::webhooks::Endpoint>,
+) -> Engine {
+    let store = Store::open(url).await.unwrap();
     let options = Options {
-        node_id: "webhook-node".into(),
+        node_id: node_id.into(),
         poll_interval: Duration::from_millis(20),
         data_dir: dir.to_path_buf(),
         webhooks: keel_engine::webhooks::Options {
@@ -1884,4 +1892,54 @@ async fn webhook_configuration_errors_name_the_line_or_the_missing_variable() {
         !format!("{endpoints:?}").contains(WEBHOOK_SECRET),
         "Debug never shows the secret"
     );
+}
+
+#[tokio::test]
+async fn two_nodes_on_postgres_deliver_every_webhook_once() {
+    let Ok(admin) = std::env::var("KEEL_TEST_DATABASE_URL") else {
+        eprintln!("two_nodes_on_postgres_deliver_every_webhook_once: skipped (set KEEL_TEST_DATABASE_URL to run it)");
+        return;
+    };
+    let name = format!("keel_webhooks_{}", std::process::id());
+    let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+    Store::admin_execute(&admin, &drop).await.unwrap();
+    Store::admin_execute(&admin, &format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+    let (hook, receiver) = webhook_receiver(503).await;
+    let endpoints = || webhook_endpoints(&webhook_toml("ops", &hook, "[\"*\"]", 50));
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let node_a = webhook_engine_on(&url, dir_a.path(), "node-a", endpoints()).await;
+    let node_b = webhook_engine_on(&url, dir_b.path(), "node-b", endpoints()).await;
+    for n in 0..20 {
+        let node = if n % 2 == 0 { &node_a } else { &node_b };
+        journal_event(node.store(), "exception.raised", n).await;
+    }
+    wait_for("some deliveries refused with 503", || {
+        receiver.requests().len() >= 10
+    })
+    .await;
+    receiver.status.store(200, Ordering::SeqCst);
+    let rows = wait_deliveries(&node_b, "ops", "twenty delivered", |rows| {
+        rows.len() == 20 && rows.iter().all(|r| r.status == "delivered")
+    })
+    .await;
+    let mut seqs: Vec<i64> = rows.iter().map(|r| r.journal_seq).collect();
+    seqs.sort();
+    seqs.dedup();
+    assert_eq!(seqs.len(), 20, "one delivery per event across both nodes");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(receiver.accepted().len(), 20);
+    let answered_ok = receiver
+        .requests()
+        .iter()
+        .filter(|r| r.answered == 200)
+        .count();
+    assert_eq!(answered_ok, 20, "no delivery repeated after its 2xx");
+    node_a.shutdown(Duration::from_secs(5)).await;
+    node_b.shutdown(Duration::from_secs(5)).await;
+    node_a.store().close().await;
+    node_b.store().close().await;
+    Store::admin_execute(&admin, &drop).await.unwrap();
 }

@@ -26,6 +26,9 @@ pub enum BenchCommand {
     /// The latency the gateway adds to /v1/chat/completions (Keel minus direct) at fixed
     /// request rates, the highest rate sustained and RSS; `--litellm` measures LiteLLM too.
     Gateway(crate::bench_gateway::GatewayArgs),
+    /// Tasks created and decided through the API by concurrent reviewers: decisions/s and
+    /// decision latency.
+    Review(crate::bench_review::ReviewArgs),
 }
 
 #[derive(Args, Debug)]
@@ -89,6 +92,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Gateway(args) => {
             (crate::bench_gateway::bench_gateway(&args).await?, args.json)
         }
+        BenchCommand::Review(args) => (crate::bench_review::bench_review(&args).await?, args.json),
     };
     print_figures(&figures, json);
     Ok(ExitCode::SUCCESS)

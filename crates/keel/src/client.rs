@@ -70,14 +70,17 @@ pub enum CaseCommand {
     },
 }
 
-fn http() -> anyhow::Result<reqwest::Client> {
+pub(crate) fn http() -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()?)
 }
 
 /// Sends a request and turns problem JSON into a readable error.
-async fn call(request: reqwest::RequestBuilder, server: &str) -> anyhow::Result<(u16, Value)> {
+pub(crate) async fn call(
+    request: reqwest::RequestBuilder,
+    server: &str,
+) -> anyhow::Result<(u16, Value)> {
     let response = request.send().await.with_context(|| {
         format!("cannot reach keel at {server}; start it with `keel serve` or point --server / KEEL_SERVER at it")
     })?;
@@ -86,7 +89,7 @@ async fn call(request: reqwest::RequestBuilder, server: &str) -> anyhow::Result<
     Ok((status, body))
 }
 
-fn problem_text(body: &Value) -> String {
+pub(crate) fn problem_text(body: &Value) -> String {
     let mut text = body["detail"]
         .as_str()
         .or(body["title"].as_str())

@@ -4,11 +4,14 @@
 mod audit;
 mod bench;
 mod bench_gateway;
+mod bench_review;
 mod check;
 mod client;
 mod learner;
+mod people;
 mod serve;
 mod token;
+mod webhooks;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -67,10 +70,27 @@ enum Command {
         #[command(subcommand)]
         command: learner::LearnerCommand,
     },
+    /// Users with roles and approval limits (`keel user add|list|disable`).
+    User {
+        #[command(subcommand)]
+        command: people::UserCommand,
+    },
+    /// Tasks waiting for people (approval steps, actions that use AI output).
+    Tasks(people::TasksArgs),
+    /// Show or decide one task (`keel task show|approve|correct|reject ID`).
+    Task {
+        #[command(subcommand)]
+        command: people::TaskCommand,
+    },
     /// API tokens for the gateway and the API (`keel token create|list|revoke`).
     Token {
         #[command(subcommand)]
         command: token::TokenCommand,
+    },
+    /// The outbound-webhook delivery log (`keel webhooks deliveries|attempts`).
+    Webhooks {
+        #[command(subcommand)]
+        command: webhooks::WebhooksCommand,
     },
     /// Measure throughput and latency; prints a table, or one JSON object with --json.
     Bench {
@@ -121,6 +141,10 @@ fn main() -> ExitCode {
             Command::Audit { command } => audit::run(command).await,
             Command::Learner { command } => learner::run(command).await,
             Command::Token { command } => token::run(command).await,
+            Command::User { command } => people::user(command).await,
+            Command::Tasks(args) => people::tasks(args).await,
+            Command::Task { command } => people::task(command).await,
+            Command::Webhooks { command } => webhooks::run(command).await,
             Command::Bench { command } => bench::run(command).await,
         }
     });

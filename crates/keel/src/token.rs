@@ -29,9 +29,10 @@ pub struct CreateArgs {
     /// The caller name: budgets (`[budgets.callers.NAME]`) and the journal use it.
     #[arg(long)]
     pub name: String,
-    /// Who the token acts for (a user or service); defaults to the name.
+    /// The user this token acts for (`keel user add`): it then has that user's roles and
+    /// approval limit. Without it the token is a service token with --roles.
     #[arg(long)]
-    pub subject: Option<String>,
+    pub user: Option<String>,
     /// Roles, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "gateway")]
     pub roles: Vec<String>,
@@ -94,7 +95,14 @@ pub async fn run(command: TokenCommand) -> anyhow::Result<ExitCode> {
             let expires = args
                 .expires_in_days
                 .map(|days| now + i64::from(days) * 86_400_000);
-            let subject = args.subject.clone().unwrap_or_else(|| args.name.clone());
+            if let Some(user) = &args.user {
+                match store.user(user).await? {
+                    Some(found) if !found.disabled => {}
+                    Some(_) => anyhow::bail!("user `{user}` is disabled"),
+                    None => anyhow::bail!("no user named `{user}`; add one with `keel user add {user} --roles reviewer`"),
+                }
+            }
+            let subject = args.user.clone().unwrap_or_else(|| args.name.clone());
             let (secret, row) = keel_engine::tokens::create_token(
                 &store,
                 &args.name,

@@ -238,6 +238,18 @@ impl Store {
             .collect())
     }
 
+    /// The ids of up to `limit` open tasks, oldest first (benchmarks and bulk tools).
+    pub async fn open_task_ids(&self, limit: i64) -> Result<Vec<String>> {
+        dispatch_read!(self, |pool| {
+            Ok(sqlx::query_scalar(
+                "SELECT id FROM tasks WHERE status = 'open' ORDER BY created_at_ms, id LIMIT $1",
+            )
+            .bind(limit.max(0))
+            .fetch_all(pool)
+            .await?)
+        })
+    }
+
     // ---------------------------------------------------------------- users
 
     /// Adds a user (or replaces a disabled one's settings) with its journal entry.

@@ -294,7 +294,9 @@ impl Store {
     /// Every attempt of one delivery, in order.
     pub async fn webhook_attempts(&self, delivery_id: &str) -> Result<Vec<WebhookAttemptRow>> {
         dispatch_read!(self, |pool| {
-            let rows: Vec<(i64, i64, Option<i64>, Option<String>, i64)> = sqlx::query_as(
+            // attempt, at_ms, status_code, error, duration_ms
+            type Attempt = (i64, i64, Option<i64>, Option<String>, i64);
+            let rows: Vec<Attempt> = sqlx::query_as(
                 "SELECT attempt, at_ms, status_code, error, duration_ms FROM webhook_attempts \
                  WHERE delivery_id = $1 ORDER BY attempt",
             )
