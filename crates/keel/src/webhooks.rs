@@ -52,6 +52,12 @@ pub struct AttemptsArgs {
 }
 
 async fn open(data: &DataArgs) -> anyhow::Result<Store> {
+    if data.database.is_none() && !data.data_dir.is_dir() {
+        anyhow::bail!(
+            "no data directory at {}; pass the one `keel serve` uses with --data-dir",
+            data.data_dir.display()
+        );
+    }
     let url = data.database_url();
     Store::open(&url)
         .await
