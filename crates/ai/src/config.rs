@@ -154,6 +154,7 @@ pub struct GatewayConfig {
 pub const WEBHOOK_EVENTS: &[&str] = &[
     "task.created",
     "task.due_soon",
+    "task.overdue",
     "exception.raised",
     "exception.escalated",
     "sla.breached",

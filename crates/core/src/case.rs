@@ -1043,6 +1043,18 @@ impl<'w> Run<'w> {
     ) -> Flow {
         if let Some(task) = state.task.as_mut().filter(|t| t.step == step.id) {
             let due = task.due_ms;
+            let soon = due.map(|due| crate::gate::due_soon_ms(state.step_entered_at_ms, due));
+            if let (Some(due), Some(soon)) = (due, soon) {
+                if self.now_ms >= soon && self.now_ms < due && !task.due_soon_recorded {
+                    task.due_soon_recorded = true;
+                    let id = task.id.clone();
+                    self.emit(
+                        "task.due_soon",
+                        Some(step.id.clone()),
+                        json!({ "task_id": id, "due_ms": due }),
+                    );
+                }
+            }
             if let Some(due) = due.filter(|due| self.now_ms >= *due) {
                 if !task.overdue_recorded {
                     task.overdue_recorded = true;
@@ -1057,7 +1069,11 @@ impl<'w> Run<'w> {
                 return Flow::Stop(Command::Stop);
             }
             state.status = Status::Waiting;
-            return Flow::Stop(due.map_or(Command::Stop, |until_ms| Command::Sleep { until_ms }));
+            let wake = match (soon, due) {
+                (Some(soon), _) if self.now_ms < soon => Some(soon),
+                (_, due) => due,
+            };
+            return Flow::Stop(wake.map_or(Command::Stop, |until_ms| Command::Sleep { until_ms }));
         }
         let amount = match &gate.limit {
             None => None,
@@ -1093,6 +1109,7 @@ impl<'w> Run<'w> {
             approvals: Vec::new(),
             approved: false,
             overdue_recorded: false,
+            due_soon_recorded: false,
         };
         let proposals: serde_json::Map<String, Value> = task
             .ai_steps
@@ -1119,7 +1136,8 @@ impl<'w> Run<'w> {
         );
         state.task = Some(task);
         state.status = Status::Waiting;
-        Flow::Stop(due_ms.map_or(Command::Stop, |until_ms| Command::Sleep { until_ms }))
+        let wake = due_ms.map(|due| crate::gate::due_soon_ms(self.now_ms, due));
+        Flow::Stop(wake.map_or(Command::Stop, |until_ms| Command::Sleep { until_ms }))
     }
 
     /// Applies a person's decision on the open task; `None` to drive on.

@@ -1501,3 +1501,65 @@ fn a_prompt_that_cannot_render_fails_the_case_with_a_template_error() {
     assert_eq!(state.status, Status::Failed);
     assert_eq!(state.error.as_ref().unwrap().kind, "template_error");
 }
+
+#[test]
+fn a_task_with_a_due_time_announces_due_soon_then_overdue_and_still_takes_a_decision() {
+    const HOUR: i64 = 3_600_000;
+    let wf = workflow(
+        "  - id: sign_off\n    approval: { roles: [reviewer], due: 10h }\n  - id: done\n    end: { outcome: ok }\n",
+    );
+    let mut state = start(&wf, json!({}));
+    let opened = wake(&wf, &mut state, T0);
+    assert_eq!(journal(&opened), ["task.created@sign_off"]);
+    // Due soon is a fifth of the time before the due time, at most an hour: 9 h in.
+    assert_eq!(
+        opened.command,
+        Command::Sleep {
+            until_ms: T0 + 9 * HOUR
+        }
+    );
+    let soon = wake(&wf, &mut state, T0 + 9 * HOUR);
+    assert_eq!(journal(&soon), ["task.due_soon@sign_off"]);
+    assert_eq!(
+        soon.command,
+        Command::Sleep {
+            until_ms: T0 + 10 * HOUR
+        }
+    );
+    assert!(journal(&wake(&wf, &mut state, T0 + 9 * HOUR + 1)).is_empty());
+    let overdue = wake(&wf, &mut state, T0 + 10 * HOUR);
+    assert_eq!(journal(&overdue), ["task.overdue@sign_off"]);
+    assert!(
+        journal(&wake(&wf, &mut state, T0 + 11 * HOUR)).is_empty(),
+        "announced once"
+    );
+    let task_id = state
+        .task
+        .as_ref()
+        .map(|t| t.id.clone())
+        .unwrap_or_default();
+    let decided = advance(
+        &wf,
+        &mut state,
+        Input::TaskDecision {
+            task_id,
+            decider: crate::gate::Decider {
+                user: "ann".into(),
+                roles: vec!["reviewer".into()],
+                approval_limit: None,
+            },
+            decision: crate::gate::TaskDecision::Approve { comment: None },
+        },
+        T0 + 12 * HOUR,
+        0.0,
+    );
+    assert_eq!(
+        journal(&decided),
+        [
+            "task.approval_recorded@sign_off",
+            "task.completed@sign_off",
+            "case.completed@done"
+        ]
+    );
+    assert_eq!(state.data["sign_off"]["decision"], "approved");
+}

@@ -144,6 +144,14 @@ pub struct TaskProgress {
     pub approved: bool,
     #[serde(default)]
     pub overdue_recorded: bool,
+    #[serde(default)]
+    pub due_soon_recorded: bool,
+}
+
+/// When a task with a due time counts as due soon: a fifth of its time before, at most an hour.
+pub fn due_soon_ms(created_ms: i64, due_ms: i64) -> i64 {
+    let warning = ((due_ms - created_ms) / 5).clamp(0, 3_600_000);
+    due_ms - warning
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -252,6 +260,7 @@ mod tests {
             approvals: vec![],
             approved: false,
             overdue_recorded: false,
+            due_soon_recorded: false,
         }
     }
 
