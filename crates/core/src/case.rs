@@ -96,6 +96,12 @@ pub struct CaseState {
     /// Who submitted the case (the API token's subject), for the four-eyes rule.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub submitted_by: Option<String>,
+    /// The id of the exception the case is parked on (status `exception`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exception_id: Option<String>,
+    /// How many exceptions the case has raised; numbers their ids.
+    #[serde(default)]
+    pub exceptions_raised: u32,
 }
 
 /// One recorded SLA breach: of the whole case (`step` is `None`) or of one visit to a step.
@@ -150,6 +156,13 @@ pub enum Input {
         task_id: String,
         decider: crate::gate::Decider,
         decision: crate::gate::TaskDecision,
+    },
+    /// A person's resolution of the exception the case is parked on (`case_resolve.rs`).
+    Resolve {
+        exception_id: String,
+        by: String,
+        resolution: Resolution,
+        note: Option<String>,
     },
 }
 
@@ -271,6 +284,8 @@ impl CaseState {
             ai_prompts: BTreeMap::new(),
             task: None,
             submitted_by: None,
+            exception_id: None,
+            exceptions_raised: 0,
         }
     }
 
@@ -420,6 +435,16 @@ pub fn advance(
             decision,
         } => {
             if let Some(command) = run.task_decision(state, &task_id, decider, decision) {
+                return run.finish(command);
+            }
+        }
+        Input::Resolve {
+            exception_id,
+            by,
+            resolution,
+            note,
+        } => {
+            if let Some(command) = run.resolve(state, &exception_id, &by, resolution, note) {
                 return run.finish(command);
             }
         }
@@ -926,10 +951,11 @@ impl<'w> Run<'w> {
                     message: message.clone(),
                     details: record.clone(),
                 };
+                let exception_id = resolve::open_exception(state);
                 self.emit(
                     "exception.raised",
                     id,
-                    json!({ "kind": kind, "message": message, "attempt": attempt, "cascade": record, "data": state.data }),
+                    json!({ "exception_id": exception_id, "kind": kind, "message": message, "attempt": attempt, "cascade": record, "data": state.data }),
                 );
                 state.status = Status::Exception;
                 state.error = Some(error);
@@ -1096,7 +1122,26 @@ impl<'w> Run<'w> {
                 Err(error) => return Flow::Stop(self.expression_failed(state, expr, error)),
             },
         };
-        let due_ms = gate.due.map(|due| self.now_ms.saturating_add(due.0 as i64));
+        let due_ms = match (gate.due, &self.workflow.calendar) {
+            (None, _) => None,
+            (Some(due), Some(calendar)) if gate.due_business => {
+                let start = millis_to_datetime(self.now_ms);
+                match calendar.add_business(start, std::time::Duration::from_millis(due.0)) {
+                    Ok(at) => Some(at.timestamp_millis()),
+                    Err(error) => {
+                        let message =
+                            format!("cannot count the task's business-time due date: {error}");
+                        return Flow::Stop(self.fail(
+                            state,
+                            "calendar_error",
+                            message,
+                            Value::Null,
+                        ));
+                    }
+                }
+            }
+            (Some(due), _) => Some(self.now_ms.saturating_add(due.0 as i64)),
+        };
         let task = crate::gate::TaskProgress {
             id: format!("{}.{}.{}", state.id, step.id, state.steps_executed),
             step: step.id.clone(),
@@ -1191,10 +1236,11 @@ impl<'w> Run<'w> {
                     }
                 }
                 let message = format!("`{}` rejected the task: {reason}", decider.user);
+                let exception_id = resolve::open_exception(state);
                 self.emit(
                     "exception.raised",
                     step_id.clone(),
-                    json!({ "kind": "rejected", "message": message, "task_id": task_id, "data": state.data }),
+                    json!({ "exception_id": exception_id, "kind": "rejected", "message": message, "task_id": task_id, "data": state.data }),
                 );
                 state.status = Status::Exception;
                 state.error = Some(CaseError {
@@ -1553,6 +1599,10 @@ fn parse_timestamp_ms(value: &Value) -> Option<i64> {
 pub fn millis_to_datetime(ms: i64) -> chrono::DateTime<chrono::Utc> {
     chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
+
+#[path = "case_resolve.rs"]
+mod resolve;
+pub use resolve::Resolution;
 
 #[cfg(test)]
 #[path = "case_tests.rs"]

@@ -1563,3 +1563,30 @@ fn a_task_with_a_due_time_announces_due_soon_then_overdue_and_still_takes_a_deci
     );
     assert_eq!(state.data["sign_off"]["decision"], "approved");
 }
+
+#[test]
+fn a_business_time_due_date_skips_the_weekend_on_the_workflow_calendar() {
+    let wf = workflow_with(
+        "calendar: { time_zone: Europe/Berlin, working_days: [mon, tue, wed, thu, fri], hours: [\"08:00-17:00\"], holidays: [\"2026-12-25\"] }\n",
+        "  - id: sign_off\n    approval: { due: { business: 4h } }\n  - id: done\n    end: { outcome: ok }\n",
+    );
+    // Friday 2026-11-27 16:00 in Berlin (CET, UTC+1) is 15:00 UTC.
+    let friday_16 = chrono::DateTime::parse_from_rfc3339("2026-11-27T15:00:00Z")
+        .unwrap()
+        .timestamp_millis();
+    let mut state = CaseState::new("c1".to_string(), &wf, 1, json!({}), friday_16);
+    let opened = wake(&wf, &mut state, friday_16);
+    let created = event(&opened, "task.created");
+    // 1 h on Friday, 3 h on Monday from 08:00: Monday 11:00 Berlin = 10:00 UTC.
+    let monday_11 = chrono::DateTime::parse_from_rfc3339("2026-11-30T10:00:00Z")
+        .unwrap()
+        .timestamp_millis();
+    assert_eq!(created.data["due_ms"], json!(monday_11));
+
+    let source = "name: t\nversion: \"1\"\ninput: { schema: { type: object } }\nsteps:\n  - id: a\n    approval: { due: { business: 4h } }\n  - id: b\n    end: { outcome: ok }\n";
+    let errors = crate::workflow::parse_str(source, "t.yaml", None).unwrap_err();
+    assert!(
+        errors.iter().any(|d| d.code == "missing-calendar"),
+        "{errors:?}"
+    );
+}

@@ -24,6 +24,8 @@ pub struct Workflow {
     pub input_schema: Schema,
     /// Workflow-level deadline, counted from case creation.
     pub sla: Option<DurationMs>,
+    /// `calendar:` — the business calendar that `due: { business: … }` counts in.
+    pub calendar: Option<crate::calendar::Calendar>,
     /// Steps in file order; execution starts at `steps[0]`.
     pub steps: Vec<Step>,
     /// SHA-256 (hex) of the file's bytes: two deployments of the same bytes are the same version.
@@ -172,6 +174,8 @@ pub struct Gate {
     pub limit: Option<Expr>,
     /// The task falls due this long after it is created (default none).
     pub due: Option<DurationMs>,
+    /// `due: { business: 4h }`: `due` counts working time on the workflow's `calendar`.
+    pub due_business: bool,
 }
 
 impl Default for Gate {
@@ -181,6 +185,7 @@ impl Default for Gate {
             roles: vec!["reviewer".to_string()],
             limit: None,
             due: None,
+            due_business: false,
         }
     }
 }

@@ -48,9 +48,21 @@
 //!   - id: hold
 //!     wait: { for: 2h }            # or { until: "timestamp(input.due_at)" }
 //!                                  # or { signal: approved, timeout: 3d, into: approval, timeout_goto: done }
+//!   - id: sign_off
+//!     approval:                    # a task for people (actions that read an `ai` step's
+//!       title: Approve the refund  #   output are gated the same way; their own `approval:`)
+//!       required: 2                # distinct approvers (default 1)
+//!       roles: [reviewer]          # default [reviewer]; admin may always decide
+//!       limit: "double(input.amount)"  # approvers need an approval limit at least this
+//!       due: 8h                    # or { business: 4h } on the workflow's `calendar:`
+//!       on_reject: refused         # default: a rejection raises a `rejected` exception
 //!   - id: done
 //!     end: { outcome: paid }       # or just `end: paid`
 //! ```
+//!
+//! `calendar: { time_zone: Europe/Berlin, working_days: [mon, tue, wed, thu, fri],
+//! hours: ["09:00-17:00"], holidays: ["2026-12-25"] }` at the top level sets the business
+//! calendar.
 //!
 //! A body string that is exactly one hole (`"${input.amount}"`) keeps the JSON type of its
 //! value. Durations: `500ms`, `30s`, `5m`, `2h`, `1d`, `1h30m`. Expressions may use `input`,
@@ -113,9 +125,19 @@ pub const CODES: &[&str] = &[
     "unclosed-hole",
     "invalid-template",
     "field-not-applicable",
+    "invalid-calendar",
+    "missing-calendar",
 ];
 
-const TOP_FIELDS: &[&str] = &["name", "version", "description", "sla", "input", "steps"];
+const TOP_FIELDS: &[&str] = &[
+    "name",
+    "version",
+    "description",
+    "sla",
+    "calendar",
+    "input",
+    "steps",
+];
 
 /// The result of checking a workflow: the workflow when there is no error, and every
 /// diagnostic (warnings included) sorted by position.
@@ -249,6 +271,12 @@ impl Checker<'_> {
             (Some(n), Some(key)) => self.input(n, key),
             _ => None,
         };
+        let calendar = match fields.get("calendar") {
+            None => Some(None),
+            Some(n) => self
+                .calendar(n, name.as_deref().unwrap_or("workflow"))
+                .map(Some),
+        };
         let steps = fields
             .get("steps")
             .and_then(|n| self.steps(n))
@@ -256,15 +284,59 @@ impl Checker<'_> {
                 crate::gate::mark_ai_actions(&mut steps);
                 steps
             });
+        if let (Some(None), Some(steps), Some(span)) = (&calendar, &steps, fields.key_span("steps"))
+        {
+            if let Some(step) = steps.iter().find(|step| business_due(step)) {
+                self.error(
+                    "missing-calendar",
+                    span,
+                    format!(
+                        "step `{}` counts `due` in business time, but the workflow has no `calendar:`",
+                        step.id
+                    ),
+                    "add e.g. `calendar: { time_zone: Europe/Berlin, working_days: [mon, tue, wed, thu, fri], hours: [\"09:00-17:00\"] }`".to_string(),
+                );
+            }
+        }
         Some(Workflow {
             name: name?,
             version: version?,
             description: description?,
             input_schema: input_schema?,
             sla: sla?,
+            calendar: calendar?,
             steps: steps?,
             source_sha256: hex::encode(Sha256::digest(self.source.as_bytes())),
         })
+    }
+
+    /// `calendar:` — a business calendar (see `crate::calendar::CalendarSpec`).
+    fn calendar(&mut self, node: &Node, name: &str) -> Option<crate::calendar::Calendar> {
+        let json = self.json(node)?;
+        let spec: crate::calendar::CalendarSpec = match serde_json::from_value(json) {
+            Ok(spec) => spec,
+            Err(error) => {
+                self.error(
+                    "invalid-calendar",
+                    node.span,
+                    format!("`calendar` is not a calendar: {error}"),
+                    "write `calendar: { time_zone: Europe/Berlin, working_days: [mon, tue, wed, thu, fri], hours: [\"09:00-17:00\"], holidays: [\"2026-12-25\"] }`".to_string(),
+                );
+                return None;
+            }
+        };
+        match crate::calendar::Calendar::from_spec(name, &spec) {
+            Ok(calendar) => Some(calendar),
+            Err(error) => {
+                self.error(
+                    "invalid-calendar",
+                    node.span,
+                    format!("`calendar`: {error}"),
+                    "give an IANA time zone, working days, `HH:MM-HH:MM` hours and `YYYY-MM-DD` holidays".to_string(),
+                );
+                None
+            }
+        }
     }
 
     fn version(&mut self, node: &Node) -> Option<String> {
@@ -350,6 +422,15 @@ impl Checker<'_> {
         }
         let drafts: Vec<Draft> = items.iter().map(|item| self.step(item)).collect();
         self.link(drafts)
+    }
+}
+
+/// Whether a step's gate counts `due` in business time.
+fn business_due(step: &super::model::Step) -> bool {
+    match &step.kind {
+        super::model::StepKind::Approval(approval) => approval.gate.due_business,
+        super::model::StepKind::Action(action) => action.gate.due_business,
+        _ => false,
     }
 }
 

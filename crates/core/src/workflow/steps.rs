@@ -699,9 +699,19 @@ impl Checker<'_> {
             None => Some(None),
             Some(n) => self.expr(n, Usage::Value).map(Some),
         };
-        let due = match fields.get("due") {
-            None => Some(None),
-            Some(n) => self.duration(n, "`due`").map(Some),
+        let (due, due_business) = match fields.get("due") {
+            None => (Some(None), false),
+            Some(n) => match &n.value {
+                Value::Map(_) => {
+                    let due_fields = self.fields(n, "`due`", n.span, &["business"], &["business"]);
+                    let due = due_fields
+                        .and_then(|f| f.get("business"))
+                        .and_then(|b| self.duration(b, "`due.business`"))
+                        .map(Some);
+                    (due, true)
+                }
+                _ => (self.duration(n, "`due`").map(Some), false),
+            },
         };
         Some((
             Gate {
@@ -709,6 +719,7 @@ impl Checker<'_> {
                 roles: roles?,
                 limit: limit?,
                 due: due?,
+                due_business,
             },
             fields,
         ))
