@@ -1090,6 +1090,21 @@ impl<'w> Run<'w> {
                         Some(step.id.clone()),
                         json!({ "task_id": id, "due_ms": due }),
                     );
+                    let added: Vec<String> = gate
+                        .escalate_to
+                        .iter()
+                        .filter(|role| !task.roles.contains(role))
+                        .cloned()
+                        .collect();
+                    if !added.is_empty() {
+                        task.roles.extend(added.iter().cloned());
+                        let roles = task.roles.clone();
+                        self.emit(
+                            "task.escalated",
+                            Some(step.id.clone()),
+                            json!({ "task_id": id, "added_roles": added, "roles": roles }),
+                        );
+                    }
                 }
                 state.status = Status::Waiting;
                 return Flow::Stop(Command::Stop);

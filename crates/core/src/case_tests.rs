@@ -1506,7 +1506,7 @@ fn a_prompt_that_cannot_render_fails_the_case_with_a_template_error() {
 fn a_task_with_a_due_time_announces_due_soon_then_overdue_and_still_takes_a_decision() {
     const HOUR: i64 = 3_600_000;
     let wf = workflow(
-        "  - id: sign_off\n    approval: { roles: [reviewer], due: 10h }\n  - id: done\n    end: { outcome: ok }\n",
+        "  - id: sign_off\n    approval: { roles: [reviewer], due: 10h, escalate_to: [governor] }\n  - id: done\n    end: { outcome: ok }\n",
     );
     let mut state = start(&wf, json!({}));
     let opened = wake(&wf, &mut state, T0);
@@ -1528,7 +1528,14 @@ fn a_task_with_a_due_time_announces_due_soon_then_overdue_and_still_takes_a_deci
     );
     assert!(journal(&wake(&wf, &mut state, T0 + 9 * HOUR + 1)).is_empty());
     let overdue = wake(&wf, &mut state, T0 + 10 * HOUR);
-    assert_eq!(journal(&overdue), ["task.overdue@sign_off"]);
+    assert_eq!(
+        journal(&overdue),
+        ["task.overdue@sign_off", "task.escalated@sign_off"]
+    );
+    assert_eq!(
+        state.task.as_ref().map(|t| t.roles.clone()),
+        Some(vec!["reviewer".to_string(), "governor".to_string()])
+    );
     assert!(
         journal(&wake(&wf, &mut state, T0 + 11 * HOUR)).is_empty(),
         "announced once"
@@ -1544,8 +1551,8 @@ fn a_task_with_a_due_time_announces_due_soon_then_overdue_and_still_takes_a_deci
         Input::TaskDecision {
             task_id,
             decider: crate::gate::Decider {
-                user: "ann".into(),
-                roles: vec!["reviewer".into()],
+                user: "gus".into(),
+                roles: vec!["governor".into()],
                 approval_limit: None,
             },
             decision: crate::gate::TaskDecision::Approve { comment: None },

@@ -11,6 +11,7 @@ mod ailog;
 pub mod audit;
 mod clock;
 mod committer;
+pub mod exceptions;
 pub mod learn;
 mod registry;
 pub mod sequencer;

@@ -132,6 +132,13 @@ macro_rules! apply_task_changes {
                         .execute(&mut *$tx)
                         .await?;
                 }
+                tasks::TaskChange::Escalated { id, roles } => {
+                    sqlx::query("UPDATE tasks SET roles = $1 WHERE id = $2")
+                        .bind(roles.join(","))
+                        .bind(&id)
+                        .execute(&mut *$tx)
+                        .await?;
+                }
                 tasks::TaskChange::Overdue { id } => {
                     sqlx::query("UPDATE tasks SET overdue = 1 WHERE id = $1")
                         .bind(&id)
@@ -142,6 +149,11 @@ macro_rules! apply_task_changes {
         }
     };
 }
+
+// Declared here, after the macros it uses and before `commit`, which uses its macro.
+#[macro_use]
+mod exceptions;
+pub use exceptions::{ExceptionFilter, ExceptionRow, PatternRow, Trend};
 
 /// A deployed workflow version.
 #[derive(Debug, Clone)]
@@ -622,6 +634,7 @@ impl Store {
             }
             insert_entries!(tx, entries);
             apply_task_changes!(tx, tasks::task_changes(entries.iter().copied()));
+            apply_exception_changes!(tx, exceptions::exception_changes(entries.iter().copied()));
             tx.commit().await?;
             Ok(outcomes)
         })

@@ -187,6 +187,42 @@ CREATE TABLE users (
 );
 "#,
     ),
+    (
+        5,
+        r#"
+CREATE TABLE exceptions (
+    id TEXT PRIMARY KEY,
+    case_id TEXT NOT NULL,
+    workflow TEXT NOT NULL,
+    step TEXT,
+    kind TEXT NOT NULL,
+    message TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    template TEXT NOT NULL,
+    status TEXT NOT NULL,
+    raised_at_ms INTEGER NOT NULL,
+    resolved_at_ms INTEGER,
+    resolution TEXT,
+    resolved_by TEXT,
+    assignee TEXT,
+    detail TEXT NOT NULL
+);
+CREATE INDEX exceptions_list ON exceptions (status, raised_at_ms);
+CREATE INDEX exceptions_fingerprint ON exceptions (fingerprint, raised_at_ms);
+CREATE INDEX exceptions_case ON exceptions (case_id);
+CREATE TABLE exception_patterns (
+    fingerprint TEXT PRIMARY KEY,
+    workflow TEXT NOT NULL,
+    step TEXT,
+    kind TEXT NOT NULL,
+    template TEXT NOT NULL,
+    first_seen_ms INTEGER NOT NULL,
+    last_seen_ms INTEGER NOT NULL,
+    total INTEGER NOT NULL,
+    spike_day INTEGER
+);
+"#,
+    ),
 ];
 
 /// (version, SQL) for PostgreSQL.
@@ -376,6 +412,42 @@ CREATE TABLE users (
     approval_limit DOUBLE PRECISION,
     disabled BIGINT NOT NULL,
     created_at_ms BIGINT NOT NULL
+);
+"#,
+    ),
+    (
+        5,
+        r#"
+CREATE TABLE exceptions (
+    id TEXT PRIMARY KEY,
+    case_id TEXT NOT NULL,
+    workflow TEXT NOT NULL,
+    step TEXT,
+    kind TEXT NOT NULL,
+    message TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    template TEXT NOT NULL,
+    status TEXT NOT NULL,
+    raised_at_ms BIGINT NOT NULL,
+    resolved_at_ms BIGINT,
+    resolution TEXT,
+    resolved_by TEXT,
+    assignee TEXT,
+    detail TEXT NOT NULL
+);
+CREATE INDEX exceptions_list ON exceptions (status, raised_at_ms);
+CREATE INDEX exceptions_fingerprint ON exceptions (fingerprint, raised_at_ms);
+CREATE INDEX exceptions_case ON exceptions (case_id);
+CREATE TABLE exception_patterns (
+    fingerprint TEXT PRIMARY KEY,
+    workflow TEXT NOT NULL,
+    step TEXT,
+    kind TEXT NOT NULL,
+    template TEXT NOT NULL,
+    first_seen_ms BIGINT NOT NULL,
+    last_seen_ms BIGINT NOT NULL,
+    total BIGINT NOT NULL,
+    spike_day BIGINT
 );
 "#,
     ),

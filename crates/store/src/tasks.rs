@@ -71,6 +71,10 @@ pub(crate) enum TaskChange {
     Overdue {
         id: String,
     },
+    Escalated {
+        id: String,
+        roles: Vec<String>,
+    },
 }
 
 fn entry_ms(entry: &NewEntry) -> i64 {
@@ -123,6 +127,17 @@ pub(crate) fn task_changes<'e>(entries: impl Iterator<Item = &'e NewEntry>) -> V
                 at_ms: entry_ms(entry),
             }),
             "task.overdue" => changes.push(TaskChange::Overdue { id }),
+            "task.escalated" => changes.push(TaskChange::Escalated {
+                id,
+                roles: data["roles"]
+                    .as_array()
+                    .map(|r| {
+                        r.iter()
+                            .filter_map(|v| v.as_str().map(str::to_string))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            }),
             _ => {}
         }
     }

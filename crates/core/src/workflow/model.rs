@@ -176,6 +176,8 @@ pub struct Gate {
     pub due: Option<DurationMs>,
     /// `due: { business: 4h }`: `due` counts working time on the workflow's `calendar`.
     pub due_business: bool,
+    /// Roles that may also decide once the task is overdue (`escalate_to: [governor]`).
+    pub escalate_to: Vec<String>,
 }
 
 impl Default for Gate {
@@ -186,6 +188,7 @@ impl Default for Gate {
             limit: None,
             due: None,
             due_business: false,
+            escalate_to: Vec::new(),
         }
     }
 }

@@ -687,7 +687,7 @@ impl Checker<'_> {
         what: &str,
         extra: &[&str],
     ) -> Option<(Gate, super::values::Fields<'n>)> {
-        let mut allowed = vec!["required", "roles", "limit", "due"];
+        let mut allowed = vec!["required", "roles", "limit", "due", "escalate_to"];
         allowed.extend_from_slice(extra);
         let fields = self.fields(node, what, key, &allowed, &[])?;
         let required = self.small_count(&fields, "required", 1, 10, 1);
@@ -695,6 +695,19 @@ impl Checker<'_> {
             None => Some(vec!["reviewer".to_string()]),
             Some(n) => self.role_list(n),
         };
+        let escalate_to = match fields.get("escalate_to") {
+            None => Some(Vec::new()),
+            Some(n) => self.role_list(n),
+        };
+        if let (Some(span), None) = (fields.key_span("escalate_to"), fields.get("due")) {
+            self.error(
+                "field-not-applicable",
+                span,
+                "`escalate_to` takes effect when the task is overdue, and the gate has no `due`"
+                    .to_string(),
+                "add `due: 4h` (or remove `escalate_to`)".to_string(),
+            );
+        }
         let limit = match fields.get("limit") {
             None => Some(None),
             Some(n) => self.expr(n, Usage::Value).map(Some),
@@ -720,6 +733,7 @@ impl Checker<'_> {
                 limit: limit?,
                 due: due?,
                 due_business,
+                escalate_to: escalate_to?,
             },
             fields,
         ))
