@@ -865,3 +865,90 @@ async fn serve_answers_with_the_learner_that_train_stored() {
     assert_eq!(checked.len(), 2);
     terminate(server);
 }
+
+#[test]
+fn users_and_tokens_are_managed_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let (code, _, err) = keel(&[
+        "user",
+        "add",
+        "ann",
+        "--roles",
+        "reviewer",
+        "--approval-limit",
+        "5000",
+        "--data-dir",
+        data,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("keel token create"),
+        "says what to do next: {err}"
+    );
+    let (code, _, err) = keel(&[
+        "user",
+        "add",
+        "ann",
+        "--roles",
+        "reviewer",
+        "--data-dir",
+        data,
+    ]);
+    assert_eq!(code, 1, "a second `ann` is refused: {err}");
+    let (code, _, err) = keel(&[
+        "user",
+        "add",
+        "zed",
+        "--roles",
+        "wizard",
+        "--data-dir",
+        data,
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("unknown role `wizard`"), "{err}");
+    let (code, out, _) = keel(&["user", "list", "--json", "--data-dir", data]);
+    assert_eq!(code, 0);
+    let users: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(users[0]["name"], "ann");
+    assert_eq!(users[0]["approval_limit"], 5000.0);
+    let (code, out, err) = keel(&[
+        "token",
+        "create",
+        "--name",
+        "ann-laptop",
+        "--user",
+        "ann",
+        "--json",
+        "--data-dir",
+        data,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let token: Value = serde_json::from_str(&out).unwrap();
+    assert!(token["token"].as_str().unwrap().starts_with("keel_"));
+    let (code, _, err) = keel(&[
+        "token",
+        "create",
+        "--name",
+        "x",
+        "--user",
+        "nobody",
+        "--data-dir",
+        data,
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("keel user add nobody"), "{err}");
+    let (code, out, _) = keel(&["token", "list", "--json", "--data-dir", data]);
+    assert_eq!(code, 0);
+    assert!(
+        !out.contains(token["token"].as_str().unwrap()),
+        "secrets are never listed"
+    );
+    let (code, _, _) = keel(&["user", "disable", "ann", "--data-dir", data]);
+    assert_eq!(code, 0);
+    let (code, _, _) = keel(&["token", "revoke", "ann-laptop", "--data-dir", data]);
+    assert_eq!(code, 0);
+    let (code, _, err) = keel(&["tasks"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("KEEL_TOKEN"), "{err}");
+}
