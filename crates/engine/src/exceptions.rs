@@ -90,13 +90,22 @@ impl Engine {
         if exception.status != "open" {
             return Ok(Err(ResolutionError::Closed(exception.status)));
         }
-        if note.as_ref().is_some_and(|n| n.chars().count() > MAX_NOTE_CHARS) {
+        if note
+            .as_ref()
+            .is_some_and(|n| n.chars().count() > MAX_NOTE_CHARS)
+        {
             return Err(Error::InvalidRequest(format!(
                 "a note is at most {MAX_NOTE_CHARS} characters"
             )));
         }
         if let Resolution::Assign { to } = &resolution {
-            if self.inner.store.user(to).await?.is_none_or(|user| user.disabled) {
+            if self
+                .inner
+                .store
+                .user(to)
+                .await?
+                .is_none_or(|user| user.disabled)
+            {
                 return Ok(Err(ResolutionError::Invalid {
                     code: "unknown_user".into(),
                     message: format!("no active user named `{to}`; add one with `keel user add`"),

@@ -7,6 +7,7 @@ mod bench_gateway;
 mod bench_review;
 mod check;
 mod client;
+mod exceptions;
 mod learner;
 mod people;
 mod serve;
@@ -82,6 +83,13 @@ enum Command {
         #[command(subcommand)]
         command: people::TaskCommand,
     },
+    /// Exceptions waiting for people, and their patterns (`keel exceptions [patterns]`).
+    Exceptions(exceptions::ExceptionsArgs),
+    /// Show, resolve or assign one exception (`keel exception show|resolve|assign ID`).
+    Exception {
+        #[command(subcommand)]
+        command: exceptions::ExceptionCommand,
+    },
     /// API tokens for the gateway and the API (`keel token create|list|revoke`).
     Token {
         #[command(subcommand)]
@@ -144,6 +152,8 @@ fn main() -> ExitCode {
             Command::User { command } => people::user(command).await,
             Command::Tasks(args) => people::tasks(args).await,
             Command::Task { command } => people::task(command).await,
+            Command::Exceptions(args) => exceptions::exceptions(args).await,
+            Command::Exception { command } => exceptions::exception(command).await,
             Command::Webhooks { command } => webhooks::run(command).await,
             Command::Bench { command } => bench::run(command).await,
         }

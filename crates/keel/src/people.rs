@@ -218,7 +218,7 @@ fn token(arg: &TokenArg) -> anyhow::Result<&str> {
     }
 }
 
-async fn request(
+pub(crate) async fn request(
     method: reqwest::Method,
     path: &str,
     body: Option<Value>,

@@ -9,6 +9,7 @@
 mod audit;
 mod auth;
 mod cases;
+mod exceptions;
 mod extract;
 mod gateway;
 mod health;
@@ -86,6 +87,16 @@ pub fn router(engine: Engine, options: ServerOptions) -> Router {
         .route("/v1/tasks", get(tasks::list_tasks))
         .route("/v1/tasks/{id}", get(tasks::get_task))
         .route("/v1/tasks/{id}/decision", post(tasks::decide_task))
+        .route("/v1/exceptions", get(exceptions::list_exceptions))
+        .route(
+            "/v1/exceptions/patterns",
+            get(exceptions::exception_patterns),
+        )
+        .route("/v1/exceptions/{id}", get(exceptions::get_exception))
+        .route(
+            "/v1/exceptions/{id}/resolution",
+            post(exceptions::resolve_exception),
+        )
         .route("/v1/chat/completions", post(gateway::chat_completions))
         .route("/v1/models", get(gateway::models))
         .route("/v1/learners", get(learners::list_learners))

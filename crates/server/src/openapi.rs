@@ -8,7 +8,7 @@ use axum::response::IntoResponse;
 use utoipa::OpenApi;
 
 use crate::{audit, cases, health, problem, workflows, AppState};
-use crate::{gateway, learners, tasks};
+use crate::{exceptions, gateway, learners, tasks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -32,6 +32,10 @@ use crate::{gateway, learners, tasks};
         tasks::list_tasks,
         tasks::get_task,
         tasks::decide_task,
+        exceptions::list_exceptions,
+        exceptions::exception_patterns,
+        exceptions::get_exception,
+        exceptions::resolve_exception,
         gateway::chat_completions,
         gateway::models,
         openapi_json,
@@ -45,6 +49,7 @@ use crate::{gateway, learners, tasks};
         (name = "audit", description = "Signed checkpoints and Merkle proofs"),
         (name = "learners", description = "Local learners: stored versions and online learning from labelled examples"),
         (name = "tasks", description = "Human decisions: approval steps and actions that use AI output"),
+        (name = "exceptions", description = "Cases parked for a person and SLA breaches: queues, patterns by fingerprint, resolutions"),
         (name = "gateway", description = "OpenAI-compatible gateway: point an OpenAI client's base URL at /v1 with a Keel token as its API key"),
         (name = "meta", description = "This document"),
     )

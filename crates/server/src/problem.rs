@@ -54,6 +54,13 @@ pub enum Kind {
     UnknownTask,
     /// The task is already decided.
     TaskClosed,
+    UnknownException,
+    /// The exception is already resolved.
+    ExceptionClosed,
+    /// The caller's roles may not resolve exceptions.
+    ResolutionForbidden,
+    /// A resolution that cannot be applied (output fails the schema, unknown step or user).
+    InvalidResolution,
     Internal,
 }
 
@@ -81,6 +88,10 @@ impl Kind {
             Kind::DecisionRefused => "decision-refused",
             Kind::UnknownTask => "unknown-task",
             Kind::TaskClosed => "task-closed",
+            Kind::UnknownException => "unknown-exception",
+            Kind::ExceptionClosed => "exception-closed",
+            Kind::ResolutionForbidden => "resolution-forbidden",
+            Kind::InvalidResolution => "invalid-resolution",
             Kind::Internal => "internal",
         }
     }
@@ -108,6 +119,10 @@ impl Kind {
             Kind::DecisionRefused => "The decision is not allowed",
             Kind::UnknownTask => "No such task",
             Kind::TaskClosed => "The task is already decided",
+            Kind::UnknownException => "No such exception",
+            Kind::ExceptionClosed => "The exception is already resolved",
+            Kind::ResolutionForbidden => "Your roles may not resolve exceptions",
+            Kind::InvalidResolution => "The resolution cannot be applied",
             Kind::Internal => "Internal error",
         }
     }
@@ -132,6 +147,10 @@ impl Kind {
             Kind::DecisionRefused => StatusCode::FORBIDDEN,
             Kind::UnknownTask => StatusCode::NOT_FOUND,
             Kind::TaskClosed => StatusCode::CONFLICT,
+            Kind::UnknownException => StatusCode::NOT_FOUND,
+            Kind::ExceptionClosed => StatusCode::CONFLICT,
+            Kind::ResolutionForbidden => StatusCode::FORBIDDEN,
+            Kind::InvalidResolution => StatusCode::UNPROCESSABLE_ENTITY,
             Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

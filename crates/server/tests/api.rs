@@ -55,6 +55,10 @@ const PATHS: &[&str] = &[
     "/v1/tasks",
     "/v1/tasks/{id}",
     "/v1/tasks/{id}/decision",
+    "/v1/exceptions",
+    "/v1/exceptions/patterns",
+    "/v1/exceptions/{id}",
+    "/v1/exceptions/{id}/resolution",
     "/v1/chat/completions",
     "/v1/models",
     "/v1/openapi.json",
@@ -632,6 +636,8 @@ async fn the_sandbox_honours_idempotency_keys() {
     );
 }
 
+#[path = "api/exceptions.rs"]
+mod exceptions;
 #[path = "api/gateway.rs"]
 mod gateway;
 #[path = "api/tasks.rs"]

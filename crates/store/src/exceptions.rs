@@ -173,7 +173,10 @@ fn raised(entry: &NewEntry, data: &Value) -> ExceptionRow {
     } else {
         let id = match data["exception_id"].as_str() {
             Some(id) => id.to_string(),
-            None => format!("{case_id}.{}.{at_ms}", entry.step.as_deref().unwrap_or("case")),
+            None => format!(
+                "{case_id}.{}.{at_ms}",
+                entry.step.as_deref().unwrap_or("case")
+            ),
         };
         let kind = data["kind"].as_str().unwrap_or("exception").to_string();
         let message = data["message"].as_str().unwrap_or_default().to_string();
@@ -220,7 +223,12 @@ pub(crate) fn day_start_ms(day: i64) -> i64 {
 }
 
 /// A journal entry about a pattern, for the case whose exception made it.
-pub(crate) fn pattern_entry(kind: &str, exception: &ExceptionRow, at: &str, extra: Value) -> NewEntry {
+pub(crate) fn pattern_entry(
+    kind: &str,
+    exception: &ExceptionRow,
+    at: &str,
+    extra: Value,
+) -> NewEntry {
     let mut data = json!({
         "fingerprint": exception.fingerprint,
         "template": exception.template,
@@ -435,11 +443,17 @@ impl Store {
         })?;
         let mut raised_by_fingerprint: HashMap<String, Vec<i64>> = HashMap::new();
         for (fingerprint, at_ms) in raised {
-            raised_by_fingerprint.entry(fingerprint).or_default().push(at_ms);
+            raised_by_fingerprint
+                .entry(fingerprint)
+                .or_default()
+                .push(at_ms);
         }
         let mut resolve_by_fingerprint: HashMap<String, Vec<i64>> = HashMap::new();
         for (fingerprint, ms) in resolve_times {
-            resolve_by_fingerprint.entry(fingerprint).or_default().push(ms);
+            resolve_by_fingerprint
+                .entry(fingerprint)
+                .or_default()
+                .push(ms);
         }
         Ok(counts
             .into_iter()
@@ -521,7 +535,7 @@ pub(crate) fn median(values: &mut [i64]) -> Option<i64> {
     }
     values.sort_unstable();
     let middle = values.len() / 2;
-    Some(if values.len() % 2 == 0 {
+    Some(if values.len().is_multiple_of(2) {
         (values[middle - 1] + values[middle]) / 2
     } else {
         values[middle]
@@ -553,12 +567,16 @@ mod tests {
         for (today, previous, expect) in [
             (5, 0, true),
             (4, 0, false),
-            (5, 7, true),    // 5 > 3 × 1
-            (6, 14, false),  // 6 = 3 × 2
+            (5, 7, true),   // 5 > 3 × 1
+            (6, 14, false), // 6 = 3 × 2
             (7, 14, true),
             (20, 70, false), // 20 < 3 × 10
         ] {
-            assert_eq!(is_spike(today, previous), expect, "{today} after {previous}");
+            assert_eq!(
+                is_spike(today, previous),
+                expect,
+                "{today} after {previous}"
+            );
         }
     }
 
@@ -571,7 +589,11 @@ mod tests {
             (9, 8, "flat"),
             (4, 5, "falling"),
         ] {
-            assert_eq!(trend(last, previous).direction, direction, "{last} vs {previous}");
+            assert_eq!(
+                trend(last, previous).direction,
+                direction,
+                "{last} vs {previous}"
+            );
         }
         assert_eq!(trend(10, 8).ratio, Some(1.25));
     }
@@ -590,5 +612,97 @@ mod tests {
         assert_eq!(day_label(day_of(ms)), "2026-01-01");
         assert_eq!(week_label(ms), "2026-W01");
         assert_eq!(week_label(ms - 7 * DAY_MS), "2025-W52");
+    }
+}
+
+#[cfg(test)]
+mod projection_tests {
+    use super::*;
+
+    fn entry(kind: &str, step: &str, data: Value) -> NewEntry {
+        NewEntry {
+            at: "2026-01-01T12:00:00.000Z".into(),
+            kind: kind.into(),
+            actor_type: "system".into(),
+            actor_id: "engine".into(),
+            case_id: Some("c1".into()),
+            workflow: Some("w".into()),
+            step: Some(step.into()),
+            data: data.to_string(),
+            data_sha256: String::new(),
+        }
+    }
+
+    #[test]
+    fn sla_breaches_are_open_exceptions_of_kind_sla_breach() {
+        let entries = [
+            entry(
+                "sla.breached",
+                "review",
+                json!({"scope": "step", "deadline_ms": 42, "late_ms": 1}),
+            ),
+            entry(
+                "sla.breached",
+                "review",
+                json!({"scope": "case", "deadline_ms": 43, "late_ms": 1}),
+            ),
+            entry("step.completed", "review", json!({})),
+        ];
+        let changes = exception_changes(entries.iter());
+        let rows: Vec<&ExceptionRow> = changes
+            .iter()
+            .filter_map(|(change, _)| match change {
+                ExceptionChange::Raised(row) => Some(row.as_ref()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].id, "c1.sla.review.42");
+        assert_eq!(rows[0].kind, "sla_breach");
+        assert_eq!(rows[0].status, "open");
+        assert_eq!(rows[0].message, "step `review` missed its SLA deadline");
+        assert_eq!(rows[0].raised_at_ms, 1_767_268_800_000);
+        assert_eq!(rows[1].id, "c1.sla.case.43");
+        assert_ne!(rows[0].fingerprint, rows[1].fingerprint);
+    }
+
+    #[test]
+    fn raised_resolved_and_assigned_entries_become_changes() {
+        let entries = [
+            entry(
+                "exception.raised",
+                "s",
+                json!({"exception_id": "c1.s.1", "kind": "ai_failed", "message": "order 12 failed"}),
+            ),
+            entry(
+                "exception.raised",
+                "s",
+                json!({"exception_id": "c1.s.2", "kind": "ai_failed", "message": "order 9 failed"}),
+            ),
+            entry(
+                "exception.assigned",
+                "s",
+                json!({"exception_id": "c1.s.1", "to": "ann"}),
+            ),
+            entry(
+                "exception.resolved",
+                "s",
+                json!({"exception_id": "c1.s.1", "by": "ann", "action": "retry"}),
+            ),
+        ];
+        let changes = exception_changes(entries.iter());
+        assert_eq!(changes.len(), 4);
+        let fingerprints: Vec<String> = changes
+            .iter()
+            .filter_map(|(change, _)| match change {
+                ExceptionChange::Raised(row) => Some(row.fingerprint.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(fingerprints[0], fingerprints[1]);
+        assert!(
+            matches!(&changes[2].0, ExceptionChange::Assigned { id, to } if id == "c1.s.1" && to == "ann")
+        );
+        assert!(matches!(&changes[3].0, ExceptionChange::Resolved { by, .. } if by == "ann"));
     }
 }

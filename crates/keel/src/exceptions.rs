@@ -1,0 +1,268 @@
+//! `keel exceptions [patterns]` and `keel exception show|resolve|assign ID`, over the HTTP API
+//! as the user whose token is given with `--token` or `KEEL_TOKEN`.
+
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+use crate::client::ServerArgs;
+use crate::people::{request, TokenArg};
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ExceptionsArgs {
+    #[command(subcommand)]
+    pub command: Option<ExceptionsCommand>,
+    #[command(flatten)]
+    pub list: ListArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ExceptionsCommand {
+    /// Exceptions grouped by fingerprint: counts, trend, median time to resolve.
+    Patterns {
+        #[command(flatten)]
+        token: TokenArg,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    /// open (default), resolved or all.
+    #[arg(long)]
+    pub status: Option<String>,
+    #[arg(long)]
+    pub workflow: Option<String>,
+    /// e.g. ai_failed, rejected, sla_breach.
+    #[arg(long)]
+    pub kind: Option<String>,
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+    #[command(flatten)]
+    pub token: TokenArg,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ExceptionCommand {
+    /// The exception with its context: case data and attempts as they were.
+    Show {
+        id: String,
+        #[command(flatten)]
+        token: TokenArg,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Resume or end the case: exactly one of --retry, --output JSON, --skip-to STEP, --cancel.
+    Resolve {
+        id: String,
+        /// Run the step again (a fresh attempt).
+        #[arg(long, group = "action")]
+        retry: bool,
+        /// Use this JSON as the step's output (checked against its schema), e.g. '{"label":"billing"}'.
+        #[arg(long, group = "action")]
+        output: Option<String>,
+        /// Go to this step instead.
+        #[arg(long, group = "action")]
+        skip_to: Option<String>,
+        /// End the case as failed (kind `cancelled`).
+        #[arg(long, group = "action")]
+        cancel: bool,
+        #[arg(long)]
+        note: Option<String>,
+        #[command(flatten)]
+        token: TokenArg,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Give the exception to a user.
+    Assign {
+        id: String,
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        note: Option<String>,
+        #[command(flatten)]
+        token: TokenArg,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+pub async fn exceptions(args: ExceptionsArgs) -> anyhow::Result<ExitCode> {
+    if let Some(ExceptionsCommand::Patterns { token, server }) = args.command {
+        let body = request(
+            reqwest::Method::GET,
+            "/v1/exceptions/patterns",
+            None,
+            &token,
+            &server,
+        )
+        .await?;
+        return print_patterns(&body, server.json);
+    }
+    let args = args.list;
+    let mut path = format!("/v1/exceptions?limit={}", args.limit);
+    for (name, value) in [
+        ("status", &args.status),
+        ("workflow", &args.workflow),
+        ("kind", &args.kind),
+    ] {
+        if let Some(value) = value {
+            path.push_str(&format!("&{name}={value}"));
+        }
+    }
+    let body = request(reqwest::Method::GET, &path, None, &args.token, &args.server).await?;
+    if args.server.json {
+        println!("{body}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows = body.as_array().cloned().unwrap_or_default();
+    if rows.is_empty() {
+        eprintln!("no exceptions");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<56}  {:<16}  {:<8}  {:<10}  MESSAGE",
+        "ID", "KIND", "STATUS", "ASSIGNEE"
+    );
+    for row in rows {
+        println!(
+            "{:<56}  {:<16}  {:<8}  {:<10}  {}",
+            text(&row["id"]),
+            text(&row["kind"]),
+            text(&row["status"]),
+            row["assignee"].as_str().unwrap_or("-"),
+            text(&row["message"]),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_patterns(body: &Value, as_json: bool) -> anyhow::Result<ExitCode> {
+    if as_json {
+        println!("{body}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows = body.as_array().cloned().unwrap_or_default();
+    if rows.is_empty() {
+        eprintln!("no exceptions yet");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<16}  {:>6}  {:>5}  {:>9}  {:<14}  {:<24}  TEMPLATE",
+        "FINGERPRINT", "TOTAL", "OPEN", "MEDIAN", "TREND (7d)", "WORKFLOW/STEP"
+    );
+    for row in rows {
+        let median = row["median_resolve_ms"]
+            .as_i64()
+            .map_or("-".to_string(), |ms| format!("{}s", ms / 1000));
+        let trend = format!(
+            "{} {}→{}",
+            text(&row["trend"]["direction"]),
+            row["trend"]["previous_7_days"],
+            row["trend"]["last_7_days"]
+        );
+        println!(
+            "{:<16}  {:>6}  {:>5}  {:>9}  {:<14}  {:<24}  {}",
+            text(&row["fingerprint"]),
+            row["total"],
+            row["open"],
+            median,
+            trend,
+            format!(
+                "{}/{}",
+                text(&row["workflow"]),
+                row["step"].as_str().unwrap_or("-")
+            ),
+            text(&row["template"]),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn text(value: &Value) -> &str {
+    value.as_str().unwrap_or_default()
+}
+
+pub async fn exception(command: ExceptionCommand) -> anyhow::Result<ExitCode> {
+    let (id, body, token, server) = match command {
+        ExceptionCommand::Show { id, token, server } => {
+            let row = request(
+                reqwest::Method::GET,
+                &format!("/v1/exceptions/{id}"),
+                None,
+                &token,
+                &server,
+            )
+            .await?;
+            if server.json {
+                println!("{row}");
+            } else {
+                println!("{}", serde_json::to_string_pretty(&row)?);
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        ExceptionCommand::Resolve {
+            id,
+            retry,
+            output,
+            skip_to,
+            cancel,
+            note,
+            token,
+            server,
+        } => {
+            let body = match (retry, output, skip_to, cancel) {
+                (true, None, None, false) => json!({"action": "retry", "note": note}),
+                (false, Some(output), None, false) => {
+                    let output: Value = serde_json::from_str(&output)
+                        .context("--output must be JSON, e.g. '{\"label\": \"billing\"}'")?;
+                    json!({"action": "provide_output", "output": output, "note": note})
+                }
+                (false, None, Some(step), false) => {
+                    json!({"action": "skip", "to": step, "note": note})
+                }
+                (false, None, None, true) => json!({"action": "cancel", "note": note}),
+                _ => bail!("give exactly one of --retry, --output JSON, --skip-to STEP, --cancel"),
+            };
+            (id, body, token, server)
+        }
+        ExceptionCommand::Assign {
+            id,
+            to,
+            note,
+            token,
+            server,
+        } => (
+            id,
+            json!({"action": "assign", "to": to, "note": note}),
+            token,
+            server,
+        ),
+    };
+    let resolved = request(
+        reqwest::Method::POST,
+        &format!("/v1/exceptions/{id}/resolution"),
+        Some(body),
+        &token,
+        &server,
+    )
+    .await?;
+    if server.json {
+        println!("{resolved}");
+    } else {
+        println!(
+            "{id}: {} (case {} is {})",
+            text(&resolved["action"]),
+            text(&resolved["case_id"]),
+            text(&resolved["case_status"])
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
