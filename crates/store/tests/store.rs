@@ -373,3 +373,84 @@ async fn case_listing_pages_by_cursor_without_gaps_or_repeats() {
         backend.cleanup().await;
     }
 }
+
+fn data_entry(case: &str, kind: &str, step: &str, data: serde_json::Value) -> NewEntry {
+    let text = data.to_string();
+    NewEntry {
+        step: Some(step.into()),
+        data: text,
+        ..entry(case, kind)
+    }
+}
+
+#[tokio::test]
+async fn task_and_exception_projections_follow_the_journal_on_both_backends() {
+    use serde_json::json;
+    for backend in backends("projections").await {
+        let store = &backend.store;
+        let label = backend.label;
+        let mut write = insert("c1", None, None, None);
+        write.entries.push(data_entry(
+            "c1",
+            "task.created",
+            "pay",
+            json!({
+            "task_id": "c1.pay.1", "kind": "action", "title": "Approve", "required": 2,
+            "roles": ["reviewer"], "amount": 250.5, "due_ms": 5_000}),
+        ));
+        store.commit(&[write]).await.unwrap();
+        let mut second = update("c1", 1, "waiting");
+        second.entries = vec![
+            data_entry(
+                "c1",
+                "task.approval_recorded",
+                "pay",
+                json!({"task_id": "c1.pay.1", "by": "ann"}),
+            ),
+            data_entry(
+                "c1",
+                "task.escalated",
+                "pay",
+                json!({"task_id": "c1.pay.1", "roles": ["reviewer", "governor"]}),
+            ),
+            data_entry(
+                "c1",
+                "task.approval_recorded",
+                "pay",
+                json!({"task_id": "c1.pay.1", "by": "bob"}),
+            ),
+            data_entry(
+                "c1",
+                "task.completed",
+                "pay",
+                json!({"task_id": "c1.pay.1", "decision": "approved"}),
+            ),
+            data_entry(
+                "c1",
+                "exception.raised",
+                "pay",
+                json!({
+                "exception_id": "c1.pay.1", "kind": "action_failed", "message": "HTTP 500 from https://erp.example/pay/42"}),
+            ),
+        ];
+        store.commit(&[second]).await.unwrap();
+        let task = store.task("c1.pay.1").await.unwrap().unwrap();
+        assert_eq!(task.status, "approved", "{label}");
+        assert_eq!(task.approvals, 2, "{label}");
+        assert_eq!(task.approvers, ["ann", "bob"], "{label}");
+        assert_eq!(task.roles, ["reviewer", "governor"], "{label}");
+        assert_eq!(task.amount, Some(250.5), "{label}");
+        let exception = store.exception("c1.pay.1").await.unwrap().unwrap();
+        assert_eq!(exception.kind, "action_failed", "{label}");
+        assert_eq!(exception.status, "open", "{label}");
+        assert!(
+            exception.template.contains("<url>"),
+            "{label}: {}",
+            exception.template
+        );
+        let patterns = store.exception_patterns(1_800_000_000_000).await.unwrap();
+        assert_eq!(patterns.len(), 1, "{label}");
+        assert_eq!(patterns[0].total, 1, "{label}");
+        backend.cleanup().await;
+    }
+}
