@@ -139,7 +139,7 @@ pub struct JournalConfig {
     pub redact_text: bool,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct GatewayConfig {
     /// Alias → ordered models; the gateway tries them in order (fallback).
     pub aliases: BTreeMap<String, Vec<String>>,
@@ -148,6 +148,22 @@ pub struct GatewayConfig {
     /// the entry in the background within milliseconds; a graceful stop drains the queue, but
     /// a crash (SIGKILL, power loss) can lose the entries of calls answered in its last moments.
     pub durable_journal: bool,
+    /// Chat requests in flight at once (1..=100,000; default 4,096). Beyond it the gateway
+    /// answers 503 with `Retry-After` at once instead of queueing without bound.
+    pub max_in_flight: usize,
+}
+
+/// Default of [`GatewayConfig::max_in_flight`].
+pub const GATEWAY_MAX_IN_FLIGHT: usize = 4_096;
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            aliases: BTreeMap::new(),
+            durable_journal: false,
+            max_in_flight: GATEWAY_MAX_IN_FLIGHT,
+        }
+    }
 }
 
 /// The events a webhook may subscribe to: journal entry kinds.
@@ -238,11 +254,18 @@ impl Config {
             };
         }
         config.journal.redact_text = raw.journal.and_then(|j| j.redact_text).unwrap_or(false);
-        let (aliases, durable_journal) = raw
+        let (aliases, durable_journal, max_in_flight) = raw
             .gateway
-            .map(|g| (g.aliases, g.durable_journal))
+            .map(|g| (g.aliases, g.durable_journal, g.max_in_flight))
             .unwrap_or_default();
         config.gateway.durable_journal = durable_journal.unwrap_or(false);
+        match max_in_flight {
+            None => {}
+            Some(n) if (1..=100_000).contains(&n) => config.gateway.max_in_flight = n,
+            Some(n) => errors.push(format!(
+                "[gateway] max_in_flight is {n}; it must be from 1 to 100000 (default {GATEWAY_MAX_IN_FLIGHT})"
+            )),
+        }
         for (alias, targets) in aliases {
             if targets.is_empty() {
                 errors.push(format!("gateway alias `{alias}` names no model"));
@@ -634,6 +657,7 @@ mod raw {
         #[serde(default)]
         pub aliases: BTreeMap<String, Vec<String>>,
         pub durable_journal: Option<bool>,
+        pub max_in_flight: Option<usize>,
     }
 }
 

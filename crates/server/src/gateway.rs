@@ -634,6 +634,20 @@ pub(crate) async fn chat_completions(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let Ok(permit) = state.gateway_permits.clone().try_acquire_owned() else {
+        let mut response = GatewayError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: "the gateway is at its limit of requests in flight ([gateway] max_in_flight); retry shortly".into(),
+            kind: "server_error",
+            code: "overloaded",
+            param: None,
+        }
+        .into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    };
     let caller = match authenticate(&state.engine, &headers).await {
         Ok(caller) => caller,
         Err(error) => return error.into_response(),
@@ -670,9 +684,11 @@ pub(crate) async fn chat_completions(
         cost_known: true,
     };
     if parsed.stream && matches!(parsed.check, AnswerCheck::None) {
-        forward_stream(state.engine.clone(), runtime, parsed, route, log).await
+        forward_stream(state.engine.clone(), runtime, parsed, route, log, permit).await
     } else {
-        complete(state.engine.clone(), runtime, parsed, route, log).await
+        let response = complete(state.engine.clone(), runtime, parsed, route, log).await;
+        drop(permit);
+        response
     }
 }
 
@@ -999,9 +1015,11 @@ async fn forward_stream(
     parsed: Parsed,
     route: Vec<ModelConfig>,
     mut log: Log,
+    permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Response {
     let date = rfc3339_date(log.started_ms);
     let mut failure = Failure::Provider("no model could be tried".into(), "no_model");
+    let mut permit = Some(permit);
     for model in route {
         let Some(client) = runtime.client(&model.name) else {
             continue;
@@ -1047,7 +1065,10 @@ async fn forward_stream(
         let runtime = runtime.clone();
         let request = parsed.request;
         let served = model.name.clone();
+        // The permit is held until the stream ends.
+        let permit = permit.take();
         tokio::spawn(async move {
+            let _permit = permit;
             let open = stream.open_stats();
             let chunk = |delta: Value, finish: Value| {
                 let mut chunk = json!({"id": id, "object": "chat.completion.chunk", "created": created,

@@ -59,13 +59,21 @@ pub(crate) struct AppState {
     pub engine: Engine,
     /// The OpenAPI document, serialized once.
     pub openapi_json: Bytes,
+    /// Gateway chat requests in flight (`[gateway] max_in_flight`); beyond it, 503 at once.
+    pub gateway_permits: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 /// The whole API over `engine`.
 pub fn router(engine: Engine, options: ServerOptions) -> Router {
+    let gateway_in_flight = engine
+        .ai()
+        .map_or(keel_ai::config::GATEWAY_MAX_IN_FLIGHT, |runtime| {
+            runtime.config().gateway.max_in_flight
+        });
     let state = AppState {
         engine,
         openapi_json: openapi::document_bytes(),
+        gateway_permits: std::sync::Arc::new(tokio::sync::Semaphore::new(gateway_in_flight)),
     };
     let max_body_bytes = options.max_body_bytes;
     let sandbox = if options.sandbox {

@@ -118,8 +118,11 @@ pub(crate) async fn upstream() -> Upstream {
                     .and_then(|m| m["content"].as_str())
                     .unwrap_or_default()
                     .to_string();
+                if model == "slow" {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
                 let content = match model.as_str() {
-                    "echo" => last_user,
+                    "echo" | "slow" => last_user,
                     "json-good" => r#"{"label": "spam", "score": 0.9}"#.to_string(),
                     "json-bad" => r#"{"label": 42}"#.to_string(),
                     "fail" => {
@@ -159,6 +162,7 @@ pub(crate) fn keel_toml(upstream: &str, extra: &str) -> String {
         ("json-good", "json-good"),
         ("json-bad", "json-bad"),
         ("cutter", "cut"),
+        ("slowpoke", "slow"),
     ] {
         toml.push_str(&format!(
             "[models.{name}]\nprovider = \"openai\"\nbase_url = \"{upstream}\"\nmodel = \"{model}\"\nmax_retries = 0\nbreaker_failures = 1000\n[models.{name}.price]\ninput = 1000\noutput = 1000\neffective = \"2020-01-01\"\n\n"
@@ -857,4 +861,22 @@ print(json.dumps(out))
     assert_eq!(out["auth"], 401);
     let calls = gateway.calls().await;
     assert_eq!(calls.len(), 4, "{calls:?}");
+}
+
+#[tokio::test]
+async fn beyond_max_in_flight_the_gateway_sheds_load_with_503_and_retry_after() {
+    let gateway = gateway("[gateway]\nmax_in_flight = 1\n").await;
+    let body = json!({"model": "slowpoke", "messages": user("take your time")});
+    let (first, second) = tokio::join!(gateway.chat(body.clone()), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        gateway.chat(body.clone()).await
+    });
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(second.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(second.headers()["retry-after"], "1");
+    let (_, error) = error_of(second).await;
+    assert_eq!(error["code"], "overloaded");
+    // The permit comes back when the first call ends.
+    assert_eq!(gateway.chat(body).await.status(), StatusCode::OK);
+    assert_eq!(gateway.upstream.hits(), 2);
 }
