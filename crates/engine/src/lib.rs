@@ -9,6 +9,7 @@
 
 mod ailog;
 pub mod audit;
+pub mod authz;
 mod clock;
 mod committer;
 pub mod exceptions;

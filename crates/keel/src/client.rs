@@ -70,9 +70,21 @@ pub enum CaseCommand {
     },
 }
 
+/// The HTTP client for a running `keel serve`, sending the token of `KEEL_TOKEN` (every API
+/// call needs one; `keel token create --name NAME --user YOU` makes one).
 pub(crate) fn http() -> anyhow::Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Ok(token) = std::env::var("KEEL_TOKEN") {
+        if let Ok(mut value) =
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+        {
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+    }
     Ok(reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
+        .default_headers(headers)
         .build()?)
 }
 

@@ -41,6 +41,10 @@ pub struct ServeArgs {
     /// into the database first).
     #[arg(long, env = "KEEL_CONFIG")]
     pub config: Option<PathBuf>,
+    /// A Cedar policy file added to the built-in roles (e.g. four-eyes or approval rules),
+    /// validated against the shipped schema at start; a `forbid` there overrides any permit.
+    #[arg(long, env = "KEEL_POLICIES")]
+    pub policies: Option<PathBuf>,
 }
 
 /// Opens the store and the engine the way every command that runs cases does.
@@ -134,6 +138,30 @@ pub fn load_config(
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let extra_policies = match &args.policies {
+        None => None,
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(source) => Some((path.display().to_string(), source)),
+            Err(error) => {
+                eprintln!("cannot read the policy file {}: {error}", path.display());
+                return Ok(ExitCode::from(2));
+            }
+        },
+    };
+    let authorizer = match keel_engine::authz::Authorizer::with_policies(
+        extra_policies
+            .as_ref()
+            .map(|(file, source)| (file.as_str(), source.as_str())),
+    ) {
+        Ok(authorizer) => std::sync::Arc::new(authorizer),
+        Err(errors) => {
+            for error in &errors {
+                eprintln!("{error}");
+            }
+            eprintln!("keel serve: fix the policy errors above");
+            return Ok(ExitCode::from(2));
+        }
+    };
     let config = match load_config(args.config.as_deref()) {
         Ok(config) => config,
         Err(errors) => {
@@ -200,12 +228,30 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         "keel is serving on http://{address} (API docs: http://{address}/docs; data: {})",
         args.data.database_url()
     );
+    let data_flags = match &args.data.database {
+        Some(url) => format!("--database {url}"),
+        None => format!("--data-dir {}", args.data.data_dir.display()),
+    };
+    if engine
+        .store()
+        .users()
+        .await
+        .map(|u| u.is_empty())
+        .unwrap_or(false)
+    {
+        eprintln!("every API call needs a token; create the first admin and their token with:");
+        eprintln!("  keel user add admin --roles admin {data_flags}");
+        eprintln!(
+            "  export KEEL_TOKEN=$(keel token create --name admin --user admin {data_flags})"
+        );
+    }
     eprintln!(
         "submit a case:  keel submit ticket-routing examples/ticket.json   (then: keel cases)"
     );
     let shutdown = shutdown_signal();
     let options = keel_server::ServerOptions {
         sandbox: !args.no_sandbox,
+        authorizer: Some(authorizer),
         ..keel_server::ServerOptions::default()
     };
     keel_server::serve(listener, engine.clone(), options, shutdown).await?;

@@ -76,6 +76,50 @@ fn start_server(data: &Path, workflows: &Path) -> Server {
     }
 }
 
+/// Headers carrying a fresh admin's token for the data directory `data` (made with the CLI,
+/// as an operator would: every API call needs a token).
+fn admin_headers(data: &Path) -> reqwest::header::HeaderMap {
+    let data = data.to_str().unwrap();
+    let (code, _, err) = keel(&[
+        "user",
+        "add",
+        "admin",
+        "--roles",
+        "admin",
+        "--data-dir",
+        data,
+    ]);
+    assert!(code == 0 || err.contains("already exists"), "{err}");
+    let (code, out, err) = keel(&[
+        "token",
+        "create",
+        "--name",
+        "admin",
+        "--user",
+        "admin",
+        "--json",
+        "--data-dir",
+        data,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let token: Value = serde_json::from_str(&out).unwrap();
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {}", token["token"].as_str().unwrap())
+            .parse()
+            .unwrap(),
+    );
+    headers
+}
+
+fn admin_client(data: &Path) -> reqwest::Client {
+    reqwest::Client::builder()
+        .default_headers(admin_headers(data))
+        .build()
+        .unwrap()
+}
+
 async fn wait_ready(client: &reqwest::Client, server: &Server) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
@@ -174,6 +218,7 @@ async fn acknowledged_cases_survive_sigkill_and_act_exactly_once() {
     let (callback, downstream) = honouring_downstream().await;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
+        .default_headers(admin_headers(&data))
         .build()
         .unwrap();
     let mut acknowledged: HashSet<String> = HashSet::new();
@@ -282,7 +327,7 @@ async fn audit_verify_names_the_leaf_that_was_tampered_with() {
     let data = dir.path().join("data");
     let workflows = workflows_dir(dir.path(), CRASH_WORKFLOW);
     let (callback, _) = honouring_downstream().await;
-    let client = reqwest::Client::new();
+    let client = admin_client(&data);
     let server = start_server(&data, &workflows);
     wait_ready(&client, &server).await;
     let mut ids = Vec::new();
@@ -417,7 +462,7 @@ async fn sighup_deploys_a_changed_workflow_as_a_new_version() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let workflows = workflows_dir(dir.path(), CRASH_WORKFLOW);
-    let client = reqwest::Client::new();
+    let client = admin_client(&data);
     let server = start_server(&data, &workflows);
     wait_ready(&client, &server).await;
     let version = |body: &Value| body["workflows"][0]["version"].as_i64().unwrap();
@@ -807,7 +852,7 @@ async fn serve_answers_with_the_learner_that_train_stored() {
             .unwrap(),
         base: format!("http://127.0.0.1:{port}"),
     };
-    let client = reqwest::Client::new();
+    let client = admin_client(&data);
     wait_ready(&client, &server).await;
 
     let learners = get_json(&client, format!("{}/v1/learners", server.base)).await;

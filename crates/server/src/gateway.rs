@@ -161,7 +161,7 @@ impl IntoResponse for GatewayError {
     )
 )]
 pub(crate) async fn models(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Err(error) = authenticate(&state.engine, &headers).await {
+    if let Err(error) = authorize(&state, &headers).await {
         return error.into_response();
     }
     let mut data = Vec::new();
@@ -177,6 +177,40 @@ pub(crate) async fn models(State(state): State<AppState>, headers: HeaderMap) ->
         }
     }
     axum::Json(json!({"object": "list", "data": data})).into_response()
+}
+
+/// The caller, if its token is live and Cedar lets it `use_gateway`.
+async fn authorize(state: &AppState, headers: &HeaderMap) -> Result<Caller, GatewayError> {
+    let caller = authenticate(&state.engine, headers).await?;
+    let verdict = match &state.authorizer {
+        Some(authorizer) => authorizer.decide(&caller, "use_gateway", "System", "keel"),
+        None => keel_engine::authz::Verdict {
+            allowed: false,
+            policies: Vec::new(),
+            errors: vec!["no policies loaded".into()],
+        },
+    };
+    if verdict.allowed {
+        return Ok(caller);
+    }
+    crate::guard::journal(
+        &state.engine,
+        &caller,
+        "use_gateway",
+        "Keel::System::\"keel\"",
+        &verdict,
+    )
+    .await;
+    Err(GatewayError {
+        status: StatusCode::FORBIDDEN,
+        message: format!(
+            "`{}` may not use the gateway: give the token the `gateway` role (keel token create --roles gateway)",
+            caller.name
+        ),
+        kind: "invalid_request_error",
+        code: "permission_denied",
+        param: None,
+    })
 }
 
 async fn authenticate(engine: &Engine, headers: &HeaderMap) -> Result<Caller, GatewayError> {
@@ -648,7 +682,7 @@ pub(crate) async fn chat_completions(
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return response;
     };
-    let caller = match authenticate(&state.engine, &headers).await {
+    let caller = match authorize(&state, &headers).await {
         Ok(caller) => caller,
         Err(error) => return error.into_response(),
     };

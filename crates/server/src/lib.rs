@@ -12,6 +12,7 @@ mod cases;
 mod exceptions;
 mod extract;
 mod gateway;
+mod guard;
 mod health;
 mod learners;
 mod openapi;
@@ -42,6 +43,8 @@ pub struct ServerOptions {
     pub max_body_bytes: usize,
     /// Serve the sandbox stand-ins for the example workflows' downstream systems under `/sandbox/`.
     pub sandbox: bool,
+    /// Cedar policies (built-in roles plus the deployment's); `None` is the built-in roles.
+    pub authorizer: Option<std::sync::Arc<keel_engine::authz::Authorizer>>,
 }
 
 impl Default for ServerOptions {
@@ -49,6 +52,7 @@ impl Default for ServerOptions {
         ServerOptions {
             max_body_bytes: 2 * 1024 * 1024,
             sandbox: true,
+            authorizer: None,
         }
     }
 }
@@ -61,6 +65,9 @@ pub(crate) struct AppState {
     pub openapi_json: Bytes,
     /// Gateway chat requests in flight (`[gateway] max_in_flight`); beyond it, 503 at once.
     pub gateway_permits: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Who may do what (Cedar); `None` only if the built-in policies failed to load (then
+    /// every guarded request is denied).
+    pub authorizer: Option<std::sync::Arc<keel_engine::authz::Authorizer>>,
 }
 
 /// The whole API over `engine`.
@@ -74,6 +81,18 @@ pub fn router(engine: Engine, options: ServerOptions) -> Router {
         engine,
         openapi_json: openapi::document_bytes(),
         gateway_permits: std::sync::Arc::new(tokio::sync::Semaphore::new(gateway_in_flight)),
+        authorizer: options.authorizer.clone().or_else(|| {
+            match keel_engine::authz::Authorizer::built_in() {
+                Ok(authorizer) => Some(std::sync::Arc::new(authorizer)),
+                Err(errors) => {
+                    tracing::error!(
+                        ?errors,
+                        "the built-in Cedar policies do not load; denying every guarded request"
+                    );
+                    None
+                }
+            }
+        }),
     };
     let max_body_bytes = options.max_body_bytes;
     let sandbox = if options.sandbox {
@@ -81,9 +100,7 @@ pub fn router(engine: Engine, options: ServerOptions) -> Router {
     } else {
         Router::new()
     };
-    Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
+    let guarded = Router::new()
         .route("/v1/workflows", get(workflows::list_workflows))
         .route("/v1/workflows/{name}/cases", post(cases::submit_case))
         .route("/v1/cases", get(cases::list_cases))
@@ -105,13 +122,21 @@ pub fn router(engine: Engine, options: ServerOptions) -> Router {
             "/v1/exceptions/{id}/resolution",
             post(exceptions::resolve_exception),
         )
-        .route("/v1/chat/completions", post(gateway::chat_completions))
-        .route("/v1/models", get(gateway::models))
         .route("/v1/learners", get(learners::list_learners))
         .route(
             "/v1/learners/{workflow}/{step}/examples",
             post(learners::add_examples),
         )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::guard,
+        ));
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .merge(guarded)
+        .route("/v1/chat/completions", post(gateway::chat_completions))
+        .route("/v1/models", get(gateway::models))
         .route("/v1/openapi.json", get(openapi::openapi_json))
         .merge(SwaggerUi::new("/docs").config(utoipa_swagger_ui::Config::from("/v1/openapi.json")))
         .fallback(problem::not_found)

@@ -49,6 +49,8 @@ pub enum Kind {
     InvalidExamples,
     /// No valid API token.
     Unauthenticated,
+    /// The token's user may not do this (Cedar denied it).
+    Forbidden,
     /// A person's decision was refused (four-eyes, role, limit, distinct approvers).
     DecisionRefused,
     UnknownTask,
@@ -85,6 +87,7 @@ impl Kind {
             Kind::UnknownLabel => "unknown-label",
             Kind::InvalidExamples => "invalid-examples",
             Kind::Unauthenticated => "unauthenticated",
+            Kind::Forbidden => "forbidden",
             Kind::DecisionRefused => "decision-refused",
             Kind::UnknownTask => "unknown-task",
             Kind::TaskClosed => "task-closed",
@@ -116,6 +119,7 @@ impl Kind {
             Kind::UnknownLabel => "The label is not one of the step's labels",
             Kind::InvalidExamples => "The examples cannot be learnt",
             Kind::Unauthenticated => "A valid API token is required",
+            Kind::Forbidden => "Not allowed",
             Kind::DecisionRefused => "The decision is not allowed",
             Kind::UnknownTask => "No such task",
             Kind::TaskClosed => "The task is already decided",
@@ -144,6 +148,7 @@ impl Kind {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             Kind::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Kind::Forbidden => StatusCode::FORBIDDEN,
             Kind::DecisionRefused => StatusCode::FORBIDDEN,
             Kind::UnknownTask => StatusCode::NOT_FOUND,
             Kind::TaskClosed => StatusCode::CONFLICT,

@@ -103,10 +103,30 @@ async fn spawn_app_with(options: ServerOptions) -> TestApp {
     ));
     TestApp {
         base,
-        client: reqwest::Client::new(),
+        client: client_as(&engine, "admin", &["admin"]).await,
         engine,
         _dir: dir,
     }
+}
+
+/// A user with `roles` and an HTTP client that sends their token.
+async fn client_as(engine: &Engine, name: &str, roles: &[&str]) -> reqwest::Client {
+    let roles: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
+    keel_engine::tasks::add_user(engine.store(), name, &roles, None, 0)
+        .await
+        .unwrap();
+    let (secret, _) = keel_engine::tokens::create_token(engine.store(), name, name, &[], None, 0)
+        .await
+        .unwrap();
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {secret}").parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
 }
 
 impl TestApp {
@@ -702,7 +722,7 @@ async fn spawn_learning_app() -> TestApp {
     ));
     TestApp {
         base,
-        client: reqwest::Client::new(),
+        client: client_as(&engine, "admin", &["admin"]).await,
         engine,
         _dir: dir,
     }
@@ -928,4 +948,161 @@ async fn bad_example_batches_are_problems() {
 
     let listed: Value = app.get("/v1/learners").await.json().await.unwrap();
     assert_eq!(listed, json!({"learners": []}), "nothing was stored");
+}
+
+/// Every guarded endpoint against every built-in role: allowed roles never get 401 or 403,
+/// the others get 403; no token gets 401 everywhere; health and the OpenAPI document are open.
+#[tokio::test]
+async fn the_authorization_matrix_holds_for_every_endpoint_and_role() {
+    let app = spawn_app().await;
+    let roles = [
+        "admin",
+        "operator",
+        "reviewer",
+        "specialist",
+        "governor",
+        "auditor",
+        "gateway",
+    ];
+    let reads = [
+        "admin",
+        "operator",
+        "reviewer",
+        "specialist",
+        "governor",
+        "auditor",
+    ];
+    let endpoints: Vec<(&str, String, Option<Value>, Vec<&str>)> = vec![
+        ("GET", "/v1/workflows".into(), None, reads.to_vec()),
+        (
+            "POST",
+            "/v1/workflows/approval/cases".into(),
+            Some(json!({"id": "m", "amount": 1})),
+            vec!["admin", "operator"],
+        ),
+        ("GET", "/v1/cases".into(), None, reads.to_vec()),
+        ("GET", "/v1/cases/nope".into(), None, reads.to_vec()),
+        (
+            "POST",
+            "/v1/cases/nope/signals/approved".into(),
+            Some(json!({})),
+            vec!["admin", "operator"],
+        ),
+        ("GET", "/v1/tasks".into(), None, reads.to_vec()),
+        ("GET", "/v1/tasks/nope".into(), None, reads.to_vec()),
+        (
+            "POST",
+            "/v1/tasks/nope/decision".into(),
+            Some(json!({"decision": "approve"})),
+            vec!["admin", "reviewer", "specialist", "governor"],
+        ),
+        ("GET", "/v1/exceptions".into(), None, reads.to_vec()),
+        (
+            "GET",
+            "/v1/exceptions/patterns".into(),
+            None,
+            reads.to_vec(),
+        ),
+        ("GET", "/v1/exceptions/nope".into(), None, reads.to_vec()),
+        (
+            "POST",
+            "/v1/exceptions/nope/resolution".into(),
+            Some(json!({"action": "cancel"})),
+            vec!["admin", "operator", "specialist"],
+        ),
+        (
+            "GET",
+            "/v1/audit/checkpoint".into(),
+            None,
+            vec!["admin", "governor", "auditor"],
+        ),
+        (
+            "GET",
+            "/v1/audit/proof/inclusion?index=0".into(),
+            None,
+            vec!["admin", "governor", "auditor"],
+        ),
+        (
+            "GET",
+            "/v1/audit/proof/consistency?from=1&to=1".into(),
+            None,
+            vec!["admin", "governor", "auditor"],
+        ),
+        (
+            "GET",
+            "/v1/learners".into(),
+            None,
+            vec!["admin", "operator", "specialist", "governor", "auditor"],
+        ),
+        (
+            "POST",
+            "/v1/learners/approval/nope/examples".into(),
+            Some(json!({"examples": []})),
+            vec!["admin", "operator", "specialist"],
+        ),
+        ("GET", "/v1/models".into(), None, vec!["admin", "gateway"]),
+    ];
+    let mut clients = Vec::new();
+    for role in roles {
+        clients.push((
+            role,
+            client_as(&app.engine, &format!("{role}-user"), &[role]).await,
+        ));
+    }
+    let anonymous = reqwest::Client::new();
+    for (method, path, body, allowed) in &endpoints {
+        let url = format!("{}{path}", app.base);
+        let send = |client: &reqwest::Client| {
+            let request = match *method {
+                "POST" => client
+                    .post(&url)
+                    .json(body.as_ref().unwrap_or(&Value::Null)),
+                _ => client.get(&url),
+            };
+            request.send()
+        };
+        let status = send(&anonymous).await.unwrap().status();
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "{method} {path} without a token"
+        );
+        for (role, client) in &clients {
+            let status = send(client).await.unwrap().status();
+            if allowed.contains(role) {
+                assert!(
+                    status != StatusCode::UNAUTHORIZED && status != StatusCode::FORBIDDEN,
+                    "{method} {path} as {role}: {status}"
+                );
+            } else {
+                assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path} as {role}");
+            }
+        }
+    }
+    for open in ["/healthz", "/readyz", "/v1/openapi.json"] {
+        let status = anonymous
+            .get(format!("{}{open}", app.base))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, StatusCode::OK, "{open}");
+    }
+    // Denies are journaled with the deciding policies (none: default deny); so are allows of
+    // sensitive actions, with the policy that allowed them.
+    app.engine.flush_ai_calls().await;
+    let rows = app.engine.store().journal_after(0, 10_000).await.unwrap();
+    let denied = rows.iter().filter(|r| r.kind == "authz.denied").count();
+    let allowed: Vec<Value> = rows
+        .iter()
+        .filter(|r| r.kind == "authz.allowed")
+        .map(|r| serde_json::from_str(&r.data).unwrap())
+        .collect();
+    assert!(denied > 20, "{denied} denies journaled");
+    assert!(
+        allowed
+            .iter()
+            .any(|a| a["action"] == "decide_task" && a["policies"] == json!(["role-reviewer"])),
+        "{allowed:?}"
+    );
 }

@@ -621,10 +621,16 @@ async fn caller_budgets_hold_and_survive_a_restart() {
     assert_eq!(calls.last().unwrap()["status"], "budget_exhausted");
 
     // Another caller has no limit of its own.
-    let (other, _) =
-        keel_engine::tokens::create_token(gateway.engine.store(), "other", "other", &[], None, 0)
-            .await
-            .unwrap();
+    let (other, _) = keel_engine::tokens::create_token(
+        gateway.engine.store(),
+        "other",
+        "other",
+        &["gateway".to_string()],
+        None,
+        0,
+    )
+    .await
+    .unwrap();
     let response = gateway
         .client
         .post(format!("{}/v1/chat/completions", gateway.base))

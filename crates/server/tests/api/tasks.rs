@@ -230,7 +230,9 @@ async fn an_ai_action_waits_for_two_distinct_approvers_within_their_limits() {
     for (who, code) in [
         ("sam", "four_eyes"),
         ("carl", "over_limit"),
-        ("opal", "role_not_allowed"),
+        // opal (operator) is stopped by Cedar before the gate: no built-in policy lets
+        // operators decide tasks.
+        ("opal", "may not `decide_task`"),
     ] {
         let (status, problem) = people.decide(who, &task_id, approve.clone()).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{who}: {problem}");
@@ -267,15 +269,21 @@ async fn an_ai_action_waits_for_two_distinct_approvers_within_their_limits() {
         .filter(|(kind, _)| kind == "task.decision_refused")
         .map(|(_, data)| data["code"].as_str().unwrap())
         .collect();
-    assert_eq!(
-        refusals,
-        [
-            "four_eyes",
-            "over_limit",
-            "role_not_allowed",
-            "duplicate_approver"
-        ]
-    );
+    assert_eq!(refusals, ["four_eyes", "over_limit", "duplicate_approver"]);
+    people.engine.flush_ai_calls().await;
+    let denied: Vec<Value> = people
+        .engine
+        .store()
+        .journal_after(0, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|row| row.kind == "authz.denied")
+        .map(|row| serde_json::from_str(&row.data).unwrap())
+        .collect();
+    assert_eq!(denied.len(), 1, "opal's attempt is journaled: {denied:?}");
+    assert_eq!(denied[0]["subject"], "opal");
+    assert_eq!(denied[0]["action"], "decide_task");
     let kinds: Vec<&str> = journal.iter().map(|(kind, _)| kind.as_str()).collect();
     let created = kinds.iter().position(|k| *k == "task.created").unwrap();
     let completed = kinds.iter().position(|k| *k == "task.completed").unwrap();
