@@ -465,6 +465,13 @@ fn current_command(state: &CaseState) -> Command {
     if state.status.is_final() || state.status == Status::Exception {
         return Command::Stop;
     }
+    // Parked on a person: nothing to run until a decision or the task's next deadline.
+    if let Some(task) = state.task.as_ref().filter(|task| !task.approved) {
+        return match task.due_ms {
+            Some(due) if !task.overdue_recorded => Command::Sleep { until_ms: due },
+            _ => Command::Stop,
+        };
+    }
     match (&state.action, state.wait_until_ms) {
         (
             Some(ActionProgress {

@@ -64,24 +64,37 @@ struct People {
     engine: Engine,
     client: reqwest::Client,
     tokens: std::collections::BTreeMap<&'static str, String>,
-    calls: Arc<Mutex<Vec<Value>>>,
+    /// (idempotency key, body) of each distinct effect the gated action had.
+    calls: Arc<Mutex<Vec<(String, Value)>>>,
     callback: String,
     _dir: tempfile::TempDir,
 }
 
 /// A receiver for the gated action's call.
-async fn receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
+async fn receiver() -> (String, Arc<Mutex<Vec<(String, Value)>>>) {
     let calls = Arc::new(Mutex::new(Vec::new()));
     let seen = calls.clone();
     let router = axum::Router::new().route(
         "/pay",
-        axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
-            let seen = seen.clone();
-            async move {
-                seen.lock().unwrap().push(body);
-                axum::Json(json!({"ok": true}))
-            }
-        }),
+        axum::routing::post(
+            move |headers: axum::http::HeaderMap, axum::Json(body): axum::Json<Value>| {
+                let seen = seen.clone();
+                async move {
+                    // Like a real payment system, honour the Idempotency-Key: a repeat of a
+                    // key already seen is acknowledged without acting again.
+                    let key = headers
+                        .get("idempotency-key")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string();
+                    let mut seen = seen.lock().unwrap();
+                    if !seen.iter().any(|(k, _)| *k == key) {
+                        seen.push((key, body));
+                    }
+                    axum::Json(json!({"ok": true}))
+                }
+            },
+        ),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/pay", listener.local_addr().unwrap());
@@ -260,7 +273,13 @@ async fn an_ai_action_waits_for_two_distinct_approvers_within_their_limits() {
     assert_eq!(status, StatusCode::OK, "{second}");
     assert_eq!(second["result"], "approved");
     people.wait_status(&case_id, "completed").await;
-    let calls = people.calls.lock().unwrap().clone();
+    let calls: Vec<Value> = people
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, b)| b.clone())
+        .collect();
     assert_eq!(calls, vec![json!({"decision": "pay", "amount": 500.0})]);
 
     let journal = people.journal(&case_id).await;
@@ -347,7 +366,7 @@ async fn a_correction_replaces_the_proposal_and_is_journaled_as_a_labelled_outco
     assert_eq!(status, StatusCode::OK, "{done}");
     assert_eq!(done["result"], "corrected");
     people.wait_status(&case_id, "completed").await;
-    assert_eq!(people.calls.lock().unwrap()[0]["decision"], "hold");
+    assert_eq!(people.calls.lock().unwrap()[0].1["decision"], "hold");
     let journal = people.journal(&case_id).await;
     let (_, labelled) = journal
         .iter()
