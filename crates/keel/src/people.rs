@@ -6,10 +6,10 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use keel_store::Store;
 use serde_json::{json, Value};
 
 use crate::client::{call, http, problem_text, ServerArgs};
+use crate::token::{now_ms, open};
 use crate::DataArgs;
 
 #[derive(Subcommand, Debug)]
@@ -123,22 +123,6 @@ pub enum TaskCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
-}
-
-async fn open(data: &DataArgs) -> anyhow::Result<Store> {
-    if data.database.is_none() {
-        std::fs::create_dir_all(&data.data_dir)?;
-    }
-    let url = data.database_url();
-    Store::open(&url)
-        .await
-        .with_context(|| format!("cannot open the database at {url}"))
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 pub async fn user(command: UserCommand) -> anyhow::Result<ExitCode> {

@@ -66,7 +66,9 @@ pub struct RevokeArgs {
     pub json: bool,
 }
 
-async fn open(data: &DataArgs) -> anyhow::Result<Store> {
+/// Opens (creating the data directory if needed) the database of `data`, for commands that
+/// work on it directly.
+pub(crate) async fn open(data: &DataArgs) -> anyhow::Result<Store> {
     if data.database.is_none() {
         std::fs::create_dir_all(&data.data_dir).with_context(|| {
             format!(
@@ -81,7 +83,7 @@ async fn open(data: &DataArgs) -> anyhow::Result<Store> {
         .with_context(|| format!("cannot open the database at {url}"))
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
