@@ -172,7 +172,10 @@ pub const WEBHOOK_EVENTS: &[&str] = &[
     "task.due_soon",
     "task.overdue",
     "exception.raised",
+    "exception.routed",
+    "exception.assigned",
     "exception.escalated",
+    "exception.sla_missed",
     "sla.breached",
 ];
 

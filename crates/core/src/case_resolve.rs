@@ -25,8 +25,12 @@ pub enum Resolution {
     Skip { to: String },
     /// End the case `failed` with kind `cancelled`.
     Cancel,
-    /// Give the exception to user `to`; the case does not move.
+    /// Give the exception to user `to`; the case does not move (a desk action).
     Assign { to: String },
+    /// Take the exception for oneself (a desk action).
+    Claim,
+    /// Move it up its queue's escalation ladder now (a desk action).
+    Escalate,
 }
 
 impl Resolution {
@@ -37,7 +41,17 @@ impl Resolution {
             Resolution::Skip { .. } => "skip",
             Resolution::Cancel => "cancel",
             Resolution::Assign { .. } => "assign",
+            Resolution::Claim => "claim",
+            Resolution::Escalate => "escalate",
         }
+    }
+
+    /// Whether the exception desk applies it (the case is not an input to it).
+    pub fn is_desk_action(&self) -> bool {
+        matches!(
+            self,
+            Resolution::Assign { .. } | Resolution::Claim | Resolution::Escalate
+        )
     }
 }
 
@@ -81,14 +95,6 @@ impl Run<'_> {
         ) {
             fields.extend(action);
         }
-        if let Resolution::Assign { to } = &resolution {
-            self.emit(
-                "exception.assigned",
-                step_id,
-                json!({ "exception_id": exception_id, "by": by, "to": to, "note": note }),
-            );
-            return Some(Command::Stop);
-        }
         self.emit("exception.resolved", step_id.clone(), data);
         state.exception_id = None;
         state.error = None;
@@ -128,14 +134,20 @@ impl Run<'_> {
                 }
                 self.goto(state, next)
             }
-            Resolution::Assign { .. } => Some(Command::Stop),
+            Resolution::Assign { .. } | Resolution::Claim | Resolution::Escalate => {
+                Some(Command::Stop)
+            }
         }
     }
 
     /// Why `resolution` cannot be applied to the case as it is, if it cannot.
     fn check_resolution(&self, state: &CaseState, resolution: &Resolution) -> Result<(), String> {
         match resolution {
-            Resolution::Retry | Resolution::Cancel | Resolution::Assign { .. } => Ok(()),
+            Resolution::Retry | Resolution::Cancel => Ok(()),
+            Resolution::Assign { .. } | Resolution::Claim | Resolution::Escalate => Err(
+                "assign, claim and escalate are the exception desk's; the case is not changed by them"
+                    .to_string(),
+            ),
             Resolution::Skip { to } => match find_step(self.workflow, to) {
                 Some(_) => Ok(()),
                 None => Err(format!(

@@ -4,6 +4,7 @@
 
 pub mod calendar;
 pub mod case;
+pub mod desk;
 pub mod expr;
 pub mod fingerprint;
 pub mod gate;

@@ -74,13 +74,13 @@ impl Engine {
                 exception_id.to_string(),
             )));
         };
-        if !caller
+        let resolver = caller
             .roles
             .iter()
-            .any(|role| RESOLVER_ROLES.contains(&role.as_str()))
-        {
+            .any(|role| RESOLVER_ROLES.contains(&role.as_str()));
+        if !resolver && !crate::desk::works_on(&self.inner.options.desk, &exception, caller) {
             let message = format!(
-                "resolving exceptions needs one of the roles {RESOLVER_ROLES:?}; `{}` has {:?}",
+                "resolving exceptions needs one of the roles {RESOLVER_ROLES:?} or membership of the exception's queue; `{}` has {:?}",
                 caller.subject, caller.roles
             );
             self.journal_role_refusal(&exception, caller, &message)
@@ -112,10 +112,17 @@ impl Engine {
                 }));
             }
         }
-        if exception.kind == "sla_breach" && !matches!(resolution, Resolution::Assign { .. }) {
+        if resolution.is_desk_action() {
+            return self
+                .desk_action(&exception, caller, &resolution, note)
+                .await;
+        }
+        if exception.kind == "sla_breach" {
             return Ok(Err(ResolutionError::Invalid {
                 code: "not_resumable".into(),
-                message: "an SLA breach does not park its case; it can only be assigned".into(),
+                message:
+                    "an SLA breach does not park its case; it can be assigned, claimed or escalated"
+                        .into(),
             }));
         }
         self.apply_resolution(&exception, caller, resolution, note)

@@ -12,6 +12,7 @@ pub mod audit;
 pub mod authz;
 mod clock;
 mod committer;
+pub mod desk;
 pub mod exceptions;
 pub mod learn;
 mod registry;
@@ -103,6 +104,9 @@ pub struct Options {
     pub ai: Option<Arc<keel_ai::cascade::Runtime>>,
     /// Outbound webhooks (`[[webhooks]]` of `keel.toml`); none by default.
     pub webhooks: webhooks::Options,
+    /// Queues, routing rules and escalation ladders (`exceptions.yaml`); by default one
+    /// queue, `exceptions`, that operators and specialists claim from.
+    pub desk: Arc<keel_core::desk::DeskConfig>,
 }
 
 impl Default for Options {
@@ -117,6 +121,7 @@ impl Default for Options {
             data_dir: PathBuf::from("keel-data"),
             ai: None,
             webhooks: webhooks::Options::default(),
+            desk: Arc::new(keel_core::desk::DeskConfig::builtin()),
         }
     }
 }
@@ -223,6 +228,7 @@ impl Engine {
             tokio::spawn(worker::dispatch(inner.clone(), work_rx)),
             tokio::spawn(worker::poll(inner.clone())),
             tokio::spawn(worker::sla_ticker(inner.clone())),
+            tokio::spawn(desk::run(inner.clone())),
             tokio::spawn(sequencer::run(inner.clone())),
         ];
         Ok(Engine {

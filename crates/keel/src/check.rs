@@ -3,18 +3,23 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Args;
 use keel_core::workflow::{self, Diagnostic, Severity};
 
 #[derive(Args, Debug)]
 pub struct CheckArgs {
     /// Workflow files or directories (every *.yaml / *.yml inside).
-    #[arg(required_unless_present = "config")]
+    #[arg(required_unless_present_any = ["config", "exceptions"])]
     pub paths: Vec<PathBuf>,
     /// The models configuration to check (default ./keel.toml when present); also checks that
     /// every model named in an `ai` step's route is declared in it.
     #[arg(long, env = "KEEL_CONFIG")]
     pub config: Option<PathBuf>,
+    /// The exception desk file to check (default ./exceptions.yaml when present). A file
+    /// named exceptions.yaml among PATHS is checked as a desk file too.
+    #[arg(long, env = "KEEL_EXCEPTIONS")]
+    pub exceptions: Option<PathBuf>,
     /// Print diagnostics as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -50,6 +55,26 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
             None
         }
     };
+    let desk = crate::serve::desk_path(args.exceptions.as_deref());
+    let (desk_files, files): (Vec<PathBuf>, Vec<PathBuf>) = files.into_iter().partition(|file| {
+        file.file_name()
+            .is_some_and(|name| name == "exceptions.yaml")
+    });
+    for file in desk
+        .iter()
+        .chain(desk_files.iter().filter(|f| Some(*f) != desk.as_ref()))
+    {
+        checked += 1;
+        let source = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        let diagnostics = keel_core::desk::check_str(&source, &file.display().to_string());
+        if !args.json {
+            for diagnostic in &diagnostics {
+                eprintln!("{}", diagnostic.render(&source));
+            }
+        }
+        all.extend(diagnostics);
+    }
     for file in &files {
         checked += 1;
         let checked_file = workflow::check_file(file);

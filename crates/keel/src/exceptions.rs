@@ -1,4 +1,5 @@
-//! `keel exceptions [patterns]` and `keel exception show|resolve|assign ID`, over the HTTP API
+//! `keel exceptions [patterns|queues]` and `keel exception show|resolve|assign|claim|escalate
+//! ID`, over the HTTP API
 //! as the user whose token is given with `--token` or `KEEL_TOKEN`.
 
 use std::process::ExitCode;
@@ -28,6 +29,13 @@ pub enum ExceptionsCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// The desk's queues: members, assignment, SLA, escalation ladder and open count.
+    Queues {
+        #[command(flatten)]
+        token: TokenArg,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -40,6 +48,15 @@ pub struct ListArgs {
     /// e.g. ai_failed, rejected, sla_breach.
     #[arg(long)]
     pub kind: Option<String>,
+    /// Only this queue's, most urgent first.
+    #[arg(long)]
+    pub queue: Option<String>,
+    /// Your work: assigned to you, or unassigned in a queue you work, most urgent first.
+    #[arg(long)]
+    pub mine: bool,
+    /// Only those assigned to this user.
+    #[arg(long)]
+    pub assignee: Option<String>,
     #[arg(long, default_value_t = 50)]
     pub limit: u32,
     #[command(flatten)]
@@ -80,7 +97,27 @@ pub enum ExceptionCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
-    /// Give the exception to a user.
+    /// Take the exception yourself (you must work its queue); refused if someone has it.
+    Claim {
+        id: String,
+        #[arg(long)]
+        note: Option<String>,
+        #[command(flatten)]
+        token: TokenArg,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Move the exception up its queue's escalation ladder now.
+    Escalate {
+        id: String,
+        #[arg(long)]
+        note: Option<String>,
+        #[command(flatten)]
+        token: TokenArg,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Give the exception to a user (reassign).
     Assign {
         id: String,
         #[arg(long)]
@@ -106,16 +143,25 @@ pub async fn exceptions(args: ExceptionsArgs) -> anyhow::Result<ExitCode> {
         .await?;
         return print_patterns(&body, server.json);
     }
+    if let Some(ExceptionsCommand::Queues { token, server }) = args.command {
+        let body = request(reqwest::Method::GET, "/v1/queues", None, &token, &server).await?;
+        return print_queues(&body, server.json);
+    }
     let args = args.list;
     let mut path = format!("/v1/exceptions?limit={}", args.limit);
     for (name, value) in [
         ("status", &args.status),
         ("workflow", &args.workflow),
         ("kind", &args.kind),
+        ("queue", &args.queue),
+        ("assignee", &args.assignee),
     ] {
         if let Some(value) = value {
             path.push_str(&format!("&{name}={value}"));
         }
+    }
+    if args.mine {
+        path.push_str("&mine=true");
     }
     let body = request(reqwest::Method::GET, &path, None, &args.token, &args.server).await?;
     if args.server.json {
@@ -128,15 +174,18 @@ pub async fn exceptions(args: ExceptionsArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<56}  {:<16}  {:<8}  {:<10}  MESSAGE",
-        "ID", "KIND", "STATUS", "ASSIGNEE"
+        "{:<56}  {:<16}  {:<8}  {:<14}  {:<7}  {:<3}  {:<10}  MESSAGE",
+        "ID", "KIND", "STATUS", "QUEUE", "PRIO", "LVL", "ASSIGNEE"
     );
     for row in rows {
         println!(
-            "{:<56}  {:<16}  {:<8}  {:<10}  {}",
+            "{:<56}  {:<16}  {:<8}  {:<14}  {:<7}  {:<3}  {:<10}  {}",
             text(&row["id"]),
             text(&row["kind"]),
             text(&row["status"]),
+            row["queue"].as_str().unwrap_or("-"),
+            row["priority"].as_str().unwrap_or("-"),
+            row["level"],
             row["assignee"].as_str().unwrap_or("-"),
             text(&row["message"]),
         );
@@ -181,6 +230,52 @@ fn print_patterns(body: &Value, as_json: bool) -> anyhow::Result<ExitCode> {
                 row["step"].as_str().unwrap_or("-")
             ),
             text(&row["template"]),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_queues(body: &Value, as_json: bool) -> anyhow::Result<ExitCode> {
+    if as_json {
+        println!("{body}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<16}  {:>5}  {:<12}  {:<14}  {:<28}  ESCALATION",
+        "QUEUE", "OPEN", "ASSIGN", "SLA", "MEMBERS"
+    );
+    for queue in body.as_array().cloned().unwrap_or_default() {
+        let list = |value: &Value| {
+            value
+                .as_array()
+                .map(|items| {
+                    items
+                        .iter()
+                        .map(|i| i.as_str().unwrap_or_default().to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default()
+        };
+        let ladder: Vec<String> = queue["escalation"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|level| format!("{} → {}", text(&level["after"]), text(&level["to"])))
+            .collect();
+        println!(
+            "{:<16}  {:>5}  {:<12}  {:<14}  {:<28}  {}",
+            text(&queue["name"]),
+            queue["open"],
+            text(&queue["assign"]),
+            queue["sla"].as_str().unwrap_or("-"),
+            list(&queue["members"]),
+            if ladder.is_empty() {
+                "-".to_string()
+            } else {
+                ladder.join("; ")
+            },
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -233,6 +328,23 @@ pub async fn exception(command: ExceptionCommand) -> anyhow::Result<ExitCode> {
             };
             (id, body, token, server)
         }
+        ExceptionCommand::Claim {
+            id,
+            note,
+            token,
+            server,
+        } => (id, json!({"action": "claim", "note": note}), token, server),
+        ExceptionCommand::Escalate {
+            id,
+            note,
+            token,
+            server,
+        } => (
+            id,
+            json!({"action": "escalate", "note": note}),
+            token,
+            server,
+        ),
         ExceptionCommand::Assign {
             id,
             to,

@@ -72,6 +72,9 @@ pub struct TasksArgs {
     pub status: Option<String>,
     #[arg(long)]
     pub workflow: Option<String>,
+    /// Only tasks the roles working this exception-desk queue may decide (`keel exceptions queues`).
+    #[arg(long)]
+    pub queue: Option<String>,
     #[arg(long, default_value_t = 50)]
     pub limit: u32,
     #[command(flatten)]
@@ -232,6 +235,9 @@ pub async fn tasks(args: TasksArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(workflow) = &args.workflow {
         path.push_str(&format!("&workflow={workflow}"));
+    }
+    if let Some(queue) = &args.queue {
+        path.push_str(&format!("&queue={queue}"));
     }
     let body = request(reqwest::Method::GET, &path, None, &args.token, &args.server).await?;
     if args.server.json {

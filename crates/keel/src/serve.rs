@@ -45,6 +45,11 @@ pub struct ServeArgs {
     /// validated against the shipped schema at start; a `forbid` there overrides any permit.
     #[arg(long, env = "KEEL_POLICIES")]
     pub policies: Option<PathBuf>,
+    /// The exception desk: queues, routing rules, SLAs and escalation ladders (see
+    /// examples/exceptions.yaml). Default ./exceptions.yaml when present; without one, every
+    /// exception goes to the queue `exceptions`, claimed by operators and specialists.
+    #[arg(long, env = "KEEL_EXCEPTIONS")]
+    pub exceptions: Option<PathBuf>,
 }
 
 /// Opens the store and the engine the way every command that runs cases does.
@@ -54,6 +59,7 @@ pub async fn start_engine(
     max_in_flight: usize,
     ai: Option<Arc<keel_ai::cascade::Runtime>>,
     webhooks: Vec<keel_engine::webhooks::Endpoint>,
+    desk: Arc<keel_core::desk::DeskConfig>,
 ) -> anyhow::Result<(Engine, Option<std::fs::File>)> {
     std::fs::create_dir_all(&data.data_dir).with_context(|| {
         format!(
@@ -80,6 +86,7 @@ pub async fn start_engine(
             endpoints: webhooks,
             ..keel_engine::webhooks::Options::default()
         },
+        desk,
         ..Options::default()
     };
     let engine = Engine::start(store, options, Arc::new(SystemClock)).await?;
@@ -135,6 +142,17 @@ pub fn load_config(
         }
     };
     keel_ai::config::Config::load(&path).map(|config| Some((path, config)))
+}
+
+/// The desk file in use: the explicit path, or `./exceptions.yaml` when present.
+pub fn desk_path(explicit: Option<&Path>) -> Option<PathBuf> {
+    match explicit {
+        Some(path) => Some(path.to_path_buf()),
+        None => {
+            let default = PathBuf::from("exceptions.yaml");
+            default.exists().then_some(default)
+        }
+    }
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -200,12 +218,29 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             None
         }
     };
+    let desk_path = desk_path(args.exceptions.as_deref());
+    let desk = match keel_engine::desk::load_config(desk_path.as_deref()) {
+        Ok(desk) => {
+            if let Some(path) = &desk_path {
+                tracing::info!(file = %path.display(), queues = desk.queues().len(), "exception desk configured");
+            }
+            Arc::new(desk)
+        }
+        Err(problems) => {
+            eprintln!("{problems}");
+            eprintln!(
+                "keel serve: fix the exception desk file above (`keel check` reports the same)"
+            );
+            return Ok(ExitCode::from(2));
+        }
+    };
     let (engine, _lock) = start_engine(
         &args.data,
         Duration::from_secs(args.lease_s),
         args.max_in_flight,
         runtime,
         webhooks,
+        desk,
     )
     .await?;
     import_learner_files(&engine, &args.data.data_dir).await;

@@ -25,6 +25,14 @@ pub struct ExceptionQuery {
     pub kind: Option<String>,
     /// Only exceptions with this fingerprint (see `/v1/exceptions/patterns`).
     pub fingerprint: Option<String>,
+    /// Only this queue's, most urgent first.
+    pub queue: Option<String>,
+    /// Only those assigned to this user.
+    pub assignee: Option<String>,
+    /// `true`: the caller's work, most urgent first: assigned to them, or unassigned in a
+    /// queue they work or escalated to one of their roles.
+    #[serde(default)]
+    pub mine: bool,
     /// At most this many (default 50, at most 1,000).
     pub limit: Option<i64>,
 }
@@ -47,7 +55,7 @@ pub async fn list_exceptions(
     headers: HeaderMap,
     ApiQuery(query): ApiQuery<ExceptionQuery>,
 ) -> Result<Json<Vec<ExceptionRow>>, Problem> {
-    crate::auth::required(&state.engine, &headers).await?;
+    let caller = crate::auth::required(&state.engine, &headers).await?;
     let status = match query.status.as_deref() {
         None => Some("open".to_string()),
         Some("all") => None,
@@ -64,6 +72,13 @@ pub async fn list_exceptions(
         workflow: query.workflow,
         kind: query.kind,
         fingerprint: query.fingerprint,
+        queue: query.queue,
+        assignee: query.assignee,
+        mine: query.mine.then(|| keel_store::Mine {
+            queues: state.engine.queues_of(&caller.subject, &caller.roles),
+            user: caller.subject.clone(),
+            roles: caller.roles.clone(),
+        }),
         limit: query.limit.unwrap_or(50),
     };
     Ok(Json(state.engine.exceptions(&filter).await?))
@@ -121,8 +136,9 @@ pub async fn get_exception(
 #[derive(Debug, Deserialize, ToSchema)]
 #[allow(dead_code)] // documents the body; the handler parses `Resolution` itself
 pub struct ResolutionBody {
-    /// `retry`, `provide_output` (with `output`), `skip` (with `to`: a step id), `cancel`, or
-    /// `assign` (with `to`: a user).
+    /// `retry`, `provide_output` (with `output`), `skip` (with `to`: a step id), `cancel`,
+    /// `assign` (with `to`: a user), `claim` (take it yourself) or `escalate` (up its
+    /// queue's ladder now).
     pub action: String,
     pub output: Option<Value>,
     pub to: Option<String>,
@@ -179,7 +195,7 @@ pub async fn resolve_exception(
     }
 }
 
-const RESOLUTION_HELP: &str = "send {\"action\": \"retry\"}, {\"action\": \"provide_output\", \"output\": …}, {\"action\": \"skip\", \"to\": \"STEP\"}, {\"action\": \"cancel\"} or {\"action\": \"assign\", \"to\": \"USER\"}, each with an optional \"note\"";
+const RESOLUTION_HELP: &str = "send {\"action\": \"retry\"}, {\"action\": \"provide_output\", \"output\": …}, {\"action\": \"skip\", \"to\": \"STEP\"}, {\"action\": \"cancel\"} {\"action\": \"assign\", \"to\": \"USER\"}, {\"action\": \"claim\"} or {\"action\": \"escalate\"}, each with an optional \"note\"";
 
 fn parse_resolution(body: Option<Value>) -> Result<(Resolution, Option<String>), Problem> {
     let Some(Value::Object(mut fields)) = body else {
@@ -206,4 +222,98 @@ fn parse_resolution(body: Option<Value>) -> Result<(Resolution, Option<String>),
             )
         })?;
     Ok((resolution, note))
+}
+
+/// One queue of the exception desk as listed.
+#[derive(Debug, serde::Serialize, ToSchema)]
+pub struct QueueView {
+    pub name: String,
+    /// Roles by name, users as `user:NAME`.
+    pub members: Vec<String>,
+    pub skills: Vec<String>,
+    /// `claim`, `round_robin` or `least_loaded`.
+    pub assign: String,
+    /// e.g. `4h` or `4h business`.
+    pub sla: Option<String>,
+    pub calendar: Option<String>,
+    /// Each level: after how long (from when the exception was raised) and where to.
+    pub escalation: Vec<Value>,
+    /// Open exceptions in the queue now.
+    pub open: i64,
+}
+
+/// The exception desk's queues with their members, SLA, ladder and depth.
+#[utoipa::path(
+    get,
+    path = "/v1/queues",
+    tag = "exceptions",
+    security(("keel_token" = [])),
+    responses(
+        (status = 200, description = "Queues, as configured, with open counts", body = Vec<QueueView>),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list_queues(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<QueueView>>, Problem> {
+    crate::auth::required(&state.engine, &headers).await?;
+    let depth = state.engine.queue_depths().await?;
+    let delay = |d: &keel_core::desk::Delay| match d {
+        keel_core::desk::Delay::Elapsed(ms) => humanize_ms(*ms),
+        keel_core::desk::Delay::Business(ms) => format!("{} business", humanize_ms(*ms)),
+    };
+    let views = state
+        .engine
+        .desk()
+        .queues()
+        .iter()
+        .map(|queue| QueueView {
+            name: queue.name.clone(),
+            members: queue
+                .members
+                .iter()
+                .map(|m| match m {
+                    keel_core::desk::Member::User(u) => format!("user:{u}"),
+                    keel_core::desk::Member::Role(r) => r.clone(),
+                })
+                .collect(),
+            skills: queue.skills.clone(),
+            assign: queue.assign.as_str().to_string(),
+            sla: queue.sla.as_ref().map(delay),
+            calendar: queue.calendar.as_ref().map(|c| c.name().to_string()),
+            escalation: queue
+                .escalation
+                .iter()
+                .map(|level| serde_json::json!({"after": delay(&level.after), "to": level.to.label()}))
+                .collect(),
+            open: depth
+                .iter()
+                .find(|(name, _)| name.as_deref() == Some(queue.name.as_str()))
+                .map_or(0, |(_, n)| *n),
+        })
+        .collect();
+    Ok(Json(views))
+}
+
+/// `90m` → `1h30m`.
+fn humanize_ms(ms: u64) -> String {
+    let mut rest = ms;
+    let mut out = String::new();
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+        ("ms", 1),
+    ] {
+        if rest >= size {
+            out.push_str(&format!("{}{unit}", rest / size));
+            rest %= size;
+        }
+    }
+    if out.is_empty() {
+        out.push_str("0s");
+    }
+    out
 }

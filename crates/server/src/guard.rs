@@ -35,7 +35,9 @@ pub(crate) fn action_of(
         "/v1/tasks/{id}" => ("read_tasks", "Task", segment(2)),
         "/v1/tasks/{id}/decision" => ("decide_task", "Task", segment(2)),
         "/v1/exceptions/{id}/resolution" => ("resolve_exception", "Case", segment(2)),
-        r if r.starts_with("/v1/exceptions") => ("read_exceptions", "System", "keel".into()),
+        r if r.starts_with("/v1/exceptions") || r == "/v1/queues" => {
+            ("read_exceptions", "System", "keel".into())
+        }
         r if r.starts_with("/v1/audit") => ("read_audit", "System", "keel".into()),
         "/v1/learners/{workflow}/{step}/examples" => ("teach_learner", "Workflow", segment(2)),
         r if r.starts_with("/v1/learners") && !post => ("read_learners", "System", "keel".into()),

@@ -113,6 +113,7 @@ pub fn router(engine: Engine, options: ServerOptions) -> Router {
         .route("/v1/tasks/{id}", get(tasks::get_task))
         .route("/v1/tasks/{id}/decision", post(tasks::decide_task))
         .route("/v1/exceptions", get(exceptions::list_exceptions))
+        .route("/v1/queues", get(exceptions::list_queues))
         .route(
             "/v1/exceptions/patterns",
             get(exceptions::exception_patterns),

@@ -36,6 +36,7 @@ use crate::{exceptions, gateway, learners, tasks};
         exceptions::exception_patterns,
         exceptions::get_exception,
         exceptions::resolve_exception,
+        exceptions::list_queues,
         gateway::chat_completions,
         gateway::models,
         openapi_json,

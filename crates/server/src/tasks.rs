@@ -24,6 +24,8 @@ pub struct TaskQuery {
     /// Only tasks the caller's roles may decide.
     #[serde(default)]
     pub mine: bool,
+    /// Only tasks that the roles working this exception-desk queue may decide.
+    pub queue: Option<String>,
     /// At most this many (default 50, at most 1,000).
     pub limit: Option<i64>,
 }
@@ -59,10 +61,42 @@ pub async fn list_tasks(
             ))
         }
     };
+    let queue_roles = match &query.queue {
+        None => None,
+        Some(name) => {
+            let Some(queue) = state.engine.desk().queue(name) else {
+                let known: Vec<&str> = state
+                    .engine
+                    .desk()
+                    .queues()
+                    .iter()
+                    .map(|q| q.name.as_str())
+                    .collect();
+                return Err(Problem::new(
+                    Kind::InvalidParameter,
+                    format!("no queue named `{name}`; the queues are {known:?} (GET /v1/queues)"),
+                ));
+            };
+            Some(
+                queue
+                    .members
+                    .iter()
+                    .filter_map(|m| match m {
+                        keel_core::desk::Member::Role(role) => Some(role.clone()),
+                        keel_core::desk::Member::User(_) => None,
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        }
+    };
+    let roles = match (query.mine.then_some(caller.roles), queue_roles) {
+        (Some(mine), Some(queue)) => Some(mine.into_iter().filter(|r| queue.contains(r)).collect()),
+        (mine, queue) => mine.or(queue),
+    };
     let filter = TaskFilter {
         status,
         workflow: query.workflow,
-        roles: query.mine.then_some(caller.roles),
+        roles,
         limit: query.limit.unwrap_or(50),
     };
     Ok(Json(state.engine.tasks(&filter).await?))

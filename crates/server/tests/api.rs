@@ -59,6 +59,7 @@ const PATHS: &[&str] = &[
     "/v1/exceptions/patterns",
     "/v1/exceptions/{id}",
     "/v1/exceptions/{id}/resolution",
+    "/v1/queues",
     "/v1/chat/completions",
     "/v1/models",
     "/v1/openapi.json",
@@ -656,6 +657,8 @@ async fn the_sandbox_honours_idempotency_keys() {
     );
 }
 
+#[path = "api/desk.rs"]
+mod desk;
 #[path = "api/exceptions.rs"]
 mod exceptions;
 #[path = "api/gateway.rs"]
@@ -1004,6 +1007,7 @@ async fn the_authorization_matrix_holds_for_every_endpoint_and_role() {
             reads.to_vec(),
         ),
         ("GET", "/v1/exceptions/nope".into(), None, reads.to_vec()),
+        ("GET", "/v1/queues".into(), None, reads.to_vec()),
         (
             "POST",
             "/v1/exceptions/nope/resolution".into(),

@@ -52,6 +52,25 @@ pub struct ExceptionRow {
     pub assignee: Option<String>,
     /// The raising entry's data: the context as it was (case data, attempts).
     pub detail: Value,
+    /// The queue the exception desk routed it to (`None` until routed).
+    pub queue: Option<String>,
+    /// `low`, `normal`, `high` or `urgent` (set with the queue).
+    pub priority: Option<String>,
+    /// The rule that chose the queue (`rule 2 (when …)` or `default`).
+    pub routed_by: Option<String>,
+    /// The queue whose escalation ladder it follows (the one it was routed to).
+    pub ladder_queue: Option<String>,
+    /// Escalation levels passed so far (0: none).
+    pub level: i64,
+    /// Where the last escalation sent it: `queue:NAME` or `role:NAME`.
+    pub escalated_to: Option<String>,
+    /// When the next ladder level fires, if there is one.
+    pub next_escalation_ms: Option<i64>,
+    /// The queue's SLA deadline, if the queue has an SLA.
+    pub due_ms: Option<i64>,
+    /// Whether the queue's SLA deadline passed while it was open.
+    pub sla_missed: bool,
+    pub assigned_at_ms: Option<i64>,
 }
 
 /// Which exceptions to list.
@@ -61,7 +80,20 @@ pub struct ExceptionFilter {
     pub workflow: Option<String>,
     pub kind: Option<String>,
     pub fingerprint: Option<String>,
+    pub queue: Option<String>,
+    pub assignee: Option<String>,
+    /// "Mine": assigned to this user, unassigned in one of these queues, or escalated to one
+    /// of these roles.
+    pub mine: Option<Mine>,
     pub limit: i64,
+}
+
+/// What makes an exception someone's (see [`ExceptionFilter::mine`]).
+#[derive(Debug, Clone, Default)]
+pub struct Mine {
+    pub user: String,
+    pub queues: Vec<String>,
+    pub roles: Vec<String>,
 }
 
 /// One fingerprint's history.
@@ -112,7 +144,12 @@ pub(crate) enum ExceptionChange {
 }
 
 fn entry_ms(entry: &NewEntry) -> i64 {
-    chrono::DateTime::parse_from_rfc3339(&entry.at).map_or(0, |t| t.timestamp_millis())
+    at_ms(&entry.at)
+}
+
+/// Milliseconds of an RFC 3339 time (0 if it does not parse).
+pub(crate) fn at_ms(at: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(at).map_or(0, |t| t.timestamp_millis())
 }
 
 /// The projection changes of `entries`, in order, each with its entry's time (RFC 3339).
@@ -204,6 +241,16 @@ fn raised(entry: &NewEntry, data: &Value) -> ExceptionRow {
         resolved_by: None,
         assignee: None,
         detail: data.clone(),
+        queue: None,
+        priority: None,
+        routed_by: None,
+        ladder_queue: None,
+        level: 0,
+        escalated_to: None,
+        next_escalation_ms: None,
+        due_ms: None,
+        sla_missed: false,
+        assigned_at_ms: None,
     }
 }
 
@@ -304,8 +351,8 @@ macro_rules! apply_exception_changes {
                     }
                 }
                 $crate::exceptions::ExceptionChange::Assigned { id, to } => {
-                    sqlx::query("UPDATE exceptions SET assignee = $1 WHERE id = $2")
-                        .bind(&to).bind(&id)
+                    sqlx::query("UPDATE exceptions SET assignee = $1, assigned_at_ms = $2 WHERE id = $3")
+                        .bind(&to).bind($crate::exceptions::at_ms(&at)).bind(&id)
                         .execute(&mut *$tx).await?;
                 }
                 $crate::exceptions::ExceptionChange::Resolved { id, at_ms, by, resolution } => {
@@ -319,7 +366,7 @@ macro_rules! apply_exception_changes {
     };
 }
 
-fn exception_from<R: Row>(row: &R) -> Result<ExceptionRow>
+pub(crate) fn exception_from<R: Row>(row: &R) -> Result<ExceptionRow>
 where
     usize: sqlx::ColumnIndex<R>,
     for<'c> &'c str: sqlx::ColumnIndex<R>,
@@ -346,10 +393,20 @@ where
         resolved_by: row.try_get("resolved_by")?,
         assignee: row.try_get("assignee")?,
         detail: serde_json::from_str(&detail).unwrap_or(Value::Null),
+        queue: row.try_get("queue")?,
+        priority: row.try_get("priority")?,
+        routed_by: row.try_get("routed_by")?,
+        ladder_queue: row.try_get("ladder_queue")?,
+        level: row.try_get("level")?,
+        escalated_to: row.try_get("escalated_to")?,
+        next_escalation_ms: row.try_get("next_escalation_ms")?,
+        due_ms: row.try_get("due_ms")?,
+        sla_missed: row.try_get::<i64, _>("sla_missed")? != 0,
+        assigned_at_ms: row.try_get("assigned_at_ms")?,
     })
 }
 
-const EXCEPTION_COLUMNS: &str = "id, case_id, workflow, step, kind, message, fingerprint, template, status, raised_at_ms, resolved_at_ms, resolution, resolved_by, assignee, detail";
+pub(crate) const EXCEPTION_COLUMNS: &str = "id, case_id, workflow, step, kind, message, fingerprint, template, status, raised_at_ms, resolved_at_ms, resolution, resolved_by, assignee, detail, queue, priority, routed_by, ladder_queue, level, escalated_to, next_escalation_ms, due_ms, sla_missed, assigned_at_ms";
 
 /// One fingerprint's counts from the `exception_patterns` and `exceptions` tables.
 struct PatternCounts {
@@ -376,18 +433,54 @@ impl Store {
         })
     }
 
-    /// Exceptions, oldest first (a queue), filtered; at most `limit` (capped at [`MAX_PAGE`]).
+    /// Exceptions, filtered; oldest first, or most urgent first and then oldest when listing
+    /// a queue or someone's work; at most `limit` (capped at [`MAX_PAGE`]).
     pub async fn exceptions(&self, filter: &ExceptionFilter) -> Result<Vec<ExceptionRow>> {
-        let sql = format!(
+        let mut sql = format!(
             "SELECT {EXCEPTION_COLUMNS} FROM exceptions WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR workflow = $2) \
-             AND ($3 IS NULL OR kind = $3) AND ($4 IS NULL OR fingerprint = $4) ORDER BY raised_at_ms, id LIMIT $5"
+             AND ($3 IS NULL OR kind = $3) AND ($4 IS NULL OR fingerprint = $4) AND ($5 IS NULL OR queue = $5) \
+             AND ($6 IS NULL OR assignee = $6)"
         );
+        let mut binds: Vec<String> = Vec::new();
+        if let Some(mine) = &filter.mine {
+            binds.push(mine.user.clone());
+            sql.push_str(&format!(" AND (assignee = ${}", 6 + binds.len()));
+            let mut queues = Vec::new();
+            for queue in &mine.queues {
+                binds.push(queue.clone());
+                queues.push(format!("queue = ${}", 6 + binds.len()));
+            }
+            if !queues.is_empty() {
+                sql.push_str(&format!(
+                    " OR (assignee IS NULL AND ({}))",
+                    queues.join(" OR ")
+                ));
+            }
+            for role in &mine.roles {
+                binds.push(format!("role:{role}"));
+                sql.push_str(&format!(" OR escalated_to = ${}", 6 + binds.len()));
+            }
+            sql.push(')');
+        }
+        let ordered = filter.queue.is_some() || filter.mine.is_some();
+        sql.push_str(if ordered {
+            " ORDER BY COALESCE(priority_rank, 1) DESC, raised_at_ms, id"
+        } else {
+            " ORDER BY raised_at_ms, id"
+        });
+        sql.push_str(&format!(" LIMIT ${}", 7 + binds.len()));
         dispatch_read!(self, |pool| {
-            sqlx::query(&sql)
+            let mut query = sqlx::query(&sql)
                 .bind(&filter.status)
                 .bind(&filter.workflow)
                 .bind(&filter.kind)
                 .bind(&filter.fingerprint)
+                .bind(&filter.queue)
+                .bind(&filter.assignee);
+            for value in &binds {
+                query = query.bind(value);
+            }
+            query
                 .bind(filter.limit.clamp(1, MAX_PAGE))
                 .fetch_all(pool)
                 .await?

@@ -153,7 +153,9 @@ macro_rules! apply_task_changes {
 // Declared here, after the macros it uses and before `commit`, which uses its macro.
 #[macro_use]
 mod exceptions;
-pub use exceptions::{ExceptionFilter, ExceptionRow, PatternRow, Trend};
+pub use exceptions::{ExceptionFilter, ExceptionRow, Mine, PatternRow, Trend};
+mod desk;
+pub use desk::DeskChange;
 
 /// A deployed workflow version.
 #[derive(Debug, Clone)]

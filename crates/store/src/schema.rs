@@ -223,6 +223,30 @@ CREATE TABLE exception_patterns (
 );
 "#,
     ),
+    (
+        6,
+        r#"
+ALTER TABLE exceptions ADD COLUMN queue TEXT;
+ALTER TABLE exceptions ADD COLUMN priority TEXT;
+ALTER TABLE exceptions ADD COLUMN priority_rank INTEGER;
+ALTER TABLE exceptions ADD COLUMN routed_by TEXT;
+ALTER TABLE exceptions ADD COLUMN ladder_queue TEXT;
+ALTER TABLE exceptions ADD COLUMN level INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE exceptions ADD COLUMN escalated_to TEXT;
+ALTER TABLE exceptions ADD COLUMN next_escalation_ms INTEGER;
+ALTER TABLE exceptions ADD COLUMN due_ms INTEGER;
+ALTER TABLE exceptions ADD COLUMN sla_missed INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE exceptions ADD COLUMN assigned_at_ms INTEGER;
+CREATE INDEX exceptions_queue ON exceptions (status, queue, priority_rank);
+CREATE INDEX exceptions_escalation ON exceptions (status, next_escalation_ms);
+CREATE INDEX exceptions_due ON exceptions (status, sla_missed, due_ms);
+CREATE INDEX exceptions_assignee ON exceptions (status, assignee);
+CREATE TABLE queue_cursors (
+    queue TEXT PRIMARY KEY,
+    last_user TEXT NOT NULL
+);
+"#,
+    ),
 ];
 
 /// (version, SQL) for PostgreSQL.
@@ -448,6 +472,30 @@ CREATE TABLE exception_patterns (
     last_seen_ms BIGINT NOT NULL,
     total BIGINT NOT NULL,
     spike_day BIGINT
+);
+"#,
+    ),
+    (
+        6,
+        r#"
+ALTER TABLE exceptions ADD COLUMN queue TEXT;
+ALTER TABLE exceptions ADD COLUMN priority TEXT;
+ALTER TABLE exceptions ADD COLUMN priority_rank BIGINT;
+ALTER TABLE exceptions ADD COLUMN routed_by TEXT;
+ALTER TABLE exceptions ADD COLUMN ladder_queue TEXT;
+ALTER TABLE exceptions ADD COLUMN level BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE exceptions ADD COLUMN escalated_to TEXT;
+ALTER TABLE exceptions ADD COLUMN next_escalation_ms BIGINT;
+ALTER TABLE exceptions ADD COLUMN due_ms BIGINT;
+ALTER TABLE exceptions ADD COLUMN sla_missed BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE exceptions ADD COLUMN assigned_at_ms BIGINT;
+CREATE INDEX exceptions_queue ON exceptions (status, queue, priority_rank);
+CREATE INDEX exceptions_escalation ON exceptions (status, next_escalation_ms);
+CREATE INDEX exceptions_due ON exceptions (status, sla_missed, due_ms);
+CREATE INDEX exceptions_assignee ON exceptions (status, assignee);
+CREATE TABLE queue_cursors (
+    queue TEXT PRIMARY KEY,
+    last_user TEXT NOT NULL
 );
 "#,
     ),

@@ -454,3 +454,172 @@ async fn task_and_exception_projections_follow_the_journal_on_both_backends() {
         backend.cleanup().await;
     }
 }
+
+#[tokio::test]
+async fn desk_writes_are_conditional_and_journaled_once_on_both_backends() {
+    use keel_store::{DeskChange, ExceptionFilter, Mine};
+    use serde_json::json;
+    for backend in backends("desk").await {
+        let store = &backend.store;
+        let label = backend.label;
+        let mut write = insert("c1", None, None, None);
+        write.entries.push(data_entry(
+            "c1",
+            "exception.raised",
+            "pay",
+            json!({"exception_id": "c1.pay.1", "kind": "action_failed", "message": "HTTP 500"}),
+        ));
+        store.commit(&[write]).await.unwrap();
+        assert_eq!(
+            store.exceptions_unrouted(10).await.unwrap().len(),
+            1,
+            "{label}"
+        );
+        let routed = DeskChange::Routed {
+            queue: "ops".into(),
+            priority: "high".into(),
+            priority_rank: 2,
+            routed_by: "default".into(),
+            due_ms: Some(5_000),
+            next_escalation_ms: Some(1_000),
+        };
+        let journal_before = store.journal_count().await.unwrap();
+        let entry = || entry("c1", "exception.desk");
+        assert!(
+            store
+                .desk_write("c1.pay.1", &routed, &entry())
+                .await
+                .unwrap(),
+            "{label}"
+        );
+        // A second routing (another node's pass) does not take, and journals nothing.
+        assert!(
+            !store
+                .desk_write("c1.pay.1", &routed, &entry())
+                .await
+                .unwrap(),
+            "{label}"
+        );
+        assert_eq!(
+            store.journal_count().await.unwrap(),
+            journal_before + 1,
+            "{label}"
+        );
+        assert!(
+            store.exceptions_unrouted(10).await.unwrap().is_empty(),
+            "{label}"
+        );
+        assert!(store
+            .exceptions_escalation_due(999, 10)
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            store
+                .exceptions_escalation_due(1_000, 10)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+
+        let claim = |to: &str| DeskChange::Assigned {
+            to: to.into(),
+            at_ms: 10,
+            expected_assignee: Some(None),
+            cursor_queue: Some("ops".into()),
+        };
+        assert!(store
+            .desk_write("c1.pay.1", &claim("ann"), &entry())
+            .await
+            .unwrap());
+        assert!(!store
+            .desk_write("c1.pay.1", &claim("bob"), &entry())
+            .await
+            .unwrap());
+        assert_eq!(
+            store.queue_cursor("ops").await.unwrap().as_deref(),
+            Some("ann")
+        );
+        assert_eq!(
+            store.open_exception_load().await.unwrap()["ann"],
+            1,
+            "{label}"
+        );
+
+        let escalate = |from_level| DeskChange::Escalated {
+            from_level,
+            queue: "leads".into(),
+            escalated_to: "queue:leads".into(),
+            next_escalation_ms: None,
+            due_ms: None,
+            clear_assignee: true,
+        };
+        assert!(store
+            .desk_write("c1.pay.1", &escalate(0), &entry())
+            .await
+            .unwrap());
+        assert!(!store
+            .desk_write("c1.pay.1", &escalate(0), &entry())
+            .await
+            .unwrap());
+        let row = store.exception("c1.pay.1").await.unwrap().unwrap();
+        assert_eq!(
+            (row.level, row.queue.as_deref()),
+            (1, Some("leads")),
+            "{label}"
+        );
+        assert_eq!(row.ladder_queue.as_deref(), Some("ops"), "{label}");
+        assert_eq!((row.assignee, row.assigned_at_ms), (None, None), "{label}");
+        assert!(store
+            .exceptions_escalation_due(i64::MAX, 10)
+            .await
+            .unwrap()
+            .is_empty());
+
+        assert_eq!(store.exceptions_sla_due(5_000, 10).await.unwrap().len(), 1);
+        assert!(store
+            .desk_write("c1.pay.1", &DeskChange::SlaMissed, &entry())
+            .await
+            .unwrap());
+        assert!(!store
+            .desk_write("c1.pay.1", &DeskChange::SlaMissed, &entry())
+            .await
+            .unwrap());
+        assert!(store
+            .exceptions_sla_due(i64::MAX, 10)
+            .await
+            .unwrap()
+            .is_empty());
+
+        // "Mine" for a member of `leads` (unassigned there) and for nobody else.
+        let mine = |queues: Vec<String>| ExceptionFilter {
+            mine: Some(Mine {
+                user: "cat".into(),
+                queues,
+                roles: vec![],
+            }),
+            limit: 10,
+            ..Default::default()
+        };
+        assert_eq!(
+            store
+                .exceptions(&mine(vec!["leads".into()]))
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(store
+            .exceptions(&mine(vec!["ops".into()]))
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            store.open_exceptions_per_queue().await.unwrap(),
+            vec![(Some("leads".to_string()), 1)],
+            "{label}"
+        );
+        backend.cleanup().await;
+    }
+}

@@ -1,7 +1,7 @@
 //! Workflows: the model the engine runs ([`model`]) and the parser/checker that produces it
 //! (the file format is documented in [`parser`]).
 
-mod diagnostic;
+pub(crate) mod diagnostic;
 mod duration;
 mod graph;
 pub mod model;
@@ -9,7 +9,7 @@ pub mod parser;
 mod steps;
 mod template;
 mod values;
-mod yaml;
+pub(crate) mod yaml;
 
 pub use diagnostic::{Diagnostic, Severity};
 pub use duration::parse_duration;

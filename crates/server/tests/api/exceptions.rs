@@ -168,6 +168,8 @@ impl Desk {
             .submit("triage", json!({"subject": "my invoice is wrong"}))
             .await;
         self.wait_status(&case_id, "exception").await;
+        // Route it now, so that the desk's background pass cannot change it between reads.
+        self.engine.run_desk_once().await.unwrap();
         let open = self.open_exceptions(&case_id).await;
         assert_eq!(open.len(), 1, "{open:#?}");
         (case_id, open[0].clone())
