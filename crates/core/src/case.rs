@@ -18,6 +18,10 @@ use crate::workflow::{
     Workflow,
 };
 
+/// Failures that end the case even under `on_failure: exception`: a person's cancellation,
+/// and the engine's own inconsistencies (nothing a person could resolve).
+const NEVER_PARKED: &[&str] = &["cancelled", "internal"];
+
 /// The loop guard: a case that executes more steps than this fails with `loop_guard`.
 pub const MAX_STEPS_PER_CASE: u32 = 1_000;
 /// Largest response body kept in case data; larger bodies fail the action.
@@ -519,6 +523,11 @@ impl<'w> Run<'w> {
         message: String,
         details: Value,
     ) -> Command {
+        let parks = self.workflow.on_failure == crate::workflow::OnFailure::Exception
+            && !NEVER_PARKED.contains(&kind);
+        if parks {
+            return self.park(state, kind, message, details);
+        }
         let error = CaseError {
             kind: kind.to_string(),
             step: state.step.clone(),
@@ -532,6 +541,33 @@ impl<'w> Run<'w> {
         );
         state.status = Status::Failed;
         state.error = Some(error);
+        state.action = None;
+        state.wait_until_ms = None;
+        Command::Stop
+    }
+
+    /// Parks the case on a new exception of `kind` for a person, with the context as it is.
+    fn park(
+        &mut self,
+        state: &mut CaseState,
+        kind: &str,
+        message: String,
+        details: Value,
+    ) -> Command {
+        let exception_id = resolve::open_exception(state);
+        self.emit(
+            "exception.raised",
+            state.step.clone(),
+            json!({ "exception_id": exception_id, "kind": kind, "message": message,
+                "details": details, "data": state.data, "steps_executed": state.steps_executed }),
+        );
+        state.error = Some(CaseError {
+            kind: kind.to_string(),
+            step: state.step.clone(),
+            message,
+            details,
+        });
+        state.status = Status::Exception;
         state.action = None;
         state.wait_until_ms = None;
         Command::Stop

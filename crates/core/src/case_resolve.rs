@@ -98,6 +98,8 @@ impl Run<'_> {
         self.emit("exception.resolved", step_id.clone(), data);
         state.exception_id = None;
         state.error = None;
+        // A person chose how to go on: the loop guard counts afresh from here.
+        state.steps_executed = 0;
         let current = step_id.unwrap_or_default();
         match resolution {
             Resolution::Retry => self.goto(state, current),

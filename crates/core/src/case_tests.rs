@@ -12,8 +12,15 @@ const SECOND_MS: i64 = 1_000;
 const MINUTE_MS: i64 = 60 * SECOND_MS;
 const HOUR_MS: i64 = 60 * MINUTE_MS;
 
-/// Parses a workflow whose top level is `top` (after name and version) and whose steps are `steps`.
+/// Parses a workflow whose top level is `top` (after name and version) and whose steps are
+/// `steps`. Step failures end the case (`on_failure: fail`) unless `top` says otherwise, so
+/// that these tests see each failure's kind directly; `parked_*` tests cover the default.
 fn workflow_with(top: &str, steps: &str) -> Workflow {
+    let top = if top.contains("on_failure") {
+        top.to_string()
+    } else {
+        format!("on_failure: fail\n{top}")
+    };
     let source = format!(
         "name: t\nversion: \"1\"\n{top}input: {{ schema: {{ type: object }} }}\nsteps:\n{steps}"
     );
@@ -1595,5 +1602,112 @@ fn a_business_time_due_date_skips_the_weekend_on_the_workflow_calendar() {
     assert!(
         errors.iter().any(|d| d.code == "missing-calendar"),
         "{errors:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The default `on_failure: exception`: failures park the case for a person.
+
+fn resolve_with(
+    workflow: &Workflow,
+    state: &mut CaseState,
+    resolution: crate::case::Resolution,
+    now_ms: i64,
+) -> Transition {
+    let input = Input::Resolve {
+        exception_id: state.exception_id.clone().unwrap_or_default(),
+        by: "ops".to_string(),
+        resolution,
+        note: None,
+    };
+    advance(workflow, state, input, now_ms, 0.0)
+}
+
+#[test]
+fn parked_connector_errors_wait_for_a_person_with_their_context_and_retry_runs_the_step_again() {
+    let workflow = workflow_with("on_failure: exception\n", FLAKY);
+    let mut state = start(&workflow, json!({"order": 7}));
+    wake(&workflow, &mut state, T0);
+    let transition = respond(
+        &workflow,
+        &mut state,
+        1,
+        http(400, json!({"error": "bad"})),
+        T0 + 5,
+    );
+    assert_eq!(journal(&transition), ["exception.raised@call"]);
+    assert_eq!(state.status, Status::Exception);
+    assert_eq!(state.exception_id.as_deref(), Some("c1.call.1"));
+    let raised = &transition.events[0].data;
+    assert_eq!(raised["kind"], "action_failed");
+    assert_eq!(raised["details"]["status"], 400);
+    assert!(raised["data"].is_object(), "{raised}");
+    assert_eq!(error(&state).kind, "action_failed");
+    // A person retries: the action is sent again as a fresh attempt.
+    let transition = resolve_with(
+        &workflow,
+        &mut state,
+        crate::case::Resolution::Retry,
+        T0 + 10,
+    );
+    assert_eq!(transition.events[0].kind, "exception.resolved");
+    assert!(state.action.is_some(), "the action is requested again");
+    assert_eq!(state.status, Status::Running);
+    let transition = respond(
+        &workflow,
+        &mut state,
+        1,
+        http(200, json!({"ok": true})),
+        T0 + 20,
+    );
+    assert!(
+        journal(&transition).contains(&"case.completed@done".to_string()),
+        "{:?}",
+        journal(&transition)
+    );
+}
+
+#[test]
+fn parked_loop_guard_can_be_skipped_with_a_fresh_step_budget_and_cancel_still_fails() {
+    let workflow = workflow_with(
+        "on_failure: exception\n",
+        "  - id: spin\n    set: { n: \"1\" }\n    next: check\n  - id: check\n    switch:\n      - when: \"false\"\n        goto: out\n      - default: spin\n  - id: out\n    end: escaped\n",
+    );
+    let mut state = start(&workflow, json!({}));
+    wake(&workflow, &mut state, T0);
+    assert_eq!(
+        (state.status, error(&state).kind.as_str()),
+        (Status::Exception, "loop_guard")
+    );
+    let skip = crate::case::Resolution::Skip { to: "out".into() };
+    resolve_with(&workflow, &mut state, skip, T0 + 1);
+    assert_eq!(state.status, Status::Completed);
+    assert_eq!(state.outcome.as_deref(), Some("escaped"));
+
+    let mut state = start(&workflow, json!({}));
+    wake(&workflow, &mut state, T0);
+    resolve_with(
+        &workflow,
+        &mut state,
+        crate::case::Resolution::Cancel,
+        T0 + 1,
+    );
+    assert_eq!(
+        (state.status, error(&state).kind.as_str()),
+        (Status::Failed, "cancelled")
+    );
+}
+
+#[test]
+fn on_failure_takes_exception_or_fail_only() {
+    let source = "name: t\nversion: \"1\"\non_failure: retry\ninput: { schema: { type: object } }\nsteps:\n  - id: done\n    end: ok\n";
+    let diagnostics = crate::workflow::parse_str(source, "t.yaml", None).unwrap_err();
+    assert_eq!(
+        (diagnostics[0].code, diagnostics[0].line),
+        ("invalid-value", 3)
+    );
+    assert_eq!(
+        workflow_with("on_failure: exception\n", "  - id: done\n    end: ok\n").on_failure,
+        crate::workflow::OnFailure::Exception
     );
 }

@@ -278,8 +278,13 @@ async fn retries_use_a_new_key_per_attempt_and_stop_at_the_bound() {
         )
         .await
         .unwrap();
-    let row = wait_status(&h.engine, &failing.case_id, &["completed", "failed"]).await;
-    assert_eq!(row.status, "failed");
+    let row = wait_status(
+        &h.engine,
+        &failing.case_id,
+        &["completed", "failed", "exception"],
+    )
+    .await;
+    assert_eq!(row.status, "exception");
     assert_eq!(state(&row)["error"]["kind"], "action_failed");
     assert_eq!(keys.lock().unwrap().len(), 4, "max_attempts is 4");
 }
@@ -299,12 +304,29 @@ async fn a_connection_error_is_retried_then_fails_into_a_visible_state() {
         .submit("routing", json!({ "amount": 5, "callback": closed }), None)
         .await
         .unwrap();
-    let row = wait_status(&h.engine, &submitted.case_id, &["completed", "failed"]).await;
-    assert_eq!(row.status, "failed");
+    // The default `on_failure: exception`: parked for a person, never silently failed.
+    let row = wait_status(
+        &h.engine,
+        &submitted.case_id,
+        &["completed", "failed", "exception"],
+    )
+    .await;
+    assert_eq!(row.status, "exception");
     let error = &state(&row)["error"];
     assert_eq!(error["kind"], "action_failed");
     assert_eq!(error["details"]["attempts"], 4);
     assert_eq!(error["details"]["last"]["error"], "connection");
+    let exception = h
+        .engine
+        .exception(&format!("{}.notify.1", submitted.case_id))
+        .await
+        .unwrap()
+        .expect("an open exception for the failed connector");
+    assert_eq!(
+        (exception.kind.as_str(), exception.status.as_str()),
+        ("action_failed", "open")
+    );
+    assert_eq!(exception.detail["details"]["attempts"], 4);
 }
 
 #[tokio::test]
@@ -553,7 +575,7 @@ async fn the_loop_guard_stops_a_case_that_never_ends() {
         .await
         .unwrap()
         .case_id;
-    let row = wait_status(&h.engine, &id, &["failed"]).await;
+    let row = wait_status(&h.engine, &id, &["exception"]).await;
     assert_eq!(state(&row)["error"]["kind"], "loop_guard");
 }
 

@@ -26,10 +26,24 @@ pub struct Workflow {
     pub sla: Option<DurationMs>,
     /// `calendar:` — the business calendar that `due: { business: … }` counts in.
     pub calendar: Option<crate::calendar::Calendar>,
+    /// `on_failure:` — what a step failure does to the case.
+    pub on_failure: OnFailure,
     /// Steps in file order; execution starts at `steps[0]`.
     pub steps: Vec<Step>,
     /// SHA-256 (hex) of the file's bytes: two deployments of the same bytes are the same version.
     pub source_sha256: String,
+}
+
+/// What a step failure (a connector error after its retries, a failed validation, an
+/// expression error, a signal timeout, the loop guard) does to the case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    /// Park the case on an exception for a person (retry, provide the output, skip, cancel).
+    #[default]
+    Exception,
+    /// End the case `failed` at once (for flows where nobody would act on it).
+    Fail,
 }
 
 /// Milliseconds; parsed from `500ms`, `30s`, `5m`, `2h`, `1d` and combinations like `1h30m`.

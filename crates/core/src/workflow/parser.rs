@@ -7,6 +7,8 @@
 //! version: "3"                     # required; free text (numbers are taken as written)
 //! description: Approve invoices    # optional
 //! sla: 2d                          # optional; deadline from case creation
+//! on_failure: exception            # default: a failed step parks the case on an exception
+//!                                  # for a person; `fail` ends the case `failed` instead
 //! input:                           # required: the input JSON Schema, inline …
 //!   schema: { type: object, required: [amount], properties: { amount: { type: number } } }
 //! # … or  input: { schema_file: schemas/invoice.json }   (relative to the workflow file)
@@ -76,7 +78,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use super::diagnostic::{Diagnostic, Span};
-use super::model::Workflow;
+use super::model::{OnFailure, Workflow};
 use super::steps::Draft;
 use super::values::Checker;
 use super::yaml::{self, Node, Value};
@@ -135,6 +137,7 @@ const TOP_FIELDS: &[&str] = &[
     "description",
     "sla",
     "calendar",
+    "on_failure",
     "input",
     "steps",
 ];
@@ -277,6 +280,22 @@ impl Checker<'_> {
                 .calendar(n, name.as_deref().unwrap_or("workflow"))
                 .map(Some),
         };
+        let on_failure = match fields.get("on_failure") {
+            None => Some(OnFailure::Exception),
+            Some(n) => match n.as_str() {
+                Some("exception") => Some(OnFailure::Exception),
+                Some("fail") => Some(OnFailure::Fail),
+                _ => {
+                    self.error(
+                        "invalid-value",
+                        n.span,
+                        "`on_failure` is `exception` or `fail`".to_string(),
+                        "`exception` (the default) parks a failed case for a person; `fail` ends it".to_string(),
+                    );
+                    None
+                }
+            },
+        };
         let steps = fields
             .get("steps")
             .and_then(|n| self.steps(n))
@@ -305,6 +324,7 @@ impl Checker<'_> {
             input_schema: input_schema?,
             sla: sla?,
             calendar: calendar?,
+            on_failure: on_failure?,
             steps: steps?,
             source_sha256: hex::encode(Sha256::digest(self.source.as_bytes())),
         })
