@@ -363,14 +363,35 @@ impl CaseState {
         }
         let case_deadline = workflow
             .sla
-            .map(|sla| self.created_at_ms.saturating_add(sla.0 as i64));
+            .map(|sla| deadline(workflow, self.created_at_ms, sla, workflow.sla_business));
         let step_deadline = self
             .step
             .as_deref()
             .and_then(|id| find_step(workflow, id))
-            .and_then(|step| step.sla)
-            .map(|sla| self.step_entered_at_ms.saturating_add(sla.0 as i64));
+            .and_then(|step| step.sla.map(|sla| (sla, step.sla_business)))
+            .map(|(sla, business)| deadline(workflow, self.step_entered_at_ms, sla, business));
         (case_deadline, step_deadline)
+    }
+}
+
+/// `sla` after `from_ms`: working time on the workflow's calendar when `business`. A
+/// calendar that cannot place it (beyond its horizon) falls back to elapsed time, so a
+/// deadline is never lost.
+fn deadline(
+    workflow: &Workflow,
+    from_ms: i64,
+    sla: crate::workflow::DurationMs,
+    business: bool,
+) -> i64 {
+    let elapsed = from_ms.saturating_add(sla.0 as i64);
+    match (&workflow.calendar, business) {
+        (Some(calendar), true) => calendar
+            .add_business(
+                millis_to_datetime(from_ms),
+                std::time::Duration::from_millis(sla.0),
+            )
+            .map_or(elapsed, |at| at.timestamp_millis()),
+        _ => elapsed,
     }
 }
 

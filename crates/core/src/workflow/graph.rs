@@ -51,6 +51,7 @@ impl Checker<'_> {
                 id: draft.id?,
                 kind: draft.kind?,
                 sla: draft.sla,
+                sla_business: draft.sla_business,
                 next,
             });
         }

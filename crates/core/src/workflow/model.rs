@@ -24,6 +24,8 @@ pub struct Workflow {
     pub input_schema: Schema,
     /// Workflow-level deadline, counted from case creation.
     pub sla: Option<DurationMs>,
+    /// `sla: { business: 2d }`: the deadline counts working time on `calendar`.
+    pub sla_business: bool,
     /// `calendar:` — the business calendar that `due: { business: … }` counts in.
     pub calendar: Option<crate::calendar::Calendar>,
     /// `on_failure:` — what a step failure does to the case.
@@ -57,6 +59,8 @@ pub struct Step {
     pub kind: StepKind,
     /// Step-level deadline, counted from when the step was entered.
     pub sla: Option<DurationMs>,
+    /// `sla: { business: 1h }`: the deadline counts working time on the workflow's calendar.
+    pub sla_business: bool,
     /// Where to go after this step: `next:` if written, else the following step in file order.
     /// `None` only for `end` and `switch` (which carry their own targets).
     pub next: Option<String>,

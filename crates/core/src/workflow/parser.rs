@@ -266,9 +266,12 @@ impl Checker<'_> {
             Some(n) => self.string(n, "`description`").map(Some),
             None => Some(None),
         };
-        let sla = match fields.get("sla") {
-            Some(n) => self.duration(n, "`sla`").map(Some),
-            None => Some(None),
+        let (sla, sla_business) = match fields.get("sla") {
+            Some(n) => match self.sla(n, "`sla`") {
+                Some((sla, business)) => (Some(Some(sla)), business),
+                None => (None, false),
+            },
+            None => (Some(None), false),
         };
         let input_schema = match (fields.get("input"), fields.key_span("input")) {
             (Some(n), Some(key)) => self.input(n, key),
@@ -305,12 +308,19 @@ impl Checker<'_> {
             });
         if let (Some(None), Some(steps), Some(span)) = (&calendar, &steps, fields.key_span("steps"))
         {
-            if let Some(step) = steps.iter().find(|step| business_due(step)) {
+            if sla_business {
+                self.error(
+                    "missing-calendar",
+                    span,
+                    "the workflow's `sla` counts business time, but the workflow has no `calendar:`".to_string(),
+                    "add e.g. `calendar: { time_zone: Europe/Berlin, working_days: [mon, tue, wed, thu, fri], hours: [\"09:00-17:00\"] }`".to_string(),
+                );
+            } else if let Some(step) = steps.iter().find(|step| business_due(step)) {
                 self.error(
                     "missing-calendar",
                     span,
                     format!(
-                        "step `{}` counts `due` in business time, but the workflow has no `calendar:`",
+                        "step `{}` counts a deadline (`due` or `sla`) in business time, but the workflow has no `calendar:`",
                         step.id
                     ),
                     "add e.g. `calendar: { time_zone: Europe/Berlin, working_days: [mon, tue, wed, thu, fri], hours: [\"09:00-17:00\"] }`".to_string(),
@@ -323,6 +333,7 @@ impl Checker<'_> {
             description: description?,
             input_schema: input_schema?,
             sla: sla?,
+            sla_business,
             calendar: calendar?,
             on_failure: on_failure?,
             steps: steps?,
@@ -447,6 +458,9 @@ impl Checker<'_> {
 
 /// Whether a step's gate counts `due` in business time.
 fn business_due(step: &super::model::Step) -> bool {
+    if step.sla_business {
+        return true;
+    }
     match &step.kind {
         super::model::StepKind::Approval(approval) => approval.gate.due_business,
         super::model::StepKind::Action(action) => action.gate.due_business,

@@ -37,6 +37,7 @@ pub(crate) struct Draft {
     /// The kind keyword, even when the kind has errors.
     pub keyword: Option<&'static str>,
     pub sla: Option<DurationMs>,
+    pub sla_business: bool,
     pub next: Option<Target>,
     /// `goto`, `default` and `timeout_goto` targets.
     pub targets: Vec<Target>,
@@ -50,6 +51,7 @@ impl Checker<'_> {
             kind: None,
             keyword: None,
             sla: None,
+            sla_business: false,
             next: None,
             targets: Vec::new(),
         };
@@ -70,9 +72,13 @@ impl Checker<'_> {
             Some(id) => format!("step `{id}`"),
             None => "this step".to_string(),
         };
-        draft.sla = fields
+        if let Some((sla, business)) = fields
             .get("sla")
-            .and_then(|n| self.duration(n, &format!("`sla` of {label}")));
+            .and_then(|n| self.sla(n, &format!("`sla` of {label}")))
+        {
+            draft.sla = Some(sla);
+            draft.sla_business = business;
+        }
         if let Some(next) = fields.get("next") {
             if let Some(step) = self.string(next, "`next`") {
                 draft.next = Some(Target {

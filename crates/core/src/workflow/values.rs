@@ -258,6 +258,20 @@ impl<'a> Checker<'a> {
         false
     }
 
+    /// An SLA: a duration (`4h`), or working time on the workflow's calendar
+    /// (`{ business: 4h }`); the flag says which.
+    pub fn sla(&mut self, node: &Node, what: &str) -> Option<(DurationMs, bool)> {
+        match &node.value {
+            Value::Map(_) => {
+                let fields = self.fields(node, what, node.span, &["business"], &["business"])?;
+                let business = fields.get("business")?;
+                self.duration(business, &format!("{what}.business"))
+                    .map(|d| (d, true))
+            }
+            _ => self.duration(node, what).map(|d| (d, false)),
+        }
+    }
+
     pub fn duration(&mut self, node: &Node, what: &str) -> Option<DurationMs> {
         let text = match &node.value {
             Value::Str(text) => text.clone(),

@@ -441,3 +441,88 @@ async fn escalation_timers_survive_a_restart() {
     }
     engine.shutdown(std::time::Duration::from_secs(1)).await;
 }
+
+const CALENDAR_REFUND: &str = r#"
+name: refund-cal
+version: "1"
+calendar:
+  time_zone: Europe/Berlin
+  working_days: [mon, tue, wed, thu, fri]
+  hours: ["09:00-17:00"]
+  holidays: ["2026-03-30"]
+sla: { business: 4h }
+input: { schema: { type: object } }
+steps:
+  - id: sign_off
+    sla: { business: 10h }
+    approval:
+      title: Refund the customer
+      roles: [reviewer]
+      due: { business: 4h }
+  - id: done
+    end: refunded
+"#;
+
+/// Friday 2026-03-27 15:00 in Berlin (CET, UTC+1). Two working hours remain that Friday;
+/// Monday the 30th is a holiday; clocks go forward on Sunday the 29th, so Tuesday is CEST.
+const FRIDAY_15_BERLIN_MS: i64 = 1_774_620_000_000;
+/// Tuesday 2026-03-31 11:00 CEST: 2h on Friday + 2h on Tuesday.
+const TUESDAY_11_BERLIN_MS: i64 = 1_774_947_600_000;
+/// Tuesday 2026-03-31 17:00 CEST: 2h on Friday + 8h on Tuesday.
+const TUESDAY_17_BERLIN_MS: i64 = 1_774_969_200_000;
+
+#[tokio::test]
+async fn business_deadlines_skip_a_weekend_a_holiday_and_keep_office_hours_across_daylight_saving()
+{
+    let desk = desk(CLAIMING).await;
+    desk.clock.advance_ms(FRIDAY_15_BERLIN_MS - START_MS);
+    desk.engine
+        .deploy_source(CALENDAR_REFUND, "refund-cal.yaml")
+        .await
+        .unwrap();
+    let (status, body) = desk
+        .post("olga", "/v1/workflows/refund-cal/cases", json!({}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let case_id = body["case_id"].as_str().unwrap().to_string();
+    let mut task = Value::Null;
+    for _ in 0..500 {
+        let (_, tasks) = desk.get("rita", "/v1/tasks?workflow=refund-cal").await;
+        if let Some(first) = tasks.as_array().and_then(|t| t.first()) {
+            task = first.clone();
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // The task's `due: { business: 4h }` and the workflow's `sla: { business: 4h }`.
+    assert_eq!(task["due_at_ms"], TUESDAY_11_BERLIN_MS, "{task:#}");
+    let (_, case) = desk.get("olga", &format!("/v1/cases/{case_id}")).await;
+    assert_eq!(
+        case["sla_due_at"], "2026-03-31T09:00:00.000Z",
+        "the earlier of the case SLA (Tue 11:00 CEST) and the step SLA (Tue 17:00 CEST): {case:#}"
+    );
+    // The engine's clock reaches the case deadline: the breach is recorded and, being an
+    // exception of kind `sla_breach`, routed to a queue like any other.
+    desk.clock
+        .advance_ms(TUESDAY_11_BERLIN_MS - FRIDAY_15_BERLIN_MS);
+    let mut breaches = Vec::new();
+    for _ in 0..500 {
+        let (_, list) = desk.get("olga", "/v1/exceptions?kind=sla_breach").await;
+        breaches = list.as_array().unwrap().clone();
+        if !breaches.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(breaches.len(), 1, "{breaches:#?}");
+    assert_eq!(breaches[0]["case_id"], case_id.as_str());
+    assert_eq!(breaches[0]["detail"]["deadline_ms"], TUESDAY_11_BERLIN_MS);
+    desk.engine.run_desk_once().await.unwrap();
+    let (_, case) = desk.get("olga", &format!("/v1/cases/{case_id}")).await;
+    assert_eq!(case["sla_breached"], true);
+    assert_eq!(
+        case["sla_due_at"],
+        serde_json::to_value(keel_engine::rfc3339_ms(TUESDAY_17_BERLIN_MS)).unwrap(),
+        "the step's own business-time SLA is next"
+    );
+}
