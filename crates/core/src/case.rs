@@ -106,6 +106,21 @@ pub struct CaseState {
     /// How many exceptions the case has raised; numbers their ids.
     #[serde(default)]
     pub exceptions_raised: u32,
+    /// The trust gate's decision for the operation at the current step (this visit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<GateRecord>,
+}
+
+/// What the gate decided at the current step: kept so that retries and wake-ups of the same
+/// visit neither decide again nor sample a second review.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GateRecord {
+    pub step: String,
+    /// `task` or `auto`.
+    pub decision: String,
+    pub phase: u8,
+    pub reason: String,
+    pub review_sampled: bool,
 }
 
 /// One recorded SLA breach: of the whole case (`step` is `None`) or of one visit to a step.
@@ -290,6 +305,7 @@ impl CaseState {
             submitted_by: None,
             exception_id: None,
             exceptions_raised: 0,
+            gate: None,
         }
     }
 
@@ -414,11 +430,32 @@ pub fn advance(
     now_ms: i64,
     jitter: f64,
 ) -> Transition {
+    advance_with(
+        workflow,
+        state,
+        input,
+        now_ms,
+        jitter,
+        &crate::trust::Phases::new(),
+    )
+}
+
+/// [`advance`] with the current trust phase of each operation (step id → phase); operations
+/// not in `phases` are at the phase their `trust:` configuration starts in.
+pub fn advance_with(
+    workflow: &Workflow,
+    state: &mut CaseState,
+    input: Input,
+    now_ms: i64,
+    jitter: f64,
+    phases: &crate::trust::Phases,
+) -> Transition {
     let mut run = Run {
         workflow,
         events: Vec::new(),
         now_ms,
         jitter,
+        phases,
     };
     if state.status.is_final() {
         if let Input::Signal { name, .. } = &input {
@@ -517,6 +554,8 @@ struct Run<'w> {
     events: Vec<Event>,
     now_ms: i64,
     jitter: f64,
+    /// The trust phase of each operation of the workflow, as the engine knows it now.
+    phases: &'w crate::trust::Phases,
 }
 
 /// The result of executing one step: go on to a step, or stop with a command.
@@ -645,6 +684,7 @@ impl<'w> Run<'w> {
         state.action = None;
         state.wait_until_ms = None;
         state.task = None;
+        state.gate = None;
         None
     }
 
@@ -764,7 +804,11 @@ impl<'w> Run<'w> {
                     .task
                     .as_ref()
                     .is_some_and(|t| t.step == step.id && t.approved);
-                if crate::gate::action_needs_task(action) && !approved {
+                let task_open = state.task.as_ref().is_some_and(|t| t.step == step.id);
+                let needs_task = crate::gate::is_operation(action)
+                    && !approved
+                    && (task_open || self.gate(state, step, action));
+                if needs_task {
                     let preview = match render_request(
                         &self.activation(state),
                         step,
@@ -1264,6 +1308,112 @@ impl<'w> Run<'w> {
         Flow::Stop(wake.map_or(Command::Stop, |until_ms| Command::Sleep { until_ms }))
     }
 
+    /// Runs the trust gate for an operation's action once per visit; returns whether it
+    /// waits for a person. An auto-approved action that is sampled opens a review task that
+    /// does not hold the case (`task.created`, kind `review`), decided later as evidence.
+    fn gate(
+        &mut self,
+        state: &mut CaseState,
+        step: &Step,
+        action: &crate::workflow::Action,
+    ) -> bool {
+        if let Some(record) = state.gate.as_ref().filter(|g| g.step == step.id) {
+            return record.decision == "task";
+        }
+        let phase = self
+            .phases
+            .get(&step.id)
+            .copied()
+            .unwrap_or(action.trust.phase);
+        let decision =
+            crate::gate::decide(action, phase, &self.activation(state), &state.id, &step.id);
+        let operation = format!("{}/{}", self.workflow.name, step.id);
+        self.emit(
+            "trust.gate",
+            Some(step.id.clone()),
+            json!({ "operation": operation, "phase": phase, "decision": decision.decision,
+                "reason": decision.reason, "review_sampled": decision.review_sampled,
+                "review_rate": decision.review_rate }),
+        );
+        state.gate = Some(GateRecord {
+            step: step.id.clone(),
+            decision: decision.decision.to_string(),
+            phase,
+            reason: decision.reason.clone(),
+            review_sampled: decision.review_sampled,
+        });
+        if decision.needs_task() {
+            return true;
+        }
+        if decision.review_sampled {
+            let proposals = self.proposals(state, &action.uses_ai);
+            let preview =
+                match render_request(&self.activation(state), step, action, 0, String::new()) {
+                    Ok(request) => {
+                        json!({"method": request.method, "url": request.url, "body": request.body})
+                    }
+                    Err(message) => json!({"unrenderable": message}),
+                };
+            self.emit(
+                "task.created",
+                Some(step.id.clone()),
+                json!({
+                    "task_id": format!("{}.{}.review", state.id, step.id), "kind": "review",
+                    "title": format!("Review the automatic action `{}` (phase {phase})", step.id),
+                    "required": 1, "roles": action.gate.roles, "amount": null, "due_ms": null,
+                    "proposals": proposals, "action": preview, "submitted_by": state.submitted_by,
+                    "operation": operation, "phase": phase, "ai_steps": action.uses_ai,
+                }),
+            );
+        }
+        false
+    }
+
+    /// The current proposal of each of `ai_steps` (`data.<into>`), by step id.
+    fn proposals(&self, state: &CaseState, ai_steps: &[String]) -> serde_json::Map<String, Value> {
+        ai_steps
+            .iter()
+            .filter_map(|ai_step| {
+                let into = match find_step(self.workflow, ai_step).map(|s| &s.kind) {
+                    Some(StepKind::Ai(ai)) => ai.into.clone(),
+                    _ => return None,
+                };
+                Some((
+                    ai_step.clone(),
+                    state.data.get(&into).cloned().unwrap_or(Value::Null),
+                ))
+            })
+            .collect()
+    }
+
+    /// Journals a pre-approval review of an operation as evidence (`outcome.reviewed`).
+    fn review_outcome(
+        &mut self,
+        state: &CaseState,
+        task: &crate::gate::TaskProgress,
+        verdict: &str,
+        by: &[&str],
+    ) {
+        if task.kind != "action" || task.ai_steps.is_empty() {
+            return;
+        }
+        let proposals = self.proposals(state, &task.ai_steps);
+        let first = proposals.values().next().cloned().unwrap_or(Value::Null);
+        let phase = state
+            .gate
+            .as_ref()
+            .filter(|g| g.step == task.step)
+            .map_or(1, |g| g.phase);
+        self.emit(
+            "outcome.reviewed",
+            Some(task.step.clone()),
+            json!({ "operation": format!("{}/{}", self.workflow.name, task.step),
+                "task_id": task.id, "source": "pre", "verdict": verdict, "phase": phase,
+                "by": by, "model": first["model"], "confidence": first["confidence"],
+                "confidence_method": first["confidence_method"], "cost_usd": first["cost_usd"] }),
+        );
+    }
+
     /// Applies a person's decision on the open task; `None` to drive on.
     fn task_decision(
         &mut self,
@@ -1304,6 +1454,7 @@ impl<'w> Run<'w> {
                     step_id.clone(),
                     json!({ "task_id": task_id, "decision": "rejected", "by": [decider.user], "reason": reason }),
                 );
+                self.review_outcome(state, &task, "rejected", &[decider.user.as_str()]);
                 if let StepKind::Approval(approval) = &step.kind {
                     set_data(
                         state,
@@ -1371,6 +1522,8 @@ impl<'w> Run<'w> {
                     step_id,
                     json!({ "task_id": task_id, "decision": outcome, "by": by }),
                 );
+                let verdict = if corrected { "corrected" } else { "agree" };
+                self.review_outcome(state, &task, verdict, &by);
                 if let StepKind::Approval(approval) = &step.kind {
                     set_data(
                         state,

@@ -1711,3 +1711,187 @@ fn on_failure_takes_exception_or_fail_only() {
         crate::workflow::OnFailure::Exception
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Progressive trust at the gate.
+
+const OPERATION: &str = r#"  - id: classify
+    ai:
+      task: classify
+      labels: [refund, ignore]
+      prompt: "Ticket: {{ input.text }}"
+      route:
+        - model: small
+  - id: pay
+    action:
+      method: POST
+      url: "http://127.0.0.1:9000/refund"
+      body: { label: "${data.classify.output.label}", amount: "${input.amount}" }
+      trust:
+        policy: "data.classify.confidence >= 0.9"
+        hard_limits: "input.amount > 1000"
+        review_rates: { phase2: 1.0, phase3: 0.001 }
+  - id: done
+    end: paid
+"#;
+
+/// Runs a case of the operation workflow to its gate at `phase`; returns the transition.
+fn to_gate(
+    amount: i64,
+    confidence: f64,
+    phase: u8,
+    case_id: &str,
+) -> (Workflow, CaseState, Transition) {
+    let wf = workflow(OPERATION);
+    let mut state = CaseState::new(
+        case_id.to_string(),
+        &wf,
+        1,
+        json!({"text": "x", "amount": amount}),
+        T0,
+    );
+    let phases: crate::trust::Phases = [("pay".to_string(), phase)].into_iter().collect();
+    crate::case::advance_with(&wf, &mut state, Input::Wake, T0, 0.0, &phases);
+    let outcome = AiOutcome::Proposed {
+        output: json!({"label": "refund"}),
+        confidence,
+        confidence_method: "learner".into(),
+        model: "small".into(),
+        tier: 0,
+        record: json!({}),
+    };
+    let t = crate::case::advance_with(
+        &wf,
+        &mut state,
+        Input::AiResult {
+            attempt: 1,
+            outcome,
+        },
+        T0 + 1,
+        0.0,
+        &phases,
+    );
+    (wf, state, t)
+}
+
+#[test]
+fn the_gate_asks_a_person_in_phase_1_and_under_hard_limits_and_follows_the_policy_in_phase_2() {
+    let cases = [
+        // (amount, confidence, phase, decision, reason)
+        (10, 0.99, 1, "task", "phase_1"),
+        (10, 0.99, 2, "auto", "policy_true"),
+        (10, 0.50, 2, "task", "policy_false"),
+        (5000, 0.99, 2, "task", "hard_limit"),
+        (5000, 0.99, 4, "task", "hard_limit"),
+        (10, 0.10, 3, "auto", "phase_3"),
+        (10, 0.10, 4, "auto", "phase_4"),
+    ];
+    for (amount, confidence, phase, decision, reason) in cases {
+        let label = format!("amount {amount} confidence {confidence} phase {phase}");
+        let (_, state, t) = to_gate(amount, confidence, phase, "c1");
+        let gate = event(&t, "trust.gate");
+        assert_eq!(gate.data["operation"], "t/pay", "{label}");
+        assert_eq!(
+            (gate.data["decision"].as_str(), gate.data["reason"].as_str()),
+            (Some(decision), Some(reason)),
+            "{label}"
+        );
+        assert_eq!(gate.data["phase"], phase, "{label}");
+        if decision == "task" {
+            assert_eq!(state.status, Status::Waiting, "{label}");
+            assert!(
+                t.events
+                    .iter()
+                    .any(|e| e.kind == "task.created" && e.data["kind"] == "action"),
+                "{label}"
+            );
+        } else {
+            assert!(
+                matches!(t.command, Command::Execute(_)),
+                "{label}: {:?}",
+                t.command
+            );
+        }
+    }
+}
+
+#[test]
+fn auto_approved_actions_are_sampled_for_review_reproducibly_and_only_once_per_visit() {
+    // Phase 2 samples at 100% here: every auto-approved action gets a review task that does
+    // not hold the case.
+    let (wf, mut state, t) = to_gate(10, 0.99, 2, "c1");
+    let review = t
+        .events
+        .iter()
+        .find(|e| e.kind == "task.created")
+        .expect("a review task");
+    assert_eq!(review.data["kind"], "review");
+    assert_eq!(review.data["task_id"], "c1.pay.review");
+    assert_eq!(review.data["proposals"]["classify"]["confidence"], 0.99);
+    assert!(matches!(t.command, Command::Execute(_)));
+    // A retryable failure and the retry: the gate does not decide (or sample) again.
+    let retry = respond(&wf, &mut state, 1, http(503, json!(null)), T0 + 2);
+    let again = wake(&wf, &mut state, T0 + 10_000);
+    for transition in [&retry, &again] {
+        assert!(transition
+            .events
+            .iter()
+            .all(|e| e.kind != "trust.gate" && e.kind != "task.created"));
+    }
+    // Phase 3 samples at 0.1%: the same case ids always get the same answer.
+    let sampled: Vec<bool> = (0..200)
+        .map(|i| {
+            let (_, _, t) = to_gate(10, 0.5, 3, &format!("case-{i}"));
+            event(&t, "trust.gate").data["review_sampled"]
+                .as_bool()
+                .unwrap()
+        })
+        .collect();
+    let again: Vec<bool> = (0..200)
+        .map(|i| {
+            let (_, _, t) = to_gate(10, 0.5, 3, &format!("case-{i}"));
+            event(&t, "trust.gate").data["review_sampled"]
+                .as_bool()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(sampled, again);
+    assert!(sampled.iter().filter(|s| **s).count() <= 3, "{sampled:?}");
+}
+
+#[test]
+fn a_pre_approval_decision_is_journaled_as_evidence_for_the_operation() {
+    let (wf, mut state, _) = to_gate(10, 0.5, 1, "c1");
+    let task_id = state.task.as_ref().unwrap().id.clone();
+    let decided = advance(
+        &wf,
+        &mut state,
+        Input::TaskDecision {
+            task_id,
+            decider: crate::gate::Decider {
+                user: "rita".into(),
+                roles: vec!["reviewer".into()],
+                approval_limit: None,
+            },
+            decision: crate::gate::TaskDecision::Correct {
+                output: json!({"label": "ignore"}),
+                step: None,
+                comment: None,
+            },
+        },
+        T0 + 5,
+        0.0,
+    );
+    let reviewed = event(&decided, "outcome.reviewed");
+    assert_eq!(reviewed.data["operation"], "t/pay");
+    assert_eq!(
+        (
+            reviewed.data["source"].as_str(),
+            reviewed.data["verdict"].as_str()
+        ),
+        (Some("pre"), Some("corrected"))
+    );
+    assert_eq!(reviewed.data["model"], "small");
+    assert_eq!(reviewed.data["confidence"], 0.5);
+    assert_eq!(reviewed.data["phase"], 1);
+}

@@ -1,14 +1,64 @@
 //! The trust gate: the one place that decides whether an AI-proposed action waits for a person,
-//! and whether a person may decide a task. Progressive trust (phases 2–4) extends
-//! [`action_needs_task`]; nothing else in Keel makes this decision.
+//! and whether a person may decide a task ([`decide`] over the operation's phase, policy and
+//! hard limits); nothing else in Keel makes this decision.
 
 use serde::{Deserialize, Serialize};
 
+use crate::trust::GateDecision;
 use crate::workflow::{Action, JsonTemplate, Step, StepKind, Template, TemplatePart};
 
-/// Phase 1 of progressive trust: every action that uses an AI proposal waits for a person.
-pub fn action_needs_task(action: &Action) -> bool {
+/// Whether an action is an operation under progressive trust: it uses an AI proposal.
+pub fn is_operation(action: &Action) -> bool {
     !action.uses_ai.is_empty()
+}
+
+/// The gate: whether an operation's action at `phase` waits for a person or runs, and if it
+/// runs, whether it is sampled for post-hoc review. Hard limits force a person in every
+/// phase; phase 1 always asks; phase 2 runs only where the policy holds; phases 3 and 4 run.
+/// An expression that fails to evaluate falls to a person. Sampling is reproducible: a hash
+/// of the case id and step (`keel_tuning::trust::sample_review`), at the phase's rate.
+pub fn decide(
+    action: &Action,
+    phase: u8,
+    activation: &crate::expr::Activation,
+    case_id: &str,
+    step_id: &str,
+) -> GateDecision {
+    let task = |reason: &str| GateDecision {
+        decision: "task",
+        reason: reason.to_string(),
+        phase,
+        review_sampled: false,
+        review_rate: 1.0,
+    };
+    if let Some(limits) = &action.trust.hard_limits {
+        match limits.eval_bool(activation) {
+            Ok(true) => return task("hard_limit"),
+            Ok(false) => {}
+            Err(_) => return task("hard_limit_error"),
+        }
+    }
+    let reason = match phase {
+        0 | 1 => return task("phase_1"),
+        2 => match &action.trust.policy {
+            None => return task("no_policy"),
+            Some(policy) => match policy.eval_bool(activation) {
+                Ok(true) => "policy_true",
+                Ok(false) => return task("policy_false"),
+                Err(_) => return task("policy_error"),
+            },
+        },
+        3 => "phase_3",
+        _ => "phase_4",
+    };
+    let rate = action.trust.review_rates.of(phase);
+    GateDecision {
+        decision: "auto",
+        reason: reason.to_string(),
+        phase,
+        review_sampled: keel_tuning::trust::sample_review(&format!("{case_id}/{step_id}"), rate),
+        review_rate: rate,
+    }
 }
 
 /// Fills `uses_ai` of every action: the `ai` steps whose `data.<into>` its templates read.

@@ -10,4 +10,5 @@ pub mod fingerprint;
 pub mod gate;
 pub mod prompt;
 pub mod schema;
+pub mod trust;
 pub mod workflow;

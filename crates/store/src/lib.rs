@@ -156,6 +156,9 @@ mod exceptions;
 pub use exceptions::{ExceptionFilter, ExceptionRow, Mine, PatternRow, Trend};
 mod desk;
 pub use desk::DeskChange;
+#[macro_use]
+mod trust;
+pub use trust::{PhaseChange, RecommendationRow, TrustOperationRow, TrustOutcomeRow};
 
 /// A deployed workflow version.
 #[derive(Debug, Clone)]
@@ -637,6 +640,7 @@ impl Store {
             insert_entries!(tx, entries);
             apply_task_changes!(tx, tasks::task_changes(entries.iter().copied()));
             apply_exception_changes!(tx, exceptions::exception_changes(entries.iter().copied()));
+            apply_trust_outcomes!(tx, trust::outcome_rows(entries.iter().copied()));
             tx.commit().await?;
             Ok(outcomes)
         })

@@ -247,6 +247,48 @@ CREATE TABLE queue_cursors (
 );
 "#,
     ),
+    (
+        7,
+        r#"
+CREATE TABLE trust_operations (
+    operation TEXT PRIMARY KEY,
+    workflow TEXT NOT NULL,
+    step TEXT NOT NULL,
+    phase INTEGER NOT NULL,
+    since_ms INTEGER NOT NULL,
+    promoted_at_ms INTEGER,
+    workflow_version INTEGER,
+    config_sha256 TEXT,
+    updated_at_ms INTEGER NOT NULL
+);
+CREATE TABLE trust_outcomes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    operation TEXT NOT NULL,
+    case_id TEXT NOT NULL,
+    task_id TEXT NOT NULL UNIQUE,
+    at_ms INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    verdict TEXT NOT NULL,
+    phase INTEGER NOT NULL,
+    model TEXT,
+    confidence REAL,
+    cost_usd REAL
+);
+CREATE INDEX trust_outcomes_operation ON trust_outcomes (operation, at_ms);
+CREATE TABLE trust_recommendations (
+    id TEXT PRIMARY KEY,
+    operation TEXT NOT NULL,
+    from_phase INTEGER NOT NULL,
+    to_phase INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    decided_at_ms INTEGER,
+    decided_by TEXT,
+    evidence TEXT NOT NULL
+);
+CREATE INDEX trust_recommendations_operation ON trust_recommendations (operation, status);
+"#,
+    ),
 ];
 
 /// (version, SQL) for PostgreSQL.
@@ -497,6 +539,48 @@ CREATE TABLE queue_cursors (
     queue TEXT PRIMARY KEY,
     last_user TEXT NOT NULL
 );
+"#,
+    ),
+    (
+        7,
+        r#"
+CREATE TABLE trust_operations (
+    operation TEXT PRIMARY KEY,
+    workflow TEXT NOT NULL,
+    step TEXT NOT NULL,
+    phase BIGINT NOT NULL,
+    since_ms BIGINT NOT NULL,
+    promoted_at_ms BIGINT,
+    workflow_version BIGINT,
+    config_sha256 TEXT,
+    updated_at_ms BIGINT NOT NULL
+);
+CREATE TABLE trust_outcomes (
+    id BIGSERIAL PRIMARY KEY,
+    operation TEXT NOT NULL,
+    case_id TEXT NOT NULL,
+    task_id TEXT NOT NULL UNIQUE,
+    at_ms BIGINT NOT NULL,
+    source TEXT NOT NULL,
+    verdict TEXT NOT NULL,
+    phase BIGINT NOT NULL,
+    model TEXT,
+    confidence DOUBLE PRECISION,
+    cost_usd DOUBLE PRECISION
+);
+CREATE INDEX trust_outcomes_operation ON trust_outcomes (operation, at_ms);
+CREATE TABLE trust_recommendations (
+    id TEXT PRIMARY KEY,
+    operation TEXT NOT NULL,
+    from_phase BIGINT NOT NULL,
+    to_phase BIGINT NOT NULL,
+    status TEXT NOT NULL,
+    created_at_ms BIGINT NOT NULL,
+    decided_at_ms BIGINT,
+    decided_by TEXT,
+    evidence TEXT NOT NULL
+);
+CREATE INDEX trust_recommendations_operation ON trust_recommendations (operation, status);
 "#,
     ),
 ];

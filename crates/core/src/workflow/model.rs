@@ -30,10 +30,24 @@ pub struct Workflow {
     pub calendar: Option<crate::calendar::Calendar>,
     /// `on_failure:` — what a step failure does to the case.
     pub on_failure: OnFailure,
+    /// `change:` — who wrote this version and who approved it (change control).
+    pub change: Option<ChangeRecord>,
     /// Steps in file order; execution starts at `steps[0]`.
     pub steps: Vec<Step>,
     /// SHA-256 (hex) of the file's bytes: two deployments of the same bytes are the same version.
     pub source_sha256: String,
+}
+
+/// `change: { author: ana, approved_by: bob, reference: CHG-1234 }`: recorded with every
+/// trust reset this version causes; the author may not approve its operations' promotions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeRecord {
+    pub author: String,
+    #[serde(default)]
+    pub approved_by: Option<String>,
+    #[serde(default)]
+    pub reference: Option<String>,
 }
 
 /// What a step failure (a connector error after its retries, a failed validation, an
@@ -179,6 +193,8 @@ pub struct Action {
     pub uses_ai: Vec<String>,
     /// How a person approves it when gated (`approval:` on the action; defaults otherwise).
     pub gate: Gate,
+    /// Progressive trust of this operation (`trust:` on the action; safe defaults otherwise).
+    pub trust: crate::trust::TrustConfig,
 }
 
 /// Who must approve, how many, and by when: on an `approval` step or a gated `action`.

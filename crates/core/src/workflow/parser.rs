@@ -7,6 +7,7 @@
 //! version: "3"                     # required; free text (numbers are taken as written)
 //! description: Approve invoices    # optional
 //! sla: 2d                          # optional; deadline from case creation
+//! change: { author: ana, approved_by: bob, reference: CHG-1234 }   # optional; change control
 //! on_failure: exception            # default: a failed step parks the case on an exception
 //!                                  # for a person; `fail` ends the case `failed` instead
 //! input:                           # required: the input JSON Schema, inline …
@@ -138,6 +139,7 @@ const TOP_FIELDS: &[&str] = &[
     "sla",
     "calendar",
     "on_failure",
+    "change",
     "input",
     "steps",
 ];
@@ -299,6 +301,26 @@ impl Checker<'_> {
                 }
             },
         };
+        let change = match fields.get("change") {
+            None => Some(None),
+            Some(n) => match self.json(n).map(serde_json::from_value::<super::model::ChangeRecord>) {
+                Some(Ok(record)) if !record.author.trim().is_empty() => Some(Some(record)),
+                Some(Ok(_)) => {
+                    self.error("invalid-value", n.span, "`change.author` is empty".to_string(), "name the person who wrote this version".to_string());
+                    None
+                }
+                Some(Err(error)) => {
+                    self.error(
+                        "invalid-value",
+                        n.span,
+                        format!("`change` is not a change record: {error}"),
+                        "write `change: { author: ana, approved_by: bob, reference: CHG-1234 }`".to_string(),
+                    );
+                    None
+                }
+                None => None,
+            },
+        };
         let steps = fields
             .get("steps")
             .and_then(|n| self.steps(n))
@@ -336,6 +358,7 @@ impl Checker<'_> {
             sla_business,
             calendar: calendar?,
             on_failure: on_failure?,
+            change: change?,
             steps: steps?,
             source_sha256: hex::encode(Sha256::digest(self.source.as_bytes())),
         })

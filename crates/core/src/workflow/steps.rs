@@ -591,8 +591,28 @@ impl Checker<'_> {
             "response_schema",
             "into",
             "approval",
+            "trust",
         ];
         let fields = self.fields(node, &what, key, &allowed, &["url"])?;
+        let trust = match fields.get("trust") {
+            None => Some(crate::trust::TrustConfig::default()),
+            Some(n) => match self
+                .json(n)
+                .map(|json| crate::trust::TrustConfig::from_json(&json))
+            {
+                Some(Ok(config)) => Some(config),
+                Some(Err(message)) => {
+                    self.error(
+                        "invalid-value",
+                        n.span,
+                        message,
+                        "see the `trust:` format in keel_core::trust".to_string(),
+                    );
+                    None
+                }
+                None => None,
+            },
+        };
         let gate = match fields.get("approval") {
             None => Some(Gate::default()),
             Some(n) => self
@@ -644,6 +664,7 @@ impl Checker<'_> {
             into: into?,
             uses_ai: Vec::new(),
             gate: gate?,
+            trust: trust?,
         })
     }
 

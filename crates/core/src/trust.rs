@@ -1,0 +1,439 @@
+//! Progressive trust: the configuration of one operation (an `action` that uses AI output)
+//! and the gate's decision at run time. The decision itself is made in one place,
+//! [`crate::gate::decide`]; this module holds what it decides from.
+//!
+//! ```yaml
+//!   - id: pay
+//!     action:
+//!       url: …                       # reads data.<ai step>: an operation
+//!       trust:
+//!         phase: 1                   # where a new operation starts (default 1)
+//!         policy: "data.classify.confidence >= 0.9 && input.amount < 500"  # phase 2
+//!         hard_limits: "input.amount > 10000"   # always a person, in every phase
+//!         review_rates: { phase2: 0.10, phase3: 0.20, phase4: 0.02 }   # never zero
+//!         promotion:
+//!           min_reviews: 50
+//!           window: 30d              # or { count: 500 }: the most recent reviews
+//!           target_agreement: { phase2: 0.95, phase3: 0.97, phase4: 0.99 }  # to enter
+//!         demotion: { target_error_rate: 0.05, alpha: 0.05, beta: 0.2 }
+//!         approvers: [governor]      # who may approve promotions
+//!         changed_version_phase: down   # or 1..4: where a changed version restarts
+//! ```
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::expr::Expr;
+use crate::workflow::parse_duration;
+
+/// The lowest review rate any phase may have: review never stops.
+pub const MIN_REVIEW_RATE: f64 = 0.001;
+
+/// Review sampling rates per phase (phase 1 reviews everything before it acts).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewRates {
+    #[serde(default = "rate2")]
+    pub phase2: f64,
+    #[serde(default = "rate3")]
+    pub phase3: f64,
+    #[serde(default = "rate4")]
+    pub phase4: f64,
+}
+
+fn rate2() -> f64 {
+    0.10
+}
+fn rate3() -> f64 {
+    0.20
+}
+fn rate4() -> f64 {
+    0.02
+}
+
+impl Default for ReviewRates {
+    fn default() -> Self {
+        ReviewRates {
+            phase2: rate2(),
+            phase3: rate3(),
+            phase4: rate4(),
+        }
+    }
+}
+
+impl ReviewRates {
+    /// The rate of `phase` (1 for phase 1: everything is reviewed before it acts).
+    pub fn of(&self, phase: u8) -> f64 {
+        match phase {
+            2 => self.phase2,
+            3 => self.phase3,
+            4 => self.phase4,
+            _ => 1.0,
+        }
+    }
+}
+
+/// Target agreement (Wilson lower bound, 95%) needed to enter each phase.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Targets {
+    #[serde(default = "target2")]
+    pub phase2: f64,
+    #[serde(default = "target3")]
+    pub phase3: f64,
+    #[serde(default = "target4")]
+    pub phase4: f64,
+}
+
+fn target2() -> f64 {
+    0.95
+}
+fn target3() -> f64 {
+    0.97
+}
+fn target4() -> f64 {
+    0.99
+}
+
+impl Default for Targets {
+    fn default() -> Self {
+        Targets {
+            phase2: target2(),
+            phase3: target3(),
+            phase4: target4(),
+        }
+    }
+}
+
+impl Targets {
+    /// The agreement needed to be promoted into `phase` (2..=4).
+    pub fn to_enter(&self, phase: u8) -> Option<f64> {
+        match phase {
+            2 => Some(self.phase2),
+            3 => Some(self.phase3),
+            4 => Some(self.phase4),
+            _ => None,
+        }
+    }
+}
+
+/// Which reviews promotion looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EvidenceWindow {
+    /// Reviews of the last so many milliseconds.
+    Milliseconds(i64),
+    /// The most recent so many reviews.
+    Count(u64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Promotion {
+    pub min_reviews: u64,
+    pub window: EvidenceWindow,
+    pub target_agreement: Targets,
+}
+
+impl Default for Promotion {
+    fn default() -> Self {
+        Promotion {
+            min_reviews: 50,
+            window: EvidenceWindow::Milliseconds(30 * 86_400_000),
+            target_agreement: Targets::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Demotion {
+    #[serde(default = "target_error")]
+    pub target_error_rate: f64,
+    #[serde(default = "alpha")]
+    pub alpha: f64,
+    #[serde(default = "beta")]
+    pub beta: f64,
+}
+
+fn target_error() -> f64 {
+    0.05
+}
+fn alpha() -> f64 {
+    0.05
+}
+fn beta() -> f64 {
+    0.2
+}
+
+impl Default for Demotion {
+    fn default() -> Self {
+        Demotion {
+            target_error_rate: target_error(),
+            alpha: alpha(),
+            beta: beta(),
+        }
+    }
+}
+
+/// Where a changed workflow version restarts the operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChangedVersionPhase {
+    /// One phase below the current one (not below 1).
+    Down,
+    /// This phase, or the current one if that is lower.
+    Phase(u8),
+}
+
+/// One operation's trust configuration (defaults are the safe ones).
+#[derive(Debug, Clone)]
+pub struct TrustConfig {
+    /// The phase a new operation starts in.
+    pub phase: u8,
+    /// Phase 2's auto-approval condition; without one, phase 2 asks a person every time.
+    pub policy: Option<Expr>,
+    /// Forces a person in every phase when true.
+    pub hard_limits: Option<Expr>,
+    pub review_rates: ReviewRates,
+    pub promotion: Promotion,
+    pub demotion: Demotion,
+    /// Roles that may approve a promotion.
+    pub approvers: Vec<String>,
+    pub changed_version_phase: ChangedVersionPhase,
+}
+
+impl Default for TrustConfig {
+    fn default() -> Self {
+        TrustConfig {
+            phase: 1,
+            policy: None,
+            hard_limits: None,
+            review_rates: ReviewRates::default(),
+            promotion: Promotion::default(),
+            demotion: Demotion::default(),
+            approvers: vec!["governor".to_string()],
+            changed_version_phase: ChangedVersionPhase::Down,
+        }
+    }
+}
+
+impl TrustConfig {
+    /// What change control compares between versions: the policy, the hard limits and the
+    /// phase settings (prompts and routes are compared by the caller, from the `ai` steps).
+    pub fn fingerprint(&self) -> Value {
+        serde_json::json!({
+            "policy": self.policy.as_ref().map(Expr::source),
+            "hard_limits": self.hard_limits.as_ref().map(Expr::source),
+            "phase": self.phase,
+        })
+    }
+
+    /// Parses the `trust:` block of an action (as JSON); every problem as one message.
+    pub fn from_json(value: &Value) -> Result<TrustConfig, String> {
+        let Value::Object(fields) = value else {
+            return Err("`trust` must be a mapping".into());
+        };
+        const KNOWN: [&str; 8] = [
+            "phase",
+            "policy",
+            "hard_limits",
+            "review_rates",
+            "promotion",
+            "demotion",
+            "approvers",
+            "changed_version_phase",
+        ];
+        if let Some(unknown) = fields.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+            return Err(format!(
+                "unknown field `{unknown}` in `trust`; the fields are {}",
+                KNOWN.join(", ")
+            ));
+        }
+        let mut config = TrustConfig::default();
+        if let Some(phase) = fields.get("phase") {
+            config.phase = phase_number(phase).ok_or("`trust.phase` is 1, 2, 3 or 4")?;
+        }
+        let expr = |name: &str| -> Result<Option<Expr>, String> {
+            match fields.get(name) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(source)) => Expr::compile(source)
+                    .map(Some)
+                    .map_err(|error| format!("`trust.{name}` does not compile: {error}")),
+                Some(_) => Err(format!(
+                    "`trust.{name}` must be a CEL expression (a string)"
+                )),
+            }
+        };
+        config.policy = expr("policy")?;
+        config.hard_limits = expr("hard_limits")?;
+        if let Some(rates) = fields.get("review_rates") {
+            config.review_rates = serde_json::from_value(rates.clone())
+                .map_err(|e| format!("`trust.review_rates`: {e}"))?;
+            for (phase, rate) in [
+                (2, config.review_rates.phase2),
+                (3, config.review_rates.phase3),
+                (4, config.review_rates.phase4),
+            ] {
+                if !(MIN_REVIEW_RATE..=1.0).contains(&rate) {
+                    return Err(format!(
+                        "`trust.review_rates.phase{phase}` is {rate}; give {MIN_REVIEW_RATE} to 1 (review never stops)"
+                    ));
+                }
+            }
+        }
+        if let Some(promotion) = fields.get("promotion") {
+            config.promotion = promotion_from(promotion)?;
+        }
+        if let Some(demotion) = fields.get("demotion") {
+            config.demotion = serde_json::from_value(demotion.clone())
+                .map_err(|e| format!("`trust.demotion`: {e}"))?;
+            let d = config.demotion;
+            if !(d.target_error_rate > 0.0 && d.target_error_rate < 0.5)
+                || !(d.alpha > 0.0 && d.alpha < 0.5)
+                || !(d.beta > 0.0 && d.beta < 0.5)
+            {
+                return Err(
+                    "`trust.demotion`: target_error_rate, alpha and beta must each be in (0, 0.5)"
+                        .into(),
+                );
+            }
+        }
+        if let Some(approvers) = fields.get("approvers") {
+            config.approvers = serde_json::from_value(approvers.clone())
+                .map_err(|e| format!("`trust.approvers` must be a list of roles: {e}"))?;
+            if config.approvers.is_empty() {
+                return Err("`trust.approvers` needs at least one role".into());
+            }
+        }
+        if let Some(changed) = fields.get("changed_version_phase") {
+            config.changed_version_phase = match changed {
+                Value::String(s) if s == "down" => ChangedVersionPhase::Down,
+                other => ChangedVersionPhase::Phase(
+                    phase_number(other).ok_or("`trust.changed_version_phase` is `down` or 1..4")?,
+                ),
+            };
+        }
+        Ok(config)
+    }
+}
+
+fn phase_number(value: &Value) -> Option<u8> {
+    value
+        .as_u64()
+        .filter(|n| (1..=4).contains(n))
+        .and_then(|n| u8::try_from(n).ok())
+}
+
+fn promotion_from(value: &Value) -> Result<Promotion, String> {
+    let Value::Object(fields) = value else {
+        return Err("`trust.promotion` must be a mapping".into());
+    };
+    let mut promotion = Promotion::default();
+    for key in fields.keys() {
+        if !["min_reviews", "window", "target_agreement"].contains(&key.as_str()) {
+            return Err(format!(
+                "unknown field `{key}` in `trust.promotion` (min_reviews, window, target_agreement)"
+            ));
+        }
+    }
+    if let Some(min) = fields.get("min_reviews") {
+        promotion.min_reviews = min
+            .as_u64()
+            .filter(|n| (1..=1_000_000).contains(n))
+            .ok_or("`trust.promotion.min_reviews` is a whole number from 1 to 1,000,000")?;
+    }
+    if let Some(window) = fields.get("window") {
+        promotion.window = match window {
+            Value::String(text) => {
+                let ms =
+                    parse_duration(text).map_err(|e| format!("`trust.promotion.window`: {e}"))?;
+                EvidenceWindow::Milliseconds(i64::try_from(ms.0).unwrap_or(i64::MAX).max(1))
+            }
+            Value::Object(map) if map.len() == 1 && map.contains_key("count") => {
+                EvidenceWindow::Count(
+                    map["count"]
+                        .as_u64()
+                        .filter(|n| *n > 0)
+                        .ok_or("`trust.promotion.window.count` is a positive number")?,
+                )
+            }
+            _ => {
+                return Err(
+                    "`trust.promotion.window` is a duration (`30d`) or `{ count: 500 }`".into(),
+                )
+            }
+        };
+    }
+    if let Some(targets) = fields.get("target_agreement") {
+        promotion.target_agreement = serde_json::from_value(targets.clone())
+            .map_err(|e| format!("`trust.promotion.target_agreement`: {e}"))?;
+        let t = promotion.target_agreement;
+        if [t.phase2, t.phase3, t.phase4]
+            .iter()
+            .any(|x| !(*x > 0.0 && *x < 1.0))
+        {
+            return Err("`trust.promotion.target_agreement` values must be in (0, 1)".into());
+        }
+    }
+    Ok(promotion)
+}
+
+/// The phase of every operation of one workflow as the engine knows it now (step id →
+/// phase); operations missing here are at their configured starting phase.
+pub type Phases = std::collections::BTreeMap<String, u8>;
+
+/// What the gate decided for one action.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GateDecision {
+    /// `task` (a person approves first) or `auto`.
+    pub decision: &'static str,
+    /// `phase_1`, `hard_limit`, `policy_false`, `no_policy`, `policy_true`, `phase_3`,
+    /// `phase_4`, or `policy_error` / `hard_limit_error` (which fall to a task).
+    pub reason: String,
+    pub phase: u8,
+    /// For `auto`: whether this one is sampled for post-hoc review, and at what rate.
+    pub review_sampled: bool,
+    pub review_rate: f64,
+}
+
+impl GateDecision {
+    pub fn needs_task(&self) -> bool {
+        self.decision == "task"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn defaults_are_the_safe_ones_and_bad_settings_are_refused() {
+        let config = TrustConfig::from_json(&json!({})).unwrap();
+        assert_eq!(config.phase, 1);
+        assert!(config.policy.is_none());
+        assert_eq!(config.review_rates, ReviewRates::default());
+        assert_eq!(config.approvers, ["governor"]);
+        let config = TrustConfig::from_json(&json!({
+            "phase": 2, "policy": "input.amount < 100", "review_rates": {"phase3": 0.5},
+            "promotion": {"min_reviews": 20, "window": {"count": 200}, "target_agreement": {"phase2": 0.9}},
+            "changed_version_phase": 1
+        }))
+        .unwrap();
+        assert_eq!(config.review_rates.of(3), 0.5);
+        assert_eq!(config.review_rates.of(2), 0.10);
+        assert_eq!(config.promotion.window, EvidenceWindow::Count(200));
+        assert_eq!(config.promotion.target_agreement.to_enter(2), Some(0.9));
+        assert_eq!(config.changed_version_phase, ChangedVersionPhase::Phase(1));
+        for (bad, needle) in [
+            (json!({"review_rates": {"phase4": 0.0}}), "never stops"),
+            (json!({"phase": 5}), "1, 2, 3 or 4"),
+            (json!({"policy": "input.amount <"}), "does not compile"),
+            (json!({"polcy": "true"}), "unknown field `polcy`"),
+            (json!({"demotion": {"alpha": 0.7}}), "(0, 0.5)"),
+            (json!({"promotion": {"window": "forever"}}), "window"),
+        ] {
+            let error = TrustConfig::from_json(&bad).unwrap_err();
+            assert!(error.contains(needle), "{bad}: {error}");
+        }
+    }
+}

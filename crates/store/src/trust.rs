@@ -1,0 +1,342 @@
+//! Progressive trust: each operation's phase, the review outcomes that are its evidence, and
+//! promotion recommendations.
+//!
+//! `trust_outcomes` is a projection of `outcome.reviewed` entries, written in the same
+//! transaction as the entry (in `commit` for pre-approval decisions, in [`Store::complete_review`]
+//! for post-hoc reviews). Phase changes and recommendations are conditional writes with their
+//! journal entry in one transaction, like the exception desk's: a phase moves only from the
+//! phase the caller saw, a recommendation is decided once.
+
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{QueryBuilder, Row};
+
+use crate::{tasks, Backend, NewEntry, Result, Store, ENTRIES_PER_INSERT, MAX_PAGE};
+
+/// One operation's current phase.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TrustOperationRow {
+    /// `workflow/step`.
+    pub operation: String,
+    pub workflow: String,
+    pub step: String,
+    pub phase: i64,
+    /// When it entered this phase.
+    pub since_ms: i64,
+    /// When it was last promoted (the SPRT counts outcomes from here).
+    pub promoted_at_ms: Option<i64>,
+    pub workflow_version: Option<i64>,
+    /// Fingerprint of the version's trust-relevant configuration (prompts, routes, policy,
+    /// hard limits), for change control.
+    pub config_sha256: Option<String>,
+    pub updated_at_ms: i64,
+}
+
+/// One review of an AI-proposed action.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TrustOutcomeRow {
+    pub operation: String,
+    pub case_id: String,
+    pub task_id: String,
+    pub at_ms: i64,
+    /// `pre` (decided before the action) or `post` (a sampled review after it).
+    pub source: String,
+    /// `agree`, `corrected` or `rejected`.
+    pub verdict: String,
+    pub phase: i64,
+    pub model: Option<String>,
+    pub confidence: Option<f64>,
+    pub cost_usd: Option<f64>,
+}
+
+/// A promotion the system recommends, with its evidence.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RecommendationRow {
+    pub id: String,
+    pub operation: String,
+    pub from_phase: i64,
+    pub to_phase: i64,
+    /// `open`, `approved`, `declined` or `stale` (the phase moved meanwhile).
+    pub status: String,
+    pub created_at_ms: i64,
+    pub decided_at_ms: Option<i64>,
+    pub decided_by: Option<String>,
+    pub evidence: Value,
+}
+
+/// A phase change: from `expected` (`None`: the operation is new) to `phase`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PhaseChange {
+    pub operation: String,
+    pub workflow: String,
+    pub step: String,
+    pub expected: Option<i64>,
+    pub phase: i64,
+    pub at_ms: i64,
+    /// Promotions restart the SPRT's count.
+    pub promoted: bool,
+    pub workflow_version: Option<i64>,
+    pub config_sha256: Option<String>,
+}
+
+/// The `trust_outcomes` rows that `outcome.reviewed` entries record.
+pub(crate) fn outcome_rows<'e>(entries: impl Iterator<Item = &'e NewEntry>) -> Vec<TrustOutcomeRow> {
+    entries
+        .filter(|entry| entry.kind == "outcome.reviewed")
+        .filter_map(|entry| {
+            let data: Value = serde_json::from_str(&entry.data).ok()?;
+            Some(TrustOutcomeRow {
+                operation: data["operation"].as_str()?.to_string(),
+                case_id: entry.case_id.clone().unwrap_or_default(),
+                task_id: data["task_id"].as_str()?.to_string(),
+                at_ms: crate::exceptions::at_ms(&entry.at),
+                source: data["source"].as_str().unwrap_or("pre").to_string(),
+                verdict: data["verdict"].as_str()?.to_string(),
+                phase: data["phase"].as_i64().unwrap_or(1),
+                model: data["model"].as_str().map(str::to_string),
+                confidence: data["confidence"].as_f64(),
+                cost_usd: data["cost_usd"].as_f64(),
+            })
+        })
+        .collect()
+}
+
+/// Inserts `trust_outcomes` rows inside the transaction `$tx`.
+macro_rules! apply_trust_outcomes {
+    ($tx:ident, $rows:expr) => {
+        for row in $rows {
+            sqlx::query("INSERT INTO trust_outcomes (operation, case_id, task_id, at_ms, source, verdict, phase, model, confidence, cost_usd) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (task_id) DO NOTHING")
+                .bind(&row.operation).bind(&row.case_id).bind(&row.task_id).bind(row.at_ms)
+                .bind(&row.source).bind(&row.verdict).bind(row.phase).bind(&row.model)
+                .bind(row.confidence).bind(row.cost_usd)
+                .execute(&mut *$tx).await?;
+        }
+    };
+}
+
+const OPERATION_COLUMNS: &str = "operation, workflow, step, phase, since_ms, promoted_at_ms, workflow_version, config_sha256, updated_at_ms";
+
+fn operation_from<R: Row>(row: &R) -> Result<TrustOperationRow>
+where
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(TrustOperationRow {
+        operation: row.try_get("operation")?,
+        workflow: row.try_get("workflow")?,
+        step: row.try_get("step")?,
+        phase: row.try_get("phase")?,
+        since_ms: row.try_get("since_ms")?,
+        promoted_at_ms: row.try_get("promoted_at_ms")?,
+        workflow_version: row.try_get("workflow_version")?,
+        config_sha256: row.try_get("config_sha256")?,
+        updated_at_ms: row.try_get("updated_at_ms")?,
+    })
+}
+
+fn recommendation_from<R: Row>(row: &R) -> Result<RecommendationRow>
+where
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let evidence: String = row.try_get("evidence")?;
+    Ok(RecommendationRow {
+        id: row.try_get("id")?,
+        operation: row.try_get("operation")?,
+        from_phase: row.try_get("from_phase")?,
+        to_phase: row.try_get("to_phase")?,
+        status: row.try_get("status")?,
+        created_at_ms: row.try_get("created_at_ms")?,
+        decided_at_ms: row.try_get("decided_at_ms")?,
+        decided_by: row.try_get("decided_by")?,
+        evidence: serde_json::from_str(&evidence).unwrap_or(Value::Null),
+    })
+}
+
+const RECOMMENDATION_COLUMNS: &str = "id, operation, from_phase, to_phase, status, created_at_ms, decided_at_ms, decided_by, evidence";
+
+/// Appends `entries` inside the transaction `$tx` with every projection they drive.
+macro_rules! append_projected {
+    ($tx:ident, $entries:expr) => {
+        let entries: Vec<&NewEntry> = $entries;
+        insert_entries!($tx, entries);
+        apply_task_changes!($tx, tasks::task_changes(entries.iter().copied()));
+        apply_exception_changes!($tx, crate::exceptions::exception_changes(entries.iter().copied()));
+        apply_trust_outcomes!($tx, outcome_rows(entries.iter().copied()));
+    };
+}
+
+impl Store {
+    /// Every operation's phase.
+    pub async fn trust_operations(&self) -> Result<Vec<TrustOperationRow>> {
+        let sql = format!("SELECT {OPERATION_COLUMNS} FROM trust_operations ORDER BY operation");
+        dispatch_read!(self, |pool| {
+            sqlx::query(&sql).fetch_all(pool).await?.iter().map(operation_from).collect()
+        })
+    }
+
+    pub async fn trust_operation(&self, operation: &str) -> Result<Option<TrustOperationRow>> {
+        let sql = format!("SELECT {OPERATION_COLUMNS} FROM trust_operations WHERE operation = $1");
+        dispatch_read!(self, |pool| {
+            match sqlx::query(&sql).bind(operation).fetch_optional(pool).await? {
+                Some(row) => Ok(Some(operation_from(&row)?)),
+                None => Ok(None),
+            }
+        })
+    }
+
+    /// Moves an operation's phase (or creates it) if it is still at `change.expected`, and
+    /// appends `entry`; any open recommendation for it goes `stale`. Returns whether it took.
+    pub async fn trust_set_phase(&self, change: &PhaseChange, entry: &NewEntry) -> Result<bool> {
+        dispatch!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            if let Backend::Postgres(_) = self.backend {
+                sqlx::query("SELECT pg_advisory_xact_lock(7317)").execute(&mut *tx).await?;
+            }
+            let affected = match change.expected {
+                None => sqlx::query("INSERT INTO trust_operations (operation, workflow, step, phase, since_ms, promoted_at_ms, workflow_version, config_sha256, updated_at_ms) VALUES ($1, $2, $3, $4, $5, NULL, $6, $7, $5) ON CONFLICT (operation) DO NOTHING")
+                    .bind(&change.operation).bind(&change.workflow).bind(&change.step).bind(change.phase)
+                    .bind(change.at_ms).bind(change.workflow_version).bind(&change.config_sha256)
+                    .execute(&mut *tx).await?.rows_affected(),
+                Some(expected) => sqlx::query("UPDATE trust_operations SET phase = $1, since_ms = $2, updated_at_ms = $2, \
+                        promoted_at_ms = CASE WHEN $3 = 1 THEN $2 ELSE promoted_at_ms END, \
+                        workflow_version = COALESCE($4, workflow_version), config_sha256 = COALESCE($5, config_sha256) \
+                        WHERE operation = $6 AND phase = $7")
+                    .bind(change.phase).bind(change.at_ms).bind(i64::from(change.promoted))
+                    .bind(change.workflow_version).bind(&change.config_sha256)
+                    .bind(&change.operation).bind(expected)
+                    .execute(&mut *tx).await?.rows_affected(),
+            };
+            if affected != 1 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            sqlx::query("UPDATE trust_recommendations SET status = 'stale' WHERE operation = $1 AND status = 'open' AND from_phase <> $2")
+                .bind(&change.operation).bind(change.phase)
+                .execute(&mut *tx).await?;
+            let entries = [entry];
+            insert_entries!(tx, entries);
+            tx.commit().await?;
+            Ok(true)
+        })
+    }
+
+    /// Records the version and configuration an operation runs under now (no phase change).
+    pub async fn trust_note_version(&self, operation: &str, version: i64, config_sha256: &str) -> Result<()> {
+        dispatch!(self, |pool| {
+            sqlx::query("UPDATE trust_operations SET workflow_version = $1, config_sha256 = $2 WHERE operation = $3")
+                .bind(version).bind(config_sha256).bind(operation)
+                .execute(pool).await?;
+            Ok(())
+        })
+    }
+
+    /// An operation's outcomes recorded at or after `since_ms`, oldest first, at most the
+    /// newest `limit` of them.
+    pub async fn trust_outcomes(&self, operation: &str, since_ms: i64, limit: i64) -> Result<Vec<TrustOutcomeRow>> {
+        dispatch_read!(self, |pool| {
+            let rows = sqlx::query("SELECT operation, case_id, task_id, at_ms, source, verdict, phase, model, confidence, cost_usd FROM trust_outcomes \
+                 WHERE operation = $1 AND at_ms >= $2 ORDER BY at_ms DESC, id DESC LIMIT $3")
+                .bind(operation).bind(since_ms).bind(limit.max(1))
+                .fetch_all(pool).await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for row in rows.iter().rev() {
+                out.push(TrustOutcomeRow {
+                    operation: row.try_get("operation")?,
+                    case_id: row.try_get("case_id")?,
+                    task_id: row.try_get("task_id")?,
+                    at_ms: row.try_get("at_ms")?,
+                    source: row.try_get("source")?,
+                    verdict: row.try_get("verdict")?,
+                    phase: row.try_get("phase")?,
+                    model: row.try_get("model")?,
+                    confidence: row.try_get("confidence")?,
+                    cost_usd: row.try_get("cost_usd")?,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// Inserts an open recommendation unless the operation has one open already; appends
+    /// `entry` if it did.
+    pub async fn trust_recommend(&self, row: &RecommendationRow, entry: &NewEntry) -> Result<bool> {
+        dispatch!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            if let Backend::Postgres(_) = self.backend {
+                sqlx::query("SELECT pg_advisory_xact_lock(7317)").execute(&mut *tx).await?;
+            }
+            let open: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM trust_recommendations WHERE operation = $1 AND status = 'open'")
+                .bind(&row.operation).fetch_one(&mut *tx).await?;
+            if open > 0 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            sqlx::query("INSERT INTO trust_recommendations (id, operation, from_phase, to_phase, status, created_at_ms, evidence) VALUES ($1, $2, $3, $4, 'open', $5, $6)")
+                .bind(&row.id).bind(&row.operation).bind(row.from_phase).bind(row.to_phase)
+                .bind(row.created_at_ms).bind(row.evidence.to_string())
+                .execute(&mut *tx).await?;
+            let entries = [entry];
+            insert_entries!(tx, entries);
+            tx.commit().await?;
+            Ok(true)
+        })
+    }
+
+    /// Recommendations, newest first; only `status` ones when given.
+    pub async fn trust_recommendations(&self, status: Option<&str>, operation: Option<&str>) -> Result<Vec<RecommendationRow>> {
+        let sql = format!("SELECT {RECOMMENDATION_COLUMNS} FROM trust_recommendations WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR operation = $2) ORDER BY created_at_ms DESC, id LIMIT $3");
+        dispatch_read!(self, |pool| {
+            sqlx::query(&sql).bind(status).bind(operation).bind(MAX_PAGE)
+                .fetch_all(pool).await?.iter().map(recommendation_from).collect()
+        })
+    }
+
+    /// Closes an open recommendation as `status` (declined, approved) with `entry`.
+    pub async fn trust_close_recommendation(&self, id: &str, status: &str, by: &str, at_ms: i64, entry: &NewEntry) -> Result<bool> {
+        dispatch!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            if let Backend::Postgres(_) = self.backend {
+                sqlx::query("SELECT pg_advisory_xact_lock(7317)").execute(&mut *tx).await?;
+            }
+            let affected = sqlx::query("UPDATE trust_recommendations SET status = $1, decided_by = $2, decided_at_ms = $3 WHERE id = $4 AND status = 'open'")
+                .bind(status).bind(by).bind(at_ms).bind(id)
+                .execute(&mut *tx).await?.rows_affected();
+            if affected != 1 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            let entries = [entry];
+            insert_entries!(tx, entries);
+            tx.commit().await?;
+            Ok(true)
+        })
+    }
+
+    /// Decides a post-hoc review task: if the task is still open, appends `entries` (its
+    /// `task.completed`, the `outcome.reviewed`, an `exception.raised` for a wrong action)
+    /// with the projections they drive. Returns whether it took.
+    pub async fn complete_review(&self, task_id: &str, entries: &[NewEntry]) -> Result<bool> {
+        dispatch!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            if let Backend::Postgres(_) = self.backend {
+                sqlx::query("SELECT pg_advisory_xact_lock(7317)").execute(&mut *tx).await?;
+            }
+            let open: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tasks WHERE id = $1 AND status = 'open'")
+                .bind(task_id).fetch_one(&mut *tx).await?;
+            if open != 1 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            append_projected!(tx, entries.iter().collect());
+            tx.commit().await?;
+            Ok(true)
+        })
+    }
+}
