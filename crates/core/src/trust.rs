@@ -287,9 +287,10 @@ impl TrustConfig {
             config.demotion = serde_json::from_value(demotion.clone())
                 .map_err(|e| format!("`trust.demotion`: {e}"))?;
             let d = config.demotion;
-            if !(d.target_error_rate > 0.0 && d.target_error_rate < 0.5)
-                || !(d.alpha > 0.0 && d.alpha < 0.5)
-                || !(d.beta > 0.0 && d.beta < 0.5)
+            let in_range = |x: f64| x > 0.0 && x < 0.5;
+            if ![d.target_error_rate, d.alpha, d.beta]
+                .into_iter()
+                .all(in_range)
             {
                 return Err(
                     "`trust.demotion`: target_error_rate, alpha and beta must each be in (0, 0.5)"

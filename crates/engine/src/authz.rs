@@ -34,6 +34,9 @@ pub const ACTIONS: &[&str] = &[
     "resolve_exception",
     "teach_learner",
     "use_gateway",
+    "read_trust",
+    "govern_trust",
+    "read_reports",
 ];
 
 /// Actions whose allows are journaled too (every deny is).
@@ -42,6 +45,7 @@ pub const SENSITIVE: &[&str] = &[
     "decide_task",
     "resolve_exception",
     "teach_learner",
+    "govern_trust",
 ];
 
 /// One authorization answer.

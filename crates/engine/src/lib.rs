@@ -18,7 +18,9 @@ pub mod learn;
 mod registry;
 pub mod sequencer;
 pub mod tasks;
+pub mod telemetry;
 pub mod tokens;
+pub mod trust;
 pub mod webhooks;
 mod worker;
 
@@ -107,6 +109,10 @@ pub struct Options {
     /// Queues, routing rules and escalation ladders (`exceptions.yaml`); by default one
     /// queue, `exceptions`, that operators and specialists claim from.
     pub desk: Arc<keel_core::desk::DeskConfig>,
+    /// OpenTelemetry traces (off by default).
+    pub telemetry: telemetry::Options,
+    /// How often every operation's trust evidence is evaluated.
+    pub trust_interval: Duration,
 }
 
 impl Default for Options {
@@ -122,6 +128,8 @@ impl Default for Options {
             ai: None,
             webhooks: webhooks::Options::default(),
             desk: Arc::new(keel_core::desk::DeskConfig::builtin()),
+            telemetry: telemetry::Options::default(),
+            trust_interval: Duration::from_secs(10),
         }
     }
 }
@@ -148,6 +156,9 @@ pub(crate) struct Inner {
     /// The engine's copy of each learner it updates online, one lock per learner.
     pub learners: learn::Learners,
     pub tokens: tokens::TokenCache,
+    pub telemetry: telemetry::Telemetry,
+    /// Every operation's trust phase, as this node knows it.
+    pub trust: trust::TrustBook,
     pub work: mpsc::Sender<worker::Item>,
     pub in_flight: Arc<Semaphore>,
     pub http: reqwest::Client,
@@ -176,6 +187,7 @@ impl Engine {
         let (signer, origin) = sequencer::load_or_create_key(&store, &options.data_dir).await?;
         let (committer, committer_task) = committer::spawn(store.clone(), options.max_batch);
         let (ai_log, ai_log_task) = ailog::spawn(store.clone());
+        let (telemetry, exporter) = telemetry::Telemetry::new(&options.telemetry);
         if let Some(runtime) = &options.ai {
             preload_spend(&store, runtime, clock.now_ms()).await?;
             let loaded = learn::load_into_runtime(&store, runtime).await?;
@@ -212,6 +224,8 @@ impl Engine {
             webhooks,
             learners: learn::Learners::default(),
             tokens: tokens::TokenCache::default(),
+            telemetry,
+            trust: trust::TrustBook::default(),
             work: work_tx,
             http,
             poke: Notify::new(),
@@ -222,6 +236,7 @@ impl Engine {
             sequencer: Arc::default(),
             finished: tokio::sync::broadcast::channel(65_536).0,
         });
+        trust::load(&inner).await?;
         let tasks = vec![
             committer_task,
             ai_log_task,
@@ -229,8 +244,17 @@ impl Engine {
             tokio::spawn(worker::poll(inner.clone())),
             tokio::spawn(worker::sla_ticker(inner.clone())),
             tokio::spawn(desk::run(inner.clone())),
+            tokio::spawn(trust::run(inner.clone())),
             tokio::spawn(sequencer::run(inner.clone())),
+            tokio::spawn(telemetry::run(inner.clone())),
         ];
+        if let Some(runtime) = &inner.options.ai {
+            runtime.observe(inner.telemetry.observer());
+        }
+        let tasks = tasks
+            .into_iter()
+            .chain(exporter.map(tokio::spawn))
+            .collect();
         Ok(Engine {
             inner,
             tasks: Arc::new(tokio::sync::Mutex::new(tasks)),
@@ -265,18 +289,26 @@ impl Engine {
 
     /// Deploys every `*.yaml`/`*.yml` workflow in `dir`; a changed file becomes a new version.
     pub async fn deploy_dir(&self, dir: &Path) -> Result<DeployReport> {
-        self.inner
+        let report = self
+            .inner
             .registry
             .deploy_dir(&self.inner.store, dir, self.now_ms())
-            .await
+            .await?;
+        for (name, _, _) in &report.deployed {
+            trust::on_deploy(&self.inner, name).await?;
+        }
+        Ok(report)
     }
 
     /// Deploys one workflow from source text (tests, benchmarks).
     pub async fn deploy_source(&self, source: &str, file: &str) -> Result<(String, i64)> {
-        self.inner
+        let deployed = self
+            .inner
             .registry
             .deploy_source(&self.inner.store, source, file, self.now_ms())
-            .await
+            .await?;
+        trust::on_deploy(&self.inner, &deployed.0).await?;
+        Ok(deployed)
     }
 
     /// Validates and records a new case, then starts running it on this node.
@@ -490,6 +522,7 @@ impl Engine {
             .shutdown(deadline.saturating_duration_since(tokio::time::Instant::now()))
             .await;
         self.inner.ai_log.flush().await;
+        self.inner.telemetry.flush(Duration::from_secs(1)).await;
         // One last sequencer pass so the checkpoint covers everything written.
         if let Err(error) = sequencer::sequence_once(&self.inner, true).await {
             tracing::warn!(%error, "final sequencer pass failed; the next start finishes it");

@@ -60,6 +60,9 @@ impl Engine {
         if task.status != "open" {
             return Ok(Err(DecisionError::Closed(task.status)));
         }
+        if task.kind == "review" {
+            return self.decide_review(&task, caller, &decision).await;
+        }
         let decider = Decider {
             user: caller.subject.clone(),
             roles: caller.roles.clone(),

@@ -64,8 +64,15 @@ async fn run_case(inner: &Inner, item: Item) -> Result<()> {
         }
         let definition = workflow_of(inner, &state)?;
         let now = inner.clock.now_ms();
-        let transition =
-            case::advance(&definition, &mut state, input.clone(), now, fastrand::f64());
+        let phases = inner.trust.phases(&state.workflow);
+        let transition = case::advance_with(
+            &definition,
+            &mut state,
+            input.clone(),
+            now,
+            fastrand::f64(),
+            &phases,
+        );
         let lease_ms = inner.options.lease.as_millis() as i64;
         let (runnable_at, lease_until) = match &transition.command {
             Command::Execute(request) => {
@@ -248,7 +255,15 @@ pub(crate) async fn apply_external_events(
     let mut state = parse_state(&row)?;
     let definition = workflow_of(inner, &state)?;
     let now = inner.clock.now_ms();
-    let transition = case::advance(&definition, &mut state, input, now, fastrand::f64());
+    let phases = inner.trust.phases(&state.workflow);
+    let transition = case::advance_with(
+        &definition,
+        &mut state,
+        input,
+        now,
+        fastrand::f64(),
+        &phases,
+    );
     let leased_elsewhere =
         matches!((&row.lease_owner, row.lease_until_ms), (Some(_), Some(until)) if until >= now);
     let runnable_at_ms = if leased_elsewhere {

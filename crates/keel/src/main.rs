@@ -12,6 +12,7 @@ mod learner;
 mod people;
 mod serve;
 mod token;
+mod trust;
 mod webhooks;
 
 use std::path::PathBuf;
@@ -90,6 +91,9 @@ enum Command {
         #[command(subcommand)]
         command: exceptions::ExceptionCommand,
     },
+    /// Progressive trust: operations, their phases and evidence; governors promote, decline
+    /// and demote (`keel trust [show|recommendations|promote|decline|demote]`).
+    Trust(trust::TrustArgs),
     /// API tokens for the gateway and the API (`keel token create|list|revoke`).
     Token {
         #[command(subcommand)]
@@ -155,6 +159,7 @@ fn main() -> ExitCode {
             Command::Exceptions(args) => exceptions::exceptions(args).await,
             Command::Exception { command } => exceptions::exception(command).await,
             Command::Webhooks { command } => webhooks::run(command).await,
+            Command::Trust(args) => trust::run(args).await,
             Command::Bench { command } => bench::run(command).await,
         }
     });

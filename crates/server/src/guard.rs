@@ -38,7 +38,12 @@ pub(crate) fn action_of(
         r if r.starts_with("/v1/exceptions") || r == "/v1/queues" => {
             ("read_exceptions", "System", "keel".into())
         }
-        r if r.starts_with("/v1/audit") => ("read_audit", "System", "keel".into()),
+        r if r.starts_with("/v1/audit") || r == "/metrics" => {
+            ("read_audit", "System", "keel".into())
+        }
+        r if r.starts_with("/v1/trust") && post => ("govern_trust", "Workflow", segment(2)),
+        r if r.starts_with("/v1/trust") => ("read_trust", "System", "keel".into()),
+        r if r.starts_with("/v1/reports") => ("read_reports", "System", "keel".into()),
         "/v1/learners/{workflow}/{step}/examples" => ("teach_learner", "Workflow", segment(2)),
         r if r.starts_with("/v1/learners") && !post => ("read_learners", "System", "keel".into()),
         _ => ("read_workflows", "System", "keel".into()),

@@ -15,10 +15,12 @@ mod gateway;
 mod guard;
 mod health;
 mod learners;
+mod metrics;
 mod openapi;
 mod problem;
 mod sandbox;
 mod tasks;
+mod trust;
 mod workflows;
 
 use std::future::Future;
@@ -45,6 +47,8 @@ pub struct ServerOptions {
     pub sandbox: bool,
     /// Cedar policies (built-in roles plus the deployment's); `None` is the built-in roles.
     pub authorizer: Option<std::sync::Arc<keel_engine::authz::Authorizer>>,
+    /// A secret that may read `/metrics` without a user token (Prometheus scrapers).
+    pub metrics_token: Option<String>,
 }
 
 impl Default for ServerOptions {
@@ -53,6 +57,7 @@ impl Default for ServerOptions {
             max_body_bytes: 2 * 1024 * 1024,
             sandbox: true,
             authorizer: None,
+            metrics_token: None,
         }
     }
 }
@@ -68,6 +73,8 @@ pub(crate) struct AppState {
     /// Who may do what (Cedar); `None` only if the built-in policies failed to load (then
     /// every guarded request is denied).
     pub authorizer: Option<std::sync::Arc<keel_engine::authz::Authorizer>>,
+    /// `ServerOptions::metrics_token`.
+    pub metrics_token: Option<std::sync::Arc<str>>,
 }
 
 /// The whole API over `engine`.
@@ -93,6 +100,7 @@ pub fn router(engine: Engine, options: ServerOptions) -> Router {
                 }
             }
         }),
+        metrics_token: options.metrics_token.as_deref().map(std::sync::Arc::from),
     };
     let max_body_bytes = options.max_body_bytes;
     let sandbox = if options.sandbox {
@@ -114,6 +122,15 @@ pub fn router(engine: Engine, options: ServerOptions) -> Router {
         .route("/v1/tasks/{id}/decision", post(tasks::decide_task))
         .route("/v1/exceptions", get(exceptions::list_exceptions))
         .route("/v1/queues", get(exceptions::list_queues))
+        .route("/v1/trust", get(trust::list_operations))
+        .route(
+            "/v1/trust/recommendations",
+            get(trust::list_recommendations),
+        )
+        .route("/v1/trust/{workflow}/{step}", get(trust::get_operation))
+        .route("/v1/trust/{workflow}/{step}/promote", post(trust::promote))
+        .route("/v1/trust/{workflow}/{step}/decline", post(trust::decline))
+        .route("/v1/trust/{workflow}/{step}/demote", post(trust::demote))
         .route(
             "/v1/exceptions/patterns",
             get(exceptions::exception_patterns),
@@ -132,10 +149,17 @@ pub fn router(engine: Engine, options: ServerOptions) -> Router {
             state.clone(),
             guard::guard,
         ));
+    let metrics = Router::new()
+        .route("/metrics", get(metrics::metrics))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::scrape_token_or_guard,
+        ));
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .merge(guarded)
+        .merge(metrics)
         .route("/v1/chat/completions", post(gateway::chat_completions))
         .route("/v1/models", get(gateway::models))
         .route("/v1/openapi.json", get(openapi::openapi_json))

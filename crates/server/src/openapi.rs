@@ -8,7 +8,7 @@ use axum::response::IntoResponse;
 use utoipa::OpenApi;
 
 use crate::{audit, cases, health, problem, workflows, AppState};
-use crate::{exceptions, gateway, learners, tasks};
+use crate::{exceptions, gateway, learners, tasks, trust};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -37,6 +37,12 @@ use crate::{exceptions, gateway, learners, tasks};
         exceptions::get_exception,
         exceptions::resolve_exception,
         exceptions::list_queues,
+        trust::list_operations,
+        trust::list_recommendations,
+        trust::get_operation,
+        trust::promote,
+        trust::decline,
+        trust::demote,
         gateway::chat_completions,
         gateway::models,
         openapi_json,
@@ -51,6 +57,7 @@ use crate::{exceptions, gateway, learners, tasks};
         (name = "learners", description = "Local learners: stored versions and online learning from labelled examples"),
         (name = "tasks", description = "Human decisions: approval steps and actions that use AI output"),
         (name = "exceptions", description = "Cases parked for a person and SLA breaches: queues, patterns by fingerprint, resolutions"),
+        (name = "trust", description = "Progressive trust: operations, evidence, promotion recommendations, governors' decisions"),
         (name = "gateway", description = "OpenAI-compatible gateway: point an OpenAI client's base URL at /v1 with a Keel token as its API key"),
         (name = "meta", description = "This document"),
     )

@@ -60,6 +60,12 @@ const PATHS: &[&str] = &[
     "/v1/exceptions/{id}",
     "/v1/exceptions/{id}/resolution",
     "/v1/queues",
+    "/v1/trust",
+    "/v1/trust/recommendations",
+    "/v1/trust/{workflow}/{step}",
+    "/v1/trust/{workflow}/{step}/promote",
+    "/v1/trust/{workflow}/{step}/decline",
+    "/v1/trust/{workflow}/{step}/demote",
     "/v1/chat/completions",
     "/v1/models",
     "/v1/openapi.json",
@@ -665,6 +671,8 @@ mod exceptions;
 mod gateway;
 #[path = "api/tasks.rs"]
 mod tasks;
+#[path = "api/trust.rs"]
+mod trust;
 
 /// One `classify` step answered by the built-in learner only, then a switch on its label.
 const TRIAGE_WORKFLOW: &str = r#"
@@ -1008,6 +1016,31 @@ async fn the_authorization_matrix_holds_for_every_endpoint_and_role() {
         ),
         ("GET", "/v1/exceptions/nope".into(), None, reads.to_vec()),
         ("GET", "/v1/queues".into(), None, reads.to_vec()),
+        ("GET", "/v1/trust".into(), None, reads.to_vec()),
+        (
+            "GET",
+            "/v1/trust/recommendations".into(),
+            None,
+            reads.to_vec(),
+        ),
+        (
+            "GET",
+            "/v1/trust/approval/nope".into(),
+            None,
+            reads.to_vec(),
+        ),
+        (
+            "POST",
+            "/v1/trust/approval/nope/promote".into(),
+            Some(json!({"reason": "r"})),
+            vec!["admin", "governor"],
+        ),
+        (
+            "POST",
+            "/v1/trust/approval/nope/demote".into(),
+            Some(json!({"reason": "r"})),
+            vec!["admin", "governor"],
+        ),
         (
             "POST",
             "/v1/exceptions/nope/resolution".into(),

@@ -194,7 +194,7 @@ pub struct Action {
     /// How a person approves it when gated (`approval:` on the action; defaults otherwise).
     pub gate: Gate,
     /// Progressive trust of this operation (`trust:` on the action; safe defaults otherwise).
-    pub trust: crate::trust::TrustConfig,
+    pub trust: Box<crate::trust::TrustConfig>,
 }
 
 /// Who must approve, how many, and by when: on an `approval` step or a gated `action`.

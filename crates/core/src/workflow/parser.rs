@@ -303,10 +303,18 @@ impl Checker<'_> {
         };
         let change = match fields.get("change") {
             None => Some(None),
-            Some(n) => match self.json(n).map(serde_json::from_value::<super::model::ChangeRecord>) {
+            Some(n) => match self
+                .json(n)
+                .map(serde_json::from_value::<super::model::ChangeRecord>)
+            {
                 Some(Ok(record)) if !record.author.trim().is_empty() => Some(Some(record)),
                 Some(Ok(_)) => {
-                    self.error("invalid-value", n.span, "`change.author` is empty".to_string(), "name the person who wrote this version".to_string());
+                    self.error(
+                        "invalid-value",
+                        n.span,
+                        "`change.author` is empty".to_string(),
+                        "name the person who wrote this version".to_string(),
+                    );
                     None
                 }
                 Some(Err(error)) => {
@@ -314,7 +322,8 @@ impl Checker<'_> {
                         "invalid-value",
                         n.span,
                         format!("`change` is not a change record: {error}"),
-                        "write `change: { author: ana, approved_by: bob, reference: CHG-1234 }`".to_string(),
+                        "write `change: { author: ana, approved_by: bob, reference: CHG-1234 }`"
+                            .to_string(),
                     );
                     None
                 }

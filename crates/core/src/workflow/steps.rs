@@ -595,12 +595,12 @@ impl Checker<'_> {
         ];
         let fields = self.fields(node, &what, key, &allowed, &["url"])?;
         let trust = match fields.get("trust") {
-            None => Some(crate::trust::TrustConfig::default()),
+            None => Some(Box::default()),
             Some(n) => match self
                 .json(n)
                 .map(|json| crate::trust::TrustConfig::from_json(&json))
             {
-                Some(Ok(config)) => Some(config),
+                Some(Ok(config)) => Some(Box::new(config)),
                 Some(Err(message)) => {
                     self.error(
                         "invalid-value",

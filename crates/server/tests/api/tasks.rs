@@ -71,7 +71,7 @@ struct People {
 }
 
 /// A receiver for the gated action's call.
-async fn receiver() -> (String, Arc<Mutex<Vec<(String, Value)>>>) {
+pub(crate) async fn receiver() -> (String, Arc<Mutex<Vec<(String, Value)>>>) {
     let calls = Arc::new(Mutex::new(Vec::new()));
     let seen = calls.clone();
     let router = axum::Router::new().route(

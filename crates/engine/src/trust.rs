@@ -1,0 +1,917 @@
+//! Progressive trust at run time: each operation's phase (the `TrustBook` every case run
+//! reads), change control at deploy, the evaluation that recommends promotions and demotes
+//! on evidence, governors' decisions, and post-hoc reviews.
+//!
+//! - **Phases** live in `trust_operations`; this node keeps a copy (`TrustBook`) that every
+//!   change made here updates at once and every evaluation pass reloads (other nodes).
+//! - **Change control**: deploying a version whose operation changed (its policy, hard
+//!   limits or starting phase, or the prompt, system prompt, route or labels of an `ai` step it
+//!   uses) moves the operation to its `changed_version_phase` (default one phase down), with a
+//!   `trust.demoted` entry (trigger `change`) naming the version's author and approver.
+//! - **Evaluation** (every `trust_interval`, and `Engine::evaluate_trust_once`): per operation,
+//!   the reviews in the promotion window and those since the last promotion go to
+//!   `keel_tuning::trust::evaluate`; a promotion becomes an open recommendation with its
+//!   evidence (`trust.recommended`), a demotion happens at once (`trust.demoted`, trigger
+//!   `sprt`).
+//! - **Governors** approve or decline a recommendation (not the author of the version), or
+//!   demote by hand; each is a journaled event carrying the evidence.
+//! - **Post-hoc reviews** of auto-approved actions are tasks of kind `review` that do not
+//!   hold a case: deciding one records `outcome.reviewed` (source `post`); a corrected or
+//!   rejected action raises a `wrong_action` exception for remediation, and a rejected one is
+//!   critical: the operation goes back to phase 1 at once.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use keel_core::gate::TaskDecision;
+use keel_core::trust::{ChangedVersionPhase, EvidenceWindow, Phases, TrustConfig};
+use keel_core::workflow::{StepKind, Workflow};
+use keel_store::{NewEntry, PhaseChange, RecommendationRow, TrustOperationRow, TrustOutcomeRow};
+use serde_json::{json, Value};
+
+use crate::tokens::Caller;
+use crate::{canonical_data, rfc3339_ms, Engine, Error, Inner, Result};
+
+/// Most outcomes read per operation per evaluation.
+const MAX_OUTCOMES: i64 = 1_000_000;
+/// The actor of the evaluator's own entries.
+pub const TRUST_ACTOR: &str = "trust-evaluator";
+
+/// This node's copy of every operation's phase: workflow → (step → phase).
+#[derive(Debug, Default)]
+pub(crate) struct TrustBook {
+    phases: RwLock<HashMap<String, Phases>>,
+}
+
+impl TrustBook {
+    pub(crate) fn phases(&self, workflow: &str) -> Phases {
+        self.phases
+            .read()
+            .map(|map| map.get(workflow).cloned().unwrap_or_default())
+            .unwrap_or_default()
+    }
+
+    fn set(&self, workflow: &str, step: &str, phase: i64) {
+        if let Ok(mut map) = self.phases.write() {
+            let phase = u8::try_from(phase.clamp(1, 4)).unwrap_or(1);
+            map.entry(workflow.to_string())
+                .or_default()
+                .insert(step.to_string(), phase);
+        }
+    }
+
+    fn replace(&self, rows: &[TrustOperationRow]) {
+        let mut fresh: HashMap<String, Phases> = HashMap::new();
+        for row in rows {
+            let phase = u8::try_from(row.phase.clamp(1, 4)).unwrap_or(1);
+            fresh
+                .entry(row.workflow.clone())
+                .or_default()
+                .insert(row.step.clone(), phase);
+        }
+        if let Ok(mut map) = self.phases.write() {
+            *map = fresh;
+        }
+    }
+}
+
+pub(crate) async fn load(inner: &Inner) -> Result<()> {
+    let rows = inner.store.trust_operations().await?;
+    inner.trust.replace(&rows);
+    Ok(())
+}
+
+/// What one evaluation pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TrustPass {
+    pub operations: usize,
+    pub outcomes_read: usize,
+    pub recommended: Vec<String>,
+    pub demoted: Vec<String>,
+}
+
+/// One operation as shown by `keel trust`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OperationView {
+    #[serde(flatten)]
+    pub row: TrustOperationRow,
+    pub reviews_in_window: u64,
+    pub agreements_in_window: u64,
+    pub wilson_low: f64,
+    pub wilson_high: f64,
+    /// The agreement needed to enter the next phase (none in phase 4).
+    pub next_target: Option<f64>,
+    pub min_reviews: u64,
+    pub open_recommendation: Option<RecommendationRow>,
+}
+
+pub(crate) async fn run(inner: Arc<Inner>) {
+    loop {
+        tokio::time::sleep(inner.options.trust_interval.max(Duration::from_millis(250))).await;
+        if inner.shutting_down.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Err(error) = evaluate(&inner).await {
+            tracing::warn!(%error, "trust evaluation failed; retrying");
+        }
+    }
+}
+
+/// The operations of `workflow`: its actions that use AI output, with their configuration.
+fn operations(workflow: &Workflow) -> Vec<(String, &TrustConfig, Vec<String>)> {
+    workflow
+        .steps
+        .iter()
+        .filter_map(|step| match &step.kind {
+            StepKind::Action(action) if keel_core::gate::is_operation(action) => Some((
+                step.id.clone(),
+                action.trust.as_ref(),
+                action.uses_ai.clone(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+fn trust_config<'w>(workflow: &'w Workflow, step: &str) -> Option<&'w TrustConfig> {
+    workflow
+        .steps
+        .iter()
+        .find(|s| s.id == step)
+        .and_then(|s| match &s.kind {
+            StepKind::Action(action) => Some(action.trust.as_ref()),
+            _ => None,
+        })
+}
+
+/// SHA-256 of what change control compares for one operation.
+fn config_sha256(workflow: &Workflow, config: &TrustConfig, ai_steps: &[String]) -> String {
+    let ai: Vec<Value> = ai_steps
+        .iter()
+        .filter_map(|id| workflow.steps.iter().find(|s| &s.id == id))
+        .filter_map(|step| match &step.kind {
+            StepKind::Ai(ai) => Some(json!({
+                "step": step.id, "task": ai.task.keyword(), "prompt": ai.prompt.sha256,
+                "system": ai.system.as_ref().map(|p| p.sha256.clone()),
+                "route": ai.route.iter().map(|t| json!([t.model, t.accept_when.as_ref().map(|e| e.source())])).collect::<Vec<_>>(),
+                "output_schema": ai.output_schema.json().to_string(),
+            })),
+            _ => None,
+        })
+        .collect();
+    let (_, sha) = canonical_data(&json!({ "trust": config.fingerprint(), "ai": ai }));
+    sha
+}
+
+fn entry(
+    inner: &Inner,
+    kind: &str,
+    actor_type: &str,
+    actor_id: &str,
+    workflow: &str,
+    step: &str,
+    data: Value,
+) -> NewEntry {
+    let (data, data_sha256) = canonical_data(&data);
+    NewEntry {
+        at: rfc3339_ms(inner.clock.now_ms()),
+        kind: kind.to_string(),
+        actor_type: actor_type.to_string(),
+        actor_id: actor_id.to_string(),
+        case_id: None,
+        workflow: Some(workflow.to_string()),
+        step: Some(step.to_string()),
+        data,
+        data_sha256,
+    }
+}
+
+/// Change control for the latest version of `name`: creates new operations at their
+/// starting phase and moves changed ones to their `changed_version_phase`.
+pub(crate) async fn on_deploy(inner: &Inner, name: &str) -> Result<()> {
+    let Some((version, workflow)) = inner.registry.latest(name) else {
+        return Ok(());
+    };
+    let now = inner.clock.now_ms();
+    for (step, config, ai_steps) in operations(&workflow) {
+        let operation = format!("{name}/{step}");
+        let sha = config_sha256(&workflow, config, &ai_steps);
+        let existing = inner.store.trust_operation(&operation).await?;
+        let author = workflow.change.as_ref().map(|c| c.author.clone());
+        let approver = workflow.change.as_ref().and_then(|c| c.approved_by.clone());
+        let reference = workflow.change.as_ref().and_then(|c| c.reference.clone());
+        match existing {
+            None => {
+                let change = PhaseChange {
+                    operation: operation.clone(),
+                    workflow: name.to_string(),
+                    step: step.clone(),
+                    expected: None,
+                    phase: i64::from(config.phase),
+                    at_ms: now,
+                    promoted: false,
+                    workflow_version: Some(version),
+                    config_sha256: Some(sha.clone()),
+                };
+                let data = json!({ "operation": operation, "phase": config.phase, "version": version,
+                    "config_sha256": sha, "author": author, "approved_by": approver, "reference": reference });
+                let e = entry(
+                    inner,
+                    "trust.initialised",
+                    "system",
+                    TRUST_ACTOR,
+                    name,
+                    &step,
+                    data,
+                );
+                if inner.store.trust_set_phase(&change, &e).await? {
+                    inner.trust.set(name, &step, i64::from(config.phase));
+                }
+            }
+            Some(row) if row.config_sha256.as_deref() == Some(sha.as_str()) => {
+                inner
+                    .store
+                    .trust_note_version(&operation, version, &sha)
+                    .await?;
+            }
+            Some(row) => {
+                let to = match config.changed_version_phase {
+                    ChangedVersionPhase::Down => (row.phase - 1).max(1),
+                    ChangedVersionPhase::Phase(p) => i64::from(p).min(row.phase),
+                };
+                let change = PhaseChange {
+                    operation: operation.clone(),
+                    workflow: name.to_string(),
+                    step: step.clone(),
+                    expected: Some(row.phase),
+                    phase: to,
+                    at_ms: now,
+                    promoted: false,
+                    workflow_version: Some(version),
+                    config_sha256: Some(sha.clone()),
+                };
+                let data = json!({ "operation": operation, "from_phase": row.phase, "to_phase": to,
+                    "trigger": "change", "version": version, "previous_version": row.workflow_version,
+                    "config_sha256": sha, "previous_config_sha256": row.config_sha256,
+                    "author": author, "approved_by": approver, "reference": reference,
+                    "reason": "a new version changed the operation's prompt, route, policy or hard limits" });
+                let e = entry(
+                    inner,
+                    "trust.demoted",
+                    "system",
+                    TRUST_ACTOR,
+                    name,
+                    &step,
+                    data,
+                );
+                if inner.store.trust_set_phase(&change, &e).await? {
+                    inner.trust.set(name, &step, to);
+                }
+            }
+        }
+    }
+    inner.journal_written.notify_one();
+    Ok(())
+}
+
+/// The outcomes as the statistics see them.
+fn as_outcomes(rows: &[TrustOutcomeRow]) -> Vec<keel_tuning::trust::Outcome> {
+    rows.iter()
+        .map(|row| keel_tuning::trust::Outcome {
+            at_ms: row.at_ms,
+            agreed: row.verdict == "agree",
+        })
+        .collect()
+}
+
+fn criteria(config: &TrustConfig, phase: i64) -> Result<keel_tuning::trust::PhaseCriteria> {
+    let target = config
+        .promotion
+        .target_agreement
+        .to_enter(u8::try_from(phase + 1).unwrap_or(4))
+        .unwrap_or(config.promotion.target_agreement.phase4);
+    let window = match config.promotion.window {
+        EvidenceWindow::Milliseconds(ms) => keel_tuning::trust::Window::Milliseconds(ms),
+        EvidenceWindow::Count(n) => keel_tuning::trust::Window::Count(n),
+    };
+    keel_tuning::trust::PhaseCriteria::new(config.promotion.min_reviews, target, window)
+        .map_err(|e| Error::InvalidRequest(format!("promotion criteria: {e}")))
+}
+
+fn demotion(config: &TrustConfig) -> Result<keel_tuning::trust::DemotionParams> {
+    let d = config.demotion;
+    keel_tuning::trust::DemotionParams::new(d.target_error_rate, None, d.alpha, d.beta)
+        .map_err(|e| Error::InvalidRequest(format!("demotion parameters: {e}")))
+}
+
+/// The reviews in the promotion window and since the last promotion (or phase change).
+async fn evidence_rows(
+    inner: &Inner,
+    row: &TrustOperationRow,
+    config: &TrustConfig,
+    now: i64,
+) -> Result<(Vec<TrustOutcomeRow>, Vec<TrustOutcomeRow>)> {
+    let window = match config.promotion.window {
+        EvidenceWindow::Milliseconds(ms) => {
+            inner
+                .store
+                .trust_outcomes(&row.operation, now.saturating_sub(ms), MAX_OUTCOMES)
+                .await?
+        }
+        EvidenceWindow::Count(n) => {
+            inner
+                .store
+                .trust_outcomes(&row.operation, 0, i64::try_from(n).unwrap_or(MAX_OUTCOMES))
+                .await?
+        }
+    };
+    let since = row.promoted_at_ms.unwrap_or(row.since_ms).max(row.since_ms);
+    let since_rows = inner
+        .store
+        .trust_outcomes(&row.operation, since, MAX_OUTCOMES)
+        .await?;
+    Ok((window, since_rows))
+}
+
+/// One evaluation pass over every operation.
+pub(crate) async fn evaluate(inner: &Inner) -> Result<TrustPass> {
+    let rows = inner.store.trust_operations().await?;
+    inner.trust.replace(&rows);
+    let now = inner.clock.now_ms();
+    let mut pass = TrustPass::default();
+    for row in rows {
+        let Some((_, workflow)) = inner.registry.latest(&row.workflow) else {
+            continue;
+        };
+        let Some(config) = trust_config(&workflow, &row.step) else {
+            continue;
+        };
+        pass.operations += 1;
+        let (window, since) = evidence_rows(inner, &row, config, now).await?;
+        pass.outcomes_read += window.len() + since.len();
+        let phase =
+            keel_tuning::trust::Phase::new(u8::try_from(row.phase.clamp(1, 4)).unwrap_or(1))
+                .map_err(|e| Error::InvalidRequest(e.to_string()))?;
+        let evaluation = keel_tuning::trust::evaluate(
+            phase,
+            now,
+            &as_outcomes(&window),
+            &as_outcomes(&since),
+            &criteria(config, row.phase)?,
+            &demotion(config)?,
+        )
+        .map_err(|e| {
+            Error::InvalidRequest(format!("trust evaluation of {}: {e}", row.operation))
+        })?;
+        if let Some(evidence) = evaluation.demote.filter(|_| row.phase > 1) {
+            let evidence = serde_json::to_value(evidence).unwrap_or(Value::Null);
+            if demote(
+                inner,
+                &row,
+                row.phase - 1,
+                "sprt",
+                TRUST_ACTOR,
+                "system",
+                "the sequential test rejected the target error rate",
+                evidence,
+            )
+            .await?
+            {
+                pass.demoted.push(row.operation.clone());
+            }
+            continue;
+        }
+        if let Some(evidence) = evaluation.recommend_promotion.filter(|_| row.phase < 4) {
+            let evidence = serde_json::to_value(evidence).unwrap_or(Value::Null);
+            let recommendation = RecommendationRow {
+                id: format!(
+                    "{}.{}.{}",
+                    row.operation.replace('/', "."),
+                    row.phase + 1,
+                    now
+                ),
+                operation: row.operation.clone(),
+                from_phase: row.phase,
+                to_phase: row.phase + 1,
+                status: "open".into(),
+                created_at_ms: now,
+                decided_at_ms: None,
+                decided_by: None,
+                evidence: evidence.clone(),
+            };
+            let data = json!({ "operation": row.operation, "recommendation_id": recommendation.id,
+                "from_phase": row.phase, "to_phase": row.phase + 1, "evidence": evidence });
+            let e = entry(
+                inner,
+                "trust.recommended",
+                "system",
+                TRUST_ACTOR,
+                &row.workflow,
+                &row.step,
+                data,
+            );
+            if inner.store.trust_recommend(&recommendation, &e).await? {
+                pass.recommended.push(row.operation.clone());
+            }
+        }
+    }
+    if !pass.recommended.is_empty() || !pass.demoted.is_empty() {
+        inner.journal_written.notify_one();
+    }
+    Ok(pass)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn demote(
+    inner: &Inner,
+    row: &TrustOperationRow,
+    to: i64,
+    trigger: &str,
+    actor_id: &str,
+    actor_type: &str,
+    reason: &str,
+    evidence: Value,
+) -> Result<bool> {
+    let change = PhaseChange {
+        operation: row.operation.clone(),
+        workflow: row.workflow.clone(),
+        step: row.step.clone(),
+        expected: Some(row.phase),
+        phase: to,
+        at_ms: inner.clock.now_ms(),
+        promoted: false,
+        workflow_version: None,
+        config_sha256: None,
+    };
+    let data = json!({ "operation": row.operation, "from_phase": row.phase, "to_phase": to,
+        "trigger": trigger, "by": actor_id, "reason": reason, "evidence": evidence });
+    let e = entry(
+        inner,
+        "trust.demoted",
+        actor_type,
+        actor_id,
+        &row.workflow,
+        &row.step,
+        data,
+    );
+    let took = inner.store.trust_set_phase(&change, &e).await?;
+    if took {
+        inner.trust.set(&row.workflow, &row.step, to);
+        tracing::warn!(operation = %row.operation, from = row.phase, to, trigger, "trust withdrawn");
+    }
+    Ok(took)
+}
+
+/// Why a governor's trust action was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TrustError {
+    #[error("no operation `{0}`; `keel trust` lists them (WORKFLOW/STEP)")]
+    UnknownOperation(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What a governor's action did.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TrustChanged {
+    pub operation: String,
+    pub from_phase: i64,
+    pub to_phase: i64,
+    pub action: String,
+}
+
+impl Engine {
+    /// Runs one trust evaluation pass now.
+    pub async fn evaluate_trust_once(&self) -> Result<TrustPass> {
+        evaluate(&self.inner).await
+    }
+
+    /// Every operation with its evidence in the current window.
+    pub async fn trust_operations(&self) -> Result<Vec<OperationView>> {
+        let rows = self.inner.store.trust_operations().await?;
+        let mut views = Vec::with_capacity(rows.len());
+        for row in rows {
+            if let Some(view) = self.operation_view(row).await? {
+                views.push(view);
+            }
+        }
+        Ok(views)
+    }
+
+    /// One operation with its evidence.
+    pub async fn trust_operation(&self, operation: &str) -> Result<Option<OperationView>> {
+        match self.inner.store.trust_operation(operation).await? {
+            Some(row) => self.operation_view(row).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn operation_view(&self, row: TrustOperationRow) -> Result<Option<OperationView>> {
+        let Some((_, workflow)) = self.inner.registry.latest(&row.workflow) else {
+            return Ok(None);
+        };
+        let Some(config) = trust_config(&workflow, &row.step) else {
+            return Ok(None);
+        };
+        let now = self.inner.clock.now_ms();
+        let (window, _) = evidence_rows(&self.inner, &row, config, now).await?;
+        let reviews = window.len() as u64;
+        let agreements = window.iter().filter(|o| o.verdict == "agree").count() as u64;
+        let interval =
+            keel_tuning::interval::wilson(agreements, reviews, keel_tuning::interval::Z_95)
+                .map_err(|e| Error::InvalidRequest(e.to_string()))?;
+        let open = self
+            .inner
+            .store
+            .trust_recommendations(Some("open"), Some(&row.operation))
+            .await?
+            .into_iter()
+            .next();
+        let next_target = (row.phase < 4)
+            .then(|| {
+                config
+                    .promotion
+                    .target_agreement
+                    .to_enter(u8::try_from(row.phase + 1).unwrap_or(4))
+            })
+            .flatten();
+        Ok(Some(OperationView {
+            reviews_in_window: reviews,
+            agreements_in_window: agreements,
+            wilson_low: interval.low,
+            wilson_high: interval.high,
+            next_target,
+            min_reviews: config.promotion.min_reviews,
+            open_recommendation: open,
+            row,
+        }))
+    }
+
+    /// Recommendations, newest first.
+    pub async fn trust_recommendations(
+        &self,
+        status: Option<&str>,
+    ) -> Result<Vec<RecommendationRow>> {
+        Ok(self.inner.store.trust_recommendations(status, None).await?)
+    }
+
+    /// A governor approves (`approve = true`) or declines the operation's open
+    /// recommendation.
+    pub async fn trust_decide(
+        &self,
+        operation: &str,
+        caller: &Caller,
+        approve: bool,
+        reason: &str,
+    ) -> Result<std::result::Result<TrustChanged, TrustError>> {
+        let inner = &self.inner;
+        let Some(row) = inner.store.trust_operation(operation).await? else {
+            return Ok(Err(TrustError::UnknownOperation(operation.to_string())));
+        };
+        let Some((version, workflow)) = inner.registry.latest(&row.workflow) else {
+            return Ok(Err(TrustError::UnknownOperation(operation.to_string())));
+        };
+        let Some(config) = trust_config(&workflow, &row.step) else {
+            return Ok(Err(TrustError::UnknownOperation(operation.to_string())));
+        };
+        if let Err(refusal) = check_governor(config, &workflow, caller, reason) {
+            self.journal_refusal(
+                &row,
+                caller,
+                if approve { "promote" } else { "decline" },
+                &refusal,
+            )
+            .await?;
+            return Ok(Err(refusal));
+        }
+        let Some(recommendation) = inner
+            .store
+            .trust_recommendations(Some("open"), Some(operation))
+            .await?
+            .into_iter()
+            .next()
+        else {
+            return Ok(Err(TrustError::Invalid(format!(
+                "`{operation}` has no open recommendation: promotion is earned from evidence (`keel trust show {operation}` shows how far it is)"
+            ))));
+        };
+        if recommendation.from_phase != row.phase {
+            return Ok(Err(TrustError::Invalid(
+                "the recommendation is stale: the phase moved since".into(),
+            )));
+        }
+        let now = inner.clock.now_ms();
+        let status = if approve { "approved" } else { "declined" };
+        let closing = entry(
+            inner,
+            "trust.recommendation_closed",
+            "user",
+            &caller.subject,
+            &row.workflow,
+            &row.step,
+            json!({ "operation": operation, "recommendation_id": recommendation.id, "status": status, "by": caller.subject, "reason": reason }),
+        );
+        if !inner
+            .store
+            .trust_close_recommendation(&recommendation.id, status, &caller.subject, now, &closing)
+            .await?
+        {
+            return Ok(Err(TrustError::Invalid(
+                "the recommendation was decided meanwhile".into(),
+            )));
+        }
+        if !approve {
+            inner.journal_written.notify_one();
+            return Ok(Ok(TrustChanged {
+                operation: operation.into(),
+                from_phase: row.phase,
+                to_phase: row.phase,
+                action: "declined".into(),
+            }));
+        }
+        let change = PhaseChange {
+            operation: operation.to_string(),
+            workflow: row.workflow.clone(),
+            step: row.step.clone(),
+            expected: Some(row.phase),
+            phase: recommendation.to_phase,
+            at_ms: now,
+            promoted: true,
+            workflow_version: Some(version),
+            config_sha256: None,
+        };
+        let data = json!({ "operation": operation, "from_phase": row.phase, "to_phase": recommendation.to_phase,
+            "by": caller.subject, "reason": reason, "recommendation_id": recommendation.id,
+            "evidence": recommendation.evidence, "version": version,
+            "author": workflow.change.as_ref().map(|c| c.author.clone()) });
+        let e = entry(
+            inner,
+            "trust.promoted",
+            "user",
+            &caller.subject,
+            &row.workflow,
+            &row.step,
+            data,
+        );
+        if !inner.store.trust_set_phase(&change, &e).await? {
+            return Ok(Err(TrustError::Invalid(
+                "the phase moved meanwhile; look again".into(),
+            )));
+        }
+        inner
+            .trust
+            .set(&row.workflow, &row.step, recommendation.to_phase);
+        inner.journal_written.notify_one();
+        Ok(Ok(TrustChanged {
+            operation: operation.into(),
+            from_phase: row.phase,
+            to_phase: recommendation.to_phase,
+            action: "promoted".into(),
+        }))
+    }
+
+    /// A governor withdraws trust by hand (to `to`, default one phase down).
+    pub async fn trust_demote(
+        &self,
+        operation: &str,
+        caller: &Caller,
+        to: Option<i64>,
+        reason: &str,
+    ) -> Result<std::result::Result<TrustChanged, TrustError>> {
+        let inner = &self.inner;
+        let Some(row) = inner.store.trust_operation(operation).await? else {
+            return Ok(Err(TrustError::UnknownOperation(operation.to_string())));
+        };
+        let Some((_, workflow)) = inner.registry.latest(&row.workflow) else {
+            return Ok(Err(TrustError::UnknownOperation(operation.to_string())));
+        };
+        let Some(config) = trust_config(&workflow, &row.step) else {
+            return Ok(Err(TrustError::UnknownOperation(operation.to_string())));
+        };
+        if !caller
+            .roles
+            .iter()
+            .any(|r| config.approvers.contains(r) || r == "admin")
+        {
+            let refusal = TrustError::Forbidden(format!(
+                "demoting needs one of the roles {:?} (or admin); `{}` has {:?}",
+                config.approvers, caller.subject, caller.roles
+            ));
+            self.journal_refusal(&row, caller, "demote", &refusal)
+                .await?;
+            return Ok(Err(refusal));
+        }
+        if reason.trim().is_empty() {
+            return Ok(Err(TrustError::Invalid("give a --reason".into())));
+        }
+        let to = to.unwrap_or(row.phase - 1);
+        if !(1..row.phase).contains(&to) {
+            return Ok(Err(TrustError::Invalid(format!(
+                "`{operation}` is in phase {}; demote it to a phase from 1 to {}",
+                row.phase,
+                row.phase - 1
+            ))));
+        }
+        if demote(
+            inner,
+            &row,
+            to,
+            "manual",
+            &caller.subject,
+            "user",
+            reason,
+            Value::Null,
+        )
+        .await?
+        {
+            inner.journal_written.notify_one();
+            Ok(Ok(TrustChanged {
+                operation: operation.into(),
+                from_phase: row.phase,
+                to_phase: to,
+                action: "demoted".into(),
+            }))
+        } else {
+            Ok(Err(TrustError::Invalid(
+                "the phase moved meanwhile; look again".into(),
+            )))
+        }
+    }
+
+    async fn journal_refusal(
+        &self,
+        row: &TrustOperationRow,
+        caller: &Caller,
+        action: &str,
+        refusal: &TrustError,
+    ) -> Result<()> {
+        let e = entry(
+            &self.inner,
+            "trust.refused",
+            "user",
+            &caller.subject,
+            &row.workflow,
+            &row.step,
+            json!({ "operation": row.operation, "action": action, "by": caller.subject, "roles": caller.roles, "message": refusal.to_string() }),
+        );
+        self.inner.store.append(&[e]).await?;
+        self.inner.journal_written.notify_one();
+        Ok(())
+    }
+
+    /// Decides a post-hoc review task (kind `review`) as evidence; see the module docs.
+    pub(crate) async fn decide_review(
+        &self,
+        task: &keel_store::TaskRow,
+        caller: &Caller,
+        decision: &TaskDecision,
+    ) -> Result<std::result::Result<crate::tasks::Decided, crate::tasks::DecisionError>> {
+        use crate::tasks::{Decided, DecisionError};
+        let inner = &self.inner;
+        if !caller
+            .roles
+            .iter()
+            .any(|r| task.roles.contains(r) || r == "admin")
+        {
+            return Ok(Err(DecisionError::Refused {
+                code: "role_not_allowed".into(),
+                message: format!(
+                    "reviewing needs one of the roles {:?}; `{}` has {:?}",
+                    task.roles, caller.subject, caller.roles
+                ),
+            }));
+        }
+        let (verdict, decision_word) = match decision {
+            TaskDecision::Approve { .. } => ("agree", "approved"),
+            TaskDecision::Correct { .. } => ("corrected", "corrected"),
+            TaskDecision::Reject { .. } => ("rejected", "rejected"),
+        };
+        let operation = task.detail["operation"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let phase = task.detail["phase"].as_i64().unwrap_or(1);
+        let first = task.detail["proposals"]
+            .as_object()
+            .and_then(|p| p.values().next().cloned())
+            .unwrap_or(Value::Null);
+        let now = inner.clock.now_ms();
+        let case_entry = |kind: &str, data: Value| {
+            let (data, data_sha256) = canonical_data(&data);
+            NewEntry {
+                at: rfc3339_ms(now),
+                kind: kind.to_string(),
+                actor_type: "user".into(),
+                actor_id: caller.subject.clone(),
+                case_id: Some(task.case_id.clone()),
+                workflow: Some(task.workflow.clone()),
+                step: Some(task.step.clone()),
+                data,
+                data_sha256,
+            }
+        };
+        let note = match decision {
+            TaskDecision::Approve { comment } | TaskDecision::Correct { comment, .. } => {
+                comment.clone()
+            }
+            TaskDecision::Reject { reason } => Some(reason.clone()),
+        };
+        let mut entries = vec![
+            case_entry(
+                "task.completed",
+                json!({ "task_id": task.id, "decision": decision_word, "by": [caller.subject], "note": note }),
+            ),
+            case_entry(
+                "outcome.reviewed",
+                json!({ "operation": operation, "task_id": task.id, "source": "post",
+                "verdict": verdict, "phase": phase, "by": [caller.subject], "model": first["model"],
+                "confidence": first["confidence"], "confidence_method": first["confidence_method"],
+                "cost_usd": first["cost_usd"] }),
+            ),
+        ];
+        if let TaskDecision::Correct { output, .. } = decision {
+            entries.push(case_entry(
+                "outcome.labelled",
+                json!({ "task_id": task.id, "by": caller.subject,
+                "source": "review", "model": first["model"], "confidence": first["confidence"],
+                "confidence_method": first["confidence_method"], "proposed": first["output"],
+                "corrected": output, "agreed": false }),
+            ));
+        }
+        if verdict != "agree" {
+            let message = format!(
+                "a post-hoc review by `{}` found the automatic action `{}` wrong ({verdict}): remediate the action already taken",
+                caller.subject, task.step
+            );
+            entries.push(case_entry("exception.raised", json!({ "exception_id": format!("{}.wrong", task.id),
+                "kind": "wrong_action", "message": message, "task_id": task.id, "operation": operation,
+                "verdict": verdict, "note": note, "proposal": first, "action": task.detail["action"],
+                "correction": match decision { TaskDecision::Correct { output, .. } => output.clone(), _ => Value::Null } })));
+        }
+        if !inner.store.complete_review(&task.id, &entries).await? {
+            return Ok(Err(DecisionError::Closed("decided".into())));
+        }
+        inner.journal_written.notify_one();
+        if verdict == "rejected" {
+            if let Some(row) = inner
+                .store
+                .trust_operation(&operation)
+                .await?
+                .filter(|r| r.phase > 1)
+            {
+                demote(
+                    inner,
+                    &row,
+                    1,
+                    "critical_exception",
+                    TRUST_ACTOR,
+                    "system",
+                    "a post-hoc review rejected an action the operation took on its own",
+                    json!({ "task_id": task.id, "exception_id": format!("{}.wrong", task.id) }),
+                )
+                .await?;
+            }
+        }
+        Ok(Ok(Decided {
+            task_id: task.id.clone(),
+            case_id: task.case_id.clone(),
+            result: decision_word.to_string(),
+            approvals: 1,
+            required: 1,
+        }))
+    }
+}
+
+/// A promotion decision needs an approver role, a reason, and someone other than the
+/// version's author.
+fn check_governor(
+    config: &TrustConfig,
+    workflow: &Workflow,
+    caller: &Caller,
+    reason: &str,
+) -> std::result::Result<(), TrustError> {
+    if !caller.roles.iter().any(|r| config.approvers.contains(r)) {
+        return Err(TrustError::Forbidden(format!(
+            "deciding promotions needs one of the roles {:?}; `{}` has {:?}",
+            config.approvers, caller.subject, caller.roles
+        )));
+    }
+    if workflow
+        .change
+        .as_ref()
+        .is_some_and(|c| c.author == caller.subject)
+    {
+        return Err(TrustError::Forbidden(format!(
+            "`{}` wrote this version of `{}`; another governor must decide its promotions",
+            caller.subject, workflow.name
+        )));
+    }
+    if reason.trim().is_empty() {
+        return Err(TrustError::Invalid("give a --reason".into()));
+    }
+    Ok(())
+}

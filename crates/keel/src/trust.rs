@@ -1,0 +1,281 @@
+//! `keel trust [show OP | recommendations | promote OP | decline OP | demote OP]`, over the
+//! HTTP API as the user of `--token` / `KEEL_TOKEN`. OP is `WORKFLOW/STEP`.
+
+use std::process::ExitCode;
+
+use anyhow::bail;
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+use crate::client::ServerArgs;
+use crate::people::{request, TokenArg};
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct TrustArgs {
+    #[command(subcommand)]
+    pub command: Option<TrustCommand>,
+    #[command(flatten)]
+    pub token: TokenArg,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TrustCommand {
+    /// One operation: phase, reviews and agreements in its window, the Wilson interval, the
+    /// next phase's target and any open recommendation with its evidence.
+    Show {
+        /// WORKFLOW/STEP, e.g. refunds/pay.
+        operation: String,
+        #[command(flatten)]
+        token: TokenArg,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Promotion recommendations (open ones by default).
+    Recommendations {
+        /// open (default), approved, declined, stale or all.
+        #[arg(long, default_value = "open")]
+        status: String,
+        #[command(flatten)]
+        token: TokenArg,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Approve the operation's open recommendation (a governor who did not write the version).
+    Promote {
+        operation: String,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        token: TokenArg,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Decline the operation's open recommendation.
+    Decline {
+        operation: String,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        token: TokenArg,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Withdraw trust by hand: one phase down, or to --to N.
+    Demote {
+        operation: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        to: Option<i64>,
+        #[command(flatten)]
+        token: TokenArg,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+fn path_of(operation: &str) -> anyhow::Result<String> {
+    match operation.split_once('/') {
+        Some((workflow, step))
+            if !workflow.is_empty() && !step.is_empty() && !step.contains('/') =>
+        {
+            Ok(format!("/v1/trust/{workflow}/{step}"))
+        }
+        _ => {
+            bail!("name an operation as WORKFLOW/STEP (e.g. refunds/pay); `keel trust` lists them")
+        }
+    }
+}
+
+pub async fn run(args: TrustArgs) -> anyhow::Result<ExitCode> {
+    let Some(command) = args.command else {
+        let body = request(
+            reqwest::Method::GET,
+            "/v1/trust",
+            None,
+            &args.token,
+            &args.server,
+        )
+        .await?;
+        return print_operations(&body, args.server.json);
+    };
+    match command {
+        TrustCommand::Show {
+            operation,
+            token,
+            server,
+        } => {
+            let body = request(
+                reqwest::Method::GET,
+                &path_of(&operation)?,
+                None,
+                &token,
+                &server,
+            )
+            .await?;
+            if server.json {
+                println!("{body}");
+            } else {
+                print_operations(&json!([body]), false)?;
+                if !body["open_recommendation"].is_null() {
+                    println!(
+                        "\nopen recommendation:\n{}",
+                        serde_json::to_string_pretty(&body["open_recommendation"])?
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        TrustCommand::Recommendations {
+            status,
+            token,
+            server,
+        } => {
+            let path = if status == "all" {
+                "/v1/trust/recommendations".to_string()
+            } else {
+                format!("/v1/trust/recommendations?status={status}")
+            };
+            let body = request(reqwest::Method::GET, &path, None, &token, &server).await?;
+            if server.json {
+                println!("{body}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let rows = body.as_array().cloned().unwrap_or_default();
+            if rows.is_empty() {
+                eprintln!("no {status} recommendations");
+            }
+            for row in rows {
+                println!(
+                    "{}  {}  phase {} → {}  {}  reviews {} agreements {} wilson ≥ {:.3}",
+                    text(&row["id"]),
+                    text(&row["operation"]),
+                    row["from_phase"],
+                    row["to_phase"],
+                    text(&row["status"]),
+                    row["evidence"]["reviews"],
+                    row["evidence"]["agreements"],
+                    row["evidence"]["wilson"]["low"].as_f64().unwrap_or(0.0),
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        TrustCommand::Promote {
+            operation,
+            reason,
+            token,
+            server,
+        } => {
+            decide(
+                &operation,
+                "promote",
+                json!({"reason": reason}),
+                &token,
+                &server,
+            )
+            .await
+        }
+        TrustCommand::Decline {
+            operation,
+            reason,
+            token,
+            server,
+        } => {
+            decide(
+                &operation,
+                "decline",
+                json!({"reason": reason}),
+                &token,
+                &server,
+            )
+            .await
+        }
+        TrustCommand::Demote {
+            operation,
+            reason,
+            to,
+            token,
+            server,
+        } => {
+            decide(
+                &operation,
+                "demote",
+                json!({"reason": reason, "to": to}),
+                &token,
+                &server,
+            )
+            .await
+        }
+    }
+}
+
+async fn decide(
+    operation: &str,
+    verb: &str,
+    body: Value,
+    token: &TokenArg,
+    server: &ServerArgs,
+) -> anyhow::Result<ExitCode> {
+    let path = format!("{}/{verb}", path_of(operation)?);
+    let changed = request(reqwest::Method::POST, &path, Some(body), token, server).await?;
+    if server.json {
+        println!("{changed}");
+    } else {
+        println!(
+            "{}: {} (phase {} → {})",
+            text(&changed["operation"]),
+            text(&changed["action"]),
+            changed["from_phase"],
+            changed["to_phase"]
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_operations(body: &Value, as_json: bool) -> anyhow::Result<ExitCode> {
+    if as_json {
+        println!("{body}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows = body.as_array().cloned().unwrap_or_default();
+    if rows.is_empty() {
+        eprintln!("no operations yet (an operation is an action that uses an `ai` step's output)");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<36}  {:>5}  {:>8}  {:>6}  {:<15}  {:>6}  RECOMMENDATION",
+        "OPERATION", "PHASE", "REVIEWS", "AGREE", "WILSON 95%", "TARGET"
+    );
+    for row in rows {
+        let target = row["next_target"]
+            .as_f64()
+            .map_or("-".to_string(), |t| format!("{t:.2}"));
+        let recommendation = if row["open_recommendation"].is_null() {
+            "-".to_string()
+        } else {
+            format!("to phase {}", row["open_recommendation"]["to_phase"])
+        };
+        println!(
+            "{:<36}  {:>5}  {:>8}  {:>6}  {:<15}  {:>6}  {}",
+            text(&row["operation"]),
+            row["phase"],
+            row["reviews_in_window"],
+            row["agreements_in_window"],
+            format!(
+                "[{:.3}, {:.3}]",
+                row["wilson_low"].as_f64().unwrap_or(0.0),
+                row["wilson_high"].as_f64().unwrap_or(1.0)
+            ),
+            target,
+            recommendation
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn text(value: &Value) -> &str {
+    value.as_str().unwrap_or_default()
+}

@@ -1,0 +1,227 @@
+//! Progressive trust: every operation's phase with its evidence, recommendations, and
+//! governors' decisions (promote, decline, demote). Reading needs `read_trust`; deciding
+//! needs `govern_trust` (governor, admin) and, in the engine, one of the operation's
+//! `approvers` roles and not being the author of the workflow version.
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::Json;
+use keel_engine::trust::{OperationView, TrustChanged, TrustError};
+use keel_store::RecommendationRow;
+use serde::Deserialize;
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+
+use crate::extract::{ApiPath, ApiQuery, JsonBody};
+use crate::problem::{Kind, Problem, ProblemBody};
+use crate::AppState;
+
+/// Every operation (an action that uses AI output) with its phase and evidence.
+#[utoipa::path(
+    get,
+    path = "/v1/trust",
+    tag = "trust",
+    security(("keel_token" = [])),
+    responses(
+        (status = 200, description = "Operations: phase, since when, reviews and agreements in the window, Wilson interval, the next phase's target, open recommendation", body = Value),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list_operations(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<OperationView>>, Problem> {
+    crate::auth::required(&state.engine, &headers).await?;
+    Ok(Json(state.engine.trust_operations().await?))
+}
+
+/// One operation with its evidence.
+#[utoipa::path(
+    get,
+    path = "/v1/trust/{workflow}/{step}",
+    tag = "trust",
+    params(("workflow" = String, Path), ("step" = String, Path)),
+    security(("keel_token" = [])),
+    responses(
+        (status = 200, description = "The operation", body = Value),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such operation", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
+pub async fn get_operation(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiPath((workflow, step)): ApiPath<(String, String)>,
+) -> Result<Json<OperationView>, Problem> {
+    crate::auth::required(&state.engine, &headers).await?;
+    let operation = format!("{workflow}/{step}");
+    match state.engine.trust_operation(&operation).await? {
+        Some(view) => Ok(Json(view)),
+        None => Err(Problem::new(
+            Kind::UnknownOperation,
+            format!("no operation `{operation}`; GET /v1/trust lists them"),
+        )),
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct RecommendationQuery {
+    /// `open`, `approved`, `declined`, `stale`; all when absent.
+    pub status: Option<String>,
+}
+
+/// Promotion recommendations with their evidence, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/trust/recommendations",
+    tag = "trust",
+    params(RecommendationQuery),
+    security(("keel_token" = [])),
+    responses(
+        (status = 200, description = "Recommendations", body = Value),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list_recommendations(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiQuery(query): ApiQuery<RecommendationQuery>,
+) -> Result<Json<Vec<RecommendationRow>>, Problem> {
+    crate::auth::required(&state.engine, &headers).await?;
+    Ok(Json(
+        state
+            .engine
+            .trust_recommendations(query.status.as_deref())
+            .await?,
+    ))
+}
+
+/// A governor's decision, as the body of the promote, decline and demote endpoints.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct TrustDecisionBody {
+    /// Why (required; journaled with the evidence).
+    pub reason: String,
+    /// For demote: the phase to go to (default one down).
+    pub to: Option<i64>,
+}
+
+fn parse(body: Option<Value>) -> Result<TrustDecisionBody, Problem> {
+    let body = body.ok_or_else(|| {
+        Problem::new(
+            Kind::MalformedJson,
+            "send {\"reason\": \"…\"} (and, to demote further than one phase, \"to\": N)",
+        )
+    })?;
+    serde_json::from_value(body).map_err(|error| {
+        Problem::new(
+            Kind::InvalidParameter,
+            format!("not a trust decision ({error}): send {{\"reason\": \"…\"}}"),
+        )
+    })
+}
+
+fn answer(result: Result<TrustChanged, TrustError>) -> Result<Json<TrustChanged>, Problem> {
+    match result {
+        Ok(changed) => Ok(Json(changed)),
+        Err(TrustError::UnknownOperation(op)) => Err(Problem::new(
+            Kind::UnknownOperation,
+            format!("no operation `{op}`; GET /v1/trust lists them"),
+        )),
+        Err(TrustError::Forbidden(message)) => Err(Problem::new(Kind::TrustForbidden, message)),
+        Err(TrustError::Invalid(message)) => Err(Problem::new(Kind::InvalidTrustChange, message)),
+    }
+}
+
+/// Approve the operation's open promotion recommendation (governors; not the version's author).
+#[utoipa::path(
+    post,
+    path = "/v1/trust/{workflow}/{step}/promote",
+    tag = "trust",
+    params(("workflow" = String, Path), ("step" = String, Path)),
+    request_body(content = TrustDecisionBody, content_type = "application/json"),
+    security(("keel_token" = [])),
+    responses(
+        (status = 200, description = "Promoted", body = Value),
+        (status = 403, description = "Not an approver, or the version's author (journaled)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such operation", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "No open recommendation, or it went stale", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
+pub async fn promote(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiPath((workflow, step)): ApiPath<(String, String)>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<TrustChanged>, Problem> {
+    let caller = crate::auth::required(&state.engine, &headers).await?;
+    let body = parse(body)?;
+    let operation = format!("{workflow}/{step}");
+    answer(
+        state
+            .engine
+            .trust_decide(&operation, &caller, true, &body.reason)
+            .await?,
+    )
+}
+
+/// Decline the operation's open promotion recommendation.
+#[utoipa::path(
+    post,
+    path = "/v1/trust/{workflow}/{step}/decline",
+    tag = "trust",
+    params(("workflow" = String, Path), ("step" = String, Path)),
+    request_body(content = TrustDecisionBody, content_type = "application/json"),
+    security(("keel_token" = [])),
+    responses(
+        (status = 200, description = "Declined", body = Value),
+        (status = 403, description = "Not an approver, or the version's author (journaled)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "No open recommendation", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
+pub async fn decline(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiPath((workflow, step)): ApiPath<(String, String)>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<TrustChanged>, Problem> {
+    let caller = crate::auth::required(&state.engine, &headers).await?;
+    let body = parse(body)?;
+    let operation = format!("{workflow}/{step}");
+    answer(
+        state
+            .engine
+            .trust_decide(&operation, &caller, false, &body.reason)
+            .await?,
+    )
+}
+
+/// Withdraw trust by hand: one phase down, or to `to`.
+#[utoipa::path(
+    post,
+    path = "/v1/trust/{workflow}/{step}/demote",
+    tag = "trust",
+    params(("workflow" = String, Path), ("step" = String, Path)),
+    request_body(content = TrustDecisionBody, content_type = "application/json"),
+    security(("keel_token" = [])),
+    responses(
+        (status = 200, description = "Demoted", body = Value),
+        (status = 403, description = "Not an approver (journaled)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "Already in phase 1, or a bad target phase", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
+pub async fn demote(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiPath((workflow, step)): ApiPath<(String, String)>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<TrustChanged>, Problem> {
+    let caller = crate::auth::required(&state.engine, &headers).await?;
+    let body = parse(body)?;
+    let operation = format!("{workflow}/{step}");
+    answer(
+        state
+            .engine
+            .trust_demote(&operation, &caller, body.to, &body.reason)
+            .await?,
+    )
+}

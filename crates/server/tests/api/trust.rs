@@ -1,0 +1,514 @@
+//! Progressive trust end to end through the HTTP API: an operation starts in phase 1, earns a
+//! promotion recommendation from reviewed decisions, is promoted by a governor who did not
+//! write the version; phase 2 follows its policy and hard limits and samples auto-approved
+//! actions for review; a post-hoc rejection raises a `wrong_action` exception and withdraws
+//! trust at once; the SPRT demotes on a run of corrections; a changed version restarts lower.
+
+use std::collections::BTreeMap;
+
+use keel_engine::Engine;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::gateway::{keel_toml, start, upstream};
+
+fn refunds(version: &str, start_phase: u8, policy: &str) -> String {
+    format!(
+        r#"
+name: refunds
+version: "{version}"
+change: {{ author: gail, approved_by: gus, reference: CHG-{version} }}
+input:
+  schema:
+    type: object
+    required: [amount, answer, callback]
+    properties:
+      amount: {{ type: number }}
+      answer: {{ type: string }}
+      callback: {{ type: string }}
+steps:
+  - id: judge
+    ai:
+      task: classify
+      labels: [pay, hold]
+      prompt: "{{{{ input.answer }}}}"
+      reask: 0
+      route:
+        - model: primary
+          accept_when: "true"
+  - id: pay
+    action:
+      method: POST
+      url: "${{ input.callback }}"
+      body: {{ decision: "${{ data.judge.output.label }}", amount: "${{ input.amount }}" }}
+      approval: {{ roles: [reviewer] }}
+      trust:
+        phase: {start_phase}
+        policy: "{policy}"
+        hard_limits: "input.amount > 5000"
+        review_rates: {{ phase2: 1.0, phase3: 1.0, phase4: 0.5 }}
+        promotion: {{ min_reviews: 5, window: 30d, target_agreement: {{ phase2: 0.5, phase3: 0.5, phase4: 0.5 }} }}
+        demotion: {{ target_error_rate: 0.2, alpha: 0.05, beta: 0.25 }}
+  - id: done
+    end: {{ outcome: paid }}
+"#
+    )
+}
+
+struct Trust {
+    base: String,
+    engine: Engine,
+    client: reqwest::Client,
+    tokens: BTreeMap<&'static str, String>,
+    callback: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn trust(source: &str) -> Trust {
+    let upstream = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, base) = start(&dir, &keel_toml(&upstream.base_url, "")).await;
+    engine.deploy_source(source, "refunds.yaml").await.unwrap();
+    let store = engine.store();
+    let mut tokens = BTreeMap::new();
+    for (name, role) in [
+        ("ann", "reviewer"),
+        ("bob", "reviewer"),
+        ("gail", "governor"),
+        ("gus", "governor"),
+        ("opal", "operator"),
+    ] {
+        let roles = vec![role.to_string()];
+        assert!(keel_engine::tasks::add_user(store, name, &roles, None, 0)
+            .await
+            .unwrap());
+        let (secret, _) = keel_engine::tokens::create_token(store, name, name, &[], None, 0)
+            .await
+            .unwrap();
+        tokens.insert(name, secret);
+    }
+    let (callback, _) = crate::tasks::receiver().await;
+    Trust {
+        base,
+        engine,
+        client: reqwest::Client::new(),
+        tokens,
+        callback,
+        _dir: dir,
+    }
+}
+
+impl Trust {
+    async fn call(
+        &self,
+        who: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.tokens[who]);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn operation(&self) -> Value {
+        let (status, body) = self
+            .call("ann", reqwest::Method::GET, "/v1/trust/refunds/pay", None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    }
+
+    async fn submit(&self, amount: f64) -> String {
+        let input =
+            json!({"amount": amount, "answer": "{\"label\": \"pay\"}", "callback": self.callback});
+        let (status, body) = self
+            .call(
+                "opal",
+                reqwest::Method::POST,
+                "/v1/workflows/refunds/cases",
+                Some(input),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["case_id"].as_str().unwrap().to_string()
+    }
+
+    /// Waits (bounded) for an open task of `kind` for the case.
+    async fn task(&self, case_id: &str, kind: &str) -> Value {
+        for _ in 0..500 {
+            let (_, tasks) = self
+                .call("ann", reqwest::Method::GET, "/v1/tasks?limit=1000", None)
+                .await;
+            if let Some(task) = tasks
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|t| t["case_id"] == case_id && t["kind"] == kind)
+            {
+                return task.clone();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("no {kind} task for case {case_id}");
+    }
+
+    async fn decide(&self, who: &str, task_id: &str, decision: Value) -> Value {
+        let (status, body) = self
+            .call(
+                who,
+                reqwest::Method::POST,
+                &format!("/v1/tasks/{task_id}/decision"),
+                Some(decision),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    }
+
+    async fn wait_status(&self, case_id: &str, wanted: &str) {
+        for _ in 0..500 {
+            if self.engine.case(case_id).await.unwrap().status == wanted {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("case {case_id} never reached {wanted}");
+    }
+
+    async fn kinds(&self, case_id: &str) -> Vec<(String, Value)> {
+        self.engine
+            .timeline(case_id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|row| (row.kind, serde_json::from_str(&row.data).unwrap()))
+            .collect()
+    }
+
+    async fn trust_entries(&self, kind: &str) -> Vec<Value> {
+        self.engine
+            .store()
+            .journal_after(0, 100_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.kind == kind)
+            .map(|e| serde_json::from_str(&e.data).unwrap())
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn trust_is_earned_from_reviews_approved_by_another_governor_and_withdrawn_on_a_wrong_action()
+{
+    let t = trust(&refunds("1", 1, "input.amount < 100")).await;
+    let op = t.operation().await;
+    assert_eq!(
+        (op["operation"].as_str(), op["phase"].as_i64()),
+        (Some("refunds/pay"), Some(1))
+    );
+    assert_eq!(t.trust_entries("trust.initialised").await.len(), 1);
+
+    // Phase 1: every action waits; six approvals are six agreeing reviews.
+    for _ in 0..6 {
+        let case_id = t.submit(50.0).await;
+        let task = t.task(&case_id, "action").await;
+        t.decide(
+            "ann",
+            task["id"].as_str().unwrap(),
+            json!({"decision": "approve"}),
+        )
+        .await;
+        t.wait_status(&case_id, "completed").await;
+        let gate = t
+            .kinds(&case_id)
+            .await
+            .into_iter()
+            .find(|(k, _)| k == "trust.gate")
+            .unwrap()
+            .1;
+        assert_eq!(
+            (gate["decision"].as_str(), gate["reason"].as_str()),
+            (Some("task"), Some("phase_1"))
+        );
+    }
+    let op = t.operation().await;
+    assert_eq!(
+        (
+            op["reviews_in_window"].as_u64(),
+            op["agreements_in_window"].as_u64()
+        ),
+        (Some(6), Some(6))
+    );
+    // Wilson lower bound of 6/6 at 95% is 0.61 ≥ the 0.5 target, with ≥ 5 reviews.
+    assert!(op["wilson_low"].as_f64().unwrap() > 0.6, "{op:#}");
+    let (status, _) = t
+        .call(
+            "gus",
+            reqwest::Method::POST,
+            "/v1/trust/refunds/pay/promote",
+            Some(json!({"reason": "early"})),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "no recommendation yet: promotion is earned"
+    );
+    let pass = t.engine.evaluate_trust_once().await.unwrap();
+    assert_eq!(pass.recommended, ["refunds/pay"]);
+    assert_eq!(
+        t.engine
+            .evaluate_trust_once()
+            .await
+            .unwrap()
+            .recommended
+            .len(),
+        0,
+        "one open recommendation at a time"
+    );
+    let (_, recommendations) = t
+        .call(
+            "gus",
+            reqwest::Method::GET,
+            "/v1/trust/recommendations?status=open",
+            None,
+        )
+        .await;
+    assert_eq!(recommendations[0]["to_phase"], 2);
+    assert_eq!(recommendations[0]["evidence"]["reviews"], 6);
+
+    // The author of the version may not promote it; a reviewer may not govern at all.
+    let body = Some(json!({"reason": "6 of 6 agreed"}));
+    let (status, problem) = t
+        .call(
+            "gail",
+            reqwest::Method::POST,
+            "/v1/trust/refunds/pay/promote",
+            body.clone(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{problem}");
+    assert!(problem["detail"]
+        .as_str()
+        .unwrap()
+        .contains("wrote this version"));
+    let (status, _) = t
+        .call(
+            "ann",
+            reqwest::Method::POST,
+            "/v1/trust/refunds/pay/promote",
+            body.clone(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(t.trust_entries("trust.refused").await.len(), 1);
+    let (status, promoted) = t
+        .call(
+            "gus",
+            reqwest::Method::POST,
+            "/v1/trust/refunds/pay/promote",
+            body,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{promoted}");
+    assert_eq!(promoted["to_phase"], 2);
+    let entry = &t.trust_entries("trust.promoted").await[0];
+    assert_eq!(entry["by"], "gus");
+    assert_eq!(entry["evidence"]["reviews"], 6);
+    assert_eq!(t.operation().await["phase"], 2);
+
+    // Phase 2: the policy holds → automatic, sampled for review (100% here), no task holds it.
+    let auto = t.submit(50.0).await;
+    t.wait_status(&auto, "completed").await;
+    let review = t.task(&auto, "review").await;
+    // The policy does not hold → a person; a hard limit → a person.
+    for (amount, reason) in [(500.0, "policy_false"), (6000.0, "hard_limit")] {
+        let case_id = t.submit(amount).await;
+        t.task(&case_id, "action").await;
+        let gate = t
+            .kinds(&case_id)
+            .await
+            .into_iter()
+            .find(|(k, _)| k == "trust.gate")
+            .unwrap()
+            .1;
+        assert_eq!(
+            (gate["phase"].as_i64(), gate["reason"].as_str()),
+            (Some(2), Some(reason))
+        );
+    }
+
+    // The post-hoc review finds the automatic action wrong: evidence, an exception for
+    // remediation, and trust withdrawn at once (critical).
+    let decided = t
+        .decide(
+            "bob",
+            review["id"].as_str().unwrap(),
+            json!({"decision": "reject", "reason": "should have been held"}),
+        )
+        .await;
+    assert_eq!(decided["result"], "rejected");
+    let reviewed = t
+        .kinds(&auto)
+        .await
+        .into_iter()
+        .filter(|(k, _)| k == "outcome.reviewed")
+        .map(|(_, d)| d)
+        .collect::<Vec<_>>();
+    assert_eq!(reviewed.len(), 1);
+    assert_eq!(
+        (
+            reviewed[0]["source"].as_str(),
+            reviewed[0]["verdict"].as_str()
+        ),
+        (Some("post"), Some("rejected"))
+    );
+    let (_, exceptions) = t
+        .call(
+            "opal",
+            reqwest::Method::GET,
+            "/v1/exceptions?kind=wrong_action",
+            None,
+        )
+        .await;
+    assert_eq!(exceptions.as_array().unwrap().len(), 1, "{exceptions:#}");
+    assert_eq!(exceptions[0]["case_id"], auto.as_str());
+    assert_eq!(t.operation().await["phase"], 1);
+    let demoted = &t.trust_entries("trust.demoted").await[0];
+    assert_eq!(
+        (demoted["trigger"].as_str(), demoted["to_phase"].as_i64()),
+        (Some("critical_exception"), Some(1))
+    );
+    // A decided review cannot be decided again.
+    let (status, _) = t
+        .call(
+            "ann",
+            reqwest::Method::POST,
+            &format!("/v1/tasks/{}/decision", review["id"].as_str().unwrap()),
+            Some(json!({"decision": "approve"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+}
+
+#[tokio::test]
+async fn the_sprt_demotes_on_a_run_of_corrections_and_a_governor_can_demote_by_hand() {
+    // Starting in phase 3: every action is automatic, and every one is reviewed (rate 1.0).
+    let t = trust(&refunds("1", 3, "input.amount < 100")).await;
+    assert_eq!(t.operation().await["phase"], 3);
+    let mut reviews = Vec::new();
+    for _ in 0..4 {
+        let case_id = t.submit(500.0).await;
+        t.wait_status(&case_id, "completed").await;
+        reviews.push(t.task(&case_id, "review").await);
+    }
+    // Each review corrects the action: four errors in a row against a 20% target error rate
+    // (H1 40%, α 5%, β 25%): each adds ln 2 to the log-likelihood ratio, which passes
+    // ln(0.75/0.05) = 2.71 at the fourth (3 ln 2 = 2.08 does not).
+    for (i, review) in reviews.iter().enumerate() {
+        t.decide(
+            "ann",
+            review["id"].as_str().unwrap(),
+            json!({"decision": "correct", "output": {"label": "hold"}}),
+        )
+        .await;
+        let pass = t.engine.evaluate_trust_once().await.unwrap();
+        if i < 3 {
+            assert!(pass.demoted.is_empty(), "demoted after {} errors", i + 1);
+        } else {
+            assert_eq!(pass.demoted, ["refunds/pay"]);
+        }
+    }
+    assert_eq!(t.operation().await["phase"], 2);
+    let demoted = &t.trust_entries("trust.demoted").await[0];
+    assert_eq!(demoted["trigger"], "sprt");
+    assert!(
+        demoted["evidence"]["sprt"]["llr"].as_f64().unwrap()
+            >= demoted["evidence"]["sprt"]["upper_bound"].as_f64().unwrap(),
+        "{demoted:#}"
+    );
+    // Corrections are wrong actions too: each raised an exception for remediation.
+    let (_, exceptions) = t
+        .call(
+            "opal",
+            reqwest::Method::GET,
+            "/v1/exceptions?kind=wrong_action",
+            None,
+        )
+        .await;
+    assert_eq!(exceptions.as_array().unwrap().len(), 4);
+
+    // By hand: a governor demotes with a reason; a reviewer may not.
+    let body = Some(json!({"reason": "vendor fraud wave"}));
+    let (status, _) = t
+        .call(
+            "ann",
+            reqwest::Method::POST,
+            "/v1/trust/refunds/pay/demote",
+            body.clone(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, changed) = t
+        .call(
+            "gail",
+            reqwest::Method::POST,
+            "/v1/trust/refunds/pay/demote",
+            body,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{changed}");
+    assert_eq!(
+        (changed["from_phase"].as_i64(), changed["to_phase"].as_i64()),
+        (Some(2), Some(1))
+    );
+    let (status, _) = t
+        .call(
+            "gail",
+            reqwest::Method::POST,
+            "/v1/trust/refunds/pay/demote",
+            Some(json!({"reason": "again"})),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "phase 1 is the floor"
+    );
+}
+
+#[tokio::test]
+async fn a_changed_version_restarts_the_operation_one_phase_down_recording_author_and_approver() {
+    let t = trust(&refunds("1", 3, "input.amount < 100")).await;
+    assert_eq!(t.operation().await["phase"], 3);
+    // The same configuration under a new label changes nothing.
+    t.engine
+        .deploy_source(&refunds("2", 3, "input.amount < 100"), "refunds.yaml")
+        .await
+        .unwrap();
+    assert_eq!(t.operation().await["phase"], 3);
+    assert!(t.trust_entries("trust.demoted").await.is_empty());
+    // A changed policy: one phase down, with who wrote and who approved the version.
+    t.engine
+        .deploy_source(&refunds("3", 3, "input.amount < 200"), "refunds.yaml")
+        .await
+        .unwrap();
+    assert_eq!(t.operation().await["phase"], 2);
+    let entry = &t.trust_entries("trust.demoted").await[0];
+    assert_eq!(entry["trigger"], "change");
+    assert_eq!(
+        (entry["author"].as_str(), entry["approved_by"].as_str()),
+        (Some("gail"), Some("gus"))
+    );
+    assert_eq!(entry["reference"], "CHG-3");
+    assert_ne!(entry["config_sha256"], entry["previous_config_sha256"]);
+}
