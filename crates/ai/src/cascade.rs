@@ -69,6 +69,24 @@ enum NoResponse {
     Failed,
 }
 
+/// One model call as it ended, for observers (the engine's OpenTelemetry spans).
+pub struct ModelCall<'a> {
+    pub model: &'a ModelConfig,
+    pub request: &'a ChatRequest,
+    /// The usage and the model the provider reported, or the error code.
+    pub outcome: Result<(Option<Usage>, Option<&'a str>), &'a str>,
+    pub started: std::time::SystemTime,
+    pub latency: std::time::Duration,
+    pub cost_usd: Option<f64>,
+    /// `(case id, workflow, step)` for a workflow step; `None` for the gateway.
+    pub step: Option<(&'a str, &'a str, &'a str)>,
+    /// The gateway's caller.
+    pub caller: Option<&'a str>,
+}
+
+/// Told of every model call an `ai` step makes (see [`Runtime::observe`]); must not block.
+pub type CallObserver = Arc<dyn Fn(&ModelCall<'_>) + Send + Sync>;
+
 /// The AI layer at run time: one client per configured model and the local learners.
 pub struct Runtime {
     config: Config,
@@ -77,6 +95,10 @@ pub struct Runtime {
     learners: RwLock<BTreeMap<String, Arc<Learner>>>,
     budgets: Budgets,
     cache: Cache,
+    /// Fitted confidence calibrators by (`workflow/step`, model): where one exists, the
+    /// calibrated confidence is what `accept_when` (and then trust policies) see.
+    calibrators: RwLock<BTreeMap<(String, String), keel_tuning::calibration::Calibrator>>,
+    observer: RwLock<Option<CallObserver>>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -88,6 +110,38 @@ impl std::fmt::Debug for Runtime {
 }
 
 impl Runtime {
+    /// Installs (or with `None` removes) the calibrator of `model` on `workflow/step`. An
+    /// identity calibrator (the raw confidence was better) is not installed.
+    pub fn set_calibrator(
+        &self,
+        ai_step: &str,
+        model: &str,
+        calibrator: Option<keel_tuning::calibration::Calibrator>,
+    ) {
+        if let Ok(mut map) = self.calibrators.write() {
+            let key = (ai_step.to_string(), model.to_string());
+            match calibrator.filter(|c| c.kind() != "none") {
+                Some(calibrator) => {
+                    map.insert(key, calibrator);
+                }
+                None => {
+                    map.remove(&key);
+                }
+            }
+        }
+    }
+
+    fn calibrator(
+        &self,
+        workflow: &str,
+        step: &str,
+        model: &str,
+    ) -> Option<keel_tuning::calibration::Calibrator> {
+        let map = self.calibrators.read().ok()?;
+        map.get(&(format!("{workflow}/{step}"), model.to_string()))
+            .cloned()
+    }
+
     pub fn new(config: Config, http: reqwest::Client) -> Runtime {
         let clients = config
             .models
@@ -103,9 +157,18 @@ impl Runtime {
         Runtime {
             budgets: Budgets::new(config.budgets.clone()),
             cache: Cache::new(config.cache.clone()),
+            calibrators: RwLock::new(BTreeMap::new()),
             config,
             clients,
             learners: RwLock::new(BTreeMap::new()),
+            observer: RwLock::new(None),
+        }
+    }
+
+    /// Replaces the observer told of every model call (the engine sets one at start).
+    pub fn observe(&self, observer: CallObserver) {
+        if let Ok(mut slot) = self.observer.write() {
+            *slot = Some(observer);
         }
     }
 
@@ -192,12 +255,18 @@ impl Runtime {
                 }
                 continue;
             };
+            let raw_confidence = answer.confidence;
+            let calibrator = self.calibrator(&context.workflow, &context.step, &tier.model);
+            let confidence = calibrator
+                .as_ref()
+                .map_or(raw_confidence, |c| c.apply(raw_confidence).clamp(0.0, 1.0));
             let accepted = match &tier.accept_when {
                 None => Ok(true),
                 Some(expr) => {
                     let mut activation = activation(context);
                     activation.set("output", &answer.output);
-                    activation.set("confidence", &json!(answer.confidence));
+                    activation.set("confidence", &json!(confidence));
+                    activation.set("raw_confidence", &json!(raw_confidence));
                     activation.set("cost", &json!(cost_usd));
                     activation.set("tier", &json!(tier_index as i64));
                     expr.eval_bool(&activation).map_err(|e| e.to_string())
@@ -209,14 +278,25 @@ impl Runtime {
                     attempt["accept_when_error"] = json!(error);
                 }
             }
+            if let (Some(calibrator), Some(attempt)) =
+                (&calibrator, attempts.get_mut(answer.attempt))
+            {
+                attempt["calibrated_confidence"] = json!(confidence);
+                attempt["calibrator"] = json!(calibrator.kind());
+            }
             if accepted == Ok(true) {
+                let mut record = record(&path, attempts, cost_usd, cost_known);
+                if let Some(calibrator) = &calibrator {
+                    record["raw_confidence"] = json!(raw_confidence);
+                    record["calibrator"] = json!(calibrator.kind());
+                }
                 return AiOutcome::Proposed {
                     output: answer.output,
-                    confidence: answer.confidence,
+                    confidence,
                     confidence_method: answer.method.to_string(),
                     model: tier.model.clone(),
                     tier: tier_index,
-                    record: record(&path, attempts, cost_usd, cost_known),
+                    record,
                 };
             }
         }
@@ -383,12 +463,31 @@ impl Runtime {
                 return Err(NoResponse::BudgetRefused);
             }
         };
+        let started = std::time::SystemTime::now();
         let (result, stats) = call.client.chat(request).await;
         let cost = match &result {
             Ok(response) => cost_of(model, response.usage, date),
             Err(_) => Some(0.0),
         };
         self.budgets.settle(reservation, cost.map(to_nano));
+        if let Some(observer) = self.observer.read().ok().and_then(|o| o.clone()) {
+            let context = call.context;
+            observer(&ModelCall {
+                model,
+                request,
+                outcome: match &result {
+                    Ok(response) => Ok((response.usage, response.response_model.as_deref())),
+                    Err(error) => Err(error.code()),
+                },
+                started,
+                latency: std::time::Duration::from_millis(stats.latency_ms),
+                cost_usd: cost,
+                step: context.case["id"]
+                    .as_str()
+                    .map(|id| (id, context.workflow.as_str(), context.step.as_str())),
+                caller: None,
+            });
+        }
         attempt["provider"] = json!(model.provider.as_str());
         attempt["attempts"] = json!(stats.attempts);
         attempt["latency_ms"] = json!(stats.latency_ms);

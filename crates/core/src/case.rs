@@ -1032,13 +1032,21 @@ impl<'w> Run<'w> {
                 tier,
                 record,
             } => {
-                let proposal = json!({
+                let mut proposal = json!({
                     "output": output,
                     "confidence": confidence,
                     "confidence_method": confidence_method,
                     "model": model,
                     "tier": tier,
                 });
+                // A calibrated confidence keeps the raw one beside it (the calibrators are
+                // fitted on raw confidences, and the journal keeps both).
+                if let (Some(raw), Value::Object(fields)) =
+                    (record.get("raw_confidence"), &mut proposal)
+                {
+                    fields.insert("raw_confidence".into(), raw.clone());
+                    fields.insert("calibrator".into(), record["calibrator"].clone());
+                }
                 self.emit(
                     "ai.proposed",
                     id,
@@ -1399,6 +1407,21 @@ impl<'w> Run<'w> {
         }
         let proposals = self.proposals(state, &task.ai_steps);
         let first = proposals.values().next().cloned().unwrap_or(Value::Null);
+        let proposed = first.get("proposed_output").unwrap_or(&first["output"]);
+        let proposed_label = proposed["label"].as_str().map(str::to_string);
+        let final_label = if verdict == "rejected" {
+            Some("rejected".to_string())
+        } else {
+            first["output"]["label"].as_str().map(str::to_string)
+        };
+        let raw_confidence = first
+            .get("raw_confidence")
+            .unwrap_or(&first["confidence"])
+            .clone();
+        let ai_step = task
+            .ai_steps
+            .first()
+            .map(|step| format!("{}/{step}", self.workflow.name));
         let phase = state
             .gate
             .as_ref()
@@ -1409,8 +1432,9 @@ impl<'w> Run<'w> {
             Some(task.step.clone()),
             json!({ "operation": format!("{}/{}", self.workflow.name, task.step),
                 "task_id": task.id, "source": "pre", "verdict": verdict, "phase": phase,
-                "by": by, "model": first["model"], "confidence": first["confidence"],
-                "confidence_method": first["confidence_method"], "cost_usd": first["cost_usd"] }),
+                "by": by, "model": first["model"], "confidence": raw_confidence,
+                "confidence_method": first["confidence_method"], "cost_usd": first["cost_usd"],
+                "ai_step": ai_step, "proposed_label": proposed_label, "final_label": final_label }),
         );
     }
 
@@ -1633,6 +1657,7 @@ impl<'w> Run<'w> {
         );
         if let Value::Object(fields) = &mut proposal {
             fields.insert("output".into(), output);
+            fields.insert("proposed_output".into(), proposed);
             fields.insert("corrected_by".into(), json!(by));
         }
         set_data(state, &ai.into, proposal);

@@ -10,6 +10,7 @@
 mod ailog;
 pub mod audit;
 pub mod authz;
+pub mod calibration;
 mod clock;
 mod committer;
 pub mod desk;
@@ -237,6 +238,7 @@ impl Engine {
             finished: tokio::sync::broadcast::channel(65_536).0,
         });
         trust::load(&inner).await?;
+        calibration::load(&inner).await?;
         let tasks = vec![
             committer_task,
             ai_log_task,

@@ -90,6 +90,7 @@ pub struct TrustPass {
     pub outcomes_read: usize,
     pub recommended: Vec<String>,
     pub demoted: Vec<String>,
+    pub calibrators_fitted: usize,
 }
 
 /// One operation as shown by `keel trust`.
@@ -417,7 +418,8 @@ pub(crate) async fn evaluate(inner: &Inner) -> Result<TrustPass> {
             }
         }
     }
-    if !pass.recommended.is_empty() || !pass.demoted.is_empty() {
+    pass.calibrators_fitted = crate::calibration::refit(inner).await?;
+    if !pass.recommended.is_empty() || !pass.demoted.is_empty() || pass.calibrators_fitted > 0 {
         inner.journal_written.notify_one();
     }
     Ok(pass)
@@ -800,6 +802,21 @@ impl Engine {
             .and_then(|p| p.values().next().cloned())
             .unwrap_or(Value::Null);
         let now = inner.clock.now_ms();
+        let proposed_label = first["output"]["label"].as_str().map(str::to_string);
+        let final_label = match decision {
+            TaskDecision::Approve { .. } => proposed_label.clone(),
+            TaskDecision::Correct { output, .. } => output["label"].as_str().map(str::to_string),
+            TaskDecision::Reject { .. } => Some("rejected".to_string()),
+        };
+        let ai_step = task.detail["ai_steps"]
+            .as_array()
+            .and_then(|steps| steps.first())
+            .and_then(Value::as_str)
+            .map(|step| format!("{}/{step}", task.workflow));
+        let raw_confidence = first
+            .get("raw_confidence")
+            .unwrap_or(&first["confidence"])
+            .clone();
         let case_entry = |kind: &str, data: Value| {
             let (data, data_sha256) = canonical_data(&data);
             NewEntry {
@@ -829,8 +846,9 @@ impl Engine {
                 "outcome.reviewed",
                 json!({ "operation": operation, "task_id": task.id, "source": "post",
                 "verdict": verdict, "phase": phase, "by": [caller.subject], "model": first["model"],
-                "confidence": first["confidence"], "confidence_method": first["confidence_method"],
-                "cost_usd": first["cost_usd"] }),
+                "confidence": raw_confidence, "confidence_method": first["confidence_method"],
+                "cost_usd": first["cost_usd"], "ai_step": ai_step, "proposed_label": proposed_label,
+                "final_label": final_label }),
             ),
         ];
         if let TaskDecision::Correct { output, .. } = decision {

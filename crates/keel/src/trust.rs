@@ -33,6 +33,15 @@ pub enum TrustCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Accuracy and calibration: agreement with its Wilson interval per model, ECE, the
+    /// calibrator in use, and the confusion matrix for classify steps.
+    Accuracy {
+        operation: String,
+        #[command(flatten)]
+        token: TokenArg,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// Promotion recommendations (open ones by default).
     Recommendations {
         /// open (default), approved, declined, stale or all.
@@ -129,6 +138,11 @@ pub async fn run(args: TrustArgs) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        TrustCommand::Accuracy {
+            operation,
+            token,
+            server,
+        } => print_accuracy(&operation, &token, &server).await,
         TrustCommand::Recommendations {
             status,
             token,
@@ -278,4 +292,79 @@ fn print_operations(body: &Value, as_json: bool) -> anyhow::Result<ExitCode> {
 
 fn text(value: &Value) -> &str {
     value.as_str().unwrap_or_default()
+}
+
+async fn print_accuracy(
+    operation: &str,
+    token: &TokenArg,
+    server: &ServerArgs,
+) -> anyhow::Result<ExitCode> {
+    let path = format!("{}/accuracy", path_of(operation)?);
+    let body = request(reqwest::Method::GET, &path, None, token, server).await?;
+    if server.json {
+        println!("{body}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let interval = |v: &Value| {
+        format!(
+            "[{:.3}, {:.3}]",
+            v["wilson_low"].as_f64().unwrap_or(0.0),
+            v["wilson_high"].as_f64().unwrap_or(1.0)
+        )
+    };
+    println!(
+        "{}: {} reviews, {} agreed, Wilson 95% {}",
+        text(&body["operation"]),
+        body["reviews"],
+        body["agreements"],
+        interval(&body)
+    );
+    println!(
+        "\n{:<24}  {:>7}  {:>6}  {:<15}  {:>6}  CALIBRATOR (held-out ECE before → after)",
+        "MODEL", "REVIEWS", "AGREE", "WILSON 95%", "ECE"
+    );
+    for model in body["per_model"].as_array().cloned().unwrap_or_default() {
+        let calibrator = if model["calibrator"].is_null() {
+            "-".to_string()
+        } else {
+            format!(
+                "{} ({:.3} → {:.3})",
+                text(&model["calibrator"]["kind"]),
+                model["calibrator"]["ece_before"].as_f64().unwrap_or(0.0),
+                model["calibrator"]["ece_after"].as_f64().unwrap_or(0.0)
+            )
+        };
+        println!(
+            "{:<24}  {:>7}  {:>6}  {:<15}  {:>6}  {}",
+            text(&model["model"]),
+            model["reviews"],
+            model["agreements"],
+            interval(&model),
+            model["ece"]
+                .as_f64()
+                .map_or("-".to_string(), |e| format!("{e:.3}")),
+            calibrator
+        );
+    }
+    if let Some(labels) = body["confusion"]["labels"].as_array() {
+        let names: Vec<&str> = labels.iter().map(text).collect();
+        println!("\nconfusion (rows: proposed, columns: final):");
+        let header: String = names.iter().map(|n| format!("{n:>10}")).collect();
+        println!("{:<12}  {header}", "");
+        let matrix = body["confusion"]["matrix"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        for (i, row) in matrix.iter().enumerate() {
+            let cells: String = row
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|c| format!("{c:>10}"))
+                .collect();
+            println!("{:<12}  {cells}", names.get(i).copied().unwrap_or_default());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -128,6 +128,7 @@ pub fn router(engine: Engine, options: ServerOptions) -> Router {
             get(trust::list_recommendations),
         )
         .route("/v1/trust/{workflow}/{step}", get(trust::get_operation))
+        .route("/v1/trust/{workflow}/{step}/accuracy", get(trust::accuracy))
         .route("/v1/trust/{workflow}/{step}/promote", post(trust::promote))
         .route("/v1/trust/{workflow}/{step}/decline", post(trust::decline))
         .route("/v1/trust/{workflow}/{step}/demote", post(trust::demote))

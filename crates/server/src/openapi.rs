@@ -40,6 +40,7 @@ use crate::{exceptions, gateway, learners, tasks, trust};
         trust::list_operations,
         trust::list_recommendations,
         trust::get_operation,
+        trust::accuracy,
         trust::promote,
         trust::decline,
         trust::demote,

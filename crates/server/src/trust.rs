@@ -225,3 +225,34 @@ pub async fn demote(
             .await?,
     )
 }
+
+/// Accuracy and calibration of one operation: agreement with its Wilson interval overall and
+/// per model, ECE and the reliability diagram of each model's raw confidences, the calibrator
+/// in use, and (for `classify`) the confusion matrix of proposed against final labels.
+#[utoipa::path(
+    get,
+    path = "/v1/trust/{workflow}/{step}/accuracy",
+    tag = "trust",
+    params(("workflow" = String, Path), ("step" = String, Path)),
+    security(("keel_token" = [])),
+    responses(
+        (status = 200, description = "Accuracy and calibration", body = Value),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such operation", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
+pub async fn accuracy(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiPath((workflow, step)): ApiPath<(String, String)>,
+) -> Result<Json<keel_engine::calibration::Accuracy>, Problem> {
+    crate::auth::required(&state.engine, &headers).await?;
+    let operation = format!("{workflow}/{step}");
+    match state.engine.accuracy(&operation).await? {
+        Some(accuracy) => Ok(Json(accuracy)),
+        None => Err(Problem::new(
+            Kind::UnknownOperation,
+            format!("no operation `{operation}`; GET /v1/trust lists them"),
+        )),
+    }
+}

@@ -63,6 +63,7 @@ const PATHS: &[&str] = &[
     "/v1/trust",
     "/v1/trust/recommendations",
     "/v1/trust/{workflow}/{step}",
+    "/v1/trust/{workflow}/{step}/accuracy",
     "/v1/trust/{workflow}/{step}/promote",
     "/v1/trust/{workflow}/{step}/decline",
     "/v1/trust/{workflow}/{step}/demote",
@@ -669,6 +670,8 @@ mod desk;
 mod exceptions;
 #[path = "api/gateway.rs"]
 mod gateway;
+#[path = "api/metrics.rs"]
+mod metrics;
 #[path = "api/tasks.rs"]
 mod tasks;
 #[path = "api/trust.rs"]
@@ -1078,6 +1081,12 @@ async fn the_authorization_matrix_holds_for_every_endpoint_and_role() {
             vec!["admin", "operator", "specialist"],
         ),
         ("GET", "/v1/models".into(), None, vec!["admin", "gateway"]),
+        (
+            "GET",
+            "/metrics".into(),
+            None,
+            vec!["admin", "governor", "auditor"],
+        ),
     ];
     let mut clients = Vec::new();
     for role in roles {

@@ -158,7 +158,9 @@ mod desk;
 pub use desk::DeskChange;
 #[macro_use]
 mod trust;
-pub use trust::{PhaseChange, RecommendationRow, TrustOperationRow, TrustOutcomeRow};
+pub use trust::{
+    CalibratorRow, PhaseChange, RecommendationRow, TrustOperationRow, TrustOutcomeRow,
+};
 
 /// A deployed workflow version.
 #[derive(Debug, Clone)]
@@ -1248,6 +1250,8 @@ fn options_read(path: &str) -> Result<SqliteConnectOptions> {
 }
 
 mod ai;
+mod metrics;
+pub use metrics::CountedEntry;
 mod tasks;
 pub use ai::{AiCallRow, LearnerRow, SpendRow, TokenRow};
 pub use tasks::{TaskFilter, TaskRow, UserRow};

@@ -272,9 +272,24 @@ CREATE TABLE trust_outcomes (
     phase INTEGER NOT NULL,
     model TEXT,
     confidence REAL,
-    cost_usd REAL
+    cost_usd REAL,
+    ai_step TEXT,
+    proposed_label TEXT,
+    final_label TEXT
 );
 CREATE INDEX trust_outcomes_operation ON trust_outcomes (operation, at_ms);
+CREATE INDEX trust_outcomes_model ON trust_outcomes (ai_step, model, at_ms);
+CREATE TABLE calibrators (
+    ai_step TEXT NOT NULL,
+    model TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    calibrator TEXT NOT NULL,
+    ece_before REAL NOT NULL,
+    ece_after REAL NOT NULL,
+    pairs INTEGER NOT NULL,
+    fitted_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (ai_step, model)
+);
 CREATE TABLE trust_recommendations (
     id TEXT PRIMARY KEY,
     operation TEXT NOT NULL,
@@ -566,9 +581,24 @@ CREATE TABLE trust_outcomes (
     phase BIGINT NOT NULL,
     model TEXT,
     confidence DOUBLE PRECISION,
-    cost_usd DOUBLE PRECISION
+    cost_usd DOUBLE PRECISION,
+    ai_step TEXT,
+    proposed_label TEXT,
+    final_label TEXT
 );
 CREATE INDEX trust_outcomes_operation ON trust_outcomes (operation, at_ms);
+CREATE INDEX trust_outcomes_model ON trust_outcomes (ai_step, model, at_ms);
+CREATE TABLE calibrators (
+    ai_step TEXT NOT NULL,
+    model TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    calibrator TEXT NOT NULL,
+    ece_before DOUBLE PRECISION NOT NULL,
+    ece_after DOUBLE PRECISION NOT NULL,
+    pairs BIGINT NOT NULL,
+    fitted_at_ms BIGINT NOT NULL,
+    PRIMARY KEY (ai_step, model)
+);
 CREATE TABLE trust_recommendations (
     id TEXT PRIMARY KEY,
     operation TEXT NOT NULL,

@@ -45,8 +45,29 @@ pub struct TrustOutcomeRow {
     pub verdict: String,
     pub phase: i64,
     pub model: Option<String>,
+    /// The proposal's raw (uncalibrated) confidence.
     pub confidence: Option<f64>,
     pub cost_usd: Option<f64>,
+    /// `workflow/step` of the `ai` step whose proposal was reviewed.
+    pub ai_step: Option<String>,
+    /// For `classify`: the proposed label and the label that stood after the review
+    /// (`rejected` when the action was rejected).
+    pub proposed_label: Option<String>,
+    pub final_label: Option<String>,
+}
+
+/// A fitted confidence calibrator of one model on one `ai` step.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CalibratorRow {
+    pub ai_step: String,
+    pub model: String,
+    /// `none` (the raw confidence was better on held-out reviews), `isotonic` or `platt`.
+    pub kind: String,
+    pub calibrator: Value,
+    pub ece_before: f64,
+    pub ece_after: f64,
+    pub pairs: i64,
+    pub fitted_at_ms: i64,
 }
 
 /// A promotion the system recommends, with its evidence.
@@ -80,7 +101,9 @@ pub struct PhaseChange {
 }
 
 /// The `trust_outcomes` rows that `outcome.reviewed` entries record.
-pub(crate) fn outcome_rows<'e>(entries: impl Iterator<Item = &'e NewEntry>) -> Vec<TrustOutcomeRow> {
+pub(crate) fn outcome_rows<'e>(
+    entries: impl Iterator<Item = &'e NewEntry>,
+) -> Vec<TrustOutcomeRow> {
     entries
         .filter(|entry| entry.kind == "outcome.reviewed")
         .filter_map(|entry| {
@@ -96,6 +119,9 @@ pub(crate) fn outcome_rows<'e>(entries: impl Iterator<Item = &'e NewEntry>) -> V
                 model: data["model"].as_str().map(str::to_string),
                 confidence: data["confidence"].as_f64(),
                 cost_usd: data["cost_usd"].as_f64(),
+                ai_step: data["ai_step"].as_str().map(str::to_string),
+                proposed_label: data["proposed_label"].as_str().map(str::to_string),
+                final_label: data["final_label"].as_str().map(str::to_string),
             })
         })
         .collect()
@@ -105,13 +131,41 @@ pub(crate) fn outcome_rows<'e>(entries: impl Iterator<Item = &'e NewEntry>) -> V
 macro_rules! apply_trust_outcomes {
     ($tx:ident, $rows:expr) => {
         for row in $rows {
-            sqlx::query("INSERT INTO trust_outcomes (operation, case_id, task_id, at_ms, source, verdict, phase, model, confidence, cost_usd) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (task_id) DO NOTHING")
+            sqlx::query("INSERT INTO trust_outcomes (operation, case_id, task_id, at_ms, source, verdict, phase, model, confidence, cost_usd, ai_step, proposed_label, final_label) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (task_id) DO NOTHING")
                 .bind(&row.operation).bind(&row.case_id).bind(&row.task_id).bind(row.at_ms)
                 .bind(&row.source).bind(&row.verdict).bind(row.phase).bind(&row.model)
                 .bind(row.confidence).bind(row.cost_usd)
+                .bind(&row.ai_step).bind(&row.proposed_label).bind(&row.final_label)
                 .execute(&mut *$tx).await?;
         }
     };
+}
+
+const OUTCOME_COLUMNS: &str = "operation, case_id, task_id, at_ms, source, verdict, phase, model, confidence, cost_usd, ai_step, proposed_label, final_label";
+
+fn outcome_from<R: Row>(row: &R) -> Result<TrustOutcomeRow>
+where
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<f64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(TrustOutcomeRow {
+        operation: row.try_get("operation")?,
+        case_id: row.try_get("case_id")?,
+        task_id: row.try_get("task_id")?,
+        at_ms: row.try_get("at_ms")?,
+        source: row.try_get("source")?,
+        verdict: row.try_get("verdict")?,
+        phase: row.try_get("phase")?,
+        model: row.try_get("model")?,
+        confidence: row.try_get("confidence")?,
+        cost_usd: row.try_get("cost_usd")?,
+        ai_step: row.try_get("ai_step")?,
+        proposed_label: row.try_get("proposed_label")?,
+        final_label: row.try_get("final_label")?,
+    })
 }
 
 const OPERATION_COLUMNS: &str = "operation, workflow, step, phase, since_ms, promoted_at_ms, workflow_version, config_sha256, updated_at_ms";
@@ -167,7 +221,10 @@ macro_rules! append_projected {
         let entries: Vec<&NewEntry> = $entries;
         insert_entries!($tx, entries);
         apply_task_changes!($tx, tasks::task_changes(entries.iter().copied()));
-        apply_exception_changes!($tx, crate::exceptions::exception_changes(entries.iter().copied()));
+        apply_exception_changes!(
+            $tx,
+            crate::exceptions::exception_changes(entries.iter().copied())
+        );
         apply_trust_outcomes!($tx, outcome_rows(entries.iter().copied()));
     };
 }
@@ -177,14 +234,23 @@ impl Store {
     pub async fn trust_operations(&self) -> Result<Vec<TrustOperationRow>> {
         let sql = format!("SELECT {OPERATION_COLUMNS} FROM trust_operations ORDER BY operation");
         dispatch_read!(self, |pool| {
-            sqlx::query(&sql).fetch_all(pool).await?.iter().map(operation_from).collect()
+            sqlx::query(&sql)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(operation_from)
+                .collect()
         })
     }
 
     pub async fn trust_operation(&self, operation: &str) -> Result<Option<TrustOperationRow>> {
         let sql = format!("SELECT {OPERATION_COLUMNS} FROM trust_operations WHERE operation = $1");
         dispatch_read!(self, |pool| {
-            match sqlx::query(&sql).bind(operation).fetch_optional(pool).await? {
+            match sqlx::query(&sql)
+                .bind(operation)
+                .fetch_optional(pool)
+                .await?
+            {
                 Some(row) => Ok(Some(operation_from(&row)?)),
                 None => Ok(None),
             }
@@ -197,7 +263,9 @@ impl Store {
         dispatch!(self, |pool| {
             let mut tx = pool.begin().await?;
             if let Backend::Postgres(_) = self.backend {
-                sqlx::query("SELECT pg_advisory_xact_lock(7317)").execute(&mut *tx).await?;
+                sqlx::query("SELECT pg_advisory_xact_lock(7317)")
+                    .execute(&mut *tx)
+                    .await?;
             }
             let affected = match change.expected {
                 None => sqlx::query("INSERT INTO trust_operations (operation, workflow, step, phase, since_ms, promoted_at_ms, workflow_version, config_sha256, updated_at_ms) VALUES ($1, $2, $3, $4, $5, NULL, $6, $7, $5) ON CONFLICT (operation) DO NOTHING")
@@ -228,7 +296,12 @@ impl Store {
     }
 
     /// Records the version and configuration an operation runs under now (no phase change).
-    pub async fn trust_note_version(&self, operation: &str, version: i64, config_sha256: &str) -> Result<()> {
+    pub async fn trust_note_version(
+        &self,
+        operation: &str,
+        version: i64,
+        config_sha256: &str,
+    ) -> Result<()> {
         dispatch!(self, |pool| {
             sqlx::query("UPDATE trust_operations SET workflow_version = $1, config_sha256 = $2 WHERE operation = $3")
                 .bind(version).bind(config_sha256).bind(operation)
@@ -239,28 +312,23 @@ impl Store {
 
     /// An operation's outcomes recorded at or after `since_ms`, oldest first, at most the
     /// newest `limit` of them.
-    pub async fn trust_outcomes(&self, operation: &str, since_ms: i64, limit: i64) -> Result<Vec<TrustOutcomeRow>> {
+    pub async fn trust_outcomes(
+        &self,
+        operation: &str,
+        since_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<TrustOutcomeRow>> {
         dispatch_read!(self, |pool| {
-            let rows = sqlx::query("SELECT operation, case_id, task_id, at_ms, source, verdict, phase, model, confidence, cost_usd FROM trust_outcomes \
-                 WHERE operation = $1 AND at_ms >= $2 ORDER BY at_ms DESC, id DESC LIMIT $3")
-                .bind(operation).bind(since_ms).bind(limit.max(1))
-                .fetch_all(pool).await?;
-            let mut out = Vec::with_capacity(rows.len());
-            for row in rows.iter().rev() {
-                out.push(TrustOutcomeRow {
-                    operation: row.try_get("operation")?,
-                    case_id: row.try_get("case_id")?,
-                    task_id: row.try_get("task_id")?,
-                    at_ms: row.try_get("at_ms")?,
-                    source: row.try_get("source")?,
-                    verdict: row.try_get("verdict")?,
-                    phase: row.try_get("phase")?,
-                    model: row.try_get("model")?,
-                    confidence: row.try_get("confidence")?,
-                    cost_usd: row.try_get("cost_usd")?,
-                });
-            }
-            Ok(out)
+            let rows = sqlx::query(&format!(
+                "SELECT {OUTCOME_COLUMNS} FROM trust_outcomes \
+                 WHERE operation = $1 AND at_ms >= $2 ORDER BY at_ms DESC, id DESC LIMIT $3"
+            ))
+            .bind(operation)
+            .bind(since_ms)
+            .bind(limit.max(1))
+            .fetch_all(pool)
+            .await?;
+            rows.iter().rev().map(outcome_from).collect()
         })
     }
 
@@ -270,7 +338,9 @@ impl Store {
         dispatch!(self, |pool| {
             let mut tx = pool.begin().await?;
             if let Backend::Postgres(_) = self.backend {
-                sqlx::query("SELECT pg_advisory_xact_lock(7317)").execute(&mut *tx).await?;
+                sqlx::query("SELECT pg_advisory_xact_lock(7317)")
+                    .execute(&mut *tx)
+                    .await?;
             }
             let open: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM trust_recommendations WHERE operation = $1 AND status = 'open'")
                 .bind(&row.operation).fetch_one(&mut *tx).await?;
@@ -290,20 +360,40 @@ impl Store {
     }
 
     /// Recommendations, newest first; only `status` ones when given.
-    pub async fn trust_recommendations(&self, status: Option<&str>, operation: Option<&str>) -> Result<Vec<RecommendationRow>> {
+    pub async fn trust_recommendations(
+        &self,
+        status: Option<&str>,
+        operation: Option<&str>,
+    ) -> Result<Vec<RecommendationRow>> {
         let sql = format!("SELECT {RECOMMENDATION_COLUMNS} FROM trust_recommendations WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR operation = $2) ORDER BY created_at_ms DESC, id LIMIT $3");
         dispatch_read!(self, |pool| {
-            sqlx::query(&sql).bind(status).bind(operation).bind(MAX_PAGE)
-                .fetch_all(pool).await?.iter().map(recommendation_from).collect()
+            sqlx::query(&sql)
+                .bind(status)
+                .bind(operation)
+                .bind(MAX_PAGE)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(recommendation_from)
+                .collect()
         })
     }
 
     /// Closes an open recommendation as `status` (declined, approved) with `entry`.
-    pub async fn trust_close_recommendation(&self, id: &str, status: &str, by: &str, at_ms: i64, entry: &NewEntry) -> Result<bool> {
+    pub async fn trust_close_recommendation(
+        &self,
+        id: &str,
+        status: &str,
+        by: &str,
+        at_ms: i64,
+        entry: &NewEntry,
+    ) -> Result<bool> {
         dispatch!(self, |pool| {
             let mut tx = pool.begin().await?;
             if let Backend::Postgres(_) = self.backend {
-                sqlx::query("SELECT pg_advisory_xact_lock(7317)").execute(&mut *tx).await?;
+                sqlx::query("SELECT pg_advisory_xact_lock(7317)")
+                    .execute(&mut *tx)
+                    .await?;
             }
             let affected = sqlx::query("UPDATE trust_recommendations SET status = $1, decided_by = $2, decided_at_ms = $3 WHERE id = $4 AND status = 'open'")
                 .bind(status).bind(by).bind(at_ms).bind(id)
@@ -326,10 +416,15 @@ impl Store {
         dispatch!(self, |pool| {
             let mut tx = pool.begin().await?;
             if let Backend::Postgres(_) = self.backend {
-                sqlx::query("SELECT pg_advisory_xact_lock(7317)").execute(&mut *tx).await?;
+                sqlx::query("SELECT pg_advisory_xact_lock(7317)")
+                    .execute(&mut *tx)
+                    .await?;
             }
-            let open: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tasks WHERE id = $1 AND status = 'open'")
-                .bind(task_id).fetch_one(&mut *tx).await?;
+            let open: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM tasks WHERE id = $1 AND status = 'open'")
+                    .bind(task_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
             if open != 1 {
                 tx.rollback().await?;
                 return Ok(false);
@@ -337,6 +432,84 @@ impl Store {
             append_projected!(tx, entries.iter().collect());
             tx.commit().await?;
             Ok(true)
+        })
+    }
+
+    /// Outcomes with a confidence, by `ai` step and model (for calibration), newest
+    /// `limit`, oldest first; every `ai` step and model when `None`.
+    pub async fn calibration_outcomes(
+        &self,
+        ai_step: &str,
+        model: &str,
+        limit: i64,
+    ) -> Result<Vec<TrustOutcomeRow>> {
+        dispatch_read!(self, |pool| {
+            let rows = sqlx::query(&format!("SELECT {OUTCOME_COLUMNS} FROM trust_outcomes \
+                 WHERE ai_step = $1 AND model = $2 AND confidence IS NOT NULL ORDER BY at_ms DESC, id DESC LIMIT $3"))
+                .bind(ai_step).bind(model).bind(limit.max(1))
+                .fetch_all(pool).await?;
+            rows.iter().rev().map(outcome_from).collect()
+        })
+    }
+
+    /// The (ai step, model) pairs that have reviewed outcomes with a confidence.
+    pub async fn calibration_keys(&self) -> Result<Vec<(String, String, i64)>> {
+        dispatch_read!(self, |pool| {
+            let rows = sqlx::query("SELECT ai_step, model, COUNT(*) AS n FROM trust_outcomes WHERE ai_step IS NOT NULL AND model IS NOT NULL AND confidence IS NOT NULL GROUP BY ai_step, model ORDER BY ai_step, model")
+                .fetch_all(pool).await?;
+            rows.iter()
+                .map(|row| {
+                    Ok((
+                        row.try_get("ai_step")?,
+                        row.try_get("model")?,
+                        row.try_get("n")?,
+                    ))
+                })
+                .collect()
+        })
+    }
+
+    /// Stores a fitted calibrator (replacing the previous one) with its journal entry.
+    pub async fn save_calibrator(&self, row: &CalibratorRow, entry: &NewEntry) -> Result<()> {
+        dispatch!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            if let Backend::Postgres(_) = self.backend {
+                sqlx::query("SELECT pg_advisory_xact_lock(7317)")
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            sqlx::query("INSERT INTO calibrators (ai_step, model, kind, calibrator, ece_before, ece_after, pairs, fitted_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                 ON CONFLICT (ai_step, model) DO UPDATE SET kind = $3, calibrator = $4, ece_before = $5, ece_after = $6, pairs = $7, fitted_at_ms = $8")
+                .bind(&row.ai_step).bind(&row.model).bind(&row.kind).bind(row.calibrator.to_string())
+                .bind(row.ece_before).bind(row.ece_after).bind(row.pairs).bind(row.fitted_at_ms)
+                .execute(&mut *tx).await?;
+            let entries = [entry];
+            insert_entries!(tx, entries);
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// Every stored calibrator.
+    pub async fn calibrators(&self) -> Result<Vec<CalibratorRow>> {
+        dispatch_read!(self, |pool| {
+            let rows = sqlx::query("SELECT ai_step, model, kind, calibrator, ece_before, ece_after, pairs, fitted_at_ms FROM calibrators ORDER BY ai_step, model")
+                .fetch_all(pool).await?;
+            rows.iter()
+                .map(|row| {
+                    let text: String = row.try_get("calibrator")?;
+                    Ok(CalibratorRow {
+                        ai_step: row.try_get("ai_step")?,
+                        model: row.try_get("model")?,
+                        kind: row.try_get("kind")?,
+                        calibrator: serde_json::from_str(&text).unwrap_or(Value::Null),
+                        ece_before: row.try_get("ece_before")?,
+                        ece_after: row.try_get("ece_after")?,
+                        pairs: row.try_get("pairs")?,
+                        fitted_at_ms: row.try_get("fitted_at_ms")?,
+                    })
+                })
+                .collect()
         })
     }
 }

@@ -72,7 +72,8 @@ fn check_pairs(what: &'static str, pairs: &[Pair]) -> Result<(), Error> {
 /// The pairs are sorted by confidence with a **stable** sort (equal confidences keep their input
 /// order) and cut into `bins` consecutive groups whose sizes differ by at most one: with
 /// n = q·bins + r, the first r groups hold q + 1 pairs and the rest q (numpy's `array_split`).
-/// Equal confidences can therefore straddle a bin boundary; that keeps every bin the same mass,
+/// Unlike `array_split`, a cut never splits a run of equal confidences: it moves forward to
+/// the end of the run (bins with ties hold more, and later bins may be empty and are skipped);
 /// which is the point of equal-frequency bins. With fewer pairs than bins, the empty bins are
 /// left out.
 pub fn expected_calibration_error(pairs: &[Pair], bins: usize) -> Result<Ece, Error> {
@@ -91,13 +92,21 @@ pub fn expected_calibration_error(pairs: &[Pair], bins: usize) -> Result<Ece, Er
     let mut start = 0;
     let mut ece = 0.0;
     let mut reliability = Vec::with_capacity(bins.min(total));
+    let mut cut = 0;
     for bin in 0..bins {
-        let size = base + usize::from(bin < remainder);
-        if size == 0 {
+        cut += base + usize::from(bin < remainder);
+        // A bin ends where the equal-frequency cut falls, moved forward past any run of equal
+        // confidences: the same confidence never straddles two bins (splitting ties would
+        // measure the noise of the split, not calibration).
+        let mut end = cut.max(start).min(total);
+        while end > start && end < total && sorted[end].confidence == sorted[end - 1].confidence {
+            end += 1;
+        }
+        if end <= start {
             continue;
         }
-        let group = &sorted[start..start + size];
-        start += size;
+        let group = &sorted[start..end];
+        start = end;
         let count = group.len() as f64;
         let mean_confidence = group.iter().map(|pair| pair.confidence).sum::<f64>() / count;
         let accuracy = group.iter().filter(|pair| pair.correct).count() as f64 / count;

@@ -512,3 +512,75 @@ async fn a_changed_version_restarts_the_operation_one_phase_down_recording_autho
     assert_eq!(entry["reference"], "CHG-3");
     assert_ne!(entry["config_sha256"], entry["previous_config_sha256"]);
 }
+
+#[tokio::test]
+async fn reviews_measure_accuracy_and_fit_a_calibrator_that_later_proposals_carry() {
+    let t = trust(&refunds("1", 1, "data.judge.confidence >= 0.7")).await;
+    // The mock model gives no log-probabilities: raw confidence is 0 (method `none`). 60
+    // reviews: 48 agree, 12 correct the label, so the raw confidence is badly calibrated.
+    for i in 0..60 {
+        let case_id = t.submit(50.0).await;
+        let task = t.task(&case_id, "action").await;
+        let decision = if i % 5 == 4 {
+            json!({"decision": "correct", "output": {"label": "hold"}})
+        } else {
+            json!({"decision": "approve"})
+        };
+        t.decide("ann", task["id"].as_str().unwrap(), decision)
+            .await;
+        t.wait_status(&case_id, "completed").await;
+    }
+    let (status, accuracy) = t
+        .call(
+            "ann",
+            reqwest::Method::GET,
+            "/v1/trust/refunds/pay/accuracy",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{accuracy}");
+    assert_eq!(
+        (
+            accuracy["reviews"].as_u64(),
+            accuracy["agreements"].as_u64()
+        ),
+        (Some(60), Some(48))
+    );
+    let model = &accuracy["per_model"][0];
+    assert_eq!(model["model"], "primary");
+    // All 60 raw confidences are 0 while 80% were right: ECE 0.8.
+    assert!(
+        (model["ece"].as_f64().unwrap() - 0.8).abs() < 1e-9,
+        "{model:#}"
+    );
+    assert_eq!(accuracy["confusion"]["labels"], json!(["hold", "pay"]));
+    assert_eq!(accuracy["confusion"]["matrix"], json!([[0, 0], [12, 48]]));
+
+    // The trust pass fits a calibrator, kept because it beats the raw values on held-out reviews.
+    let pass = t.engine.evaluate_trust_once().await.unwrap();
+    assert_eq!(pass.calibrators_fitted, 1);
+    let (_, accuracy) = t
+        .call(
+            "ann",
+            reqwest::Method::GET,
+            "/v1/trust/refunds/pay/accuracy",
+            None,
+        )
+        .await;
+    let calibrator = &accuracy["per_model"][0]["calibrator"];
+    assert_ne!(calibrator["kind"], "none", "{calibrator:#}");
+    assert!(calibrator["ece_after"].as_f64().unwrap() < calibrator["ece_before"].as_f64().unwrap());
+    // A new proposal carries the calibrated confidence (≈ 0.8) with the raw one beside it.
+    let case_id = t.submit(50.0).await;
+    t.task(&case_id, "action").await;
+    let state: Value = serde_json::from_str(&t.engine.case(&case_id).await.unwrap().state).unwrap();
+    let proposal = &state["data"]["judge"];
+    assert_eq!(proposal["raw_confidence"], 0.0, "{proposal:#}");
+    assert_eq!(proposal["calibrator"], calibrator["kind"]);
+    let calibrated = proposal["confidence"].as_f64().unwrap();
+    assert!(
+        (0.6..=0.95).contains(&calibrated),
+        "calibrated confidence {calibrated}: {calibrator:#}"
+    );
+    assert_eq!(t.trust_entries("calibration.fitted").await.len(), 1);
+}

@@ -456,9 +456,22 @@ def calibration_pairs(seed, n, tie_step):
 
 
 def ece_numpy(confidence, correct, bins):
+    # Equal-frequency cuts as numpy's array_split makes them, each moved forward to the end
+    # of a run of equal confidences so that ties never straddle two bins.
     order = np.argsort(confidence, kind="stable")
     total, ece, rows = len(confidence), 0.0, []
-    for group in np.array_split(order, bins):
+    sizes = [len(g) for g in np.array_split(order, bins)]
+    sorted_conf = confidence[order]
+    groups, start, cut = [], 0, 0
+    for size in sizes:
+        cut += size
+        end = min(max(cut, start), total)
+        while start < end < total and sorted_conf[end] == sorted_conf[end - 1]:
+            end += 1
+        if end > start:
+            groups.append(order[start:end])
+            start = end
+    for group in groups:
         if len(group) == 0:
             continue
         mean_confidence = float(np.mean(confidence[group]))
