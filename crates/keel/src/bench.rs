@@ -29,6 +29,9 @@ pub enum BenchCommand {
     /// Tasks created and decided through the API by concurrent reviewers: decisions/s and
     /// decision latency.
     Review(crate::bench_review::ReviewArgs),
+    /// One trust evaluation pass over N operations with M reviewed outcomes each: the
+    /// statistics alone and the engine's whole pass on SQLite.
+    Trust(crate::bench_trust::TrustArgs),
 }
 
 #[derive(Args, Debug)]
@@ -93,6 +96,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
             (crate::bench_gateway::bench_gateway(&args).await?, args.json)
         }
         BenchCommand::Review(args) => (crate::bench_review::bench_review(&args).await?, args.json),
+        BenchCommand::Trust(args) => (crate::bench_trust::bench_trust(&args).await?, args.json),
     };
     print_figures(&figures, json);
     Ok(ExitCode::SUCCESS)

@@ -5,6 +5,7 @@ mod audit;
 mod bench;
 mod bench_gateway;
 mod bench_review;
+mod bench_trust;
 mod check;
 mod client;
 mod exceptions;

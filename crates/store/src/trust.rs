@@ -512,4 +512,25 @@ impl Store {
                 .collect()
         })
     }
+
+    /// Inserts review outcomes directly, in one transaction (benchmarks and imports; the
+    /// engine records them from `outcome.reviewed` entries).
+    pub async fn insert_trust_outcomes(&self, rows: &[TrustOutcomeRow]) -> Result<()> {
+        dispatch!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            for chunk in rows.chunks(2_000) {
+                let mut builder = QueryBuilder::new("INSERT INTO trust_outcomes (operation, case_id, task_id, at_ms, source, verdict, phase, model, confidence, cost_usd, ai_step, proposed_label, final_label) ");
+                builder.push_values(chunk, |mut b, row| {
+                    b.push_bind(&row.operation).push_bind(&row.case_id).push_bind(&row.task_id)
+                        .push_bind(row.at_ms).push_bind(&row.source).push_bind(&row.verdict)
+                        .push_bind(row.phase).push_bind(&row.model).push_bind(row.confidence)
+                        .push_bind(row.cost_usd).push_bind(&row.ai_step).push_bind(&row.proposed_label)
+                        .push_bind(&row.final_label);
+                });
+                builder.build().execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
 }
