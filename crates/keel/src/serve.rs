@@ -50,6 +50,14 @@ pub struct ServeArgs {
     /// exception goes to the queue `exceptions`, claimed by operators and specialists.
     #[arg(long, env = "KEEL_EXCEPTIONS")]
     pub exceptions: Option<PathBuf>,
+    /// Send OpenTelemetry traces (a span per model call, review events) over OTLP/HTTP with
+    /// JSON to ENDPOINT/v1/traces, e.g. http://localhost:4318. Off by default.
+    #[arg(long, env = "KEEL_OTLP_ENDPOINT", value_name = "ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// The environment variable holding a scrape token: a request bearing it may read
+    /// /metrics without a user token (for Prometheus).
+    #[arg(long, value_name = "VAR")]
+    pub metrics_token_env: Option<String>,
 }
 
 /// Opens the store and the engine the way every command that runs cases does.
@@ -60,6 +68,7 @@ pub async fn start_engine(
     ai: Option<Arc<keel_ai::cascade::Runtime>>,
     webhooks: Vec<keel_engine::webhooks::Endpoint>,
     desk: Arc<keel_core::desk::DeskConfig>,
+    telemetry: keel_engine::telemetry::Options,
 ) -> anyhow::Result<(Engine, Option<std::fs::File>)> {
     std::fs::create_dir_all(&data.data_dir).with_context(|| {
         format!(
@@ -87,6 +96,7 @@ pub async fn start_engine(
             ..keel_engine::webhooks::Options::default()
         },
         desk,
+        telemetry,
         ..Options::default()
     };
     let engine = Engine::start(store, options, Arc::new(SystemClock)).await?;
@@ -218,6 +228,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             None
         }
     };
+    // Like webhook secrets, the scrape token is read now, so a missing one stops the start.
+    let metrics_token = match &args.metrics_token_env {
+        None => None,
+        Some(variable) => match std::env::var(variable) {
+            Ok(token) if !token.trim().is_empty() => Some(token.trim().to_string()),
+            _ => {
+                eprintln!("keel serve: --metrics-token-env {variable}: the variable is not set or empty; set it to the secret Prometheus sends");
+                return Ok(ExitCode::from(2));
+            }
+        },
+    };
+    let telemetry = keel_engine::telemetry::Options {
+        otlp_endpoint: args.otlp_endpoint.clone().filter(|e| !e.trim().is_empty()),
+        ..keel_engine::telemetry::Options::default()
+    };
     let desk_path = desk_path(args.exceptions.as_deref());
     let desk = match keel_engine::desk::load_config(desk_path.as_deref()) {
         Ok(desk) => {
@@ -241,6 +266,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         runtime,
         webhooks,
         desk,
+        telemetry,
     )
     .await?;
     import_learner_files(&engine, &args.data.data_dir).await;
@@ -287,6 +313,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let options = keel_server::ServerOptions {
         sandbox: !args.no_sandbox,
         authorizer: Some(authorizer),
+        metrics_token,
         ..keel_server::ServerOptions::default()
     };
     keel_server::serve(listener, engine.clone(), options, shutdown).await?;

@@ -36,6 +36,7 @@ use keel_engine::{canonical_data, rfc3339_ms, Engine};
 use keel_store::{AiCallRow, NewEntry};
 use serde_json::{json, Value};
 
+use crate::metrics::CallTimer;
 use crate::AppState;
 
 /// Fields of a chat-completions request the gateway understands.
@@ -569,6 +570,10 @@ struct Log {
     calls: Vec<AiCallRow>,
     cost_nano: i64,
     cost_known: bool,
+    /// Time spent waiting for upstream calls; the rest of `started.elapsed()` is overhead.
+    upstream: std::time::Duration,
+    /// A forwarded stream: its time is the stream's, so no overhead is observed.
+    forwarded: bool,
 }
 
 impl Log {
@@ -640,6 +645,10 @@ impl Log {
                 .await;
         } else {
             engine.record_ai_calls(self.calls, Some(entry)).await;
+        }
+        if !self.forwarded {
+            let overhead = self.started.elapsed().saturating_sub(self.upstream);
+            engine.telemetry().observe_gateway_overhead(overhead);
         }
     }
 }
@@ -716,6 +725,8 @@ pub(crate) async fn chat_completions(
         calls: Vec::new(),
         cost_nano: 0,
         cost_known: true,
+        upstream: std::time::Duration::ZERO,
+        forwarded: false,
     };
     if parsed.stream && matches!(parsed.check, AnswerCheck::None) {
         forward_stream(state.engine.clone(), runtime, parsed, route, log, permit).await
@@ -834,13 +845,27 @@ async fn complete(
                 continue;
             }
         };
+        let timer = CallTimer::start();
         let (result, stats) = client.chat(&parsed.request).await;
+        log.upstream += timer.elapsed();
         let cost = match &result {
             Ok(response) => cost_of(model, response.usage, date),
             Err(_) => Some(0.0),
         };
         runtime.budgets().settle(reservation, cost.map(to_nano));
         log.add_cost(cost);
+        let outcome = match &result {
+            Ok(response) => Ok((response.usage, response.response_model.as_deref())),
+            Err(error) => Err(error.code()),
+        };
+        timer.observe(
+            &engine,
+            model,
+            &parsed.request,
+            &log.caller.name,
+            outcome,
+            cost,
+        );
         let mut row = log.call_row(model);
         row.attempts = i64::from(stats.attempts);
         row.latency_ms = stats.latency_ms as i64;
@@ -1054,6 +1079,7 @@ async fn forward_stream(
     let date = rfc3339_date(log.started_ms);
     let mut failure = Failure::Provider("no model could be tried".into(), "no_model");
     let mut permit = Some(permit);
+    log.forwarded = true;
     for model in route {
         let Some(client) = runtime.client(&model.name) else {
             continue;
@@ -1072,9 +1098,19 @@ async fn forward_stream(
                 continue;
             }
         };
+        let timer = CallTimer::start();
         let mut stream = match client.chat_stream(&parsed.request).await {
             Ok(stream) => stream,
             Err(error) => {
+                let (request, caller) = (&parsed.request, &log.caller.name);
+                timer.observe(
+                    &engine,
+                    &model,
+                    request,
+                    caller,
+                    Err(error.code()),
+                    Some(0.0),
+                );
                 runtime.budgets().settle(reservation, Some(0));
                 let mut row = log.call_row(&model);
                 row.status = error.code().into();
@@ -1164,6 +1200,18 @@ async fn forward_stream(
             };
             runtime.budgets().settle(reservation, cost.map(to_nano));
             log.add_cost(cost);
+            let call_outcome = match status.as_str() {
+                "ok" => Ok((usage, None)),
+                failed => Err(failed),
+            };
+            timer.observe(
+                &engine,
+                &model,
+                &request,
+                &log.caller.name,
+                call_outcome,
+                cost,
+            );
             row.cost_nano = cost.map(to_nano);
             row.status = status.clone();
             fill_usage(&mut row, usage);
