@@ -14,9 +14,12 @@ pub mod calibration;
 mod clock;
 mod committer;
 pub mod desk;
+pub mod drift;
 pub mod exceptions;
 pub mod learn;
 mod registry;
+pub mod report;
+pub mod report_render;
 pub mod sequencer;
 pub mod tasks;
 pub mod telemetry;
@@ -114,6 +117,8 @@ pub struct Options {
     pub telemetry: telemetry::Options,
     /// How often every operation's trust evidence is evaluated.
     pub trust_interval: Duration,
+    /// How often monitored features are observed and tested for drift.
+    pub drift_interval: Duration,
 }
 
 impl Default for Options {
@@ -131,6 +136,7 @@ impl Default for Options {
             desk: Arc::new(keel_core::desk::DeskConfig::builtin()),
             telemetry: telemetry::Options::default(),
             trust_interval: Duration::from_secs(10),
+            drift_interval: Duration::from_secs(60),
         }
     }
 }
@@ -160,6 +166,8 @@ pub(crate) struct Inner {
     pub telemetry: telemetry::Telemetry,
     /// Every operation's trust phase, as this node knows it.
     pub trust: trust::TrustBook,
+    /// When calibrators were last refitted by the background pass.
+    pub last_refit_ms: std::sync::atomic::AtomicI64,
     pub work: mpsc::Sender<worker::Item>,
     pub in_flight: Arc<Semaphore>,
     pub http: reqwest::Client,
@@ -227,6 +235,7 @@ impl Engine {
             tokens: tokens::TokenCache::default(),
             telemetry,
             trust: trust::TrustBook::default(),
+            last_refit_ms: std::sync::atomic::AtomicI64::new(0),
             work: work_tx,
             http,
             poke: Notify::new(),
@@ -247,6 +256,7 @@ impl Engine {
             tokio::spawn(worker::sla_ticker(inner.clone())),
             tokio::spawn(desk::run(inner.clone())),
             tokio::spawn(trust::run(inner.clone())),
+            tokio::spawn(drift::run(inner.clone())),
             tokio::spawn(sequencer::run(inner.clone())),
             tokio::spawn(telemetry::run(inner.clone())),
         ];

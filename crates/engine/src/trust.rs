@@ -28,7 +28,7 @@ use std::time::Duration;
 use keel_core::gate::TaskDecision;
 use keel_core::trust::{ChangedVersionPhase, EvidenceWindow, Phases, TrustConfig};
 use keel_core::workflow::{StepKind, Workflow};
-use keel_store::{NewEntry, PhaseChange, RecommendationRow, TrustOperationRow, TrustOutcomeRow};
+use keel_store::{NewEntry, PhaseChange, RecommendationRow, TrustOperationRow};
 use serde_json::{json, Value};
 
 use crate::tokens::Caller;
@@ -36,6 +36,8 @@ use crate::{canonical_data, rfc3339_ms, Engine, Error, Inner, Result};
 
 /// Most outcomes read per operation per evaluation.
 const MAX_OUTCOMES: i64 = 1_000_000;
+/// Calibrators are refitted at most this often by the background pass.
+const REFIT_INTERVAL_MS: i64 = 5 * 60_000;
 /// The actor of the evaluator's own entries.
 pub const TRUST_ACTOR: &str = "trust-evaluator";
 
@@ -116,6 +118,16 @@ pub(crate) async fn run(inner: Arc<Inner>) {
         }
         if let Err(error) = evaluate(&inner).await {
             tracing::warn!(%error, "trust evaluation failed; retrying");
+        }
+        // Calibrators change slowly; refitting looks over every review, so at most every
+        // `REFIT_INTERVAL_MS`.
+        let now = inner.clock.now_ms();
+        let last = inner.last_refit_ms.load(Ordering::Relaxed);
+        if now - last >= REFIT_INTERVAL_MS {
+            inner.last_refit_ms.store(now, Ordering::Relaxed);
+            if let Err(error) = crate::calibration::refit(&inner).await {
+                tracing::warn!(%error, "calibrator refit failed; retrying later");
+            }
         }
     }
 }
@@ -277,14 +289,54 @@ pub(crate) async fn on_deploy(inner: &Inner, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// The outcomes as the statistics see them.
-fn as_outcomes(rows: &[TrustOutcomeRow]) -> Vec<keel_tuning::trust::Outcome> {
-    rows.iter()
-        .map(|row| keel_tuning::trust::Outcome {
-            at_ms: row.at_ms,
-            agreed: row.verdict == "agree",
-        })
-        .collect()
+/// The reviews in the promotion window and since the last promotion (or phase change), as
+/// the statistics see them, read in one packed query where the two overlap.
+async fn evidence(
+    inner: &Inner,
+    row: &TrustOperationRow,
+    config: &TrustConfig,
+    now: i64,
+) -> Result<(
+    Vec<keel_tuning::trust::Outcome>,
+    Vec<keel_tuning::trust::Outcome>,
+)> {
+    let since = row.promoted_at_ms.unwrap_or(row.since_ms).max(row.since_ms);
+    let outcome = |(at_ms, agreed): (i64, bool)| keel_tuning::trust::Outcome { at_ms, agreed };
+    match config.promotion.window {
+        EvidenceWindow::Milliseconds(ms) => {
+            let window_start = now.saturating_sub(ms);
+            let all = inner
+                .store
+                .trust_evidence(&row.operation, window_start.min(since), None)
+                .await?;
+            let window = all
+                .iter()
+                .filter(|(at, _)| *at >= window_start)
+                .map(|o| outcome(*o))
+                .collect();
+            let since_rows = all
+                .iter()
+                .filter(|(at, _)| *at >= since)
+                .map(|o| outcome(*o))
+                .collect();
+            Ok((window, since_rows))
+        }
+        EvidenceWindow::Count(n) => {
+            let newest = i64::try_from(n).unwrap_or(MAX_OUTCOMES);
+            let window = inner
+                .store
+                .trust_evidence(&row.operation, 0, Some(newest))
+                .await?;
+            let since_rows = inner
+                .store
+                .trust_evidence(&row.operation, since, None)
+                .await?;
+            Ok((
+                window.into_iter().map(outcome).collect(),
+                since_rows.into_iter().map(outcome).collect(),
+            ))
+        }
+    }
 }
 
 fn criteria(config: &TrustConfig, phase: i64) -> Result<keel_tuning::trust::PhaseCriteria> {
@@ -307,35 +359,6 @@ fn demotion(config: &TrustConfig) -> Result<keel_tuning::trust::DemotionParams> 
         .map_err(|e| Error::InvalidRequest(format!("demotion parameters: {e}")))
 }
 
-/// The reviews in the promotion window and since the last promotion (or phase change).
-async fn evidence_rows(
-    inner: &Inner,
-    row: &TrustOperationRow,
-    config: &TrustConfig,
-    now: i64,
-) -> Result<(Vec<TrustOutcomeRow>, Vec<TrustOutcomeRow>)> {
-    let window = match config.promotion.window {
-        EvidenceWindow::Milliseconds(ms) => {
-            inner
-                .store
-                .trust_outcomes(&row.operation, now.saturating_sub(ms), MAX_OUTCOMES)
-                .await?
-        }
-        EvidenceWindow::Count(n) => {
-            inner
-                .store
-                .trust_outcomes(&row.operation, 0, i64::try_from(n).unwrap_or(MAX_OUTCOMES))
-                .await?
-        }
-    };
-    let since = row.promoted_at_ms.unwrap_or(row.since_ms).max(row.since_ms);
-    let since_rows = inner
-        .store
-        .trust_outcomes(&row.operation, since, MAX_OUTCOMES)
-        .await?;
-    Ok((window, since_rows))
-}
-
 /// One evaluation pass over every operation.
 pub(crate) async fn evaluate(inner: &Inner) -> Result<TrustPass> {
     let rows = inner.store.trust_operations().await?;
@@ -350,16 +373,16 @@ pub(crate) async fn evaluate(inner: &Inner) -> Result<TrustPass> {
             continue;
         };
         pass.operations += 1;
-        let (window, since) = evidence_rows(inner, &row, config, now).await?;
-        pass.outcomes_read += window.len() + since.len();
+        let (window, since) = evidence(inner, &row, config, now).await?;
+        pass.outcomes_read += window.len().max(since.len());
         let phase =
             keel_tuning::trust::Phase::new(u8::try_from(row.phase.clamp(1, 4)).unwrap_or(1))
                 .map_err(|e| Error::InvalidRequest(e.to_string()))?;
         let evaluation = keel_tuning::trust::evaluate(
             phase,
             now,
-            &as_outcomes(&window),
-            &as_outcomes(&since),
+            &window,
+            &since,
             &criteria(config, row.phase)?,
             &demotion(config)?,
         )
@@ -418,15 +441,14 @@ pub(crate) async fn evaluate(inner: &Inner) -> Result<TrustPass> {
             }
         }
     }
-    pass.calibrators_fitted = crate::calibration::refit(inner).await?;
-    if !pass.recommended.is_empty() || !pass.demoted.is_empty() || pass.calibrators_fitted > 0 {
+    if !pass.recommended.is_empty() || !pass.demoted.is_empty() {
         inner.journal_written.notify_one();
     }
     Ok(pass)
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn demote(
+pub(crate) async fn demote(
     inner: &Inner,
     row: &TrustOperationRow,
     to: i64,
@@ -487,8 +509,15 @@ pub struct TrustChanged {
 }
 
 impl Engine {
-    /// Runs one trust evaluation pass now.
+    /// Runs one trust evaluation pass now, and refits calibrators.
     pub async fn evaluate_trust_once(&self) -> Result<TrustPass> {
+        let mut pass = evaluate(&self.inner).await?;
+        pass.calibrators_fitted = crate::calibration::refit(&self.inner).await?;
+        Ok(pass)
+    }
+
+    /// Runs one trust evaluation pass now, without refitting calibrators.
+    pub async fn evaluate_trust_only(&self) -> Result<TrustPass> {
         evaluate(&self.inner).await
     }
 
@@ -520,9 +549,9 @@ impl Engine {
             return Ok(None);
         };
         let now = self.inner.clock.now_ms();
-        let (window, _) = evidence_rows(&self.inner, &row, config, now).await?;
+        let (window, _) = evidence(&self.inner, &row, config, now).await?;
         let reviews = window.len() as u64;
-        let agreements = window.iter().filter(|o| o.verdict == "agree").count() as u64;
+        let agreements = window.iter().filter(|o| o.agreed).count() as u64;
         let interval =
             keel_tuning::interval::wilson(agreements, reviews, keel_tuning::interval::Z_95)
                 .map_err(|e| Error::InvalidRequest(e.to_string()))?;

@@ -277,7 +277,7 @@ CREATE TABLE trust_outcomes (
     proposed_label TEXT,
     final_label TEXT
 );
-CREATE INDEX trust_outcomes_operation ON trust_outcomes (operation, at_ms);
+CREATE INDEX trust_outcomes_operation ON trust_outcomes (operation, at_ms, verdict);
 CREATE INDEX trust_outcomes_model ON trust_outcomes (ai_step, model, at_ms);
 CREATE TABLE calibrators (
     ai_step TEXT NOT NULL,
@@ -302,6 +302,53 @@ CREATE TABLE trust_recommendations (
     evidence TEXT NOT NULL
 );
 CREATE INDEX trust_recommendations_operation ON trust_recommendations (operation, status);
+"#,
+    ),
+    (
+        8,
+        r#"
+CREATE TABLE drift_observations (
+    workflow TEXT NOT NULL,
+    feature TEXT NOT NULL,
+    case_id TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    value_num REAL,
+    value_cat TEXT,
+    PRIMARY KEY (workflow, feature, case_id)
+);
+CREATE INDEX drift_observations_window ON drift_observations (workflow, feature, at_ms);
+CREATE TABLE drift_cursor (name TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+INSERT INTO drift_cursor (name, seq) VALUES ('observations', 0);
+CREATE TABLE drift_results (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    workflow TEXT NOT NULL,
+    feature TEXT NOT NULL,
+    evaluated_at_ms INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    kind TEXT,
+    method TEXT,
+    parameters TEXT NOT NULL,
+    value REAL,
+    threshold REAL,
+    drifted INTEGER NOT NULL,
+    alerted INTEGER NOT NULL,
+    reference_rows INTEGER NOT NULL,
+    current_rows INTEGER NOT NULL,
+    failed_rows INTEGER NOT NULL,
+    reference_from_ms INTEGER NOT NULL,
+    current_from_ms INTEGER NOT NULL,
+    current_to_ms INTEGER NOT NULL
+);
+CREATE INDEX drift_results_feature ON drift_results (workflow, feature, id);
+"#,
+    ),
+    (
+        9,
+        r#"
+CREATE INDEX journal_kind_at ON journal (kind, at);
+CREATE INDEX cases_created ON cases (created_at_ms, workflow, status, sla_breached, updated_at_ms);
+CREATE INDEX trust_outcomes_at ON trust_outcomes (at_ms);
+CREATE INDEX exceptions_raised ON exceptions (raised_at_ms);
 "#,
     ),
 ];
@@ -586,7 +633,7 @@ CREATE TABLE trust_outcomes (
     proposed_label TEXT,
     final_label TEXT
 );
-CREATE INDEX trust_outcomes_operation ON trust_outcomes (operation, at_ms);
+CREATE INDEX trust_outcomes_operation ON trust_outcomes (operation, at_ms, verdict);
 CREATE INDEX trust_outcomes_model ON trust_outcomes (ai_step, model, at_ms);
 CREATE TABLE calibrators (
     ai_step TEXT NOT NULL,
@@ -611,6 +658,53 @@ CREATE TABLE trust_recommendations (
     evidence TEXT NOT NULL
 );
 CREATE INDEX trust_recommendations_operation ON trust_recommendations (operation, status);
+"#,
+    ),
+    (
+        8,
+        r#"
+CREATE TABLE drift_observations (
+    workflow TEXT NOT NULL,
+    feature TEXT NOT NULL,
+    case_id TEXT NOT NULL,
+    at_ms BIGINT NOT NULL,
+    value_num DOUBLE PRECISION,
+    value_cat TEXT,
+    PRIMARY KEY (workflow, feature, case_id)
+);
+CREATE INDEX drift_observations_window ON drift_observations (workflow, feature, at_ms);
+CREATE TABLE drift_cursor (name TEXT PRIMARY KEY, seq BIGINT NOT NULL);
+INSERT INTO drift_cursor (name, seq) VALUES ('observations', 0);
+CREATE TABLE drift_results (
+    id BIGSERIAL PRIMARY KEY,
+    workflow TEXT NOT NULL,
+    feature TEXT NOT NULL,
+    evaluated_at_ms BIGINT NOT NULL,
+    status TEXT NOT NULL,
+    kind TEXT,
+    method TEXT,
+    parameters TEXT NOT NULL,
+    value DOUBLE PRECISION,
+    threshold DOUBLE PRECISION,
+    drifted BIGINT NOT NULL,
+    alerted BIGINT NOT NULL,
+    reference_rows BIGINT NOT NULL,
+    current_rows BIGINT NOT NULL,
+    failed_rows BIGINT NOT NULL,
+    reference_from_ms BIGINT NOT NULL,
+    current_from_ms BIGINT NOT NULL,
+    current_to_ms BIGINT NOT NULL
+);
+CREATE INDEX drift_results_feature ON drift_results (workflow, feature, id);
+"#,
+    ),
+    (
+        9,
+        r#"
+CREATE INDEX journal_kind_at ON journal (kind, at);
+CREATE INDEX cases_created ON cases (created_at_ms, workflow, status, sla_breached, updated_at_ms);
+CREATE INDEX trust_outcomes_at ON trust_outcomes (at_ms);
+CREATE INDEX exceptions_raised ON exceptions (raised_at_ms);
 "#,
     ),
 ];

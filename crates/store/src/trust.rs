@@ -521,10 +521,18 @@ impl Store {
             for chunk in rows.chunks(2_000) {
                 let mut builder = QueryBuilder::new("INSERT INTO trust_outcomes (operation, case_id, task_id, at_ms, source, verdict, phase, model, confidence, cost_usd, ai_step, proposed_label, final_label) ");
                 builder.push_values(chunk, |mut b, row| {
-                    b.push_bind(&row.operation).push_bind(&row.case_id).push_bind(&row.task_id)
-                        .push_bind(row.at_ms).push_bind(&row.source).push_bind(&row.verdict)
-                        .push_bind(row.phase).push_bind(&row.model).push_bind(row.confidence)
-                        .push_bind(row.cost_usd).push_bind(&row.ai_step).push_bind(&row.proposed_label)
+                    b.push_bind(&row.operation)
+                        .push_bind(&row.case_id)
+                        .push_bind(&row.task_id)
+                        .push_bind(row.at_ms)
+                        .push_bind(&row.source)
+                        .push_bind(&row.verdict)
+                        .push_bind(row.phase)
+                        .push_bind(&row.model)
+                        .push_bind(row.confidence)
+                        .push_bind(row.cost_usd)
+                        .push_bind(&row.ai_step)
+                        .push_bind(&row.proposed_label)
                         .push_bind(&row.final_label);
                 });
                 builder.build().execute(&mut *tx).await?;
@@ -532,5 +540,51 @@ impl Store {
             tx.commit().await?;
             Ok(())
         })
+    }
+
+    /// An operation's reviews at or after `since_ms` as (time, agreed), oldest first; with
+    /// `newest`, only the newest so many. The database packs them into one string: for
+    /// evaluation passes over millions of reviews the driver's per-row cost, not the database,
+    /// would dominate.
+    pub async fn trust_evidence(
+        &self,
+        operation: &str,
+        since_ms: i64,
+        newest: Option<i64>,
+    ) -> Result<Vec<(i64, bool)>> {
+        let limit = newest.unwrap_or(i64::MAX).max(1);
+        let filter = "SELECT id FROM trust_outcomes WHERE operation = $1 AND at_ms >= $2 ORDER BY at_ms DESC, id DESC LIMIT $3";
+        let packed: Option<String> = match self.backend {
+            Backend::Sqlite { ref read, .. } => {
+                let sql = format!("SELECT group_concat(at_ms || ':' || (CASE WHEN verdict = 'agree' THEN 1 ELSE 0 END), ',' ORDER BY at_ms, id) FROM trust_outcomes WHERE operation = $1 AND at_ms >= $2{}",
+                    if newest.is_some() { format!(" AND id IN ({filter})") } else { " AND $3 > 0".to_string() });
+                sqlx::query_scalar(&sql)
+                    .bind(operation)
+                    .bind(since_ms)
+                    .bind(limit)
+                    .fetch_one(read)
+                    .await?
+            }
+            Backend::Postgres(ref pool) => {
+                let sql = format!("SELECT string_agg(at_ms::text || ':' || (CASE WHEN verdict = 'agree' THEN '1' ELSE '0' END), ',' ORDER BY at_ms, id) FROM trust_outcomes WHERE operation = $1 AND at_ms >= $2{}",
+                    if newest.is_some() { format!(" AND id IN ({filter})") } else { " AND $3 > 0".to_string() });
+                sqlx::query_scalar(&sql)
+                    .bind(operation)
+                    .bind(since_ms)
+                    .bind(limit)
+                    .fetch_one(pool)
+                    .await?
+            }
+        };
+        let Some(packed) = packed else {
+            return Ok(Vec::new());
+        };
+        Ok(packed
+            .split(',')
+            .filter_map(|item| {
+                let (at, agreed) = item.split_once(':')?;
+                Some((at.parse().ok()?, agreed == "1"))
+            })
+            .collect())
     }
 }

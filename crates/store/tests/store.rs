@@ -623,3 +623,54 @@ async fn desk_writes_are_conditional_and_journaled_once_on_both_backends() {
         backend.cleanup().await;
     }
 }
+
+#[tokio::test]
+async fn trust_evidence_is_read_packed_in_order_on_both_backends() {
+    use keel_store::TrustOutcomeRow;
+    for backend in backends("evidence").await {
+        let store = &backend.store;
+        let label = backend.label;
+        let row = |i: i64, verdict: &str| TrustOutcomeRow {
+            operation: "w/pay".into(),
+            case_id: format!("c{i}"),
+            task_id: format!("t{i}"),
+            at_ms: 1_000 + i,
+            source: "pre".into(),
+            verdict: verdict.into(),
+            phase: 1,
+            model: Some("m".into()),
+            confidence: Some(0.5),
+            cost_usd: None,
+            ai_step: Some("w/judge".into()),
+            proposed_label: None,
+            final_label: None,
+        };
+        // Inserted out of time order: read back in time order.
+        let rows = vec![
+            row(3, "agree"),
+            row(1, "corrected"),
+            row(2, "agree"),
+            row(4, "rejected"),
+        ];
+        store.insert_trust_outcomes(&rows).await.unwrap();
+        let all = store.trust_evidence("w/pay", 0, None).await.unwrap();
+        assert_eq!(
+            all,
+            vec![(1001, false), (1002, true), (1003, true), (1004, false)],
+            "{label}"
+        );
+        let since = store.trust_evidence("w/pay", 1003, None).await.unwrap();
+        assert_eq!(since, vec![(1003, true), (1004, false)], "{label}");
+        let newest = store.trust_evidence("w/pay", 0, Some(2)).await.unwrap();
+        assert_eq!(newest, vec![(1003, true), (1004, false)], "{label}");
+        assert!(
+            store
+                .trust_evidence("other", 0, None)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{label}"
+        );
+        backend.cleanup().await;
+    }
+}
