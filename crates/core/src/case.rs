@@ -1039,6 +1039,13 @@ impl<'w> Run<'w> {
                     "model": model,
                     "tier": tier,
                 });
+                // What the step's calls cost (null when a provider gave no usage): evidence
+                // for trust ties each review to it.
+                if let Value::Object(fields) = &mut proposal {
+                    let known = record["cost_known"].as_bool().unwrap_or(false);
+                    let cost = if known { record["cost_usd"].clone() } else { Value::Null };
+                    fields.insert("cost_usd".into(), cost);
+                }
                 // A calibrated confidence keeps the raw one beside it (the calibrators are
                 // fitted on raw confidences, and the journal keeps both).
                 if let (Some(raw), Value::Object(fields)) =
