@@ -1250,6 +1250,12 @@ fn options_read(path: &str) -> Result<SqliteConnectOptions> {
 }
 
 mod ai;
+mod report;
+pub use report::{
+    BulkCase, BulkException, BulkOutcome, BulkPattern, BulkRows, CallSummaryRow, CaseCountRow,
+    ConfidenceGroup, ExceptionCountRow, GateRow, GatedCasesRow, HistogramRow, LatencyRow,
+    NewPatternRow, ProposalRow, ReportWindow, ReviewCountRow,
+};
 mod metrics;
 pub use metrics::CountedEntry;
 mod tasks;

@@ -1,0 +1,1832 @@
+//! The cost analysis and the monthly operational review.
+//!
+//! Both are read-only views assembled from the store's aggregates (`keel_store` `report_*`:
+//! projections and journal reads bounded by kind and time, never a whole-journal scan) and
+//! from what this node knows: the latest deployed version of each workflow (routes, the `ai`
+//! steps each operation uses, promotion targets) and `keel.toml` (prices and budgets). Every
+//! figure that is an estimate says how it was estimated in [`Methods`]; the report carries
+//! those texts so that a reader of the JSON, the Markdown or the HTML sees the same caveats.
+//!
+//! Everything below the two `Engine` methods is a pure function of the loaded facts, so the
+//! shape of a report is decided in one place and the renderers (`report_render`) only lay it
+//! out.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use chrono::{Datelike, NaiveDate, TimeZone};
+use keel_core::workflow::{StepKind, Workflow};
+use keel_store::{
+    CallSummaryRow, CaseCountRow, ConfidenceGroup, ExceptionCountRow, GateRow, GatedCasesRow,
+    HistogramRow, JournalRow, LatencyRow, NewPatternRow, ProposalRow, RecommendationRow,
+    ReportWindow, ReviewCountRow, TrustOperationRow,
+};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::{rfc3339_ms, Engine, Error, Result};
+
+const DAY_MS: i64 = 86_400_000;
+/// The longest period a cost report covers.
+pub const MAX_PERIOD_DAYS: i64 = 366;
+/// Bins of the reliability diagram (equal-frequency).
+pub const CALIBRATION_BINS: usize = 10;
+/// A tier that accepts less than this share of what reaches it is worth dropping…
+pub const DROP_TIER_BELOW: f64 = 0.05;
+/// …once at least this many proposals reached it.
+pub const DROP_TIER_MIN_REACHED: i64 = 20;
+/// Accuracy is falling when the second half of the month agrees this much less than the first…
+pub const FALLING_BY: f64 = 0.05;
+/// …with at least this many reviews in each half.
+pub const FALLING_MIN_REVIEWS: i64 = 30;
+/// Patterns listed per workflow.
+pub const TOP_PATTERNS: usize = 5;
+/// Most journal entries read per kind for the trust history and drift alerts.
+const MAX_EVENTS: i64 = 100_000;
+/// Most new exception patterns listed.
+const MAX_NEW_PATTERNS: i64 = 1_000;
+
+/// How each estimated figure is computed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Methods {
+    pub savings: &'static str,
+    pub cost_per_case: &'static str,
+    pub projection: &'static str,
+    pub automation: &'static str,
+    pub latency: &'static str,
+    pub accuracy: &'static str,
+    pub calibration: &'static str,
+    pub recommendations: &'static str,
+}
+
+pub const METHODS: Methods = Methods {
+    savings: "For each `ai` step, B is the estimated cost of answering one proposal with the last tier of its route directly: the mean cost of a successful, uncached last-tier call of that step in the period, or, when the last tier was not called in the period, the last tier's price in force on the period's last day times the step's mean input and output tokens per successful call. C is what a proposal's cascade actually cost (every attempt of every tier it tried, from its `ai.proposed` entry). saved_usd sums B − C over the proposals settled before the last tier; net_saved_usd sums B − C over every proposal, which also charges the cascade for the earlier tiers that proposals settled at the last tier tried first. Failed cascades are not counted; when B is unknown (no calls and no price) the savings are null.",
+    cost_per_case: "The known cost of a workflow's model calls in the period divided by the cases of that workflow created in the period; calls whose cost is unknown count as zero and are counted separately.",
+    projection: "Linear: month-to-date known spend divided by the elapsed share of the month (by time, UTC); for a past month the projection is the actual spend.",
+    automation: "A case counts as gated when a `trust.gate` decision was journaled for it in the period, and as automated when every such decision was `auto` (no person before acting; sampled post-hoc reviews do not count as a person).",
+    latency: "Case duration is the time from creation to the last update of cases created in the period that completed or failed; durations of 10 s and more are rounded down to the second. Model-call latency covers calls that reached a provider (cache hits excluded). Percentiles are nearest-rank.",
+    accuracy: "Agreement is the share of reviews (pre-approval decisions and post-hoc reviews) whose verdict was `agree`, with a 95% Wilson score interval.",
+    calibration: "Expected calibration error over 10 equal-frequency bins of the reviewed proposals' raw confidence against whether the reviewer agreed.",
+    recommendations: "Promote: an open recommendation, or the month's Wilson lower bound at or above the next phase's target with at least the operation's minimum reviews. Drop a tier: it accepted under 5% of the proposals that reached it (at least 20 reached it). Reorder tiers: a later tier costs less per call than an earlier one. Falling accuracy: agreement in the second half of the month more than 5 points below the first, with at least 30 reviews in each half.",
+};
+
+// ---------------------------------------------------------------------------------- shapes
+
+/// The period a report covers: `[from, to)`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Period {
+    pub from: String,
+    pub to: String,
+    pub days: i64,
+}
+
+/// The cost analysis (`GET /v1/reports/costs`, part of the monthly review).
+#[derive(Debug, Clone, Serialize)]
+pub struct CostReport {
+    pub period: Period,
+    /// Known spend in the period, USD (workflow steps and the gateway).
+    pub total_usd: f64,
+    pub workflow_usd: f64,
+    pub gateway_usd: f64,
+    pub calls: i64,
+    pub cache_hits: i64,
+    pub cost_unknown_calls: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub per_day: Vec<DayCost>,
+    pub per_model: Vec<ModelCost>,
+    pub per_workflow: Vec<WorkflowCost>,
+    pub per_operation: Vec<OperationCost>,
+    pub cascades: Vec<Cascade>,
+    pub saved_usd: Option<f64>,
+    pub net_saved_usd: Option<f64>,
+    pub savings_estimator: &'static str,
+    pub budget: BudgetProjection,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DayCost {
+    pub day: String,
+    pub usd: f64,
+    pub calls: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelCost {
+    pub model: String,
+    pub provider: String,
+    pub calls: i64,
+    pub cache_hits: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub usd: f64,
+    pub cost_unknown_calls: i64,
+    /// Mean cost of a successful uncached call.
+    pub usd_per_call: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkflowCost {
+    pub workflow: String,
+    pub usd: f64,
+    pub calls: i64,
+    pub cases: i64,
+    pub usd_per_case: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OperationCost {
+    pub operation: String,
+    pub workflow: String,
+    /// The `ai` steps whose calls the operation's cost sums.
+    pub ai_steps: Vec<String>,
+    pub usd: f64,
+    pub calls: i64,
+    pub usd_per_case: Option<f64>,
+}
+
+/// How one `ai` step's cascade settled its proposals.
+#[derive(Debug, Clone, Serialize)]
+pub struct Cascade {
+    pub workflow: String,
+    pub step: String,
+    /// The models of the latest version's route, cheapest first.
+    pub route: Vec<String>,
+    pub proposals: i64,
+    /// Cascades that ended in an exception (no tier accepted).
+    pub failed: i64,
+    pub cost_unknown_proposals: i64,
+    pub actual_usd: f64,
+    pub tiers: Vec<TierShare>,
+    /// B of the savings estimator, per proposal.
+    pub baseline_usd_per_proposal: Option<f64>,
+    /// `observed`, `price` or `unknown`.
+    pub baseline_method: &'static str,
+    pub saved_usd: Option<f64>,
+    pub net_saved_usd: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TierShare {
+    pub tier: usize,
+    pub model: String,
+    pub settled: i64,
+    /// Of all proposals of the step.
+    pub share: f64,
+    /// Proposals settled at this tier or later, plus failed cascades.
+    pub reached: i64,
+    /// settled / reached.
+    pub acceptance_rate: Option<f64>,
+    /// What the cascades of the proposals settled here cost.
+    pub usd: f64,
+    /// The cost of one call of this tier's model for this step (observed, else priced).
+    pub usd_per_call: Option<f64>,
+}
+
+/// Month-to-date spend against `[budgets]` monthly limits.
+#[derive(Debug, Clone, Serialize)]
+pub struct BudgetProjection {
+    pub month: String,
+    pub month_to_date_usd: f64,
+    /// Share of the month elapsed (0 to 1).
+    pub elapsed: f64,
+    pub projected_usd: f64,
+    pub limit_usd: Option<f64>,
+    pub projected_share_of_limit: Option<f64>,
+    /// `no_budget`, `within` or `over`.
+    pub status: &'static str,
+    pub workflows: Vec<WorkflowBudget>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkflowBudget {
+    pub workflow: String,
+    pub month_to_date_usd: f64,
+    pub projected_usd: f64,
+    pub limit_usd: Option<f64>,
+    pub projected_share_of_limit: Option<f64>,
+    pub status: &'static str,
+}
+
+/// The monthly operational review (`keel report monthly`, `GET /v1/reports/monthly`).
+#[derive(Debug, Clone, Serialize)]
+pub struct MonthlyReport {
+    /// `YYYY-MM`.
+    pub month: String,
+    pub period: Period,
+    pub generated_at: String,
+    pub summary: Summary,
+    pub workflows: Vec<WorkflowReview>,
+    pub recommendations: Vec<Recommendation>,
+    pub costs: CostReport,
+    pub methods: Methods,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub cases: i64,
+    pub completed: i64,
+    pub failed: i64,
+    /// Created in the month and not finished (running, waiting or parked on an exception).
+    pub open: i64,
+    pub gated_cases: i64,
+    pub automated_cases: i64,
+    pub automation_rate: Option<f64>,
+    pub sla_compliance: Option<f64>,
+    pub cost_usd: f64,
+    pub saved_usd: Option<f64>,
+    pub reviews: i64,
+    pub agreement: Option<f64>,
+    pub exceptions: i64,
+    pub drift_alerts: usize,
+    pub recommendations: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkflowReview {
+    pub workflow: String,
+    pub volume: Volume,
+    pub automation: Automation,
+    pub operations: Vec<OperationReview>,
+    pub cost: WorkflowCostSummary,
+    pub latency: Latency,
+    pub sla: Sla,
+    pub exceptions: ExceptionSummary,
+    pub drift_alerts: Vec<DriftAlert>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Volume {
+    pub created: i64,
+    pub completed: i64,
+    pub failed: i64,
+    pub exception: i64,
+    pub running: i64,
+    pub waiting: i64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Automation {
+    pub gated_cases: i64,
+    pub automated_cases: i64,
+    pub rate: Option<f64>,
+    pub auto_decisions: i64,
+    pub task_decisions: i64,
+    pub sampled_for_review: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OperationReview {
+    pub operation: String,
+    pub step: String,
+    pub ai_steps: Vec<String>,
+    pub phase: PhaseHistory,
+    pub decisions: Decisions,
+    pub accuracy: Accuracy,
+    pub accuracy_by_model: Vec<ModelAccuracy>,
+    pub accuracy_by_day: Vec<DayAccuracy>,
+    pub first_half: Agreement,
+    pub second_half: Agreement,
+    pub calibration: Option<Calibration>,
+    pub calibration_by_model: Vec<ModelCalibration>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PhaseHistory {
+    /// The phase in force when the month began (`None`: the operation did not exist yet).
+    pub at_start: Option<i64>,
+    pub at_end: Option<i64>,
+    /// The phase now.
+    pub current: Option<i64>,
+    pub changes: Vec<PhaseEvent>,
+}
+
+/// A trust event of the month with its evidence.
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseEvent {
+    pub at: String,
+    /// `initialised`, `recommended`, `promoted` or `demoted`.
+    pub kind: String,
+    pub from_phase: Option<i64>,
+    pub to_phase: Option<i64>,
+    pub trigger: Option<String>,
+    pub by: String,
+    pub reason: Option<String>,
+    pub evidence: Value,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Decisions {
+    pub auto: i64,
+    pub task: i64,
+    pub sampled_for_review: i64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Accuracy {
+    pub reviews: i64,
+    pub agreed: i64,
+    pub corrected: i64,
+    pub rejected: i64,
+    pub pre_approval: i64,
+    pub post_hoc: i64,
+    pub agreement: Option<f64>,
+    pub wilson_low: Option<f64>,
+    pub wilson_high: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelAccuracy {
+    pub model: String,
+    pub reviews: i64,
+    pub agreed: i64,
+    pub agreement: Option<f64>,
+    pub wilson_low: Option<f64>,
+    pub wilson_high: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DayAccuracy {
+    pub day: String,
+    pub reviews: i64,
+    pub agreed: i64,
+    pub agreement: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Agreement {
+    pub reviews: i64,
+    pub agreed: i64,
+    pub agreement: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Calibration {
+    pub pairs: usize,
+    pub ece: f64,
+    pub bins: Vec<keel_tuning::calibration::ReliabilityBin>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelCalibration {
+    pub model: String,
+    pub pairs: usize,
+    pub ece: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkflowCostSummary {
+    pub usd: f64,
+    pub calls: i64,
+    pub usd_per_case: Option<f64>,
+    pub saved_usd: Option<f64>,
+    pub net_saved_usd: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Percentiles {
+    pub count: i64,
+    pub p50: Option<i64>,
+    pub p95: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    pub case_duration_ms: Percentiles,
+    pub ai_call_ms: Percentiles,
+    pub ai_call_ms_by_model: Vec<ModelLatency>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelLatency {
+    pub model: String,
+    #[serde(flatten)]
+    pub latency_ms: Percentiles,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Sla {
+    pub cases: i64,
+    pub breached: i64,
+    pub compliance: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ExceptionSummary {
+    pub raised: i64,
+    pub resolved: i64,
+    pub median_resolve_ms: Option<i64>,
+    pub top_patterns: Vec<PatternCount>,
+    pub new_patterns: Vec<NewPattern>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PatternCount {
+    pub fingerprint: String,
+    pub step: Option<String>,
+    pub kind: String,
+    pub template: String,
+    pub raised: i64,
+    pub resolved: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NewPattern {
+    pub fingerprint: String,
+    pub step: Option<String>,
+    pub kind: String,
+    pub template: String,
+    pub first_seen: String,
+    pub total: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DriftAlert {
+    pub at: String,
+    pub step: Option<String>,
+    pub feature: Option<String>,
+    pub method: Option<String>,
+    pub value: Option<f64>,
+    pub threshold: Option<f64>,
+    /// The entry's data as journaled.
+    pub data: Value,
+}
+
+/// Something to do, with the figures that suggest it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Recommendation {
+    /// `promote`, `drop_tier`, `reorder_tiers` or `accuracy_falling`.
+    pub kind: &'static str,
+    pub workflow: String,
+    /// The operation or `ai` step concerned (`workflow/step`).
+    pub subject: String,
+    pub message: String,
+    pub evidence: Value,
+}
+
+// ---------------------------------------------------------------------------------- periods
+
+/// `[from, to)` of the UTC month `YYYY-MM`, and its label.
+pub fn month_window(month: &str) -> Result<(ReportWindow, String)> {
+    let invalid = || {
+        Error::InvalidRequest(format!(
+            "`{month}` is not a month; give it as YYYY-MM, e.g. 2026-11"
+        ))
+    };
+    let (year, number) = month.split_once('-').ok_or_else(invalid)?;
+    let year: i32 = year.parse().map_err(|_| invalid())?;
+    let number: u32 = number.parse().map_err(|_| invalid())?;
+    let first = NaiveDate::from_ymd_opt(year, number, 1).ok_or_else(invalid)?;
+    let next = if number == 12 {
+        NaiveDate::from_ymd_opt(year + 1, 1, 1)
+    } else {
+        NaiveDate::from_ymd_opt(year, number + 1, 1)
+    }
+    .ok_or_else(invalid)?;
+    Ok((
+        ReportWindow {
+            from_ms: midnight_ms(first),
+            to_ms: midnight_ms(next),
+        },
+        format!("{year:04}-{number:02}"),
+    ))
+}
+
+/// The month that contains `ms`, as `YYYY-MM`.
+pub fn month_of(ms: i64) -> String {
+    let date = keel_core::case::millis_to_datetime(ms).date_naive();
+    format!("{:04}-{:02}", date.year(), date.month())
+}
+
+/// `[from, to]` as UTC dates (`YYYY-MM-DD`, both inclusive); by default the month to date.
+pub fn range_window(from: Option<&str>, to: Option<&str>, now_ms: i64) -> Result<ReportWindow> {
+    let today = keel_core::case::millis_to_datetime(now_ms).date_naive();
+    let parse = |text: &str, what: &str| {
+        NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| {
+            Error::InvalidRequest(format!(
+                "`{what}={text}` is not a date; give it as YYYY-MM-DD"
+            ))
+        })
+    };
+    let to = match to {
+        Some(text) => parse(text, "to")?,
+        None => today,
+    };
+    let from = match from {
+        Some(text) => parse(text, "from")?,
+        None => to.with_day(1).unwrap_or(to),
+    };
+    let window = ReportWindow {
+        from_ms: midnight_ms(from),
+        to_ms: midnight_ms(to) + DAY_MS,
+    };
+    if window.to_ms <= window.from_ms {
+        return Err(Error::InvalidRequest(format!(
+            "`from` ({from}) is after `to` ({to})"
+        )));
+    }
+    if window.to_ms - window.from_ms > MAX_PERIOD_DAYS * DAY_MS {
+        return Err(Error::InvalidRequest(format!(
+            "a cost report covers at most {MAX_PERIOD_DAYS} days; narrow `from`/`to`"
+        )));
+    }
+    Ok(window)
+}
+
+fn midnight_ms(date: NaiveDate) -> i64 {
+    chrono::Utc
+        .from_utc_datetime(&date.and_hms_opt(0, 0, 0).unwrap_or_default())
+        .timestamp_millis()
+}
+
+fn day_label(day: i64) -> String {
+    rfc3339_ms(day * DAY_MS)[..10].to_string()
+}
+
+fn period(window: ReportWindow) -> Period {
+    Period {
+        from: rfc3339_ms(window.from_ms),
+        to: rfc3339_ms(window.to_ms),
+        days: (window.to_ms - window.from_ms + DAY_MS - 1) / DAY_MS,
+    }
+}
+
+// ---------------------------------------------------------------------------------- engine
+
+/// What the node knows beside the store: the latest workflow versions and `keel.toml`.
+struct Knowledge<'a> {
+    workflows: BTreeMap<String, Arc<Workflow>>,
+    config: Option<&'a keel_ai::config::Config>,
+    now_ms: i64,
+}
+
+/// The store's aggregates for one window.
+struct CostFacts {
+    calls: Vec<CallSummaryRow>,
+    proposals: Vec<ProposalRow>,
+    cases: Vec<CaseCountRow>,
+    exceptions: Vec<ExceptionCountRow>,
+    month: String,
+    month_window: ReportWindow,
+    month_calls: Vec<CallSummaryRow>,
+}
+
+impl Engine {
+    fn knowledge(&self) -> Knowledge<'_> {
+        let registry = &self.inner.registry;
+        let workflows = registry
+            .list()
+            .into_iter()
+            .filter_map(|(name, _, _)| registry.latest(&name).map(|(_, w)| (name, w)))
+            .collect();
+        Knowledge {
+            workflows,
+            config: self.inner.options.ai.as_deref().map(|ai| ai.config()),
+            now_ms: self.now_ms(),
+        }
+    }
+
+    async fn cost_facts(&self, window: ReportWindow, month: &str) -> Result<CostFacts> {
+        let store = &self.inner.store;
+        let (month_window, month) = month_window(month)?;
+        let calls = store.report_ai_calls(window).await?;
+        let month_calls = if month_window == window {
+            calls.clone()
+        } else {
+            store.report_ai_calls(month_window).await?
+        };
+        Ok(CostFacts {
+            proposals: store.report_proposals(window).await?,
+            cases: store.report_cases(window).await?,
+            exceptions: store.report_exceptions(window).await?,
+            calls,
+            month,
+            month_window,
+            month_calls,
+        })
+    }
+
+    /// The cost analysis of the UTC days `from..=to` (default: this month to date).
+    pub async fn cost_report(&self, from: Option<&str>, to: Option<&str>) -> Result<CostReport> {
+        let window = range_window(from, to, self.now_ms())?;
+        let facts = self.cost_facts(window, &month_of(window.to_ms - 1)).await?;
+        Ok(build_costs(&self.knowledge(), window, &facts))
+    }
+
+    /// The operational review of the UTC month `YYYY-MM` (default: this month so far).
+    pub async fn monthly_report(&self, month: Option<&str>) -> Result<MonthlyReport> {
+        let month = month.map_or_else(|| month_of(self.now_ms()), str::to_string);
+        let (window, month) = month_window(&month)?;
+        let store = &self.inner.store;
+        let costs = self.cost_facts(window, &month).await?;
+        let (gates, gated_cases) = store.report_gates(window).await?;
+        let mut trust_events = Vec::new();
+        for kind in ["trust.initialised", "trust.promoted", "trust.demoted"] {
+            trust_events.extend(
+                store
+                    .report_entries(kind, 0, window.to_ms, MAX_EVENTS)
+                    .await?,
+            );
+        }
+        trust_events.extend(
+            store
+                .report_entries(
+                    "trust.recommended",
+                    window.from_ms,
+                    window.to_ms,
+                    MAX_EVENTS,
+                )
+                .await?,
+        );
+        trust_events.sort_by(|a, b| (&a.at, a.seq).cmp(&(&b.at, b.seq)));
+        let facts = MonthFacts {
+            durations: store.report_case_durations(window).await?,
+            gates,
+            gated_cases,
+            latency: store.report_ai_latency(window).await?,
+            reviews: store.report_reviews(window).await?,
+            confidences: store.report_confidences(window).await?,
+            resolve_times: store.report_resolve_times(window).await?,
+            new_patterns: store.report_new_patterns(window, MAX_NEW_PATTERNS).await?,
+            trust_events,
+            drift: store
+                .report_entries("drift.alert", window.from_ms, window.to_ms, MAX_EVENTS)
+                .await?,
+            operations: store.trust_operations().await?,
+            open_recommendations: store.trust_recommendations(Some("open"), None).await?,
+            costs,
+        };
+        Ok(build_monthly(&self.knowledge(), window, &month, &facts))
+    }
+}
+
+// ---------------------------------------------------------------------------------- costs
+
+fn usd(nano: i64) -> f64 {
+    nano as f64 / 1e9
+}
+
+fn ratio(part: i64, whole: i64) -> Option<f64> {
+    (whole > 0).then(|| part as f64 / whole as f64)
+}
+
+/// Cases created in the window per workflow.
+fn cases_per_workflow(cases: &[CaseCountRow]) -> BTreeMap<String, i64> {
+    let mut out = BTreeMap::new();
+    for row in cases {
+        *out.entry(row.workflow.clone()).or_insert(0) += row.cases;
+    }
+    out
+}
+
+/// Every operation of the latest versions: (workflow, action step, its `ai` steps).
+fn operations_of(knowledge: &Knowledge<'_>) -> Vec<(String, String, Vec<String>)> {
+    let mut out = Vec::new();
+    for (name, workflow) in &knowledge.workflows {
+        for step in &workflow.steps {
+            if let StepKind::Action(action) = &step.kind {
+                if keel_core::gate::is_operation(action) {
+                    out.push((name.clone(), step.id.clone(), action.uses_ai.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn build_costs(knowledge: &Knowledge<'_>, window: ReportWindow, facts: &CostFacts) -> CostReport {
+    let calls = &facts.calls;
+    let cases = cases_per_workflow(&facts.cases);
+    let sum = |f: fn(&CallSummaryRow) -> i64| calls.iter().map(f).sum::<i64>();
+    let step_nano: i64 = calls
+        .iter()
+        .filter(|c| c.source == "step")
+        .map(|c| c.cost_nano)
+        .sum();
+    let cascades = cascades(knowledge, window, facts);
+    let saved = sum_known(cascades.iter().map(|c| c.saved_usd));
+    let net_saved = sum_known(cascades.iter().map(|c| c.net_saved_usd));
+    CostReport {
+        period: period(window),
+        total_usd: usd(sum(|c| c.cost_nano)),
+        workflow_usd: usd(step_nano),
+        gateway_usd: usd(sum(|c| c.cost_nano) - step_nano),
+        calls: sum(|c| c.calls),
+        cache_hits: sum(|c| c.cache_hits),
+        cost_unknown_calls: sum(|c| c.cost_unknown),
+        input_tokens: sum(|c| c.input_tokens),
+        output_tokens: sum(|c| c.output_tokens),
+        per_day: per_day(window, calls),
+        per_model: per_model(calls),
+        per_workflow: per_workflow(calls, &cases),
+        per_operation: per_operation(knowledge, calls, &cases),
+        cascades,
+        saved_usd: saved,
+        net_saved_usd: net_saved,
+        savings_estimator: METHODS.savings,
+        budget: budget(
+            knowledge,
+            &facts.month,
+            facts.month_window,
+            &facts.month_calls,
+        ),
+    }
+}
+
+/// The sum of the known values; `None` when none is known.
+fn sum_known(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
+    values
+        .flatten()
+        .fold(None, |total, value| Some(total.unwrap_or(0.0) + value))
+}
+
+fn per_day(window: ReportWindow, calls: &[CallSummaryRow]) -> Vec<DayCost> {
+    let mut days: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    let mut day = window.from_ms.div_euclid(DAY_MS);
+    while day * DAY_MS < window.to_ms {
+        days.insert(day_label(day), (0, 0));
+        day += 1;
+    }
+    for call in calls {
+        let entry = days.entry(call.day.clone()).or_insert((0, 0));
+        entry.0 += call.cost_nano;
+        entry.1 += call.calls;
+    }
+    days.into_iter()
+        .map(|(day, (nano, calls))| DayCost {
+            day,
+            usd: usd(nano),
+            calls,
+        })
+        .collect()
+}
+
+fn per_model(calls: &[CallSummaryRow]) -> Vec<ModelCost> {
+    let mut models: BTreeMap<&str, (ModelCost, i64, i64)> = BTreeMap::new();
+    for call in calls {
+        let (model, billed_calls, billed_nano) =
+            models.entry(call.model.as_str()).or_insert_with(|| {
+                (
+                    ModelCost {
+                        model: call.model.clone(),
+                        provider: call.provider.clone(),
+                        calls: 0,
+                        cache_hits: 0,
+                        input_tokens: 0,
+                        output_tokens: 0,
+                        usd: 0.0,
+                        cost_unknown_calls: 0,
+                        usd_per_call: None,
+                    },
+                    0,
+                    0,
+                )
+            });
+        model.calls += call.calls;
+        model.cache_hits += call.cache_hits;
+        model.input_tokens += call.input_tokens;
+        model.output_tokens += call.output_tokens;
+        model.cost_unknown_calls += call.cost_unknown;
+        *billed_calls += call.billed_calls;
+        *billed_nano += call.billed_cost_nano;
+        model.usd += usd(call.cost_nano);
+    }
+    models
+        .into_values()
+        .map(|(mut model, billed_calls, billed_nano)| {
+            model.usd_per_call = ratio(billed_nano, billed_calls).map(|nano| nano / 1e9);
+            model
+        })
+        .collect()
+}
+
+fn per_workflow(calls: &[CallSummaryRow], cases: &BTreeMap<String, i64>) -> Vec<WorkflowCost> {
+    let mut workflows: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    for name in cases.keys() {
+        workflows.insert(name.clone(), (0, 0));
+    }
+    for call in calls.iter().filter(|c| c.source == "step") {
+        let name = call.workflow.clone().unwrap_or_default();
+        let entry = workflows.entry(name).or_insert((0, 0));
+        entry.0 += call.cost_nano;
+        entry.1 += call.calls;
+    }
+    workflows
+        .into_iter()
+        .map(|(workflow, (nano, calls))| {
+            let count = cases.get(&workflow).copied().unwrap_or(0);
+            WorkflowCost {
+                usd: usd(nano),
+                calls,
+                cases: count,
+                usd_per_case: ratio(nano, count).map(|nano| nano / 1e9),
+                workflow,
+            }
+        })
+        .collect()
+}
+
+fn per_operation(
+    knowledge: &Knowledge<'_>,
+    calls: &[CallSummaryRow],
+    cases: &BTreeMap<String, i64>,
+) -> Vec<OperationCost> {
+    operations_of(knowledge)
+        .into_iter()
+        .map(|(workflow, step, ai_steps)| {
+            let (nano, count) = calls
+                .iter()
+                .filter(|c| c.source == "step" && c.workflow.as_deref() == Some(&workflow))
+                .filter(|c| c.step.as_ref().is_some_and(|s| ai_steps.contains(s)))
+                .fold((0, 0), |(nano, count), c| {
+                    (nano + c.cost_nano, count + c.calls)
+                });
+            let workflow_cases = cases.get(&workflow).copied().unwrap_or(0);
+            OperationCost {
+                operation: format!("{workflow}/{step}"),
+                usd: usd(nano),
+                calls: count,
+                usd_per_case: ratio(nano, workflow_cases).map(|nano| nano / 1e9),
+                workflow,
+                ai_steps,
+            }
+        })
+        .collect()
+}
+
+/// The route of `workflow/step` in its latest version.
+fn route_of(knowledge: &Knowledge<'_>, workflow: &str, step: &str) -> Vec<String> {
+    knowledge
+        .workflows
+        .get(workflow)
+        .and_then(|w| w.steps.iter().find(|s| s.id == step))
+        .and_then(|s| match &s.kind {
+            StepKind::Ai(ai) => Some(ai.route.iter().map(|t| t.model.clone()).collect()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+/// What one call of `model` costs for a step: observed (successful, uncached, known cost),
+/// else its price on `date` × the step's mean tokens per successful call; a local model is free.
+fn unit_cost(
+    knowledge: &Knowledge<'_>,
+    step_calls: &[&CallSummaryRow],
+    model: &str,
+    date: NaiveDate,
+) -> (Option<f64>, &'static str) {
+    let (billed_calls, billed_nano) = step_calls
+        .iter()
+        .filter(|c| c.model == model)
+        .fold((0, 0), |(n, nano), c| {
+            (n + c.billed_calls, nano + c.billed_cost_nano)
+        });
+    if billed_calls > 0 {
+        return (
+            Some(billed_nano as f64 / billed_calls as f64 / 1e9),
+            "observed",
+        );
+    }
+    let Some(config) = knowledge.config.and_then(|c| c.models.get(model)) else {
+        return (None, "unknown");
+    };
+    if config.provider == keel_ai::config::ProviderKind::Local {
+        return (Some(0.0), "price");
+    }
+    let ok_calls: i64 = step_calls.iter().map(|c| c.ok_calls).sum();
+    let (Some(price), true) = (config.price_on(date), ok_calls > 0) else {
+        return (None, "unknown");
+    };
+    let input = step_calls.iter().map(|c| c.input_tokens).sum::<i64>() as f64 / ok_calls as f64;
+    let output = step_calls.iter().map(|c| c.output_tokens).sum::<i64>() as f64 / ok_calls as f64;
+    let cost = (input * price.input_per_million + output * price.output_per_million) / 1e6;
+    (Some(cost), "price")
+}
+
+fn cascades(knowledge: &Knowledge<'_>, window: ReportWindow, facts: &CostFacts) -> Vec<Cascade> {
+    let mut steps: BTreeSet<(String, String)> = facts
+        .proposals
+        .iter()
+        .map(|p| (p.workflow.clone(), p.step.clone()))
+        .collect();
+    for (name, workflow) in &knowledge.workflows {
+        for step in &workflow.steps {
+            if matches!(step.kind, StepKind::Ai(_))
+                && facts.calls.iter().any(|c| {
+                    c.workflow.as_deref() == Some(name) && c.step.as_deref() == Some(&step.id)
+                })
+            {
+                steps.insert((name.clone(), step.id.clone()));
+            }
+        }
+    }
+    let last_day = keel_core::case::millis_to_datetime(window.to_ms - 1).date_naive();
+    steps
+        .into_iter()
+        .map(|(workflow, step)| cascade(knowledge, facts, last_day, workflow, step))
+        .collect()
+}
+
+fn cascade(
+    knowledge: &Knowledge<'_>,
+    facts: &CostFacts,
+    last_day: NaiveDate,
+    workflow: String,
+    step: String,
+) -> Cascade {
+    let route = route_of(knowledge, &workflow, &step);
+    let proposals: Vec<&ProposalRow> = facts
+        .proposals
+        .iter()
+        .filter(|p| p.workflow == workflow && p.step == step)
+        .collect();
+    let step_calls: Vec<&CallSummaryRow> = facts
+        .calls
+        .iter()
+        .filter(|c| c.source == "step")
+        .filter(|c| c.workflow.as_deref() == Some(&workflow) && c.step.as_deref() == Some(&step))
+        .collect();
+    let failed: i64 = facts
+        .exceptions
+        .iter()
+        .filter(|e| e.workflow == workflow && e.step.as_deref() == Some(&step))
+        .filter(|e| e.kind == "ai_failed" || e.kind == "budget_exhausted")
+        .map(|e| e.raised)
+        .sum();
+    let seen_tiers = proposals
+        .iter()
+        .map(|p| usize::try_from(p.tier + 1).unwrap_or(0))
+        .max()
+        .unwrap_or(0);
+    let tier_count = route.len().max(seen_tiers);
+    let total: i64 = proposals.iter().map(|p| p.proposals).sum();
+    let mut tiers = Vec::with_capacity(tier_count);
+    for tier in 0..tier_count {
+        let here: Vec<&&ProposalRow> = proposals
+            .iter()
+            .filter(|p| usize::try_from(p.tier).ok() == Some(tier))
+            .collect();
+        let model = route
+            .get(tier)
+            .cloned()
+            .or_else(|| here.first().map(|p| p.model.clone()))
+            .unwrap_or_default();
+        let settled: i64 = here.iter().map(|p| p.proposals).sum();
+        let reached: i64 = proposals
+            .iter()
+            .filter(|p| usize::try_from(p.tier).is_ok_and(|t| t >= tier))
+            .map(|p| p.proposals)
+            .sum::<i64>()
+            + failed;
+        tiers.push(TierShare {
+            tier,
+            usd_per_call: unit_cost(knowledge, &step_calls, &model, last_day).0,
+            model,
+            settled,
+            share: ratio(settled, total).unwrap_or(0.0),
+            reached,
+            acceptance_rate: ratio(settled, reached),
+            usd: here.iter().map(|p| p.cost_usd).sum(),
+        });
+    }
+    let (baseline, method) = match tiers.last() {
+        Some(last) => unit_cost(knowledge, &step_calls, &last.model, last_day),
+        None => (None, "unknown"),
+    };
+    let last_tier = tier_count.saturating_sub(1);
+    let saving = |t: &TierShare| baseline.map(|b| t.settled as f64 * b - t.usd);
+    let saved = baseline.map(|_| {
+        tiers
+            .iter()
+            .filter(|t| t.tier < last_tier)
+            .filter_map(saving)
+            .sum::<f64>()
+    });
+    let net = baseline.map(|_| tiers.iter().filter_map(saving).sum::<f64>());
+    Cascade {
+        route,
+        proposals: total,
+        failed,
+        cost_unknown_proposals: proposals.iter().map(|p| p.cost_unknown).sum(),
+        actual_usd: proposals.iter().map(|p| p.cost_usd).sum(),
+        tiers,
+        baseline_usd_per_proposal: baseline,
+        baseline_method: method,
+        saved_usd: saved,
+        net_saved_usd: net,
+        workflow,
+        step,
+    }
+}
+
+fn budget(
+    knowledge: &Knowledge<'_>,
+    month: &str,
+    window: ReportWindow,
+    calls: &[CallSummaryRow],
+) -> BudgetProjection {
+    let span = (window.to_ms - window.from_ms).max(1) as f64;
+    let elapsed =
+        (knowledge.now_ms.clamp(window.from_ms, window.to_ms) - window.from_ms) as f64 / span;
+    let project = |nano: i64| {
+        if elapsed > 0.0 {
+            usd(nano) / elapsed
+        } else {
+            0.0
+        }
+    };
+    let judge = |projected: f64, limit: Option<f64>| match limit {
+        None => (None, "no_budget"),
+        Some(limit) => (
+            (limit > 0.0).then(|| projected / limit),
+            if projected > limit { "over" } else { "within" },
+        ),
+    };
+    let budgets = knowledge.config.map(|c| &c.budgets);
+    let total_nano: i64 = calls.iter().map(|c| c.cost_nano).sum();
+    let limit = budgets.and_then(|b| b.total.monthly_usd);
+    let (share, status) = judge(project(total_nano), limit);
+    let mut spend: BTreeMap<String, i64> = BTreeMap::new();
+    for call in calls.iter().filter(|c| c.source == "step") {
+        *spend
+            .entry(call.workflow.clone().unwrap_or_default())
+            .or_insert(0) += call.cost_nano;
+    }
+    for name in budgets.map(|b| b.workflows.keys()).into_iter().flatten() {
+        spend.entry(name.clone()).or_insert(0);
+    }
+    let workflows = spend
+        .into_iter()
+        .map(|(workflow, nano)| {
+            let limit = budgets
+                .and_then(|b| b.workflows.get(&workflow))
+                .and_then(|l| l.monthly_usd);
+            let (share, status) = judge(project(nano), limit);
+            WorkflowBudget {
+                workflow,
+                month_to_date_usd: usd(nano),
+                projected_usd: project(nano),
+                limit_usd: limit,
+                projected_share_of_limit: share,
+                status,
+            }
+        })
+        .collect();
+    BudgetProjection {
+        month: month.to_string(),
+        month_to_date_usd: usd(total_nano),
+        elapsed,
+        projected_usd: project(total_nano),
+        limit_usd: limit,
+        projected_share_of_limit: share,
+        status,
+        workflows,
+    }
+}
+
+// ---------------------------------------------------------------------------------- monthly
+
+/// Everything the monthly review reads beyond the cost facts.
+struct MonthFacts {
+    costs: CostFacts,
+    durations: Vec<HistogramRow>,
+    gates: Vec<GateRow>,
+    gated_cases: Vec<GatedCasesRow>,
+    latency: Vec<LatencyRow>,
+    reviews: Vec<ReviewCountRow>,
+    confidences: Vec<ConfidenceGroup>,
+    resolve_times: Vec<HistogramRow>,
+    new_patterns: Vec<NewPatternRow>,
+    /// `trust.initialised|promoted|demoted` up to the month's end, `trust.recommended` in it;
+    /// in journal order.
+    trust_events: Vec<JournalRow>,
+    drift: Vec<JournalRow>,
+    operations: Vec<TrustOperationRow>,
+    open_recommendations: Vec<RecommendationRow>,
+}
+
+fn build_monthly(
+    knowledge: &Knowledge<'_>,
+    window: ReportWindow,
+    month: &str,
+    facts: &MonthFacts,
+) -> MonthlyReport {
+    let costs = build_costs(knowledge, window, &facts.costs);
+    let names = workflow_names(facts);
+    let workflows: Vec<WorkflowReview> = names
+        .iter()
+        .map(|name| workflow_review(knowledge, window, facts, &costs, name))
+        .collect();
+    let mut recommendations = Vec::new();
+    for review in &workflows {
+        recommendations.extend(promotions(knowledge, facts, review));
+        recommendations.extend(falling_accuracy(review));
+    }
+    for cascade in &costs.cascades {
+        recommendations.extend(tier_changes(cascade));
+    }
+    MonthlyReport {
+        month: month.to_string(),
+        period: period(window),
+        generated_at: rfc3339_ms(knowledge.now_ms),
+        summary: summary(&workflows, &costs, recommendations.len()),
+        workflows,
+        recommendations,
+        costs,
+        methods: METHODS,
+    }
+}
+
+/// Workflows with anything to report, or deployed.
+fn workflow_names(facts: &MonthFacts) -> BTreeSet<String> {
+    let mut names: BTreeSet<String> = facts
+        .costs
+        .cases
+        .iter()
+        .map(|c| c.workflow.clone())
+        .collect();
+    names.extend(facts.gates.iter().map(|g| g.workflow.clone()));
+    names.extend(facts.operations.iter().map(|o| o.workflow.clone()));
+    names.extend(facts.costs.exceptions.iter().map(|e| e.workflow.clone()));
+    names.extend(
+        facts
+            .costs
+            .calls
+            .iter()
+            .filter(|c| c.source == "step")
+            .filter_map(|c| c.workflow.clone()),
+    );
+    names.remove("");
+    names
+}
+
+fn summary(workflows: &[WorkflowReview], costs: &CostReport, recommendations: usize) -> Summary {
+    let total = |f: fn(&WorkflowReview) -> i64| workflows.iter().map(f).sum::<i64>();
+    let cases = total(|w| w.volume.created);
+    let completed = total(|w| w.volume.completed);
+    let failed = total(|w| w.volume.failed);
+    let gated = total(|w| w.automation.gated_cases);
+    let automated = total(|w| w.automation.automated_cases);
+    let breached = total(|w| w.sla.breached);
+    let reviews = workflows
+        .iter()
+        .flat_map(|w| &w.operations)
+        .map(|o| o.accuracy.reviews)
+        .sum();
+    let agreed = workflows
+        .iter()
+        .flat_map(|w| &w.operations)
+        .map(|o| o.accuracy.agreed)
+        .sum();
+    Summary {
+        cases,
+        completed,
+        failed,
+        open: cases - completed - failed,
+        gated_cases: gated,
+        automated_cases: automated,
+        automation_rate: ratio(automated, gated),
+        sla_compliance: ratio(cases - breached, cases),
+        cost_usd: costs.total_usd,
+        saved_usd: costs.saved_usd,
+        reviews,
+        agreement: ratio(agreed, reviews),
+        exceptions: total(|w| w.exceptions.raised),
+        drift_alerts: workflows.iter().map(|w| w.drift_alerts.len()).sum(),
+        recommendations,
+    }
+}
+
+fn workflow_review(
+    knowledge: &Knowledge<'_>,
+    window: ReportWindow,
+    facts: &MonthFacts,
+    costs: &CostReport,
+    name: &str,
+) -> WorkflowReview {
+    let mut volume = Volume::default();
+    let mut sla = Sla::default();
+    for row in facts.costs.cases.iter().filter(|c| c.workflow == name) {
+        volume.created += row.cases;
+        sla.cases += row.cases;
+        sla.breached += row.sla_breached;
+        match row.status.as_str() {
+            "completed" => volume.completed += row.cases,
+            "failed" => volume.failed += row.cases,
+            "exception" => volume.exception += row.cases,
+            "waiting" => volume.waiting += row.cases,
+            _ => volume.running += row.cases,
+        }
+    }
+    sla.compliance = ratio(sla.cases - sla.breached, sla.cases);
+    let cost = costs.per_workflow.iter().find(|c| c.workflow == name);
+    let cascades = costs.cascades.iter().filter(|c| c.workflow == name);
+    WorkflowReview {
+        workflow: name.to_string(),
+        volume,
+        automation: automation(facts, name),
+        operations: operation_reviews(knowledge, window, facts, name),
+        cost: WorkflowCostSummary {
+            usd: cost.map_or(0.0, |c| c.usd),
+            calls: cost.map_or(0, |c| c.calls),
+            usd_per_case: cost.and_then(|c| c.usd_per_case),
+            saved_usd: sum_known(cascades.clone().map(|c| c.saved_usd)),
+            net_saved_usd: sum_known(cascades.map(|c| c.net_saved_usd)),
+        },
+        latency: latency(facts, name),
+        sla,
+        exceptions: exception_summary(facts, name),
+        drift_alerts: drift_alerts(&facts.drift, name),
+    }
+}
+
+fn automation(facts: &MonthFacts, name: &str) -> Automation {
+    let mut automation = Automation::default();
+    if let Some(row) = facts.gated_cases.iter().find(|g| g.workflow == name) {
+        automation.gated_cases = row.cases;
+        automation.automated_cases = row.automated;
+    }
+    for gate in facts.gates.iter().filter(|g| g.workflow == name) {
+        match gate.decision.as_str() {
+            "auto" => automation.auto_decisions += gate.count,
+            _ => automation.task_decisions += gate.count,
+        }
+        if gate.review_sampled {
+            automation.sampled_for_review += gate.count;
+        }
+    }
+    automation.rate = ratio(automation.automated_cases, automation.gated_cases);
+    automation
+}
+
+/// Nearest-rank percentiles of a histogram.
+fn percentiles(mut bars: Vec<(i64, i64)>) -> Percentiles {
+    bars.sort_unstable();
+    let count: i64 = bars.iter().map(|(_, n)| n).sum();
+    let at = |q: f64| {
+        let rank = ((q * count as f64).ceil() as i64).max(1);
+        let mut seen = 0;
+        bars.iter().find_map(|(value, n)| {
+            seen += n;
+            (seen >= rank).then_some(*value)
+        })
+    };
+    Percentiles {
+        count,
+        p50: at(0.5),
+        p95: at(0.95),
+    }
+}
+
+fn latency(facts: &MonthFacts, name: &str) -> Latency {
+    let bars = |rows: &[HistogramRow]| -> Vec<(i64, i64)> {
+        rows.iter()
+            .filter(|r| r.group == name)
+            .map(|r| (r.value, r.count))
+            .collect()
+    };
+    let calls: Vec<&LatencyRow> = facts
+        .latency
+        .iter()
+        .filter(|l| l.workflow.as_deref() == Some(name))
+        .collect();
+    let models: BTreeSet<&str> = calls.iter().map(|l| l.model.as_str()).collect();
+    Latency {
+        case_duration_ms: percentiles(bars(&facts.durations)),
+        ai_call_ms: percentiles(calls.iter().map(|l| (l.latency_ms, l.count)).collect()),
+        ai_call_ms_by_model: models
+            .into_iter()
+            .map(|model| ModelLatency {
+                model: model.to_string(),
+                latency_ms: percentiles(
+                    calls
+                        .iter()
+                        .filter(|l| l.model == model)
+                        .map(|l| (l.latency_ms, l.count))
+                        .collect(),
+                ),
+            })
+            .collect(),
+    }
+}
+
+fn exception_summary(facts: &MonthFacts, name: &str) -> ExceptionSummary {
+    let mut rows: Vec<&ExceptionCountRow> = facts
+        .costs
+        .exceptions
+        .iter()
+        .filter(|e| e.workflow == name)
+        .collect();
+    rows.sort_by(|a, b| {
+        b.raised
+            .cmp(&a.raised)
+            .then(a.fingerprint.cmp(&b.fingerprint))
+    });
+    let resolve: Vec<(i64, i64)> = facts
+        .resolve_times
+        .iter()
+        .filter(|r| r.group == name)
+        .map(|r| (r.value, r.count))
+        .collect();
+    ExceptionSummary {
+        raised: rows.iter().map(|e| e.raised).sum(),
+        resolved: rows.iter().map(|e| e.resolved).sum(),
+        median_resolve_ms: percentiles(resolve).p50,
+        top_patterns: rows
+            .iter()
+            .take(TOP_PATTERNS)
+            .map(|e| PatternCount {
+                fingerprint: e.fingerprint.clone(),
+                step: e.step.clone(),
+                kind: e.kind.clone(),
+                template: e.template.clone(),
+                raised: e.raised,
+                resolved: e.resolved,
+            })
+            .collect(),
+        new_patterns: facts
+            .new_patterns
+            .iter()
+            .filter(|p| p.workflow == name)
+            .map(|p| NewPattern {
+                fingerprint: p.fingerprint.clone(),
+                step: p.step.clone(),
+                kind: p.kind.clone(),
+                template: p.template.clone(),
+                first_seen: rfc3339_ms(p.first_seen_ms),
+                total: p.total,
+            })
+            .collect(),
+    }
+}
+
+fn drift_alerts(entries: &[JournalRow], name: &str) -> Vec<DriftAlert> {
+    entries
+        .iter()
+        .filter(|e| e.workflow.as_deref() == Some(name))
+        .map(|entry| {
+            let data: Value = serde_json::from_str(&entry.data).unwrap_or(Value::Null);
+            let text = |key: &str| data.get(key).and_then(Value::as_str).map(str::to_string);
+            let number = |keys: &[&str]| {
+                keys.iter()
+                    .find_map(|k| data.get(*k).and_then(Value::as_f64))
+            };
+            DriftAlert {
+                at: entry.at.clone(),
+                step: entry.step.clone(),
+                feature: text("feature"),
+                method: text("method"),
+                value: number(&["value", "statistic", "score"]),
+                threshold: number(&["threshold"]),
+                data,
+            }
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------- operations
+
+fn operation_reviews(
+    knowledge: &Knowledge<'_>,
+    window: ReportWindow,
+    facts: &MonthFacts,
+    name: &str,
+) -> Vec<OperationReview> {
+    let prefix = format!("{name}/");
+    let mut operations: BTreeSet<String> = facts
+        .operations
+        .iter()
+        .filter(|o| o.workflow == name)
+        .map(|o| o.operation.clone())
+        .collect();
+    operations.extend(
+        facts
+            .gates
+            .iter()
+            .filter(|g| g.workflow == name)
+            .map(|g| g.operation.clone()),
+    );
+    operations.extend(
+        facts
+            .reviews
+            .iter()
+            .filter(|r| r.operation.starts_with(&prefix))
+            .map(|r| r.operation.clone()),
+    );
+    operations
+        .into_iter()
+        .map(|operation| operation_review(knowledge, window, facts, name, operation))
+        .collect()
+}
+
+fn operation_review(
+    knowledge: &Knowledge<'_>,
+    window: ReportWindow,
+    facts: &MonthFacts,
+    workflow: &str,
+    operation: String,
+) -> OperationReview {
+    let step = operation
+        .split_once('/')
+        .map_or(operation.as_str(), |(_, s)| s)
+        .to_string();
+    let ai_steps = operations_of(knowledge)
+        .into_iter()
+        .find(|(w, s, _)| w == workflow && *s == step)
+        .map(|(_, _, ai)| ai)
+        .unwrap_or_default();
+    let mut decisions = Decisions::default();
+    for gate in facts.gates.iter().filter(|g| g.operation == operation) {
+        match gate.decision.as_str() {
+            "auto" => decisions.auto += gate.count,
+            _ => decisions.task += gate.count,
+        }
+        if gate.review_sampled {
+            decisions.sampled_for_review += gate.count;
+        }
+    }
+    let reviews: Vec<&ReviewCountRow> = facts
+        .reviews
+        .iter()
+        .filter(|r| r.operation == operation)
+        .collect();
+    let middle_day = (window.from_ms + (window.to_ms - window.from_ms) / 2).div_euclid(DAY_MS);
+    let half = |first: bool| {
+        agreement(
+            reviews
+                .iter()
+                .filter(|r| (r.day < middle_day) == first)
+                .copied(),
+        )
+    };
+    let current = facts
+        .operations
+        .iter()
+        .find(|o| o.operation == operation)
+        .map(|o| o.phase);
+    OperationReview {
+        phase: phase_history(&facts.trust_events, window, &operation, current),
+        decisions,
+        accuracy: accuracy(&reviews),
+        accuracy_by_model: accuracy_by_model(&reviews),
+        accuracy_by_day: accuracy_by_day(&reviews),
+        first_half: half(true),
+        second_half: half(false),
+        calibration: calibration(&facts.confidences, &operation),
+        calibration_by_model: calibration_by_model(&facts.confidences, &operation),
+        operation,
+        step,
+        ai_steps,
+    }
+}
+
+fn wilson(agreed: i64, reviews: i64) -> (Option<f64>, Option<f64>) {
+    let (Ok(agreed), Ok(reviews)) = (u64::try_from(agreed), u64::try_from(reviews)) else {
+        return (None, None);
+    };
+    if reviews == 0 {
+        return (None, None);
+    }
+    match keel_tuning::interval::wilson(agreed, reviews, keel_tuning::interval::Z_95) {
+        Ok(interval) => (Some(interval.low), Some(interval.high)),
+        Err(_) => (None, None),
+    }
+}
+
+fn accuracy(reviews: &[&ReviewCountRow]) -> Accuracy {
+    let mut accuracy = Accuracy::default();
+    for row in reviews {
+        accuracy.reviews += row.count;
+        match row.verdict.as_str() {
+            "agree" => accuracy.agreed += row.count,
+            "corrected" => accuracy.corrected += row.count,
+            _ => accuracy.rejected += row.count,
+        }
+        match row.source.as_str() {
+            "post" => accuracy.post_hoc += row.count,
+            _ => accuracy.pre_approval += row.count,
+        }
+    }
+    accuracy.agreement = ratio(accuracy.agreed, accuracy.reviews);
+    (accuracy.wilson_low, accuracy.wilson_high) = wilson(accuracy.agreed, accuracy.reviews);
+    accuracy
+}
+
+fn agreement<'r>(rows: impl Iterator<Item = &'r ReviewCountRow>) -> Agreement {
+    let mut out = Agreement::default();
+    for row in rows {
+        out.reviews += row.count;
+        if row.verdict == "agree" {
+            out.agreed += row.count;
+        }
+    }
+    out.agreement = ratio(out.agreed, out.reviews);
+    out
+}
+
+fn accuracy_by_model(reviews: &[&ReviewCountRow]) -> Vec<ModelAccuracy> {
+    let models: BTreeSet<&str> = reviews.iter().map(|r| r.model.as_str()).collect();
+    models
+        .into_iter()
+        .map(|model| {
+            let counts = agreement(reviews.iter().filter(|r| r.model == model).copied());
+            let (low, high) = wilson(counts.agreed, counts.reviews);
+            ModelAccuracy {
+                model: if model.is_empty() { "(none)" } else { model }.to_string(),
+                reviews: counts.reviews,
+                agreed: counts.agreed,
+                agreement: counts.agreement,
+                wilson_low: low,
+                wilson_high: high,
+            }
+        })
+        .collect()
+}
+
+fn accuracy_by_day(reviews: &[&ReviewCountRow]) -> Vec<DayAccuracy> {
+    let days: BTreeSet<i64> = reviews.iter().map(|r| r.day).collect();
+    days.into_iter()
+        .map(|day| {
+            let counts = agreement(reviews.iter().filter(|r| r.day == day).copied());
+            DayAccuracy {
+                day: day_label(day),
+                reviews: counts.reviews,
+                agreed: counts.agreed,
+                agreement: counts.agreement.unwrap_or(0.0),
+            }
+        })
+        .collect()
+}
+
+/// Pairs in [0, 1], thinned evenly to the calibration bound.
+fn pairs<'g>(
+    groups: impl Iterator<Item = &'g ConfidenceGroup>,
+) -> Vec<keel_tuning::calibration::Pair> {
+    let all: Vec<keel_tuning::calibration::Pair> = groups
+        .flat_map(|g| g.pairs.iter())
+        .filter(|(c, _)| c.is_finite() && (0.0..=1.0).contains(c))
+        .map(|(confidence, correct)| keel_tuning::calibration::Pair {
+            confidence: *confidence,
+            correct: *correct,
+        })
+        .collect();
+    let step = all.len().div_ceil(keel_tuning::MAX_VALUES).max(1);
+    all.into_iter().step_by(step).collect()
+}
+
+fn calibration(groups: &[ConfidenceGroup], operation: &str) -> Option<Calibration> {
+    let pairs = pairs(groups.iter().filter(|g| g.operation == operation));
+    let ece =
+        keel_tuning::calibration::expected_calibration_error(&pairs, CALIBRATION_BINS).ok()?;
+    Some(Calibration {
+        pairs: pairs.len(),
+        ece: ece.ece,
+        bins: ece.bins,
+    })
+}
+
+fn calibration_by_model(groups: &[ConfidenceGroup], operation: &str) -> Vec<ModelCalibration> {
+    let models: BTreeSet<&str> = groups
+        .iter()
+        .filter(|g| g.operation == operation)
+        .map(|g| g.model.as_str())
+        .collect();
+    models
+        .into_iter()
+        .filter_map(|model| {
+            let pairs = pairs(
+                groups
+                    .iter()
+                    .filter(|g| g.operation == operation && g.model == model),
+            );
+            let ece =
+                keel_tuning::calibration::expected_calibration_error(&pairs, CALIBRATION_BINS)
+                    .ok()?;
+            Some(ModelCalibration {
+                model: if model.is_empty() { "(none)" } else { model }.to_string(),
+                pairs: pairs.len(),
+                ece: ece.ece,
+            })
+        })
+        .collect()
+}
+
+fn phase_history(
+    events: &[JournalRow],
+    window: ReportWindow,
+    operation: &str,
+    current: Option<i64>,
+) -> PhaseHistory {
+    let from = rfc3339_ms(window.from_ms);
+    let mut history = PhaseHistory {
+        current,
+        ..PhaseHistory::default()
+    };
+    for entry in events {
+        let data: Value = serde_json::from_str(&entry.data).unwrap_or(Value::Null);
+        if data["operation"].as_str() != Some(operation) {
+            continue;
+        }
+        let kind = entry.kind.trim_start_matches("trust.").to_string();
+        let to_phase = if kind == "initialised" {
+            data["phase"].as_i64()
+        } else {
+            data["to_phase"].as_i64()
+        };
+        let moves = kind != "recommended";
+        if entry.at < from {
+            if moves {
+                history.at_start = to_phase;
+            }
+            continue;
+        }
+        if moves {
+            history.at_end = to_phase;
+        }
+        let text = |key: &str| data[key].as_str().map(str::to_string);
+        history.changes.push(PhaseEvent {
+            at: entry.at.clone(),
+            from_phase: data["from_phase"].as_i64(),
+            to_phase,
+            trigger: text("trigger"),
+            by: text("by").unwrap_or_else(|| entry.actor_id.clone()),
+            reason: text("reason"),
+            evidence: data.get("evidence").cloned().unwrap_or(Value::Null),
+            kind,
+        });
+    }
+    if history.at_end.is_none() {
+        history.at_end = history.at_start;
+    }
+    history
+}
+
+// ---------------------------------------------------------------------------------- advice
+
+fn promotions(
+    knowledge: &Knowledge<'_>,
+    facts: &MonthFacts,
+    review: &WorkflowReview,
+) -> Vec<Recommendation> {
+    let mut out = Vec::new();
+    for operation in &review.operations {
+        let open = facts
+            .open_recommendations
+            .iter()
+            .find(|r| r.operation == operation.operation);
+        if let Some(open) = open {
+            out.push(Recommendation {
+                kind: "promote",
+                workflow: review.workflow.clone(),
+                subject: operation.operation.clone(),
+                message: format!(
+                    "`{}` has an open recommendation from phase {} to {}: a governor who did not write the version can approve it (`keel trust promote {} --reason …`).",
+                    operation.operation, open.from_phase, open.to_phase, operation.operation
+                ),
+                evidence: serde_json::json!({ "recommendation_id": open.id, "evidence": open.evidence }),
+            });
+            continue;
+        }
+        let Some(phase) = operation.phase.current.or(operation.phase.at_end) else {
+            continue;
+        };
+        let config = knowledge
+            .workflows
+            .get(&review.workflow)
+            .and_then(|w| w.steps.iter().find(|s| s.id == operation.step))
+            .and_then(|s| match &s.kind {
+                StepKind::Action(action) => Some(action.trust.as_ref()),
+                _ => None,
+            });
+        let (Some(config), Some(low)) = (config, operation.accuracy.wilson_low) else {
+            continue;
+        };
+        let next = u8::try_from(phase + 1).unwrap_or(u8::MAX);
+        let Some(target) = config.promotion.target_agreement.to_enter(next) else {
+            continue;
+        };
+        let enough =
+            u64::try_from(operation.accuracy.reviews).unwrap_or(0) >= config.promotion.min_reviews;
+        if enough && low >= target {
+            out.push(Recommendation {
+                kind: "promote",
+                workflow: review.workflow.clone(),
+                subject: operation.operation.clone(),
+                message: format!(
+                    "`{}` is eligible for phase {next}: this month's agreement has a Wilson lower bound of {:.1}% over {} reviews, at or above the target of {:.1}%.",
+                    operation.operation, low * 100.0, operation.accuracy.reviews, target * 100.0
+                ),
+                evidence: serde_json::json!({ "phase": phase, "reviews": operation.accuracy.reviews,
+                    "agreed": operation.accuracy.agreed, "wilson_low": low, "target": target,
+                    "min_reviews": config.promotion.min_reviews }),
+            });
+        }
+    }
+    out
+}
+
+fn falling_accuracy(review: &WorkflowReview) -> Vec<Recommendation> {
+    review
+        .operations
+        .iter()
+        .filter_map(|operation| {
+            let (first, second) = (&operation.first_half, &operation.second_half);
+            let (Some(before), Some(after)) = (first.agreement, second.agreement) else {
+                return None;
+            };
+            let enough = first.reviews >= FALLING_MIN_REVIEWS && second.reviews >= FALLING_MIN_REVIEWS;
+            (enough && before - after > FALLING_BY).then(|| Recommendation {
+                kind: "accuracy_falling",
+                workflow: review.workflow.clone(),
+                subject: operation.operation.clone(),
+                message: format!(
+                    "Agreement on `{}` fell from {:.1}% to {:.1}% between the halves of the month; review the prompt of {} and recent inputs.",
+                    operation.operation,
+                    before * 100.0,
+                    after * 100.0,
+                    if operation.ai_steps.is_empty() {
+                        "its ai step".to_string()
+                    } else {
+                        operation.ai_steps.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", ")
+                    }
+                ),
+                evidence: serde_json::json!({ "first_half": first.clone(), "second_half": second.clone() }),
+            })
+        })
+        .collect()
+}
+
+fn tier_changes(cascade: &Cascade) -> Vec<Recommendation> {
+    let subject = format!("{}/{}", cascade.workflow, cascade.step);
+    let mut out = Vec::new();
+    let last = cascade.tiers.len().saturating_sub(1);
+    for tier in cascade.tiers.iter().filter(|t| t.tier < last) {
+        let Some(rate) = tier.acceptance_rate else {
+            continue;
+        };
+        if tier.reached >= DROP_TIER_MIN_REACHED && rate < DROP_TIER_BELOW {
+            out.push(Recommendation {
+                kind: "drop_tier",
+                workflow: cascade.workflow.clone(),
+                subject: subject.clone(),
+                message: format!(
+                    "Tier {} (`{}`) of `{subject}` accepted {:.1}% of the {} proposals that reached it; dropping it saves its calls and latency.",
+                    tier.tier, tier.model, rate * 100.0, tier.reached
+                ),
+                evidence: serde_json::json!({ "tier": tier.tier, "model": tier.model, "reached": tier.reached, "settled": tier.settled, "acceptance_rate": rate }),
+            });
+        }
+    }
+    for (index, earlier) in cascade.tiers.iter().enumerate() {
+        let later = cascade.tiers.iter().skip(index + 1).find(|later| {
+            matches!((earlier.usd_per_call, later.usd_per_call), (Some(a), Some(b)) if b < a)
+        });
+        if let Some(later) = later {
+            out.push(Recommendation {
+                kind: "reorder_tiers",
+                workflow: cascade.workflow.clone(),
+                subject: subject.clone(),
+                message: format!(
+                    "Tier {} (`{}`, ${:.6} per call) of `{subject}` is cheaper than tier {} (`{}`, ${:.6} per call) before it; try the cheaper model first.",
+                    later.tier, later.model, later.usd_per_call.unwrap_or(0.0),
+                    earlier.tier, earlier.model, earlier.usd_per_call.unwrap_or(0.0)
+                ),
+                evidence: serde_json::json!({ "earlier": { "tier": earlier.tier, "model": earlier.model, "usd_per_call": earlier.usd_per_call },
+                    "later": { "tier": later.tier, "model": later.model, "usd_per_call": later.usd_per_call } }),
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn months_and_ranges_are_utc_days() {
+        let (window, label) = month_window("2026-12").unwrap();
+        assert_eq!(label, "2026-12");
+        assert_eq!(rfc3339_ms(window.from_ms), "2026-12-01T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(window.to_ms), "2027-01-01T00:00:00.000Z");
+        assert!(month_window("2026-13").is_err());
+        assert!(month_window("november").is_err());
+        let now = month_window("2026-11").unwrap().0.from_ms + 5 * DAY_MS + 1;
+        let range = range_window(None, None, now).unwrap();
+        assert_eq!(rfc3339_ms(range.from_ms), "2026-11-01T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(range.to_ms), "2026-11-07T00:00:00.000Z");
+        assert!(range_window(Some("2026-11-05"), Some("2026-11-01"), now).is_err());
+        assert!(range_window(Some("2020-01-01"), Some("2026-11-01"), now).is_err());
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let p = percentiles(vec![(30, 1), (10, 1), (20, 1), (40, 1)]);
+        assert_eq!((p.count, p.p50, p.p95), (4, Some(20), Some(40)));
+        let p = percentiles(vec![(5, 95), (1000, 5)]);
+        assert_eq!((p.p50, p.p95), (Some(5), Some(5)));
+        assert_eq!(percentiles(Vec::new()).p50, None);
+    }
+}
