@@ -177,6 +177,7 @@ pub const WEBHOOK_EVENTS: &[&str] = &[
     "exception.escalated",
     "exception.sla_missed",
     "sla.breached",
+    "drift.alert",
 ];
 
 /// One `[[webhooks]]` endpoint. The secret itself is not here: only the name of the

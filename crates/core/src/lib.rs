@@ -8,6 +8,7 @@ pub mod desk;
 pub mod expr;
 pub mod fingerprint;
 pub mod gate;
+pub mod monitor;
 pub mod prompt;
 pub mod schema;
 pub mod trust;

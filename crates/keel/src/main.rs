@@ -8,6 +8,7 @@ mod bench_review;
 mod bench_trust;
 mod check;
 mod client;
+mod drift;
 mod exceptions;
 mod learner;
 mod people;
@@ -95,6 +96,9 @@ enum Command {
     /// Progressive trust: operations, their phases and evidence; governors promote, decline
     /// and demote (`keel trust [show|recommendations|promote|decline|demote]`).
     Trust(trust::TrustArgs),
+    /// Drift of monitored features: the latest test of each, or one feature's history
+    /// (`keel drift [--workflow W] | keel drift show WORKFLOW/FEATURE`).
+    Drift(drift::DriftArgs),
     /// API tokens for the gateway and the API (`keel token create|list|revoke`).
     Token {
         #[command(subcommand)]
@@ -161,6 +165,7 @@ fn main() -> ExitCode {
             Command::Exception { command } => exceptions::exception(command).await,
             Command::Webhooks { command } => webhooks::run(command).await,
             Command::Trust(args) => trust::run(args).await,
+            Command::Drift(args) => drift::run(args).await,
             Command::Bench { command } => bench::run(command).await,
         }
     });

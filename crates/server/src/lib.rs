@@ -9,6 +9,7 @@
 mod audit;
 mod auth;
 mod cases;
+mod drift;
 mod exceptions;
 mod extract;
 mod gateway;
@@ -122,6 +123,11 @@ pub fn router(engine: Engine, options: ServerOptions) -> Router {
         .route("/v1/tasks/{id}/decision", post(tasks::decide_task))
         .route("/v1/exceptions", get(exceptions::list_exceptions))
         .route("/v1/queues", get(exceptions::list_queues))
+        .route("/v1/drift", get(drift::list_results))
+        .route(
+            "/v1/drift/{workflow}/{feature}",
+            get(drift::feature_history),
+        )
         .route("/v1/trust", get(trust::list_operations))
         .route(
             "/v1/trust/recommendations",

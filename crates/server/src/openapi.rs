@@ -7,7 +7,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use utoipa::OpenApi;
 
-use crate::{audit, cases, health, problem, workflows, AppState};
+use crate::{audit, cases, drift, health, problem, workflows, AppState};
 use crate::{exceptions, gateway, learners, tasks, trust};
 
 #[derive(OpenApi)]
@@ -37,6 +37,8 @@ use crate::{exceptions, gateway, learners, tasks, trust};
         exceptions::get_exception,
         exceptions::resolve_exception,
         exceptions::list_queues,
+        drift::list_results,
+        drift::feature_history,
         trust::list_operations,
         trust::list_recommendations,
         trust::get_operation,
@@ -59,6 +61,7 @@ use crate::{exceptions, gateway, learners, tasks, trust};
         (name = "tasks", description = "Human decisions: approval steps and actions that use AI output"),
         (name = "exceptions", description = "Cases parked for a person and SLA breaches: queues, patterns by fingerprint, resolutions"),
         (name = "trust", description = "Progressive trust: operations, evidence, promotion recommendations, governors' decisions"),
+        (name = "drift", description = "Drift monitoring: per-feature tests of a reference window against the current one"),
         (name = "gateway", description = "OpenAI-compatible gateway: point an OpenAI client's base URL at /v1 with a Keel token as its API key"),
         (name = "meta", description = "This document"),
     )

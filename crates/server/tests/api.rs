@@ -60,6 +60,8 @@ const PATHS: &[&str] = &[
     "/v1/exceptions/{id}",
     "/v1/exceptions/{id}/resolution",
     "/v1/queues",
+    "/v1/drift",
+    "/v1/drift/{workflow}/{feature}",
     "/v1/trust",
     "/v1/trust/recommendations",
     "/v1/trust/{workflow}/{step}",
@@ -666,6 +668,8 @@ async fn the_sandbox_honours_idempotency_keys() {
 
 #[path = "api/desk.rs"]
 mod desk;
+#[path = "api/drift.rs"]
+mod drift;
 #[path = "api/exceptions.rs"]
 mod exceptions;
 #[path = "api/gateway.rs"]
@@ -1019,6 +1023,13 @@ async fn the_authorization_matrix_holds_for_every_endpoint_and_role() {
         ),
         ("GET", "/v1/exceptions/nope".into(), None, reads.to_vec()),
         ("GET", "/v1/queues".into(), None, reads.to_vec()),
+        ("GET", "/v1/drift".into(), None, reads.to_vec()),
+        (
+            "GET",
+            "/v1/drift/approval/nope".into(),
+            None,
+            reads.to_vec(),
+        ),
         ("GET", "/v1/trust".into(), None, reads.to_vec()),
         (
             "GET",

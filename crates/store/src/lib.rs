@@ -1250,6 +1250,8 @@ fn options_read(path: &str) -> Result<SqliteConnectOptions> {
 }
 
 mod ai;
+mod drift;
+pub use drift::{DriftObservation, DriftResultRow};
 mod report;
 pub use report::{
     BulkCase, BulkException, BulkOutcome, BulkPattern, BulkRows, CallSummaryRow, CaseCountRow,

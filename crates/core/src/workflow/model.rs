@@ -34,6 +34,8 @@ pub struct Workflow {
     pub change: Option<ChangeRecord>,
     /// Steps in file order; execution starts at `steps[0]`.
     pub steps: Vec<Step>,
+    /// `monitor:` — features whose drift between a reference and a current window is watched.
+    pub monitor: Option<crate::monitor::Monitor>,
     /// SHA-256 (hex) of the file's bytes: two deployments of the same bytes are the same version.
     pub source_sha256: String,
 }

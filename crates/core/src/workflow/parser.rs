@@ -65,7 +65,7 @@
 //!
 //! `calendar: { time_zone: Europe/Berlin, working_days: [mon, tue, wed, thu, fri],
 //! hours: ["09:00-17:00"], holidays: ["2026-12-25"] }` at the top level sets the business
-//! calendar.
+//! calendar. `monitor:` lists features whose drift is watched (see [`crate::monitor`]).
 //!
 //! A body string that is exactly one hole (`"${input.amount}"`) keeps the JSON type of its
 //! value. Durations: `500ms`, `30s`, `5m`, `2h`, `1d`, `1h30m`. Expressions may use `input`,
@@ -81,7 +81,7 @@ use sha2::{Digest, Sha256};
 use super::diagnostic::{Diagnostic, Span};
 use super::model::{OnFailure, Workflow};
 use super::steps::Draft;
-use super::values::Checker;
+pub(crate) use super::values::{Checker, Usage};
 use super::yaml::{self, Node, Value};
 
 /// Upper bound on a workflow file's size.
@@ -142,6 +142,7 @@ const TOP_FIELDS: &[&str] = &[
     "change",
     "input",
     "steps",
+    "monitor",
 ];
 
 /// The result of checking a workflow: the workflow when there is no error, and every
@@ -358,6 +359,10 @@ impl Checker<'_> {
                 );
             }
         }
+        let monitor = match (fields.get("monitor"), fields.key_span("monitor")) {
+            (Some(n), Some(key)) => self.monitor(n, key, steps.as_deref()).map(Some),
+            _ => Some(None),
+        };
         Some(Workflow {
             name: name?,
             version: version?,
@@ -369,6 +374,7 @@ impl Checker<'_> {
             on_failure: on_failure?,
             change: change?,
             steps: steps?,
+            monitor: monitor?,
             source_sha256: hex::encode(Sha256::digest(self.source.as_bytes())),
         })
     }

@@ -1,0 +1,162 @@
+//! `keel drift [--workflow W]` and `keel drift show WORKFLOW/FEATURE`, over the HTTP API as
+//! the user of `--token` / `KEEL_TOKEN`: the latest drift test of every monitored feature,
+//! or one feature's configuration and last 30 results.
+
+use std::process::ExitCode;
+
+use anyhow::bail;
+use clap::{Args, Subcommand};
+use serde_json::Value;
+
+use crate::client::ServerArgs;
+use crate::people::{request, TokenArg};
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct DriftArgs {
+    #[command(subcommand)]
+    pub command: Option<DriftCommand>,
+    /// Only this workflow's features.
+    #[arg(long)]
+    pub workflow: Option<String>,
+    #[command(flatten)]
+    pub token: TokenArg,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DriftCommand {
+    /// One feature: its configuration and its last 30 results, newest first.
+    Show {
+        /// WORKFLOW/FEATURE, e.g. support/body_length.
+        feature: String,
+        #[command(flatten)]
+        token: TokenArg,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+}
+
+pub async fn run(args: DriftArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        None => {
+            let path = match &args.workflow {
+                Some(workflow) => format!("/v1/drift?workflow={workflow}"),
+                None => "/v1/drift".to_string(),
+            };
+            let body =
+                request(reqwest::Method::GET, &path, None, &args.token, &args.server).await?;
+            if args.server.json {
+                println!("{body}");
+            } else {
+                print_results(&body, true);
+            }
+        }
+        Some(DriftCommand::Show {
+            feature,
+            token,
+            server,
+        }) => {
+            let path = match feature.split_once('/') {
+                Some((workflow, name)) if !workflow.is_empty() && !name.is_empty() && !name.contains('/') => {
+                    format!("/v1/drift/{workflow}/{name}")
+                }
+                _ => bail!("name a feature as WORKFLOW/FEATURE (e.g. support/body_length); `keel drift` lists them"),
+            };
+            let body = request(reqwest::Method::GET, &path, None, &token, &server).await?;
+            if server.json {
+                println!("{body}");
+            } else {
+                let config = &body["config"];
+                if config.is_null() {
+                    println!("{}: no longer monitored", text(&body["feature"]));
+                } else {
+                    println!(
+                        "{}/{}: {}  kind {}  step {}  method {}  threshold {}",
+                        text(&body["workflow"]),
+                        text(&config["name"]),
+                        text(&config["expr"]),
+                        or_dash(&config["kind"]),
+                        or_dash(&config["step"]),
+                        or_dash(&config["method"]),
+                        or_dash(&config["threshold"]),
+                    );
+                }
+                print_results(&body["results"], false);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A table: one row per result.
+fn print_results(rows: &Value, first_column_is_feature: bool) {
+    let rows = rows.as_array().cloned().unwrap_or_default();
+    if rows.is_empty() {
+        eprintln!("no drift results yet (a workflow's `monitor:` section lists the features; results appear after the first evaluation)");
+        return;
+    }
+    let first = if first_column_is_feature {
+        "FEATURE"
+    } else {
+        "EVALUATED"
+    };
+    println!(
+        "{:<40}  {:<14}  {:>10}  {:>9}  {:<7}  {:>15}  {:>6}",
+        first, "METHOD", "VALUE", "THRESHOLD", "DRIFTED", "ROWS (REF/CUR)", "FAILED"
+    );
+    for row in rows {
+        let label = if first_column_is_feature {
+            format!("{}/{}", text(&row["workflow"]), text(&row["feature"]))
+        } else {
+            row["evaluated_at_ms"]
+                .as_i64()
+                .map(keel_core::case::millis_to_datetime)
+                .map_or("-".to_string(), |t| {
+                    t.format("%Y-%m-%d %H:%M:%S").to_string()
+                })
+        };
+        let method = match text(&row["status"]) {
+            "tested" => text(&row["method"]).to_string(),
+            other => other.to_string(),
+        };
+        let drifted = match (text(&row["status"]), row["drifted"].as_bool()) {
+            ("tested", Some(true)) => "yes",
+            ("tested", _) => "no",
+            _ => "-",
+        };
+        println!(
+            "{:<40}  {:<14}  {:>10}  {:>9}  {:<7}  {:>15}  {:>6}",
+            label,
+            method,
+            number(&row["value"]),
+            number(&row["threshold"]),
+            drifted,
+            format!("{}/{}", row["reference_rows"], row["current_rows"]),
+            row["failed_rows"],
+        );
+    }
+}
+
+fn number(value: &Value) -> String {
+    value.as_f64().map_or("-".to_string(), |x| {
+        if x != 0.0 && x.abs() < 1e-4 {
+            format!("{x:.2e}")
+        } else {
+            format!("{x:.4}")
+        }
+    })
+}
+
+fn or_dash(value: &Value) -> String {
+    match value {
+        Value::Null => "-".to_string(),
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn text(value: &Value) -> &str {
+    value.as_str().unwrap_or_default()
+}

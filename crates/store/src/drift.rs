@@ -1,0 +1,313 @@
+//! Drift monitoring: per-case feature observations, the journal cursor that feeds them, and
+//! the stored results of drift tests.
+//!
+//! - `drift_observations`: one row per (workflow, feature, case): a number, a category, or
+//!   neither (the feature's expression failed on that case). The primary key makes recording
+//!   idempotent.
+//! - `drift_cursor`: the last journal `seq` the observer has read. Observations and the new
+//!   cursor are written in one transaction, guarded by the cursor's old value, so two
+//!   observers never record the same page twice and a crash loses nothing.
+//! - `drift_results`: every test, with its method, parameters and value. A result and its
+//!   `drift.alert` entry are written in one transaction that first reads the previous result
+//!   of the feature: an alert is journaled only when a feature starts to drift.
+
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{QueryBuilder, Row};
+
+use crate::{
+    journal_row, Backend, JournalRow, NewEntry, Result, Store, ENTRIES_PER_INSERT, JOURNAL_COLUMNS,
+};
+
+/// The journal kinds the observer reads.
+const OBSERVED_KINDS: &str = "'case.created', 'ai.proposed'";
+/// Observation rows per INSERT statement (6 parameters each).
+const OBSERVATIONS_PER_INSERT: usize = 1_000;
+/// Most results returned by one listing.
+const MAX_RESULTS: i64 = 10_000;
+
+/// One feature's value for one case.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DriftObservation {
+    pub workflow: String,
+    pub feature: String,
+    pub case_id: String,
+    pub at_ms: i64,
+    /// A numeric value, or
+    pub value_num: Option<f64>,
+    /// a categorical one; neither when the expression failed on the case.
+    pub value_cat: Option<String>,
+}
+
+/// One stored drift test of one feature.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DriftResultRow {
+    /// Increasing: the latest result of a feature has the largest id.
+    pub id: i64,
+    pub workflow: String,
+    pub feature: String,
+    pub evaluated_at_ms: i64,
+    /// `tested`, `insufficient_data` (fewer than `min_rows` in a window) or `error` (the test
+    /// could not run; `parameters.error` says why).
+    pub status: String,
+    /// `numeric` or `categorical` (none when neither window had a usable value).
+    pub kind: Option<String>,
+    /// The test (`ks`, `chi_square`, `z_test`, `wasserstein`, `jensen_shannon`, `psi`).
+    pub method: Option<String>,
+    /// Method-specific detail (statistic, degrees of freedom, binning, ...).
+    pub parameters: Value,
+    /// The p-value or the distance.
+    pub value: Option<f64>,
+    pub threshold: Option<f64>,
+    pub drifted: bool,
+    /// Whether this result journaled `drift.alert` (the feature started to drift).
+    pub alerted: bool,
+    pub reference_rows: i64,
+    pub current_rows: i64,
+    /// Observations in either window without a usable value (the expression failed, or the
+    /// value was of the other kind).
+    pub failed_rows: i64,
+    pub reference_from_ms: i64,
+    pub current_from_ms: i64,
+    pub current_to_ms: i64,
+}
+
+const RESULT_COLUMNS: &str = "id, workflow, feature, evaluated_at_ms, status, kind, method, parameters, value, threshold, drifted, alerted, reference_rows, current_rows, failed_rows, reference_from_ms, current_from_ms, current_to_ms";
+
+fn result_from<R: Row>(row: &R) -> Result<DriftResultRow>
+where
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<f64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let parameters: String = row.try_get("parameters")?;
+    Ok(DriftResultRow {
+        id: row.try_get("id")?,
+        workflow: row.try_get("workflow")?,
+        feature: row.try_get("feature")?,
+        evaluated_at_ms: row.try_get("evaluated_at_ms")?,
+        status: row.try_get("status")?,
+        kind: row.try_get("kind")?,
+        method: row.try_get("method")?,
+        parameters: serde_json::from_str(&parameters).unwrap_or(Value::Null),
+        value: row.try_get("value")?,
+        threshold: row.try_get("threshold")?,
+        drifted: row.try_get::<i64, _>("drifted")? != 0,
+        alerted: row.try_get::<i64, _>("alerted")? != 0,
+        reference_rows: row.try_get("reference_rows")?,
+        current_rows: row.try_get("current_rows")?,
+        failed_rows: row.try_get("failed_rows")?,
+        reference_from_ms: row.try_get("reference_from_ms")?,
+        current_from_ms: row.try_get("current_from_ms")?,
+        current_to_ms: row.try_get("current_to_ms")?,
+    })
+}
+
+impl Store {
+    /// The last journal `seq` the drift observer has read.
+    pub async fn drift_cursor(&self) -> Result<i64> {
+        dispatch_read!(self, |pool| {
+            let seq: Option<i64> =
+                sqlx::query_scalar("SELECT seq FROM drift_cursor WHERE name = 'observations'")
+                    .fetch_optional(pool)
+                    .await?;
+            Ok(seq.unwrap_or(0))
+        })
+    }
+
+    /// Up to `limit` `case.created` and `ai.proposed` entries after `after_seq`, oldest first,
+    /// and the cursor to move to once they are recorded (past entries of other kinds too).
+    pub async fn drift_journal_page(
+        &self,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<(Vec<JournalRow>, i64)> {
+        let sql = format!(
+            "SELECT {JOURNAL_COLUMNS} FROM journal WHERE seq > $1 AND seq <= $2 \
+             AND kind IN ({OBSERVED_KINDS}) ORDER BY seq LIMIT $3"
+        );
+        let limit = limit.clamp(1, 100_000);
+        dispatch_read!(self, |pool| {
+            let last: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM journal")
+                .fetch_one(pool)
+                .await?;
+            let last = last.unwrap_or(0).max(after_seq);
+            let rows = sqlx::query(&sql)
+                .bind(after_seq)
+                .bind(last)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?;
+            let rows: Vec<JournalRow> = rows.iter().map(journal_row).collect::<Result<_>>()?;
+            let next = match rows.last() {
+                Some(row) if rows.len() as i64 == limit => row.seq,
+                _ => last,
+            };
+            Ok((rows, next))
+        })
+    }
+
+    /// Records `observations` and moves the cursor from `from_seq` to `to_seq`, in one
+    /// transaction; returns false (recording nothing) when the cursor is no longer at
+    /// `from_seq` (another observer recorded this page).
+    pub async fn drift_record_observations(
+        &self,
+        from_seq: i64,
+        to_seq: i64,
+        observations: &[DriftObservation],
+    ) -> Result<bool> {
+        dispatch!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            let moved = sqlx::query(
+                "UPDATE drift_cursor SET seq = $1 WHERE name = 'observations' AND seq = $2",
+            )
+            .bind(to_seq)
+            .bind(from_seq)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if moved != 1 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            for chunk in observations.chunks(OBSERVATIONS_PER_INSERT) {
+                let mut builder = QueryBuilder::new(
+                    "INSERT INTO drift_observations (workflow, feature, case_id, at_ms, value_num, value_cat) ",
+                );
+                builder.push_values(chunk, |mut row, o| {
+                    row.push_bind(&o.workflow)
+                        .push_bind(&o.feature)
+                        .push_bind(&o.case_id)
+                        .push_bind(o.at_ms)
+                        .push_bind(o.value_num)
+                        .push_bind(&o.value_cat);
+                });
+                builder.push(" ON CONFLICT (workflow, feature, case_id) DO NOTHING");
+                builder.build().execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(true)
+        })
+    }
+
+    /// The newest `limit` observations of a feature with `from_ms <= at_ms < to_ms`, newest
+    /// first: (number, category); both `None` for a case the expression failed on.
+    pub async fn drift_window(
+        &self,
+        workflow: &str,
+        feature: &str,
+        from_ms: i64,
+        to_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<(Option<f64>, Option<String>)>> {
+        dispatch_read!(self, |pool| {
+            Ok(sqlx::query_as(
+                "SELECT value_num, value_cat FROM drift_observations \
+                 WHERE workflow = $1 AND feature = $2 AND at_ms >= $3 AND at_ms < $4 \
+                 ORDER BY at_ms DESC LIMIT $5",
+            )
+            .bind(workflow)
+            .bind(feature)
+            .bind(from_ms)
+            .bind(to_ms)
+            .bind(limit.max(1))
+            .fetch_all(pool)
+            .await?)
+        })
+    }
+
+    /// Stores `result` (its `id` and `alerted` are ignored) and, if it drifted while the
+    /// feature's previous result did not, appends `alert` in the same transaction. Returns
+    /// the stored row.
+    pub async fn drift_insert_result(
+        &self,
+        result: &DriftResultRow,
+        alert: &NewEntry,
+    ) -> Result<DriftResultRow> {
+        dispatch!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            if let Backend::Postgres(_) = self.backend {
+                // The journal's lock: serialises this read-then-write with other alerts.
+                sqlx::query("SELECT pg_advisory_xact_lock(7317)")
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let previous: Option<i64> = sqlx::query_scalar(
+                "SELECT drifted FROM drift_results WHERE workflow = $1 AND feature = $2 ORDER BY id DESC LIMIT 1",
+            )
+            .bind(&result.workflow)
+            .bind(&result.feature)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let alerted = result.drifted && previous.unwrap_or(0) == 0;
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO drift_results (workflow, feature, evaluated_at_ms, status, kind, method, parameters, value, threshold, drifted, alerted, reference_rows, current_rows, failed_rows, reference_from_ms, current_from_ms, current_to_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) RETURNING id",
+            )
+            .bind(&result.workflow).bind(&result.feature).bind(result.evaluated_at_ms)
+            .bind(&result.status).bind(&result.kind).bind(&result.method)
+            .bind(result.parameters.to_string()).bind(result.value).bind(result.threshold)
+            .bind(i64::from(result.drifted)).bind(i64::from(alerted))
+            .bind(result.reference_rows).bind(result.current_rows).bind(result.failed_rows)
+            .bind(result.reference_from_ms).bind(result.current_from_ms).bind(result.current_to_ms)
+            .fetch_one(&mut *tx)
+            .await?;
+            if alerted {
+                let entries = [alert];
+                insert_entries!(tx, entries);
+            }
+            tx.commit().await?;
+            Ok(DriftResultRow {
+                id,
+                alerted,
+                ..result.clone()
+            })
+        })
+    }
+
+    /// The latest result of every feature (of `workflow`, or of every workflow), by workflow
+    /// and feature.
+    pub async fn drift_latest(&self, workflow: Option<&str>) -> Result<Vec<DriftResultRow>> {
+        let sql = format!(
+            "SELECT {RESULT_COLUMNS} FROM drift_results WHERE id IN \
+             (SELECT MAX(id) FROM drift_results WHERE ($1 IS NULL OR workflow = $1) GROUP BY workflow, feature) \
+             ORDER BY workflow, feature LIMIT $2"
+        );
+        dispatch_read!(self, |pool| {
+            sqlx::query(&sql)
+                .bind(workflow)
+                .bind(MAX_RESULTS)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(result_from)
+                .collect()
+        })
+    }
+
+    /// A feature's newest `limit` results, newest first.
+    pub async fn drift_history(
+        &self,
+        workflow: &str,
+        feature: &str,
+        limit: i64,
+    ) -> Result<Vec<DriftResultRow>> {
+        let sql = format!(
+            "SELECT {RESULT_COLUMNS} FROM drift_results WHERE workflow = $1 AND feature = $2 \
+             ORDER BY id DESC LIMIT $3"
+        );
+        dispatch_read!(self, |pool| {
+            sqlx::query(&sql)
+                .bind(workflow)
+                .bind(feature)
+                .bind(limit.clamp(1, MAX_RESULTS))
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(result_from)
+                .collect()
+        })
+    }
+}
