@@ -72,11 +72,17 @@ pub(crate) async fn refit(inner: &Inner) -> Result<usize> {
         if count < MIN_PAIRS || (last > 0 && count.min(MAX_PAIRS) - last < REFIT_EVERY) {
             continue;
         }
-        let rows = inner
+        let pairs: Vec<Pair> = inner
             .store
-            .calibration_outcomes(&ai_step, &model, MAX_PAIRS)
-            .await?;
-        let pairs = pairs(&rows);
+            .calibration_pairs(&ai_step, &model, MAX_PAIRS)
+            .await?
+            .into_iter()
+            .filter(|(confidence, _)| confidence.is_finite() && (0.0..=1.0).contains(confidence))
+            .map(|(confidence, correct)| Pair {
+                confidence,
+                correct,
+            })
+            .collect();
         let seed = keel_tuning::random::stable_hash(&format!("{ai_step}/{model}"));
         let choice = match fit_best(&pairs, HOLDOUT_FRACTION, seed) {
             Ok(choice) => choice,

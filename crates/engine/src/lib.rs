@@ -168,6 +168,8 @@ pub(crate) struct Inner {
     pub trust: trust::TrustBook,
     /// When calibrators were last refitted by the background pass.
     pub last_refit_ms: std::sync::atomic::AtomicI64,
+    /// Each operation's reviews kept between trust passes.
+    pub evidence: tokio::sync::Mutex<std::collections::HashMap<String, trust::CachedEvidence>>,
     pub work: mpsc::Sender<worker::Item>,
     pub in_flight: Arc<Semaphore>,
     pub http: reqwest::Client,
@@ -236,6 +238,7 @@ impl Engine {
             telemetry,
             trust: trust::TrustBook::default(),
             last_refit_ms: std::sync::atomic::AtomicI64::new(0),
+            evidence: tokio::sync::Mutex::default(),
             work: work_tx,
             http,
             poke: Notify::new(),

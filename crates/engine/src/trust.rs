@@ -289,6 +289,52 @@ pub(crate) async fn on_deploy(inner: &Inner, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// One operation's reviews as this node keeps them between passes: (time, agreed) in time
+/// order from `from_ms` on, and the last review id read.
+#[derive(Debug, Default)]
+pub(crate) struct CachedEvidence {
+    from_ms: i64,
+    last_id: i64,
+    outcomes: Vec<(i64, bool)>,
+}
+
+/// The operation's reviews from `from_ms` on: only those written since the last pass are read
+/// (reviews are append-only and numbered in commit order: every writer holds the journal's
+/// lock on PostgreSQL, and SQLite has one writer), the rest come from memory.
+async fn cached_evidence(inner: &Inner, operation: &str, from_ms: i64) -> Result<Vec<(i64, bool)>> {
+    let mut cache = inner.evidence.lock().await;
+    let entry = cache.entry(operation.to_string()).or_default();
+    if from_ms < entry.from_ms || entry.last_id == 0 {
+        // Older evidence is needed than is kept (or nothing is): read it all again.
+        *entry = CachedEvidence {
+            from_ms,
+            last_id: 0,
+            outcomes: Vec::new(),
+        };
+    }
+    let fresh = inner
+        .store
+        .trust_evidence_after(operation, entry.last_id, from_ms)
+        .await?;
+    let mut sorted = true;
+    for (id, at, agreed) in fresh {
+        entry.last_id = entry.last_id.max(id);
+        sorted &= entry.outcomes.last().is_none_or(|(last, _)| *last <= at);
+        entry.outcomes.push((at, agreed));
+    }
+    if !sorted {
+        entry.outcomes.sort_by_key(|(at, _)| *at);
+    }
+    let keep = entry.outcomes.partition_point(|(at, _)| *at < from_ms);
+    entry.outcomes.drain(..keep);
+    entry.from_ms = from_ms;
+    if entry.last_id == 0 {
+        // Nothing recorded yet: mark the read so the next pass does not start over.
+        entry.last_id = -1;
+    }
+    Ok(entry.outcomes.clone())
+}
+
 /// The reviews in the promotion window and since the last promotion (or phase change), as
 /// the statistics see them, read in one packed query where the two overlap.
 async fn evidence(
@@ -305,10 +351,7 @@ async fn evidence(
     match config.promotion.window {
         EvidenceWindow::Milliseconds(ms) => {
             let window_start = now.saturating_sub(ms);
-            let all = inner
-                .store
-                .trust_evidence(&row.operation, window_start.min(since), None)
-                .await?;
+            let all = cached_evidence(inner, &row.operation, window_start.min(since)).await?;
             let window = all
                 .iter()
                 .filter(|(at, _)| *at >= window_start)

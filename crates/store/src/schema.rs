@@ -278,7 +278,8 @@ CREATE TABLE trust_outcomes (
     final_label TEXT
 );
 CREATE INDEX trust_outcomes_operation ON trust_outcomes (operation, at_ms, verdict);
-CREATE INDEX trust_outcomes_model ON trust_outcomes (ai_step, model, at_ms);
+CREATE INDEX trust_outcomes_operation_id ON trust_outcomes (operation, id);
+CREATE INDEX trust_outcomes_model ON trust_outcomes (ai_step, model, confidence, verdict);
 CREATE TABLE calibrators (
     ai_step TEXT NOT NULL,
     model TEXT NOT NULL,
@@ -634,7 +635,8 @@ CREATE TABLE trust_outcomes (
     final_label TEXT
 );
 CREATE INDEX trust_outcomes_operation ON trust_outcomes (operation, at_ms, verdict);
-CREATE INDEX trust_outcomes_model ON trust_outcomes (ai_step, model, at_ms);
+CREATE INDEX trust_outcomes_operation_id ON trust_outcomes (operation, id);
+CREATE INDEX trust_outcomes_model ON trust_outcomes (ai_step, model, confidence, verdict);
 CREATE TABLE calibrators (
     ai_step TEXT NOT NULL,
     model TEXT NOT NULL,

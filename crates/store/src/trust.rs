@@ -587,4 +587,67 @@ impl Store {
             })
             .collect())
     }
+
+    /// An operation's reviews with `id > after_id` and `at_ms >= since_ms` as (id, time,
+    /// agreed), in id order, packed like [`Store::trust_evidence`]: what an evaluator that
+    /// keeps the evidence in memory reads on each pass.
+    pub async fn trust_evidence_after(
+        &self,
+        operation: &str,
+        after_id: i64,
+        since_ms: i64,
+    ) -> Result<Vec<(i64, i64, bool)>> {
+        let packed: Option<String> = match self.backend {
+            Backend::Sqlite { ref read, .. } => {
+                sqlx::query_scalar("SELECT group_concat(id || ':' || at_ms || ':' || (CASE WHEN verdict = 'agree' THEN 1 ELSE 0 END), ',' ORDER BY id) FROM trust_outcomes WHERE operation = $1 AND id > $2 AND at_ms >= $3")
+                    .bind(operation).bind(after_id).bind(since_ms).fetch_one(read).await?
+            }
+            Backend::Postgres(ref pool) => {
+                sqlx::query_scalar("SELECT string_agg(id::text || ':' || at_ms::text || ':' || (CASE WHEN verdict = 'agree' THEN '1' ELSE '0' END), ',' ORDER BY id) FROM trust_outcomes WHERE operation = $1 AND id > $2 AND at_ms >= $3")
+                    .bind(operation).bind(after_id).bind(since_ms).fetch_one(pool).await?
+            }
+        };
+        let Some(packed) = packed else {
+            return Ok(Vec::new());
+        };
+        Ok(packed
+            .split(',')
+            .filter_map(|item| {
+                let mut parts = item.split(':');
+                let id = parts.next()?.parse().ok()?;
+                let at = parts.next()?.parse().ok()?;
+                Some((id, at, parts.next()? == "1"))
+            })
+            .collect())
+    }
+
+    /// Reviewed (raw confidence, agreed) pairs of one model on one `ai` step, the newest
+    /// `limit`, packed.
+    pub async fn calibration_pairs(
+        &self,
+        ai_step: &str,
+        model: &str,
+        limit: i64,
+    ) -> Result<Vec<(f64, bool)>> {
+        let packed: Option<String> = match self.backend {
+            Backend::Sqlite { ref read, .. } => {
+                sqlx::query_scalar("SELECT group_concat(confidence || ':' || (CASE WHEN verdict = 'agree' THEN 1 ELSE 0 END), ',') FROM (SELECT confidence, verdict FROM trust_outcomes WHERE ai_step = $1 AND model = $2 AND confidence IS NOT NULL ORDER BY id DESC LIMIT $3)")
+                    .bind(ai_step).bind(model).bind(limit.max(1)).fetch_one(read).await?
+            }
+            Backend::Postgres(ref pool) => {
+                sqlx::query_scalar("SELECT string_agg(confidence::text || ':' || (CASE WHEN verdict = 'agree' THEN '1' ELSE '0' END), ',') FROM (SELECT confidence, verdict FROM trust_outcomes WHERE ai_step = $1 AND model = $2 AND confidence IS NOT NULL ORDER BY id DESC LIMIT $3) AS newest")
+                    .bind(ai_step).bind(model).bind(limit.max(1)).fetch_one(pool).await?
+            }
+        };
+        let Some(packed) = packed else {
+            return Ok(Vec::new());
+        };
+        Ok(packed
+            .split(',')
+            .filter_map(|item| {
+                let (confidence, agreed) = item.split_once(':')?;
+                Some((confidence.parse().ok()?, agreed == "1"))
+            })
+            .collect())
+    }
 }

@@ -671,6 +671,31 @@ async fn trust_evidence_is_read_packed_in_order_on_both_backends() {
                 .is_empty(),
             "{label}"
         );
+        // Incremental reads: by id, from a time on.
+        let all = store.trust_evidence_after("w/pay", 0, 0).await.unwrap();
+        assert_eq!(all.len(), 4, "{label}");
+        let last_id = all.iter().map(|(id, _, _)| *id).max().unwrap();
+        assert!(store
+            .trust_evidence_after("w/pay", last_id, 0)
+            .await
+            .unwrap()
+            .is_empty());
+        store
+            .insert_trust_outcomes(&[row(5, "agree")])
+            .await
+            .unwrap();
+        let fresh = store
+            .trust_evidence_after("w/pay", last_id, 0)
+            .await
+            .unwrap();
+        let fresh: Vec<(i64, bool)> = fresh.iter().map(|(_, at, agreed)| (*at, *agreed)).collect();
+        assert_eq!(fresh, vec![(1005, true)], "{label}");
+        let pairs = store.calibration_pairs("w/judge", "m", 3).await.unwrap();
+        assert_eq!(pairs.len(), 3, "{label}");
+        assert!(
+            pairs.iter().all(|(c, _)| (*c - 0.5).abs() < 1e-12),
+            "{label}: {pairs:?}"
+        );
         backend.cleanup().await;
     }
 }
