@@ -408,7 +408,20 @@ pub(crate) async fn evaluate(inner: &Inner) -> Result<TrustPass> {
     inner.trust.replace(&rows);
     let now = inner.clock.now_ms();
     let mut pass = TrustPass::default();
-    for row in rows {
+    // One read for every open recommendation, so that a pass does not ask the writer about
+    // each operation that already has one.
+    let open: std::collections::HashSet<String> = inner
+        .store
+        .trust_recommendations(Some("open"), None)
+        .await?
+        .into_iter()
+        .filter(|r| {
+            rows.iter()
+                .any(|row| row.operation == r.operation && row.phase == r.from_phase)
+        })
+        .map(|r| r.operation)
+        .collect();
+    for row in rows.iter().cloned() {
         let Some((_, workflow)) = inner.registry.latest(&row.workflow) else {
             continue;
         };
@@ -450,7 +463,10 @@ pub(crate) async fn evaluate(inner: &Inner) -> Result<TrustPass> {
             }
             continue;
         }
-        if let Some(evidence) = evaluation.recommend_promotion.filter(|_| row.phase < 4) {
+        if let Some(evidence) = evaluation
+            .recommend_promotion
+            .filter(|_| row.phase < 4 && !open.contains(&row.operation))
+        {
             let evidence = serde_json::to_value(evidence).unwrap_or(Value::Null);
             let recommendation = RecommendationRow {
                 id: format!(
