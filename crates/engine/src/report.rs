@@ -24,6 +24,8 @@ use keel_store::{
 use serde::Serialize;
 use serde_json::Value;
 
+use keel_store::Store;
+
 use crate::{rfc3339_ms, Engine, Error, Result};
 
 const DAY_MS: i64 = 86_400_000;
@@ -553,11 +555,14 @@ fn period(window: ReportWindow) -> Period {
 
 // ---------------------------------------------------------------------------------- engine
 
-/// What the node knows beside the store: the latest workflow versions and `keel.toml`.
-struct Knowledge<'a> {
-    workflows: BTreeMap<String, Arc<Workflow>>,
-    config: Option<&'a keel_ai::config::Config>,
-    now_ms: i64,
+/// What a report is built from: the store, the latest version of each workflow (routes, the
+/// `ai` steps of each operation, promotion targets), `keel.toml` (prices, budgets) and the
+/// time. [`Engine::report_sources`] gives a running node's; benchmarks build their own.
+pub struct Sources<'a> {
+    pub store: &'a Store,
+    pub workflows: BTreeMap<String, Arc<Workflow>>,
+    pub config: Option<&'a keel_ai::config::Config>,
+    pub now_ms: i64,
 }
 
 /// The store's aggregates for one window.
@@ -572,34 +577,56 @@ struct CostFacts {
 }
 
 impl Engine {
-    fn knowledge(&self) -> Knowledge<'_> {
+    /// This node's report sources.
+    pub fn report_sources(&self) -> Sources<'_> {
         let registry = &self.inner.registry;
         let workflows = registry
             .list()
             .into_iter()
             .filter_map(|(name, _, _)| registry.latest(&name).map(|(_, w)| (name, w)))
             .collect();
-        Knowledge {
+        Sources {
+            store: &self.inner.store,
             workflows,
             config: self.inner.options.ai.as_deref().map(|ai| ai.config()),
             now_ms: self.now_ms(),
         }
     }
 
+    /// The cost analysis of the UTC days `from..=to` (default: this month to date).
+    pub async fn cost_report(&self, from: Option<&str>, to: Option<&str>) -> Result<CostReport> {
+        self.report_sources().cost_report(from, to).await
+    }
+
+    /// The cost analysis of the UTC month `YYYY-MM`.
+    pub async fn cost_report_month(&self, month: &str) -> Result<CostReport> {
+        self.report_sources().cost_report_month(month).await
+    }
+
+    /// The operational review of the UTC month `YYYY-MM` (default: this month so far).
+    pub async fn monthly_report(&self, month: Option<&str>) -> Result<MonthlyReport> {
+        self.report_sources().monthly_report(month).await
+    }
+}
+
+impl Sources<'_> {
     async fn cost_facts(&self, window: ReportWindow, month: &str) -> Result<CostFacts> {
-        let store = &self.inner.store;
+        let store = self.store;
         let (month_window, month) = month_window(month)?;
+        let proposals = store.report_proposals(window).await?;
         let calls = store.report_ai_calls(window).await?;
+        let cases = store.report_cases(window).await?;
+        let exceptions = store.report_exceptions(window).await?;
         let month_calls = if month_window == window {
             calls.clone()
         } else {
             store.report_ai_calls(month_window).await?
         };
         Ok(CostFacts {
-            proposals: store.report_proposals(window).await?,
-            cases: store.report_cases(window).await?,
-            exceptions: store.report_exceptions(window).await?,
             calls,
+            proposals,
+            cases,
+            exceptions,
             month,
             month_window,
             month_calls,
@@ -608,55 +635,76 @@ impl Engine {
 
     /// The cost analysis of the UTC days `from..=to` (default: this month to date).
     pub async fn cost_report(&self, from: Option<&str>, to: Option<&str>) -> Result<CostReport> {
-        let window = range_window(from, to, self.now_ms())?;
+        let window = range_window(from, to, self.now_ms)?;
         let facts = self.cost_facts(window, &month_of(window.to_ms - 1)).await?;
-        Ok(build_costs(&self.knowledge(), window, &facts))
+        Ok(build_costs(self, window, &facts))
+    }
+
+    /// The cost analysis of the UTC month `YYYY-MM`.
+    pub async fn cost_report_month(&self, month: &str) -> Result<CostReport> {
+        let (window, month) = month_window(month)?;
+        let facts = self.cost_facts(window, &month).await?;
+        Ok(build_costs(self, window, &facts))
+    }
+
+    /// `trust.initialised|promoted|demoted` up to the window's end (the phase at its start
+    /// needs the history before it) and `trust.recommended` in it, in journal order.
+    async fn trust_events(&self, window: ReportWindow) -> Result<Vec<JournalRow>> {
+        let store = self.store;
+        let initialised = store
+            .report_entries("trust.initialised", 0, window.to_ms, MAX_EVENTS)
+            .await?;
+        let promoted = store
+            .report_entries("trust.promoted", 0, window.to_ms, MAX_EVENTS)
+            .await?;
+        let demoted = store
+            .report_entries("trust.demoted", 0, window.to_ms, MAX_EVENTS)
+            .await?;
+        let recommended = store
+            .report_entries("trust.recommended", window.from_ms, window.to_ms, MAX_EVENTS)
+            .await?;
+        let mut events: Vec<JournalRow> = [initialised, promoted, demoted, recommended]
+            .into_iter()
+            .flatten()
+            .collect();
+        events.sort_by(|a, b| (&a.at, a.seq).cmp(&(&b.at, b.seq)));
+        Ok(events)
     }
 
     /// The operational review of the UTC month `YYYY-MM` (default: this month so far).
     pub async fn monthly_report(&self, month: Option<&str>) -> Result<MonthlyReport> {
-        let month = month.map_or_else(|| month_of(self.now_ms()), str::to_string);
+        let month = month.map_or_else(|| month_of(self.now_ms), str::to_string);
         let (window, month) = month_window(&month)?;
-        let store = &self.inner.store;
+        let store = self.store;
+        // One query at a time: side by side, the two journal passes slowed each other down
+        // several times over (28 s each instead of 4 s for a million cases on two cores).
         let costs = self.cost_facts(window, &month).await?;
         let (gates, gated_cases) = store.report_gates(window).await?;
-        let mut trust_events = Vec::new();
-        for kind in ["trust.initialised", "trust.promoted", "trust.demoted"] {
-            trust_events.extend(
-                store
-                    .report_entries(kind, 0, window.to_ms, MAX_EVENTS)
-                    .await?,
-            );
-        }
-        trust_events.extend(
-            store
-                .report_entries(
-                    "trust.recommended",
-                    window.from_ms,
-                    window.to_ms,
-                    MAX_EVENTS,
-                )
-                .await?,
-        );
-        trust_events.sort_by(|a, b| (&a.at, a.seq).cmp(&(&b.at, b.seq)));
+        let (reviews, confidences) = store.report_outcomes(window).await?;
+        let latency = store.report_ai_latency(window).await?;
+        let trust_events = self.trust_events(window).await?;
+        let resolve_times = store.report_resolve_times(window).await?;
+        let new_patterns = store.report_new_patterns(window, MAX_NEW_PATTERNS).await?;
+        let drift = store
+            .report_entries("drift.alert", window.from_ms, window.to_ms, MAX_EVENTS)
+            .await?;
+        let operations = store.trust_operations().await?;
+        let open = store.trust_recommendations(Some("open"), None).await?;
         let facts = MonthFacts {
-            durations: store.report_case_durations(window).await?,
+            costs,
             gates,
             gated_cases,
-            latency: store.report_ai_latency(window).await?,
-            reviews: store.report_reviews(window).await?,
-            confidences: store.report_confidences(window).await?,
-            resolve_times: store.report_resolve_times(window).await?,
-            new_patterns: store.report_new_patterns(window, MAX_NEW_PATTERNS).await?,
+            latency,
+            reviews,
+            confidences,
+            resolve_times,
+            new_patterns,
             trust_events,
-            drift: store
-                .report_entries("drift.alert", window.from_ms, window.to_ms, MAX_EVENTS)
-                .await?,
-            operations: store.trust_operations().await?,
-            open_recommendations: store.trust_recommendations(Some("open"), None).await?,
-            costs,
+            drift,
+            operations,
+            open_recommendations: open,
         };
-        Ok(build_monthly(&self.knowledge(), window, &month, &facts))
+        Ok(build_monthly(self, window, &month, &facts))
     }
 }
 
@@ -680,9 +728,9 @@ fn cases_per_workflow(cases: &[CaseCountRow]) -> BTreeMap<String, i64> {
 }
 
 /// Every operation of the latest versions: (workflow, action step, its `ai` steps).
-fn operations_of(knowledge: &Knowledge<'_>) -> Vec<(String, String, Vec<String>)> {
+fn operations_of(sources: &Sources<'_>) -> Vec<(String, String, Vec<String>)> {
     let mut out = Vec::new();
-    for (name, workflow) in &knowledge.workflows {
+    for (name, workflow) in &sources.workflows {
         for step in &workflow.steps {
             if let StepKind::Action(action) = &step.kind {
                 if keel_core::gate::is_operation(action) {
@@ -694,7 +742,7 @@ fn operations_of(knowledge: &Knowledge<'_>) -> Vec<(String, String, Vec<String>)
     out
 }
 
-fn build_costs(knowledge: &Knowledge<'_>, window: ReportWindow, facts: &CostFacts) -> CostReport {
+fn build_costs(sources: &Sources<'_>, window: ReportWindow, facts: &CostFacts) -> CostReport {
     let calls = &facts.calls;
     let cases = cases_per_workflow(&facts.cases);
     let sum = |f: fn(&CallSummaryRow) -> i64| calls.iter().map(f).sum::<i64>();
@@ -703,7 +751,7 @@ fn build_costs(knowledge: &Knowledge<'_>, window: ReportWindow, facts: &CostFact
         .filter(|c| c.source == "step")
         .map(|c| c.cost_nano)
         .sum();
-    let cascades = cascades(knowledge, window, facts);
+    let cascades = cascades(sources, window, facts);
     let saved = sum_known(cascades.iter().map(|c| c.saved_usd));
     let net_saved = sum_known(cascades.iter().map(|c| c.net_saved_usd));
     CostReport {
@@ -719,13 +767,14 @@ fn build_costs(knowledge: &Knowledge<'_>, window: ReportWindow, facts: &CostFact
         per_day: per_day(window, calls),
         per_model: per_model(calls),
         per_workflow: per_workflow(calls, &cases),
-        per_operation: per_operation(knowledge, calls, &cases),
+        per_operation: per_operation(sources, calls, &cases),
         cascades,
         saved_usd: saved,
         net_saved_usd: net_saved,
         savings_estimator: METHODS.savings,
         budget: budget(
-            knowledge,
+            sources.config.map(|c| &c.budgets),
+            sources.now_ms,
             &facts.month,
             facts.month_window,
             &facts.month_calls,
@@ -827,11 +876,11 @@ fn per_workflow(calls: &[CallSummaryRow], cases: &BTreeMap<String, i64>) -> Vec<
 }
 
 fn per_operation(
-    knowledge: &Knowledge<'_>,
+    sources: &Sources<'_>,
     calls: &[CallSummaryRow],
     cases: &BTreeMap<String, i64>,
 ) -> Vec<OperationCost> {
-    operations_of(knowledge)
+    operations_of(sources)
         .into_iter()
         .map(|(workflow, step, ai_steps)| {
             let (nano, count) = calls
@@ -855,8 +904,8 @@ fn per_operation(
 }
 
 /// The route of `workflow/step` in its latest version.
-fn route_of(knowledge: &Knowledge<'_>, workflow: &str, step: &str) -> Vec<String> {
-    knowledge
+fn route_of(sources: &Sources<'_>, workflow: &str, step: &str) -> Vec<String> {
+    sources
         .workflows
         .get(workflow)
         .and_then(|w| w.steps.iter().find(|s| s.id == step))
@@ -870,7 +919,7 @@ fn route_of(knowledge: &Knowledge<'_>, workflow: &str, step: &str) -> Vec<String
 /// What one call of `model` costs for a step: observed (successful, uncached, known cost),
 /// else its price on `date` × the step's mean tokens per successful call; a local model is free.
 fn unit_cost(
-    knowledge: &Knowledge<'_>,
+    sources: &Sources<'_>,
     step_calls: &[&CallSummaryRow],
     model: &str,
     date: NaiveDate,
@@ -887,7 +936,7 @@ fn unit_cost(
             "observed",
         );
     }
-    let Some(config) = knowledge.config.and_then(|c| c.models.get(model)) else {
+    let Some(config) = sources.config.and_then(|c| c.models.get(model)) else {
         return (None, "unknown");
     };
     if config.provider == keel_ai::config::ProviderKind::Local {
@@ -903,13 +952,13 @@ fn unit_cost(
     (Some(cost), "price")
 }
 
-fn cascades(knowledge: &Knowledge<'_>, window: ReportWindow, facts: &CostFacts) -> Vec<Cascade> {
+fn cascades(sources: &Sources<'_>, window: ReportWindow, facts: &CostFacts) -> Vec<Cascade> {
     let mut steps: BTreeSet<(String, String)> = facts
         .proposals
         .iter()
         .map(|p| (p.workflow.clone(), p.step.clone()))
         .collect();
-    for (name, workflow) in &knowledge.workflows {
+    for (name, workflow) in &sources.workflows {
         for step in &workflow.steps {
             if matches!(step.kind, StepKind::Ai(_))
                 && facts.calls.iter().any(|c| {
@@ -923,18 +972,18 @@ fn cascades(knowledge: &Knowledge<'_>, window: ReportWindow, facts: &CostFacts) 
     let last_day = keel_core::case::millis_to_datetime(window.to_ms - 1).date_naive();
     steps
         .into_iter()
-        .map(|(workflow, step)| cascade(knowledge, facts, last_day, workflow, step))
+        .map(|(workflow, step)| cascade(sources, facts, last_day, workflow, step))
         .collect()
 }
 
 fn cascade(
-    knowledge: &Knowledge<'_>,
+    sources: &Sources<'_>,
     facts: &CostFacts,
     last_day: NaiveDate,
     workflow: String,
     step: String,
 ) -> Cascade {
-    let route = route_of(knowledge, &workflow, &step);
+    let route = route_of(sources, &workflow, &step);
     let proposals: Vec<&ProposalRow> = facts
         .proposals
         .iter()
@@ -980,7 +1029,7 @@ fn cascade(
             + failed;
         tiers.push(TierShare {
             tier,
-            usd_per_call: unit_cost(knowledge, &step_calls, &model, last_day).0,
+            usd_per_call: unit_cost(sources, &step_calls, &model, last_day).0,
             model,
             settled,
             share: ratio(settled, total).unwrap_or(0.0),
@@ -990,7 +1039,7 @@ fn cascade(
         });
     }
     let (baseline, method) = match tiers.last() {
-        Some(last) => unit_cost(knowledge, &step_calls, &last.model, last_day),
+        Some(last) => unit_cost(sources, &step_calls, &last.model, last_day),
         None => (None, "unknown"),
     };
     let last_tier = tier_count.saturating_sub(1);
@@ -1020,14 +1069,15 @@ fn cascade(
 }
 
 fn budget(
-    knowledge: &Knowledge<'_>,
+    budgets: Option<&keel_ai::config::BudgetsConfig>,
+    now_ms: i64,
     month: &str,
     window: ReportWindow,
     calls: &[CallSummaryRow],
 ) -> BudgetProjection {
     let span = (window.to_ms - window.from_ms).max(1) as f64;
     let elapsed =
-        (knowledge.now_ms.clamp(window.from_ms, window.to_ms) - window.from_ms) as f64 / span;
+        (now_ms.clamp(window.from_ms, window.to_ms) - window.from_ms) as f64 / span;
     let project = |nano: i64| {
         if elapsed > 0.0 {
             usd(nano) / elapsed
@@ -1042,7 +1092,6 @@ fn budget(
             if projected > limit { "over" } else { "within" },
         ),
     };
-    let budgets = knowledge.config.map(|c| &c.budgets);
     let total_nano: i64 = calls.iter().map(|c| c.cost_nano).sum();
     let limit = budgets.and_then(|b| b.total.monthly_usd);
     let (share, status) = judge(project(total_nano), limit);
@@ -1089,7 +1138,6 @@ fn budget(
 /// Everything the monthly review reads beyond the cost facts.
 struct MonthFacts {
     costs: CostFacts,
-    durations: Vec<HistogramRow>,
     gates: Vec<GateRow>,
     gated_cases: Vec<GatedCasesRow>,
     latency: Vec<LatencyRow>,
@@ -1106,20 +1154,20 @@ struct MonthFacts {
 }
 
 fn build_monthly(
-    knowledge: &Knowledge<'_>,
+    sources: &Sources<'_>,
     window: ReportWindow,
     month: &str,
     facts: &MonthFacts,
 ) -> MonthlyReport {
-    let costs = build_costs(knowledge, window, &facts.costs);
+    let costs = build_costs(sources, window, &facts.costs);
     let names = workflow_names(facts);
     let workflows: Vec<WorkflowReview> = names
         .iter()
-        .map(|name| workflow_review(knowledge, window, facts, &costs, name))
+        .map(|name| workflow_review(sources, window, facts, &costs, name))
         .collect();
     let mut recommendations = Vec::new();
     for review in &workflows {
-        recommendations.extend(promotions(knowledge, facts, review));
+        recommendations.extend(promotions(sources, facts, review));
         recommendations.extend(falling_accuracy(review));
     }
     for cascade in &costs.cascades {
@@ -1128,7 +1176,7 @@ fn build_monthly(
     MonthlyReport {
         month: month.to_string(),
         period: period(window),
-        generated_at: rfc3339_ms(knowledge.now_ms),
+        generated_at: rfc3339_ms(sources.now_ms),
         summary: summary(&workflows, &costs, recommendations.len()),
         workflows,
         recommendations,
@@ -1198,7 +1246,7 @@ fn summary(workflows: &[WorkflowReview], costs: &CostReport, recommendations: us
 }
 
 fn workflow_review(
-    knowledge: &Knowledge<'_>,
+    sources: &Sources<'_>,
     window: ReportWindow,
     facts: &MonthFacts,
     costs: &CostReport,
@@ -1225,7 +1273,7 @@ fn workflow_review(
         workflow: name.to_string(),
         volume,
         automation: automation(facts, name),
-        operations: operation_reviews(knowledge, window, facts, name),
+        operations: operation_reviews(sources, window, facts, name),
         cost: WorkflowCostSummary {
             usd: cost.map_or(0.0, |c| c.usd),
             calls: cost.map_or(0, |c| c.calls),
@@ -1279,12 +1327,6 @@ fn percentiles(mut bars: Vec<(i64, i64)>) -> Percentiles {
 }
 
 fn latency(facts: &MonthFacts, name: &str) -> Latency {
-    let bars = |rows: &[HistogramRow]| -> Vec<(i64, i64)> {
-        rows.iter()
-            .filter(|r| r.group == name)
-            .map(|r| (r.value, r.count))
-            .collect()
-    };
     let calls: Vec<&LatencyRow> = facts
         .latency
         .iter()
@@ -1292,7 +1334,15 @@ fn latency(facts: &MonthFacts, name: &str) -> Latency {
         .collect();
     let models: BTreeSet<&str> = calls.iter().map(|l| l.model.as_str()).collect();
     Latency {
-        case_duration_ms: percentiles(bars(&facts.durations)),
+        case_duration_ms: percentiles(
+            facts
+                .costs
+                .cases
+                .iter()
+                .filter(|c| c.workflow == name && (c.status == "completed" || c.status == "failed"))
+                .map(|c| (c.duration_ms, c.cases))
+                .collect(),
+        ),
         ai_call_ms: percentiles(calls.iter().map(|l| (l.latency_ms, l.count)).collect()),
         ai_call_ms_by_model: models
             .into_iter()
@@ -1387,7 +1437,7 @@ fn drift_alerts(entries: &[JournalRow], name: &str) -> Vec<DriftAlert> {
 // ---------------------------------------------------------------------------------- operations
 
 fn operation_reviews(
-    knowledge: &Knowledge<'_>,
+    sources: &Sources<'_>,
     window: ReportWindow,
     facts: &MonthFacts,
     name: &str,
@@ -1415,12 +1465,12 @@ fn operation_reviews(
     );
     operations
         .into_iter()
-        .map(|operation| operation_review(knowledge, window, facts, name, operation))
+        .map(|operation| operation_review(sources, window, facts, name, operation))
         .collect()
 }
 
 fn operation_review(
-    knowledge: &Knowledge<'_>,
+    sources: &Sources<'_>,
     window: ReportWindow,
     facts: &MonthFacts,
     workflow: &str,
@@ -1430,7 +1480,7 @@ fn operation_review(
         .split_once('/')
         .map_or(operation.as_str(), |(_, s)| s)
         .to_string();
-    let ai_steps = operations_of(knowledge)
+    let ai_steps = operations_of(sources)
         .into_iter()
         .find(|(w, s, _)| w == workflow && *s == step)
         .map(|(_, _, ai)| ai)
@@ -1664,7 +1714,7 @@ fn phase_history(
 // ---------------------------------------------------------------------------------- advice
 
 fn promotions(
-    knowledge: &Knowledge<'_>,
+    sources: &Sources<'_>,
     facts: &MonthFacts,
     review: &WorkflowReview,
 ) -> Vec<Recommendation> {
@@ -1690,7 +1740,7 @@ fn promotions(
         let Some(phase) = operation.phase.current.or(operation.phase.at_end) else {
             continue;
         };
-        let config = knowledge
+        let config = sources
             .workflows
             .get(&review.workflow)
             .and_then(|w| w.steps.iter().find(|s| s.id == operation.step))
@@ -1819,6 +1869,105 @@ mod tests {
         assert_eq!(rfc3339_ms(range.to_ms), "2026-11-07T00:00:00.000Z");
         assert!(range_window(Some("2026-11-05"), Some("2026-11-01"), now).is_err());
         assert!(range_window(Some("2020-01-01"), Some("2026-11-01"), now).is_err());
+    }
+
+    fn call(workflow: &str, nano: i64) -> CallSummaryRow {
+        CallSummaryRow {
+            day: "2026-11-03".into(),
+            source: "step".into(),
+            workflow: Some(workflow.into()),
+            step: Some("judge".into()),
+            model: "small".into(),
+            provider: "openai".into(),
+            calls: 1,
+            ok_calls: 1,
+            cache_hits: 0,
+            cost_unknown: 0,
+            cost_nano: nano,
+            input_tokens: 0,
+            output_tokens: 0,
+            cached_input_tokens: 0,
+            billed_calls: 1,
+            billed_cost_nano: nano,
+        }
+    }
+
+    #[test]
+    fn month_to_date_spend_projects_linearly_against_the_budgets() {
+        let (window, month) = month_window("2026-11").unwrap();
+        let mut budgets = keel_ai::config::BudgetsConfig::default();
+        budgets.total.monthly_usd = Some(10.0);
+        budgets.workflows.insert(
+            "refunds".into(),
+            keel_ai::config::BudgetLimits { daily_usd: None, monthly_usd: Some(2.0) },
+        );
+        // A quarter of the month gone (7.5 of 30 days), 3 USD spent: 12 USD projected.
+        let now = window.from_ms + 7 * DAY_MS + DAY_MS / 2;
+        let calls = [call("refunds", 1_000_000_000), call("triage", 2_000_000_000)];
+        let projection = budget(Some(&budgets), now, &month, window, &calls);
+        assert!((projection.elapsed - 0.25).abs() < 1e-12);
+        assert!((projection.projected_usd - 12.0).abs() < 1e-9);
+        assert_eq!(projection.status, "over");
+        let refunds = &projection.workflows[0];
+        assert_eq!((refunds.workflow.as_str(), refunds.status), ("refunds", "over"));
+        assert!((refunds.projected_usd - 4.0).abs() < 1e-9);
+        let triage = &projection.workflows[1];
+        assert_eq!((triage.workflow.as_str(), triage.status), ("triage", "no_budget"));
+        // A month that has not begun projects nothing; one that is over projects what it spent.
+        let before = budget(Some(&budgets), window.from_ms - 1, &month, window, &calls);
+        assert_eq!((before.elapsed, before.projected_usd), (0.0, 0.0));
+        let after = budget(None, window.to_ms + DAY_MS, &month, window, &calls);
+        assert!((after.projected_usd - 3.0).abs() < 1e-9);
+        assert_eq!(after.status, "no_budget");
+    }
+
+    fn tier(tier: usize, model: &str, settled: i64, reached: i64, usd_per_call: Option<f64>) -> TierShare {
+        TierShare {
+            tier,
+            model: model.into(),
+            settled,
+            share: 0.0,
+            reached,
+            acceptance_rate: ratio(settled, reached),
+            usd: 0.0,
+            usd_per_call,
+        }
+    }
+
+    #[test]
+    fn tiers_that_rarely_accept_or_cost_more_than_later_ones_are_flagged() {
+        let cascade = Cascade {
+            workflow: "triage".into(),
+            step: "route".into(),
+            route: vec!["mid".into(), "cheap".into(), "large".into()],
+            proposals: 1000,
+            failed: 0,
+            cost_unknown_proposals: 0,
+            actual_usd: 0.0,
+            tiers: vec![
+                tier(0, "mid", 30, 1000, Some(0.001)),
+                tier(1, "cheap", 500, 970, Some(0.0001)),
+                tier(2, "large", 470, 470, Some(0.002)),
+            ],
+            baseline_usd_per_proposal: Some(0.002),
+            baseline_method: "observed",
+            saved_usd: None,
+            net_saved_usd: None,
+        };
+        let kinds: Vec<(&str, String)> = tier_changes(&cascade)
+            .into_iter()
+            .map(|r| (r.kind, r.evidence.to_string()))
+            .collect();
+        assert_eq!(kinds.len(), 2, "{kinds:?}");
+        assert_eq!(kinds[0].0, "drop_tier");
+        assert!(kinds[0].1.contains("\"model\":\"mid\""), "{kinds:?}");
+        assert_eq!(kinds[1].0, "reorder_tiers");
+        assert!(kinds[1].1.contains("\"later\":{\"tier\":1,\"model\":\"cheap\""), "{kinds:?}");
+        // The last tier is never dropped, and too few proposals say nothing.
+        let mut small = cascade.clone();
+        small.tiers[0].reached = DROP_TIER_MIN_REACHED - 1;
+        small.tiers[1].usd_per_call = Some(0.0015);
+        assert!(tier_changes(&small).is_empty());
     }
 
     #[test]

@@ -183,7 +183,7 @@ pub fn markdown(report: &MonthlyReport) -> String {
     markdown_costs(&mut out, report);
     out.push_str("## Methods\n\n");
     for (name, text) in methods(report) {
-        let _ = writeln!(out, "- **{name}**: {}", md(text));
+        let _ = writeln!(out, "- **{name}**: {text}");
     }
     out
 }
@@ -951,7 +951,7 @@ fn html_costs(h: &mut Html, report: &MonthlyReport) {
 /// Plot area of every chart, in SVG user units.
 const WIDTH: f64 = 640.0;
 const HEIGHT: f64 = 260.0;
-const LEFT: f64 = 48.0;
+const LEFT: f64 = 64.0;
 const RIGHT: f64 = 16.0;
 const TOP: f64 = 16.0;
 const BOTTOM: f64 = 32.0;
@@ -1181,7 +1181,7 @@ fn chart_accuracy(h: &mut Html, report: &MonthlyReport) {
         .flat_map(|o| &o.accuracy_by_day)
         .map(|d| d.agreement)
         .fold(1.0_f64, f64::min);
-    let floor = ((lowest * 10.0).floor() / 10.0).clamp(0.0, 0.5);
+    let floor = (((lowest - 0.05) * 10.0).floor() / 10.0).clamp(0.0, 0.9);
     let frame = Frame {
         x: (0.0, days),
         y: (floor, 1.0),

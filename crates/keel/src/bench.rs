@@ -32,6 +32,9 @@ pub enum BenchCommand {
     /// One trust evaluation pass over N operations with M reviewed outcomes each: the
     /// statistics alone and the engine's whole pass on SQLite.
     Trust(crate::bench_trust::TrustArgs),
+    /// The monthly operational review over a generated month of N cases (default 1,000,000):
+    /// report time against the 30 s floor, and peak RSS.
+    Report(crate::bench_report::ReportArgs),
 }
 
 #[derive(Args, Debug)]
@@ -97,6 +100,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         }
         BenchCommand::Review(args) => (crate::bench_review::bench_review(&args).await?, args.json),
         BenchCommand::Trust(args) => (crate::bench_trust::bench_trust(&args).await?, args.json),
+        BenchCommand::Report(args) => (crate::bench_report::bench_report(&args).await?, args.json),
     };
     print_figures(&figures, json);
     Ok(ExitCode::SUCCESS)

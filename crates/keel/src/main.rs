@@ -4,6 +4,7 @@
 mod audit;
 mod bench;
 mod bench_gateway;
+mod bench_report;
 mod bench_review;
 mod bench_trust;
 mod check;
@@ -12,6 +13,7 @@ mod drift;
 mod exceptions;
 mod learner;
 mod people;
+mod report;
 mod serve;
 mod token;
 mod trust;
@@ -99,6 +101,12 @@ enum Command {
     /// Drift of monitored features: the latest test of each, or one feature's history
     /// (`keel drift [--workflow W] | keel drift show WORKFLOW/FEATURE`).
     Drift(drift::DriftArgs),
+    /// Reports over the HTTP API: the cost analysis and the monthly operational review
+    /// (`keel report costs [--month M] | keel report monthly --month M --format html|md|json`).
+    Report {
+        #[command(subcommand)]
+        command: report::ReportCommand,
+    },
     /// API tokens for the gateway and the API (`keel token create|list|revoke`).
     Token {
         #[command(subcommand)]
@@ -166,6 +174,7 @@ fn main() -> ExitCode {
             Command::Webhooks { command } => webhooks::run(command).await,
             Command::Trust(args) => trust::run(args).await,
             Command::Drift(args) => drift::run(args).await,
+            Command::Report { command } => report::run(command).await,
             Command::Bench { command } => bench::run(command).await,
         }
     });

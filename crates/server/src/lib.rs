@@ -19,6 +19,7 @@ mod learners;
 mod metrics;
 mod openapi;
 mod problem;
+mod reports;
 mod sandbox;
 mod tasks;
 mod trust;
@@ -147,6 +148,8 @@ pub fn router(engine: Engine, options: ServerOptions) -> Router {
             "/v1/exceptions/{id}/resolution",
             post(exceptions::resolve_exception),
         )
+        .route("/v1/reports/costs", get(reports::costs))
+        .route("/v1/reports/monthly", get(reports::monthly))
         .route("/v1/learners", get(learners::list_learners))
         .route(
             "/v1/learners/{workflow}/{step}/examples",

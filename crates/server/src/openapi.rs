@@ -8,7 +8,7 @@ use axum::response::IntoResponse;
 use utoipa::OpenApi;
 
 use crate::{audit, cases, drift, health, problem, workflows, AppState};
-use crate::{exceptions, gateway, learners, tasks, trust};
+use crate::{exceptions, gateway, learners, reports, tasks, trust};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -46,6 +46,8 @@ use crate::{exceptions, gateway, learners, tasks, trust};
         trust::promote,
         trust::decline,
         trust::demote,
+        reports::costs,
+        reports::monthly,
         gateway::chat_completions,
         gateway::models,
         openapi_json,
@@ -62,6 +64,7 @@ use crate::{exceptions, gateway, learners, tasks, trust};
         (name = "exceptions", description = "Cases parked for a person and SLA breaches: queues, patterns by fingerprint, resolutions"),
         (name = "trust", description = "Progressive trust: operations, evidence, promotion recommendations, governors' decisions"),
         (name = "drift", description = "Drift monitoring: per-feature tests of a reference window against the current one"),
+        (name = "reports", description = "Cost analysis and the monthly operational review (JSON, Markdown, self-contained HTML)"),
         (name = "gateway", description = "OpenAI-compatible gateway: point an OpenAI client's base URL at /v1 with a Keel token as its API key"),
         (name = "meta", description = "This document"),
     )

@@ -69,6 +69,8 @@ const PATHS: &[&str] = &[
     "/v1/trust/{workflow}/{step}/promote",
     "/v1/trust/{workflow}/{step}/decline",
     "/v1/trust/{workflow}/{step}/demote",
+    "/v1/reports/costs",
+    "/v1/reports/monthly",
     "/v1/chat/completions",
     "/v1/models",
     "/v1/openapi.json",
@@ -676,6 +678,8 @@ mod exceptions;
 mod gateway;
 #[path = "api/metrics.rs"]
 mod metrics;
+#[path = "api/reports.rs"]
+mod reports;
 #[path = "api/tasks.rs"]
 mod tasks;
 #[path = "api/trust.rs"]
@@ -1090,6 +1094,18 @@ async fn the_authorization_matrix_holds_for_every_endpoint_and_role() {
             "/v1/learners/approval/nope/examples".into(),
             Some(json!({"examples": []})),
             vec!["admin", "operator", "specialist"],
+        ),
+        (
+            "GET",
+            "/v1/reports/costs".into(),
+            None,
+            vec!["admin", "operator", "governor", "auditor"],
+        ),
+        (
+            "GET",
+            "/v1/reports/monthly".into(),
+            None,
+            vec!["admin", "operator", "governor", "auditor"],
         ),
         ("GET", "/v1/models".into(), None, vec!["admin", "gateway"]),
         (
