@@ -661,7 +661,12 @@ impl Sources<'_> {
             .report_entries("trust.demoted", 0, window.to_ms, MAX_EVENTS)
             .await?;
         let recommended = store
-            .report_entries("trust.recommended", window.from_ms, window.to_ms, MAX_EVENTS)
+            .report_entries(
+                "trust.recommended",
+                window.from_ms,
+                window.to_ms,
+                MAX_EVENTS,
+            )
             .await?;
         let mut events: Vec<JournalRow> = [initialised, promoted, demoted, recommended]
             .into_iter()
@@ -1076,8 +1081,7 @@ fn budget(
     calls: &[CallSummaryRow],
 ) -> BudgetProjection {
     let span = (window.to_ms - window.from_ms).max(1) as f64;
-    let elapsed =
-        (now_ms.clamp(window.from_ms, window.to_ms) - window.from_ms) as f64 / span;
+    let elapsed = (now_ms.clamp(window.from_ms, window.to_ms) - window.from_ms) as f64 / span;
     let project = |nano: i64| {
         if elapsed > 0.0 {
             usd(nano) / elapsed
@@ -1899,20 +1903,32 @@ mod tests {
         budgets.total.monthly_usd = Some(10.0);
         budgets.workflows.insert(
             "refunds".into(),
-            keel_ai::config::BudgetLimits { daily_usd: None, monthly_usd: Some(2.0) },
+            keel_ai::config::BudgetLimits {
+                daily_usd: None,
+                monthly_usd: Some(2.0),
+            },
         );
         // A quarter of the month gone (7.5 of 30 days), 3 USD spent: 12 USD projected.
         let now = window.from_ms + 7 * DAY_MS + DAY_MS / 2;
-        let calls = [call("refunds", 1_000_000_000), call("triage", 2_000_000_000)];
+        let calls = [
+            call("refunds", 1_000_000_000),
+            call("triage", 2_000_000_000),
+        ];
         let projection = budget(Some(&budgets), now, &month, window, &calls);
         assert!((projection.elapsed - 0.25).abs() < 1e-12);
         assert!((projection.projected_usd - 12.0).abs() < 1e-9);
         assert_eq!(projection.status, "over");
         let refunds = &projection.workflows[0];
-        assert_eq!((refunds.workflow.as_str(), refunds.status), ("refunds", "over"));
+        assert_eq!(
+            (refunds.workflow.as_str(), refunds.status),
+            ("refunds", "over")
+        );
         assert!((refunds.projected_usd - 4.0).abs() < 1e-9);
         let triage = &projection.workflows[1];
-        assert_eq!((triage.workflow.as_str(), triage.status), ("triage", "no_budget"));
+        assert_eq!(
+            (triage.workflow.as_str(), triage.status),
+            ("triage", "no_budget")
+        );
         // A month that has not begun projects nothing; one that is over projects what it spent.
         let before = budget(Some(&budgets), window.from_ms - 1, &month, window, &calls);
         assert_eq!((before.elapsed, before.projected_usd), (0.0, 0.0));
@@ -1921,7 +1937,13 @@ mod tests {
         assert_eq!(after.status, "no_budget");
     }
 
-    fn tier(tier: usize, model: &str, settled: i64, reached: i64, usd_per_call: Option<f64>) -> TierShare {
+    fn tier(
+        tier: usize,
+        model: &str,
+        settled: i64,
+        reached: i64,
+        usd_per_call: Option<f64>,
+    ) -> TierShare {
         TierShare {
             tier,
             model: model.into(),
@@ -1962,7 +1984,12 @@ mod tests {
         assert_eq!(kinds[0].0, "drop_tier");
         assert!(kinds[0].1.contains("\"model\":\"mid\""), "{kinds:?}");
         assert_eq!(kinds[1].0, "reorder_tiers");
-        assert!(kinds[1].1.contains("\"later\":{\"tier\":1,\"model\":\"cheap\""), "{kinds:?}");
+        assert!(
+            kinds[1]
+                .1
+                .contains("\"later\":{\"tier\":1,\"model\":\"cheap\""),
+            "{kinds:?}"
+        );
         // The last tier is never dropped, and too few proposals say nothing.
         let mut small = cascade.clone();
         small.tiers[0].reached = DROP_TIER_MIN_REACHED - 1;

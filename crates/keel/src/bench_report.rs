@@ -20,8 +20,8 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use clap::Args;
 use keel_store::{
-    AiCallRow, BulkCase, BulkException, BulkOutcome, BulkPattern, BulkRows, NewEntry,
-    PhaseChange, Store,
+    AiCallRow, BulkCase, BulkException, BulkOutcome, BulkPattern, BulkRows, NewEntry, PhaseChange,
+    Store,
 };
 
 use crate::bench::{progress, Figures};
@@ -31,10 +31,11 @@ pub struct ReportArgs {
     /// Cases in the month.
     #[arg(long, default_value_t = 1_000_000)]
     pub cases: usize,
-    /// Keep the generated database at PATH; when PATH already holds the month, reuse it
-    /// (measure the report again without generating). Default: a temporary file.
+    /// Keep the generated database at URL (a SQLite path, or postgres://… of an existing,
+    /// empty database); when it already holds the month, reuse it (measure the report again
+    /// without generating). Default: a temporary SQLite file.
     #[arg(long)]
-    pub database: Option<std::path::PathBuf>,
+    pub database: Option<String>,
     /// Also write the rendered review here (`.html`, `.md` or `.json` by extension).
     #[arg(long)]
     pub output: Option<std::path::PathBuf>,
@@ -137,7 +138,6 @@ monthly_usd = 900.0
 /// What was generated.
 #[derive(Debug, Default)]
 struct Counts {
-    cases: usize,
     entries: usize,
     calls: usize,
     outcomes: usize,
@@ -162,7 +162,14 @@ struct Generator {
     counts: Counts,
 }
 
-fn entry(at_ms: i64, kind: &str, case_id: &str, workflow: &str, step: Option<&str>, data: String) -> NewEntry {
+fn entry(
+    at_ms: i64,
+    kind: &str,
+    case_id: &str,
+    workflow: &str,
+    step: Option<&str>,
+    data: String,
+) -> NewEntry {
     NewEntry {
         at: keel_engine::rfc3339_ms(at_ms),
         kind: kind.to_string(),
@@ -212,8 +219,20 @@ impl Generator {
                 } else {
                     (input_tokens as f64 * price_in + output_tokens as f64 * price_out) / 1e6
                 };
-                let latency_ms = if cache_hit { 1 } else { (base + self.exponential(mean)) as i64 };
-                Call { tier, model, cost_usd, input_tokens, output_tokens, latency_ms, cache_hit }
+                let latency_ms = if cache_hit {
+                    1
+                } else {
+                    (base + self.exponential(mean)) as i64
+                };
+                Call {
+                    tier,
+                    model,
+                    cost_usd,
+                    input_tokens,
+                    output_tokens,
+                    latency_ms,
+                    cache_hit,
+                }
             })
             .collect();
         (calls, settled)
@@ -235,15 +254,31 @@ impl Generator {
         let amount = (self.rng.f64() * 200.0 * 100.0).round() / 100.0;
         let text = format!("Customer {} writes about order {}: the parcel arrived damaged and they ask what happens next.", self.rng.u32(1000..99999), self.rng.u32(100000..999999));
         let mut at = created;
-        let mut push = |rows: &mut BulkRows, at: i64, kind: &str, step: Option<&str>, data: String| {
-            rows.entries.push(entry(at, kind, &id, workflow, step, data));
-        };
-        push(rows, at, "case.created", None, format!(r#"{{"input":{{"amount":{amount},"text":"{text}"}},"workflow_version":1}}"#));
+        let mut push =
+            |rows: &mut BulkRows, at: i64, kind: &str, step: Option<&str>, data: String| {
+                rows.entries
+                    .push(entry(at, kind, &id, workflow, step, data));
+            };
+        push(
+            rows,
+            at,
+            "case.created",
+            None,
+            format!(r#"{{"input":{{"amount":{amount},"text":"{text}"}},"workflow_version":1}}"#),
+        );
         let (calls, tier) = self.cascade(refunds);
         let confidence = 0.55 + 0.45 * self.rng.f64().sqrt();
-        let labels: &[&str] = if refunds { &["pay", "hold"] } else { &["billing", "tech", "sales"] };
+        let labels: &[&str] = if refunds {
+            &["pay", "hold"]
+        } else {
+            &["billing", "tech", "sales"]
+        };
         let label = labels[self.rng.usize(0..labels.len())];
-        let tier_model = if refunds { ["small", "large"][tier] } else { ["learner", "small", "large"][tier] };
+        let tier_model = if refunds {
+            ["small", "large"][tier]
+        } else {
+            ["learner", "small", "large"][tier]
+        };
         let mut attempts = Vec::new();
         let mut cascade_cost = 0.0;
         if !refunds {
@@ -276,10 +311,16 @@ impl Generator {
                 attempts: 1,
             });
         }
-        push(rows, at, "ai.proposed", Some(ai_step), format!(
-            r#"{{"attempt":1,"cascade":{{"attempts":[{}],"cost_known":true,"cost_usd":{cascade_cost},"path":["{tier_model}"]}},"proposal":{{"confidence":{confidence:.4},"confidence_method":"logprob_label","cost_usd":{cascade_cost},"model":"{tier_model}","output":{{"label":"{label}"}},"tier":{tier}}}}}"#,
-            attempts.join(",")
-        ));
+        push(
+            rows,
+            at,
+            "ai.proposed",
+            Some(ai_step),
+            format!(
+                r#"{{"attempt":1,"cascade":{{"attempts":[{}],"cost_known":true,"cost_usd":{cascade_cost},"path":["{tier_model}"]}},"proposal":{{"confidence":{confidence:.4},"confidence_method":"logprob_label","cost_usd":{cascade_cost},"model":"{tier_model}","output":{{"label":"{label}"}},"tier":{tier}}}}}"#,
+                attempts.join(",")
+            ),
+        );
         // Phases: refunds/pay 1 until day 12, then 2; triage/assign 2 until day 20, then 1.
         let phase = match (refunds, day) {
             (true, d) if d < 12.0 => 1,
@@ -289,11 +330,23 @@ impl Generator {
         };
         let auto = phase == 2 && (!refunds || amount < 100.0);
         let sampled = auto && self.rng.f64() < 0.10;
-        push(rows, at, "trust.gate", Some(action), format!(
-            r#"{{"decision":"{}","operation":"{operation}","phase":{phase},"reason":"{}","review_rate":0.1,"review_sampled":{sampled}}}"#,
-            if auto { "auto" } else { "task" },
-            if auto { "the policy holds" } else if phase == 1 { "phase 1: every action waits for a person" } else { "the policy does not hold" }
-        ));
+        push(
+            rows,
+            at,
+            "trust.gate",
+            Some(action),
+            format!(
+                r#"{{"decision":"{}","operation":"{operation}","phase":{phase},"reason":"{}","review_rate":0.1,"review_sampled":{sampled}}}"#,
+                if auto { "auto" } else { "task" },
+                if auto {
+                    "the policy holds"
+                } else if phase == 1 {
+                    "phase 1: every action waits for a person"
+                } else {
+                    "the policy does not hold"
+                }
+            ),
+        );
         let agree_rate = match (refunds, day) {
             (true, _) => 0.97,
             (false, d) if d < 15.5 => 0.96,
@@ -304,10 +357,36 @@ impl Generator {
             let task_id = format!("{id}.{action}.1");
             let decided = at + (self.exponential(45.0 * 60_000.0) as i64).max(30_000);
             let agreed = self.rng.f64() < agree_rate;
-            let verdict = if agreed { "agree" } else if self.rng.bool() { "corrected" } else { "rejected" };
-            push(rows, at, "task.created", Some(action), format!(r#"{{"action":{{"method":"POST"}},"kind":"action","operation":"{operation}","required":1,"roles":["reviewer"],"task_id":"{task_id}","title":"Approve the action `{action}`"}}"#));
-            push(rows, decided, "task.completed", Some(action), format!(r#"{{"by":"reviewer-{}","decision":"{verdict}","task_id":"{task_id}"}}"#, self.rng.u8(0..20)));
-            self.outcome(rows, &id, workflow, &operation, &task_id, decided, "pre", verdict, phase, tier_model, confidence, agreed);
+            let verdict = if agreed {
+                "agree"
+            } else if self.rng.bool() {
+                "corrected"
+            } else {
+                "rejected"
+            };
+            push(
+                rows,
+                at,
+                "task.created",
+                Some(action),
+                format!(
+                    r#"{{"action":{{"method":"POST"}},"kind":"action","operation":"{operation}","required":1,"roles":["reviewer"],"task_id":"{task_id}","title":"Approve the action `{action}`"}}"#
+                ),
+            );
+            push(
+                rows,
+                decided,
+                "task.completed",
+                Some(action),
+                format!(
+                    r#"{{"by":"reviewer-{}","decision":"{verdict}","task_id":"{task_id}"}}"#,
+                    self.rng.u8(0..20)
+                ),
+            );
+            self.outcome(
+                rows, &id, workflow, &operation, &task_id, decided, "pre", verdict, phase,
+                tier_model, confidence, agreed,
+            );
             duration = (decided - created) as f64 + 500.0;
         }
         if sampled {
@@ -315,15 +394,47 @@ impl Generator {
             let reviewed = at + (self.exponential(6.0 * 3_600_000.0) as i64).max(60_000);
             let agreed = self.rng.f64() < agree_rate;
             let verdict = if agreed { "agree" } else { "corrected" };
-            push(rows, at, "task.created", Some(action), format!(r#"{{"kind":"review","operation":"{operation}","phase":{phase},"required":1,"task_id":"{task_id}"}}"#));
-            self.outcome(rows, &id, workflow, &operation, &task_id, reviewed, "post", verdict, phase, tier_model, confidence, agreed);
+            push(
+                rows,
+                at,
+                "task.created",
+                Some(action),
+                format!(
+                    r#"{{"kind":"review","operation":"{operation}","phase":{phase},"required":1,"task_id":"{task_id}"}}"#
+                ),
+            );
+            self.outcome(
+                rows, &id, workflow, &operation, &task_id, reviewed, "post", verdict, phase,
+                tier_model, confidence, agreed,
+            );
         }
         let end = created + duration as i64;
-        push(rows, end - 300, "action.started", Some(action), format!(r#"{{"attempt":1,"idempotency_key":"{id}.{action}.1","method":"POST"}}"#));
-        push(rows, end - 100, "action.completed", Some(action), r#"{"status":200}"#.to_string());
+        push(
+            rows,
+            end - 300,
+            "action.started",
+            Some(action),
+            format!(r#"{{"attempt":1,"idempotency_key":"{id}.{action}.1","method":"POST"}}"#),
+        );
+        push(
+            rows,
+            end - 100,
+            "action.completed",
+            Some(action),
+            r#"{"status":200}"#.to_string(),
+        );
         let sla_breached = end - created > 4 * 3_600_000;
         if sla_breached {
-            push(rows, created + 4 * 3_600_000, "sla.breached", None, format!(r#"{{"deadline_ms":{},"scope":"case"}}"#, created + 4 * 3_600_000));
+            push(
+                rows,
+                created + 4 * 3_600_000,
+                "sla.breached",
+                None,
+                format!(
+                    r#"{{"deadline_ms":{},"scope":"case"}}"#,
+                    created + 4 * 3_600_000
+                ),
+            );
         }
         let status = self.ending(rows, &id, workflow, action, end, &mut push);
         rows.cases.push(BulkCase {
@@ -331,16 +442,31 @@ impl Generator {
             workflow: workflow.into(),
             workflow_version: 1,
             status: status.into(),
-            state: format!(r#"{{"data":{{"{ai_step}":{{"label":"{label}"}}}},"status":"{status}"}}"#),
+            state: format!(
+                r#"{{"data":{{"{ai_step}":{{"label":"{label}"}}}},"status":"{status}"}}"#
+            ),
             sla_breached,
             created_at_ms: created,
             updated_at_ms: end,
         });
-        self.counts.cases += 1;
     }
 
     #[allow(clippy::too_many_arguments)] // one review's fields, each named at the call
-    fn outcome(&mut self, rows: &mut BulkRows, case_id: &str, workflow: &str, operation: &str, task_id: &str, at: i64, source: &str, verdict: &str, phase: i64, model: &str, confidence: f64, agreed: bool) {
+    fn outcome(
+        &mut self,
+        rows: &mut BulkRows,
+        case_id: &str,
+        workflow: &str,
+        operation: &str,
+        task_id: &str,
+        at: i64,
+        source: &str,
+        verdict: &str,
+        phase: i64,
+        model: &str,
+        confidence: f64,
+        agreed: bool,
+    ) {
         // Disagreements come with lower confidence on average (a calibrated-ish model).
         let confidence = if agreed { confidence } else { confidence * 0.8 };
         rows.entries.push(entry(at, "outcome.reviewed", case_id, workflow, operation.split('/').nth(1), format!(
@@ -372,33 +498,67 @@ impl Generator {
     ) -> &'static str {
         let draw = self.rng.f64();
         if draw < 0.005 {
-            push(rows, end, "case.failed", None, r#"{"error":{"kind":"cancelled"}}"#.to_string());
+            push(
+                rows,
+                end,
+                "case.failed",
+                None,
+                r#"{"error":{"kind":"cancelled"}}"#.to_string(),
+            );
             return "failed";
         }
         if draw >= 0.025 {
-            push(rows, end, "case.completed", None, r#"{"outcome":"done"}"#.to_string());
+            push(
+                rows,
+                end,
+                "case.completed",
+                None,
+                r#"{"outcome":"done"}"#.to_string(),
+            );
             return "completed";
         }
-        let kind = ["action_failed", "action_response_invalid", "expression_error"][self.rng.usize(0..3)];
+        let kind = [
+            "action_failed",
+            "action_response_invalid",
+            "expression_error",
+        ][self.rng.usize(0..3)];
         let message = match kind {
-            "action_failed" => format!("POST https://desk.example/{} answered {} after {} attempts", self.rng.u32(1..40), [500, 502, 503, 429][self.rng.usize(0..4)], self.rng.u8(1..5)),
-            "action_response_invalid" => format!("the response is missing required field `ticket_{}`", self.rng.u8(0..8)),
+            "action_failed" => format!(
+                "POST https://desk.example/{} answered {} after {} attempts",
+                self.rng.u32(1..40),
+                [500, 502, 503, 429][self.rng.usize(0..4)],
+                self.rng.u8(1..5)
+            ),
+            "action_response_invalid" => format!(
+                "the response is missing required field `ticket_{}`",
+                self.rng.u8(0..8)
+            ),
             _ => format!("no such key: customer_{}", self.rng.u8(0..6)),
         };
         let fingerprint = keel_core::fingerprint::fingerprint(workflow, Some(step), kind, &message);
         let exception_id = format!("{id}.{step}.1");
-        let resolved = (self.rng.f64() < 0.75).then(|| end + (self.exponential(3.0 * 3_600_000.0) as i64).max(60_000));
-        push(rows, end, "exception.raised", Some(step), format!(r#"{{"exception_id":"{exception_id}","kind":"{kind}","message":"{message}"}}"#));
-        let pattern = self.patterns.entry(fingerprint.id.clone()).or_insert_with(|| BulkPattern {
-            fingerprint: fingerprint.id.clone(),
-            workflow: workflow.to_string(),
-            step: Some(step.to_string()),
-            kind: kind.to_string(),
-            template: fingerprint.template.clone(),
-            first_seen_ms: end,
-            last_seen_ms: end,
-            total: 0,
-        });
+        let resolved = (self.rng.f64() < 0.75)
+            .then(|| end + (self.exponential(3.0 * 3_600_000.0) as i64).max(60_000));
+        push(
+            rows,
+            end,
+            "exception.raised",
+            Some(step),
+            format!(r#"{{"exception_id":"{exception_id}","kind":"{kind}","message":"{message}"}}"#),
+        );
+        let pattern = self
+            .patterns
+            .entry(fingerprint.id.clone())
+            .or_insert_with(|| BulkPattern {
+                fingerprint: fingerprint.id.clone(),
+                workflow: workflow.to_string(),
+                step: Some(step.to_string()),
+                kind: kind.to_string(),
+                template: fingerprint.template.clone(),
+                first_seen_ms: end,
+                last_seen_ms: end,
+                total: 0,
+            });
         pattern.total += 1;
         pattern.last_seen_ms = pattern.last_seen_ms.max(end);
         rows.exceptions.push(BulkException {
@@ -416,8 +576,20 @@ impl Generator {
         self.counts.exceptions += 1;
         match resolved {
             Some(at) => {
-                push(rows, at, "exception.resolved", Some(step), format!(r#"{{"action":"retry","by":"opal","exception_id":"{exception_id}"}}"#));
-                push(rows, at + 800, "case.completed", None, r#"{"outcome":"done"}"#.to_string());
+                push(
+                    rows,
+                    at,
+                    "exception.resolved",
+                    Some(step),
+                    format!(r#"{{"action":"retry","by":"opal","exception_id":"{exception_id}"}}"#),
+                );
+                push(
+                    rows,
+                    at + 800,
+                    "case.completed",
+                    None,
+                    r#"{"outcome":"done"}"#.to_string(),
+                );
                 "completed"
             }
             None => "exception",
@@ -429,17 +601,55 @@ impl Generator {
 async fn trust_history(store: &Store) -> anyhow::Result<()> {
     let day = |d: f64| MONTH_FROM_MS + (d * DAY_MS as f64) as i64;
     let changes = [
-        ("refunds", "pay", None, 1, day(-40.0), "trust.initialised", false),
-        ("triage", "assign", None, 2, day(-40.0), "trust.initialised", false),
-        ("refunds", "pay", Some(1), 2, day(12.0), "trust.promoted", true),
-        ("triage", "assign", Some(2), 1, day(20.0), "trust.demoted", false),
+        (
+            "refunds",
+            "pay",
+            None,
+            1,
+            day(-40.0),
+            "trust.initialised",
+            false,
+        ),
+        (
+            "triage",
+            "assign",
+            None,
+            2,
+            day(-40.0),
+            "trust.initialised",
+            false,
+        ),
+        (
+            "refunds",
+            "pay",
+            Some(1),
+            2,
+            day(12.0),
+            "trust.promoted",
+            true,
+        ),
+        (
+            "triage",
+            "assign",
+            Some(2),
+            1,
+            day(20.0),
+            "trust.demoted",
+            false,
+        ),
     ];
     for (workflow, step, expected, phase, at_ms, kind, promoted) in changes {
         let operation = format!("{workflow}/{step}");
         let data = match kind {
-            "trust.initialised" => format!(r#"{{"operation":"{operation}","phase":{phase},"version":1}}"#),
-            "trust.promoted" => format!(r#"{{"by":"gus","evidence":{{"agreements":1930,"reviews":1985,"wilson_low":0.962}},"from_phase":1,"operation":"{operation}","reason":"steady agreement","to_phase":{phase}}}"#),
-            _ => format!(r#"{{"evidence":{{"errors":41,"llr":3.2,"outcomes":380}},"from_phase":2,"operation":"{operation}","reason":"the SPRT rejected the target error rate","to_phase":{phase},"trigger":"sprt"}}"#),
+            "trust.initialised" => {
+                format!(r#"{{"operation":"{operation}","phase":{phase},"version":1}}"#)
+            }
+            "trust.promoted" => format!(
+                r#"{{"by":"gus","evidence":{{"agreements":1930,"reviews":1985,"wilson_low":0.962}},"from_phase":1,"operation":"{operation}","reason":"steady agreement","to_phase":{phase}}}"#
+            ),
+            _ => format!(
+                r#"{{"evidence":{{"errors":41,"llr":3.2,"outcomes":380}},"from_phase":2,"operation":"{operation}","reason":"the SPRT rejected the target error rate","to_phase":{phase},"trigger":"sprt"}}"#
+            ),
         };
         let mut e = entry(at_ms, kind, "", workflow, Some(step), data);
         e.case_id = None;
@@ -460,10 +670,17 @@ async fn trust_history(store: &Store) -> anyhow::Result<()> {
     }
     let mut alerts = Vec::new();
     for (index, d) in [18.5, 22.0, 27.25].into_iter().enumerate() {
-        let mut e = entry(day(d), "drift.alert", "", "triage", None, format!(
-            r#"{{"feature":"size(input.text)","method":"wasserstein","threshold":0.1,"value":{}}}"#,
-            0.15 + index as f64 * 0.05
-        ));
+        let mut e = entry(
+            day(d),
+            "drift.alert",
+            "",
+            "triage",
+            None,
+            format!(
+                r#"{{"feature":"size(input.text)","method":"wasserstein","threshold":0.1,"value":{}}}"#,
+                0.15 + index as f64 * 0.05
+            ),
+        );
         e.case_id = None;
         alerts.push(e);
     }
@@ -527,15 +744,16 @@ pub async fn bench_report(args: &ReportArgs) -> anyhow::Result<Figures> {
         bail!("--cases must be positive");
     }
     let dir = tempfile::tempdir()?;
-    let path = args
+    let url = args
         .database
         .clone()
-        .unwrap_or_else(|| dir.path().join("keel.sqlite"));
-    let reuse = path.exists();
-    let store = Store::open(&path.display().to_string()).await?;
+        .unwrap_or_else(|| dir.path().join("keel.sqlite").display().to_string());
+    let store = Store::open(&url).await?;
+    let (window, _) = keel_engine::report::month_window(MONTH)?;
+    let reuse = !store.report_cases(window).await?.is_empty();
     let started = Instant::now();
     let counts = if reuse {
-        eprintln!("reusing {} (not generating)", path.display());
+        eprintln!("reusing the month in {url} (not generating)");
         Counts::default()
     } else {
         generate(&store, args.cases).await?
@@ -573,27 +791,55 @@ pub async fn bench_report(args: &ReportArgs) -> anyhow::Result<Figures> {
             Some("json") => &json,
             _ => &html,
         };
-        std::fs::write(output, text).with_context(|| format!("cannot write {}", output.display()))?;
+        std::fs::write(output, text)
+            .with_context(|| format!("cannot write {}", output.display()))?;
     }
-    let database_bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
+    let database_bytes = std::fs::metadata(&url).map_or(0, |m| m.len());
     store.close().await;
+    let backend = if url.starts_with("postgres") {
+        "PostgreSQL"
+    } else {
+        "SQLite"
+    };
     let mut figures = Figures {
-        title: format!("keel bench report: the monthly review of {MONTH} over {} cases (SQLite)", args.cases),
+        title: format!(
+            "keel bench report: the monthly review of {MONTH} over {} cases ({backend})",
+            report.summary.cases
+        ),
         rows: Vec::new(),
     };
-    figures.add("cases", counts.cases as u64, "");
-    figures.add("journal_entries", counts.entries as u64, "");
-    figures.add("ai_calls", counts.calls as u64, "");
-    figures.add("review_outcomes", counts.outcomes as u64, "");
-    figures.add("exceptions", counts.exceptions as u64, "");
-    figures.add("database_mib", database_bytes as f64 / 1_048_576.0, "MiB");
-    figures.add("generate_s", generate_s, "s");
+    figures.add("cases", report.summary.cases, "");
+    figures.add("reused_database", reuse, "");
+    if !reuse {
+        figures.add("journal_entries", counts.entries as u64, "");
+        figures.add("ai_calls", counts.calls as u64, "");
+        figures.add("review_outcomes", counts.outcomes as u64, "");
+        figures.add("exceptions", counts.exceptions as u64, "");
+        figures.add("generate_s", generate_s, "s");
+    }
+    figures.add(
+        "database_mib",
+        database_bytes as f64 / 1_048_576.0,
+        "MiB (SQLite file; 0 for PostgreSQL)",
+    );
     figures.add("report_s", report_s, "s");
     figures.add("render_s", render_s, "s (HTML, Markdown and JSON)");
     figures.add("floor_s", FLOOR_S, "s");
     figures.add("within_floor", report_s + render_s < FLOOR_S, "");
-    figures.add("report_peak_rss_mib", report_peak_kib as f64 / 1024.0, if reset { "MiB (VmHWM, reset before the report)" } else { "MiB (VmHWM of the whole run: reset refused)" });
-    figures.add("generate_peak_rss_mib", generate_peak_kib as f64 / 1024.0, "MiB (VmHWM after generating)");
+    figures.add(
+        "report_peak_rss_mib",
+        report_peak_kib as f64 / 1024.0,
+        if reset {
+            "MiB (VmHWM, reset before the report)"
+        } else {
+            "MiB (VmHWM of the whole run: reset refused)"
+        },
+    );
+    figures.add(
+        "before_report_peak_rss_mib",
+        generate_peak_kib as f64 / 1024.0,
+        "MiB (VmHWM before the report)",
+    );
     figures.add("rss_after_report_mib", rss_kib as f64 / 1024.0, "MiB");
     figures.add("html_kib", html.len() as f64 / 1024.0, "KiB");
     figures.add("markdown_kib", markdown.len() as f64 / 1024.0, "KiB");

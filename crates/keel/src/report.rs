@@ -134,7 +134,10 @@ fn print_costs(report: &Value) {
         report["calls"],
         report["cost_unknown_calls"],
     );
-    println!("\n{:<28}  {:>10}  {:>14}  {:>12}", "MODEL", "CALLS", "COST", "PER CALL");
+    println!(
+        "\n{:<28}  {:>10}  {:>14}  {:>12}",
+        "MODEL", "CALLS", "COST", "PER CALL"
+    );
     for model in report["per_model"].as_array().into_iter().flatten() {
         println!(
             "{:<28}  {:>10}  {:>14}  {:>12}",
@@ -144,7 +147,10 @@ fn print_costs(report: &Value) {
             usd(&model["usd_per_call"])
         );
     }
-    println!("\n{:<28}  {:>10}  {:>14}  {:>12}", "WORKFLOW", "CASES", "COST", "PER CASE");
+    println!(
+        "\n{:<28}  {:>10}  {:>14}  {:>12}",
+        "WORKFLOW", "CASES", "COST", "PER CASE"
+    );
     for workflow in report["per_workflow"].as_array().into_iter().flatten() {
         println!(
             "{:<28}  {:>10}  {:>14}  {:>12}",
@@ -154,7 +160,10 @@ fn print_costs(report: &Value) {
             usd(&workflow["usd_per_case"])
         );
     }
-    println!("\n{:<36}  {:>4}  {:<20}  {:>9}  {:>8}  {:>10}", "CASCADE", "TIER", "MODEL", "SETTLED", "SHARE", "ACCEPTS");
+    println!(
+        "\n{:<36}  {:>4}  {:<20}  {:>9}  {:>8}  {:>10}",
+        "CASCADE", "TIER", "MODEL", "SETTLED", "SHARE", "ACCEPTS"
+    );
     for cascade in report["cascades"].as_array().into_iter().flatten() {
         let name = format!(
             "{}/{}",

@@ -286,7 +286,8 @@ impl BulkRows {
     }
 }
 
-const SQLITE_GATES: &str = "WITH g AS MATERIALIZED (SELECT COALESCE(workflow, '') AS workflow, case_id, \
+const SQLITE_GATES: &str =
+    "WITH g AS MATERIALIZED (SELECT COALESCE(workflow, '') AS workflow, case_id, \
      COALESCE(json_extract(data, '$.operation'), '') AS operation, \
      COALESCE(json_extract(data, '$.decision'), '') AS decision, \
      CAST(COALESCE(json_extract(data, '$.review_sampled'), 0) AS BIGINT) AS sampled \
@@ -298,10 +299,10 @@ const POSTGRES_GATES: &str = "WITH g AS MATERIALIZED (SELECT workflow, case_id, 
      WHERE kind = 'trust.gate' AND at >= $1 AND at < $2) j) ";
 /// Both aggregates of the gate rows `g` in one pass over the journal: part 0 per operation,
 /// part 1 per workflow (cases, and those whose every decision was `auto`).
-const GATE_PARTS: &str = "SELECT 0 AS part, workflow, operation, decision, sampled, \
+const GATE_PARTS: &str = "SELECT CAST(0 AS BIGINT) AS part, workflow, operation, decision, sampled, \
      CAST(COUNT(*) AS BIGINT) AS n, CAST(0 AS BIGINT) AS automated \
      FROM g GROUP BY workflow, operation, decision, sampled \
-     UNION ALL SELECT 1 AS part, workflow, '' AS operation, '' AS decision, CAST(0 AS BIGINT) AS sampled, \
+     UNION ALL SELECT CAST(1 AS BIGINT) AS part, workflow, '' AS operation, '' AS decision, CAST(0 AS BIGINT) AS sampled, \
      CAST(COUNT(*) AS BIGINT) AS n, CAST(SUM(CASE WHEN tasks = 0 THEN 1 ELSE 0 END) AS BIGINT) AS automated \
      FROM (SELECT workflow, case_id, SUM(CASE WHEN decision = 'task' THEN 1 ELSE 0 END) AS tasks \
      FROM g GROUP BY workflow, case_id) c GROUP BY workflow";
@@ -844,7 +845,11 @@ impl Outcomes {
         let Some((group, counts)) = self.groups.get_mut(at) else {
             return;
         };
-        let key = (day, word(&mut self.words, source), word(&mut self.words, verdict));
+        let key = (
+            day,
+            word(&mut self.words, source),
+            word(&mut self.words, verdict),
+        );
         *counts.entry(key).or_insert(0) += 1;
         if let Some(confidence) = confidence {
             group.seen += 1;
@@ -871,8 +876,13 @@ impl Outcomes {
             groups.push(group);
         }
         counts.sort_by(|a, b| {
-            (&a.operation, &a.model, a.day, &a.source, &a.verdict)
-                .cmp(&(&b.operation, &b.model, b.day, &b.source, &b.verdict))
+            (&a.operation, &a.model, a.day, &a.source, &a.verdict).cmp(&(
+                &b.operation,
+                &b.model,
+                b.day,
+                &b.source,
+                &b.verdict,
+            ))
         });
         groups.sort_by(|a, b| (&a.operation, &a.model).cmp(&(&b.operation, &b.model)));
         (counts, groups)

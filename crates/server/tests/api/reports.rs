@@ -128,24 +128,56 @@ fn month_case(i: i64) -> (CaseWrite, CaseWrite, Vec<AiCallRow>) {
     let id = format!("case-{i:02}");
     let created = NOVEMBER_MS + i * DAY_MS + 10 * HOUR_MS;
     let tier = if i % 4 == 3 { 1 } else { 0 };
-    let (model, confidence) = if tier == 0 { ("small", 0.9) } else { ("large", 0.7 + i as f64 / 100.0) };
+    let (model, confidence) = if tier == 0 {
+        ("small", 0.9)
+    } else {
+        ("large", 0.7 + i as f64 / 100.0)
+    };
     let mut calls = vec![call(created + 400, &id, "small", 100_000, 400 + 10 * i)];
     if tier == 1 {
-        calls.push(call(created + 1_400, &id, "large", 2_000_000 + 10_000 * i, 900 + 10 * i));
+        calls.push(call(
+            created + 1_400,
+            &id,
+            "large",
+            2_000_000 + 10_000 * i,
+            900 + 10 * i,
+        ));
     }
     let cost: i64 = calls.iter().filter_map(|c| c.cost_nano).sum();
     let proposed = created + 2_000;
-    let phase = if created < NOVEMBER_MS + 14 * DAY_MS { 1 } else { 2 };
+    let phase = if created < NOVEMBER_MS + 14 * DAY_MS {
+        1
+    } else {
+        2
+    };
     let auto = phase == 2 && i % 2 == 0;
     let sampled = auto && i % 4 == 0;
     let c = Some(id.as_str());
     let mut entries = vec![
-        entry(created, "case.created", c, None, json!({"input": {"text": format!("refund request {i}")}})),
-        entry(proposed, "ai.proposed", c, Some("judge"), json!({"attempt": 1,
+        entry(
+            created,
+            "case.created",
+            c,
+            None,
+            json!({"input": {"text": format!("refund request {i}")}}),
+        ),
+        entry(
+            proposed,
+            "ai.proposed",
+            c,
+            Some("judge"),
+            json!({"attempt": 1,
             "cascade": {"attempts": [], "cost_known": true, "cost_usd": cost as f64 / 1e9, "path": ["small", model]},
-            "proposal": {"confidence": confidence, "model": model, "output": {"label": "pay"}, "tier": tier}})),
-        entry(proposed, "trust.gate", c, Some("pay"), json!({"operation": "refunds/pay", "phase": phase,
-            "decision": if auto { "auto" } else { "task" }, "reason": "test", "review_sampled": sampled, "review_rate": 0.5})),
+            "proposal": {"confidence": confidence, "model": model, "output": {"label": "pay"}, "tier": tier}}),
+        ),
+        entry(
+            proposed,
+            "trust.gate",
+            c,
+            Some("pay"),
+            json!({"operation": "refunds/pay", "phase": phase,
+            "decision": if auto { "auto" } else { "task" }, "reason": "test", "review_sampled": sampled, "review_rate": 0.5}),
+        ),
     ];
     let verdict = match i {
         5 | 17 => "corrected",
@@ -157,7 +189,13 @@ fn month_case(i: i64) -> (CaseWrite, CaseWrite, Vec<AiCallRow>) {
         let task = format!("{id}.pay.1");
         end = created + 30 * 60_000 + i * 60_000;
         entries.push(entry(proposed, "task.created", c, Some("pay"), json!({"task_id": task, "kind": "action", "title": "Approve", "required": 1, "roles": ["reviewer"]})));
-        entries.push(entry(end - 1_000, "task.completed", c, Some("pay"), json!({"task_id": task, "decision": "approve"})));
+        entries.push(entry(
+            end - 1_000,
+            "task.completed",
+            c,
+            Some("pay"),
+            json!({"task_id": task, "decision": "approve"}),
+        ));
         entries.push(entry(end - 1_000, "outcome.reviewed", c, Some("pay"), json!({"operation": "refunds/pay",
             "task_id": task, "source": "pre", "verdict": verdict, "phase": phase, "model": model, "confidence": confidence})));
     }
@@ -173,22 +211,52 @@ fn month_case(i: i64) -> (CaseWrite, CaseWrite, Vec<AiCallRow>) {
     };
     if i == 10 || i == 20 {
         let exception = format!("{id}.pay.1");
-        entries.push(entry(end, "exception.raised", c, Some("pay"), json!({"exception_id": exception, "kind": "action_failed",
-            "message": format!("POST https://pay.example/r/{i} answered 503 after 3 attempts")})));
+        entries.push(entry(
+            end,
+            "exception.raised",
+            c,
+            Some("pay"),
+            json!({"exception_id": exception, "kind": "action_failed",
+            "message": format!("POST https://pay.example/r/{i} answered 503 after 3 attempts")}),
+        ));
         if i == 10 {
-            entries.push(entry(end + 2 * HOUR_MS, "exception.resolved", c, Some("pay"), json!({"exception_id": exception, "action": "retry", "by": "opal"})));
+            entries.push(entry(
+                end + 2 * HOUR_MS,
+                "exception.resolved",
+                c,
+                Some("pay"),
+                json!({"exception_id": exception, "action": "retry", "by": "opal"}),
+            ));
             end += 2 * HOUR_MS + 1_000;
         }
     }
     if i == 3 {
-        entries.push(entry(created + 4 * HOUR_MS, "sla.breached", c, None, json!({"scope": "case", "deadline_ms": created + 4 * HOUR_MS})));
+        entries.push(entry(
+            created + 4 * HOUR_MS,
+            "sla.breached",
+            c,
+            None,
+            json!({"scope": "case", "deadline_ms": created + 4 * HOUR_MS}),
+        ));
     }
-    entries.push(entry(end, if status == "failed" { "case.failed" } else { "case.completed" }, c, None, json!({})));
+    entries.push(entry(
+        end,
+        if status == "failed" {
+            "case.failed"
+        } else {
+            "case.completed"
+        },
+        c,
+        None,
+        json!({}),
+    ));
     let insert = CaseWrite {
         case_id: id.clone(),
         workflow: "refunds".into(),
         workflow_version: 1,
-        mode: WriteMode::Insert { idempotency_key: None },
+        mode: WriteMode::Insert {
+            idempotency_key: None,
+        },
         status: "running".into(),
         current_step: None,
         state: "{}".into(),
@@ -201,7 +269,9 @@ fn month_case(i: i64) -> (CaseWrite, CaseWrite, Vec<AiCallRow>) {
         entries,
     };
     let update = CaseWrite {
-        mode: WriteMode::Update { expected_version: 1 },
+        mode: WriteMode::Update {
+            expected_version: 1,
+        },
         status: status.into(),
         sla_breached: i == 3,
         now_ms: end,
@@ -228,7 +298,9 @@ async fn reports() -> Reports {
         drift_interval: Duration::from_secs(3_600),
         ..Default::default()
     };
-    let engine = Engine::start(store.clone(), options, clock.clone()).await.unwrap();
+    let engine = Engine::start(store.clone(), options, clock.clone())
+        .await
+        .unwrap();
     engine.deploy_source(REFUNDS, "refunds.yaml").await.unwrap();
     for i in 0..24 {
         let (insert, update, calls) = month_case(i);
@@ -244,8 +316,14 @@ async fn reports() -> Reports {
         case_id: None,
         ..call(NOVEMBER_MS + 2 * DAY_MS, "", "small", 50_000, 300)
     };
-    let unknown = AiCallRow { cost_nano: None, ..gateway.clone() };
-    store.record_ai_calls(&[gateway, unknown], &[]).await.unwrap();
+    let unknown = AiCallRow {
+        cost_nano: None,
+        ..gateway.clone()
+    };
+    store
+        .record_ai_calls(&[gateway, unknown], &[])
+        .await
+        .unwrap();
     let promoted = NOVEMBER_MS + 14 * DAY_MS;
     let change = PhaseChange {
         operation: "refunds/pay".into(),
@@ -258,33 +336,59 @@ async fn reports() -> Reports {
         workflow_version: Some(1),
         config_sha256: None,
     };
-    let mut promotion = entry(promoted, "trust.promoted", None, Some("pay"), json!({"operation": "refunds/pay",
+    let mut promotion = entry(
+        promoted,
+        "trust.promoted",
+        None,
+        Some("pay"),
+        json!({"operation": "refunds/pay",
         "from_phase": 1, "to_phase": 2, "by": "gus", "reason": HOSTILE_REASON,
-        "evidence": {"reviews": 14, "agreements": 13, "wilson_low": 0.685}}));
+        "evidence": {"reviews": 14, "agreements": 13, "wilson_low": 0.685}}),
+    );
     promotion.actor_type = "user".into();
     promotion.actor_id = "gus".into();
     assert!(store.trust_set_phase(&change, &promotion).await.unwrap());
-    let drift = entry(NOVEMBER_MS + 19 * DAY_MS, "drift.alert", None, None,
-        json!({"feature": "amount <b>", "method": "ks", "value": 0.31, "threshold": 0.05}));
+    let drift = entry(
+        NOVEMBER_MS + 19 * DAY_MS,
+        "drift.alert",
+        None,
+        None,
+        json!({"feature": "amount <b>", "method": "ks", "value": 0.31, "threshold": 0.05}),
+    );
     store.append(&[drift]).await.unwrap();
     clock.advance_ms(ASKED_MS - DEPLOYED_MS);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(keel_server::serve(listener, engine.clone(), ServerOptions::default(), std::future::pending()));
-    Reports { base, engine, _dir: dir }
+    tokio::spawn(keel_server::serve(
+        listener,
+        engine.clone(),
+        ServerOptions::default(),
+        std::future::pending(),
+    ));
+    Reports {
+        base,
+        engine,
+        _dir: dir,
+    }
 }
 
 impl Reports {
     async fn get_as(&self, role: &str, path: &str) -> reqwest::Response {
         let client = crate::client_as(&self.engine, &format!("{role}-user"), &[role]).await;
-        client.get(format!("{}{path}", self.base)).send().await.unwrap()
+        client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap()
     }
 }
 
 #[tokio::test]
 async fn the_monthly_review_as_json_matches_its_snapshot_and_shape() {
     let app = reports().await;
-    let response = app.get_as("auditor", "/v1/reports/monthly?month=2026-11").await;
+    let response = app
+        .get_as("auditor", "/v1/reports/monthly?month=2026-11")
+        .await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["content-type"], "application/json");
     let report: Value = response.json().await.unwrap();
@@ -296,14 +400,20 @@ async fn the_monthly_review_as_json_matches_its_snapshot_and_shape() {
     let operation = &workflow["operations"][0];
     assert_eq!(operation["phase"]["at_start"], 1);
     assert_eq!(operation["phase"]["at_end"], 2);
-    assert_eq!(operation["decisions"], json!({"auto": 5, "task": 19, "sampled_for_review": 2}));
+    assert_eq!(
+        operation["decisions"],
+        json!({"auto": 5, "task": 19, "sampled_for_review": 2})
+    );
     let cascade = &report["costs"]["cascades"][0];
     assert_eq!(cascade["tiers"][0]["settled"], 18);
     assert_eq!(cascade["tiers"][1]["settled"], 6);
     assert_eq!(cascade["baseline_method"], "observed");
     // Phase 2 now; 19 of 21 reviews agreed: Wilson lower bound 71.1% ≥ phase 3's 70%.
     let promote = &report["recommendations"][0];
-    assert_eq!((promote["kind"].as_str(), promote["subject"].as_str()), (Some("promote"), Some("refunds/pay")));
+    assert_eq!(
+        (promote["kind"].as_str(), promote["subject"].as_str()),
+        (Some("promote"), Some("refunds/pay"))
+    );
     assert_eq!(promote["evidence"]["reviews"], 21);
     insta::assert_json_snapshot!("monthly_review", report);
 }
@@ -326,51 +436,190 @@ fn check_shape(report: &Value) {
             assert!(ok, "{path}.{key} should be {kind}: {field}");
         }
     }
-    has(report, "$", &[("month", "string"), ("period", "object"), ("generated_at", "string"), ("summary", "object"),
-        ("workflows", "array"), ("recommendations", "array"), ("costs", "object"), ("methods", "object")]);
-    has(&report["summary"], "summary", &[("cases", "integer"), ("automation_rate", "number?"), ("sla_compliance", "number?"),
-        ("cost_usd", "number"), ("saved_usd", "number?"), ("agreement", "number?")]);
+    has(
+        report,
+        "$",
+        &[
+            ("month", "string"),
+            ("period", "object"),
+            ("generated_at", "string"),
+            ("summary", "object"),
+            ("workflows", "array"),
+            ("recommendations", "array"),
+            ("costs", "object"),
+            ("methods", "object"),
+        ],
+    );
+    has(
+        &report["summary"],
+        "summary",
+        &[
+            ("cases", "integer"),
+            ("automation_rate", "number?"),
+            ("sla_compliance", "number?"),
+            ("cost_usd", "number"),
+            ("saved_usd", "number?"),
+            ("agreement", "number?"),
+        ],
+    );
     for (w, workflow) in report["workflows"].as_array().unwrap().iter().enumerate() {
         let path = format!("workflows[{w}]");
-        has(workflow, &path, &[("workflow", "string"), ("volume", "object"), ("automation", "object"), ("operations", "array"),
-            ("cost", "object"), ("latency", "object"), ("sla", "object"), ("exceptions", "object"), ("drift_alerts", "array")]);
-        has(&workflow["latency"]["case_duration_ms"], &path, &[("count", "integer"), ("p50", "integer?"), ("p95", "integer?")]);
+        has(
+            workflow,
+            &path,
+            &[
+                ("workflow", "string"),
+                ("volume", "object"),
+                ("automation", "object"),
+                ("operations", "array"),
+                ("cost", "object"),
+                ("latency", "object"),
+                ("sla", "object"),
+                ("exceptions", "object"),
+                ("drift_alerts", "array"),
+            ],
+        );
+        has(
+            &workflow["latency"]["case_duration_ms"],
+            &path,
+            &[
+                ("count", "integer"),
+                ("p50", "integer?"),
+                ("p95", "integer?"),
+            ],
+        );
         for operation in workflow["operations"].as_array().unwrap() {
-            has(operation, &path, &[("operation", "string"), ("phase", "object"), ("accuracy", "object"),
-                ("accuracy_by_model", "array"), ("accuracy_by_day", "array"), ("calibration_by_model", "array")]);
-            has(&operation["accuracy"], &path, &[("reviews", "integer"), ("agreement", "number?"), ("wilson_low", "number?"), ("wilson_high", "number?")]);
+            has(
+                operation,
+                &path,
+                &[
+                    ("operation", "string"),
+                    ("phase", "object"),
+                    ("accuracy", "object"),
+                    ("accuracy_by_model", "array"),
+                    ("accuracy_by_day", "array"),
+                    ("calibration_by_model", "array"),
+                ],
+            );
+            has(
+                &operation["accuracy"],
+                &path,
+                &[
+                    ("reviews", "integer"),
+                    ("agreement", "number?"),
+                    ("wilson_low", "number?"),
+                    ("wilson_high", "number?"),
+                ],
+            );
             let calibration = &operation["calibration"];
-            has(calibration, &path, &[("ece", "number"), ("pairs", "integer"), ("bins", "array")]);
+            has(
+                calibration,
+                &path,
+                &[("ece", "number"), ("pairs", "integer"), ("bins", "array")],
+            );
             for bin in calibration["bins"].as_array().unwrap() {
-                has(bin, &path, &[("count", "integer"), ("mean_confidence", "number"), ("accuracy", "number")]);
+                has(
+                    bin,
+                    &path,
+                    &[
+                        ("count", "integer"),
+                        ("mean_confidence", "number"),
+                        ("accuracy", "number"),
+                    ],
+                );
             }
             for change in operation["phase"]["changes"].as_array().unwrap() {
-                has(change, &path, &[("at", "string"), ("kind", "string"), ("by", "string"), ("to_phase", "integer?")]);
+                has(
+                    change,
+                    &path,
+                    &[
+                        ("at", "string"),
+                        ("kind", "string"),
+                        ("by", "string"),
+                        ("to_phase", "integer?"),
+                    ],
+                );
             }
         }
     }
     for recommendation in report["recommendations"].as_array().unwrap() {
-        has(recommendation, "recommendations[]", &[("kind", "string"), ("workflow", "string"), ("subject", "string"), ("message", "string")]);
+        has(
+            recommendation,
+            "recommendations[]",
+            &[
+                ("kind", "string"),
+                ("workflow", "string"),
+                ("subject", "string"),
+                ("message", "string"),
+            ],
+        );
     }
     let costs = &report["costs"];
-    has(costs, "costs", &[("total_usd", "number"), ("per_day", "array"), ("per_model", "array"), ("per_workflow", "array"),
-        ("per_operation", "array"), ("cascades", "array"), ("savings_estimator", "string"), ("budget", "object")]);
+    has(
+        costs,
+        "costs",
+        &[
+            ("total_usd", "number"),
+            ("per_day", "array"),
+            ("per_model", "array"),
+            ("per_workflow", "array"),
+            ("per_operation", "array"),
+            ("cascades", "array"),
+            ("savings_estimator", "string"),
+            ("budget", "object"),
+        ],
+    );
     for cascade in costs["cascades"].as_array().unwrap() {
-        has(cascade, "cascades[]", &[("workflow", "string"), ("step", "string"), ("route", "array"), ("tiers", "array"),
-            ("saved_usd", "number?"), ("net_saved_usd", "number?"), ("baseline_method", "string")]);
+        has(
+            cascade,
+            "cascades[]",
+            &[
+                ("workflow", "string"),
+                ("step", "string"),
+                ("route", "array"),
+                ("tiers", "array"),
+                ("saved_usd", "number?"),
+                ("net_saved_usd", "number?"),
+                ("baseline_method", "string"),
+            ],
+        );
         for tier in cascade["tiers"].as_array().unwrap() {
-            has(tier, "tiers[]", &[("tier", "integer"), ("model", "string"), ("settled", "integer"), ("share", "number"), ("reached", "integer")]);
+            has(
+                tier,
+                "tiers[]",
+                &[
+                    ("tier", "integer"),
+                    ("model", "string"),
+                    ("settled", "integer"),
+                    ("share", "number"),
+                    ("reached", "integer"),
+                ],
+            );
         }
     }
-    has(&costs["budget"], "budget", &[("month", "string"), ("month_to_date_usd", "number"), ("projected_usd", "number"), ("status", "string")]);
+    has(
+        &costs["budget"],
+        "budget",
+        &[
+            ("month", "string"),
+            ("month_to_date_usd", "number"),
+            ("projected_usd", "number"),
+            ("status", "string"),
+        ],
+    );
 }
 
 #[tokio::test]
 async fn the_monthly_review_as_markdown_matches_its_snapshot() {
     let app = reports().await;
-    let response = app.get_as("governor", "/v1/reports/monthly?month=2026-11&format=md").await;
+    let response = app
+        .get_as("governor", "/v1/reports/monthly?month=2026-11&format=md")
+        .await;
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(response.headers()["content-type"], "text/markdown; charset=utf-8");
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/markdown; charset=utf-8"
+    );
     let markdown = response.text().await.unwrap();
     assert!(!markdown.contains("<script"), "markup is escaped");
     insta::assert_snapshot!("monthly_review_markdown", markdown);
@@ -379,7 +628,12 @@ async fn the_monthly_review_as_markdown_matches_its_snapshot() {
 #[tokio::test]
 async fn the_cost_report_matches_its_snapshot_and_states_its_estimator() {
     let app = reports().await;
-    let response = app.get_as("operator", "/v1/reports/costs?from=2026-11-01&to=2026-11-30").await;
+    let response = app
+        .get_as(
+            "operator",
+            "/v1/reports/costs?from=2026-11-01&to=2026-11-30",
+        )
+        .await;
     assert_eq!(response.status(), StatusCode::OK);
     let report: Value = response.json().await.unwrap();
     let by_month: Value = app
@@ -396,7 +650,10 @@ async fn the_cost_report_matches_its_snapshot_and_states_its_estimator() {
     assert!((baseline - 0.00213).abs() < 1e-12, "{baseline}");
     let saved = cascade["saved_usd"].as_f64().unwrap();
     assert!((saved - 18.0 * (0.00213 - 0.0001)).abs() < 1e-9, "{saved}");
-    assert!(report["savings_estimator"].as_str().unwrap().contains("last tier"));
+    assert!(report["savings_estimator"]
+        .as_str()
+        .unwrap()
+        .contains("last tier"));
     assert_eq!(report["budget"]["status"], "over", "{:#}", report["budget"]);
     assert_eq!(report["cost_unknown_calls"], 1);
     insta::assert_json_snapshot!("cost_report", report);
@@ -424,35 +681,69 @@ async fn reports_are_for_admins_operators_governors_and_auditors() {
     let app = reports().await;
     for role in ["admin", "operator", "governor", "auditor"] {
         for path in ["/v1/reports/costs", "/v1/reports/monthly?format=html"] {
-            assert_eq!(app.get_as(role, path).await.status(), StatusCode::OK, "{role} {path}");
+            assert_eq!(
+                app.get_as(role, path).await.status(),
+                StatusCode::OK,
+                "{role} {path}"
+            );
         }
     }
     for role in ["reviewer", "specialist", "gateway"] {
-        assert_eq!(app.get_as(role, "/v1/reports/monthly").await.status(), StatusCode::FORBIDDEN, "{role}");
+        assert_eq!(
+            app.get_as(role, "/v1/reports/monthly").await.status(),
+            StatusCode::FORBIDDEN,
+            "{role}"
+        );
     }
-    let anonymous = reqwest::get(format!("{}/v1/reports/costs", app.base)).await.unwrap();
+    let anonymous = reqwest::get(format!("{}/v1/reports/costs", app.base))
+        .await
+        .unwrap();
     assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]
 async fn the_html_review_is_one_well_formed_file_with_four_charts() {
     let app = reports().await;
-    let response = app.get_as("auditor", "/v1/reports/monthly?month=2026-11&format=html").await;
+    let response = app
+        .get_as("auditor", "/v1/reports/monthly?month=2026-11&format=html")
+        .await;
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(response.headers()["content-type"], "text/html; charset=utf-8");
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/html; charset=utf-8"
+    );
     let html = response.text().await.unwrap();
     well_formed(&html);
     assert_eq!(html.matches("<html").count(), 1);
     assert!(html.starts_with("<!DOCTYPE html>"));
-    for needle in ["src=", "href=", "http://", "https://", "<script", "<link", "@import", "url("] {
-        assert!(!html.contains(needle), "the page refers outside itself or runs code: {needle}");
+    for needle in [
+        "src=", "href=", "http://", "https://", "<script", "<link", "@import", "url(",
+    ] {
+        assert!(
+            !html.contains(needle),
+            "the page refers outside itself or runs code: {needle}"
+        );
     }
     assert_eq!(html.matches("<svg").count(), 4);
-    for title in ["Trust phase over time", "Accuracy over time", "Cost by model", "Reliability diagram"] {
-        assert!(html.contains(&format!("-title\">{title}</title>")), "chart {title}");
+    for title in [
+        "Trust phase over time",
+        "Accuracy over time",
+        "Cost by model",
+        "Reliability diagram",
+    ] {
+        assert!(
+            html.contains(&format!("-title\">{title}</title>")),
+            "chart {title}"
+        );
     }
-    assert!(html.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;steady&quot;"), "the reason is shown escaped");
-    assert!(html.contains("amount &lt;b&gt;"), "the drift feature is escaped");
+    assert!(
+        html.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;steady&quot;"),
+        "the reason is shown escaped"
+    );
+    assert!(
+        html.contains("amount &lt;b&gt;"),
+        "the drift feature is escaped"
+    );
     assert!(html.contains("<polyline"), "the charts have series");
 }
 
@@ -468,20 +759,32 @@ fn well_formed(html: &str) {
             let entity = &text[index..text.len().min(index + 8)];
             assert!(entity.contains(';'), "bare & in text near {entity:?}");
         }
-        let close = rest[open..].find('>').map(|c| open + c).expect("unclosed <");
+        let close = rest[open..]
+            .find('>')
+            .map(|c| open + c)
+            .expect("unclosed <");
         let tag = &rest[open + 1..close];
         rest = &rest[close + 1..];
         if tag.starts_with('!') {
             continue;
         }
         assert!(!tag.contains('<'), "a < inside a tag: {tag}");
-        assert_eq!(tag.matches('"').count() % 2, 0, "unbalanced quotes in <{tag}>");
+        assert_eq!(
+            tag.matches('"').count() % 2,
+            0,
+            "unbalanced quotes in <{tag}>"
+        );
         if let Some(name) = tag.strip_prefix('/') {
             let open = stack.pop().unwrap_or_default();
             assert_eq!(open, name.trim(), "</{name}> closes <{open}>");
             continue;
         }
-        let name = tag.split_whitespace().next().unwrap_or_default().trim_end_matches('/').to_string();
+        let name = tag
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .trim_end_matches('/')
+            .to_string();
         if tag.ends_with('/') || VOID.contains(&name.as_str()) {
             continue;
         }
