@@ -1043,7 +1043,11 @@ impl<'w> Run<'w> {
                 // for trust ties each review to it.
                 if let Value::Object(fields) = &mut proposal {
                     let known = record["cost_known"].as_bool().unwrap_or(false);
-                    let cost = if known { record["cost_usd"].clone() } else { Value::Null };
+                    let cost = if known {
+                        record["cost_usd"].clone()
+                    } else {
+                        Value::Null
+                    };
                     fields.insert("cost_usd".into(), cost);
                 }
                 // A calibrated confidence keeps the raw one beside it (the calibrators are
