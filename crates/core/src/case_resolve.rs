@@ -31,6 +31,9 @@ pub enum Resolution {
     Claim,
     /// Move it up its queue's escalation ladder now (a desk action).
     Escalate,
+    /// Close an exception that does not hold its case (an SLA breach, a wrong action already
+    /// remediated), with a note saying what was done (a desk action).
+    Close,
 }
 
 impl Resolution {
@@ -43,6 +46,7 @@ impl Resolution {
             Resolution::Assign { .. } => "assign",
             Resolution::Claim => "claim",
             Resolution::Escalate => "escalate",
+            Resolution::Close => "close",
         }
     }
 
@@ -50,7 +54,10 @@ impl Resolution {
     pub fn is_desk_action(&self) -> bool {
         matches!(
             self,
-            Resolution::Assign { .. } | Resolution::Claim | Resolution::Escalate
+            Resolution::Assign { .. }
+                | Resolution::Claim
+                | Resolution::Escalate
+                | Resolution::Close
         )
     }
 }
@@ -136,9 +143,10 @@ impl Run<'_> {
                 }
                 self.goto(state, next)
             }
-            Resolution::Assign { .. } | Resolution::Claim | Resolution::Escalate => {
-                Some(Command::Stop)
-            }
+            Resolution::Assign { .. }
+            | Resolution::Claim
+            | Resolution::Escalate
+            | Resolution::Close => Some(Command::Stop),
         }
     }
 
@@ -146,7 +154,10 @@ impl Run<'_> {
     fn check_resolution(&self, state: &CaseState, resolution: &Resolution) -> Result<(), String> {
         match resolution {
             Resolution::Retry | Resolution::Cancel => Ok(()),
-            Resolution::Assign { .. } | Resolution::Claim | Resolution::Escalate => Err(
+            Resolution::Assign { .. }
+            | Resolution::Claim
+            | Resolution::Escalate
+            | Resolution::Close => Err(
                 "assign, claim and escalate are the exception desk's; the case is not changed by them"
                     .to_string(),
             ),

@@ -334,6 +334,45 @@ impl Engine {
         let inner = &self.inner;
         let now = inner.clock.now_ms();
         let (to, expected, strategy) = match action {
+            Resolution::Close => {
+                let parks_case = inner
+                    .store
+                    .case(&row.case_id)
+                    .await?
+                    .and_then(|case| serde_json::from_str::<serde_json::Value>(&case.state).ok())
+                    .is_some_and(|state| state["exception_id"] == row.id.as_str());
+                if parks_case {
+                    return Ok(Err(ResolutionError::Invalid {
+                        code: "holds_its_case".into(),
+                        message: "this exception holds its case: retry, provide the output, skip or cancel instead".into(),
+                    }));
+                }
+                if note.as_deref().is_none_or(|n| n.trim().is_empty()) {
+                    return Ok(Err(ResolutionError::Invalid {
+                        code: "note_required".into(),
+                        message: "closing needs a note saying what was done (e.g. the refund was reversed)".into(),
+                    }));
+                }
+                let data = json!({ "exception_id": row.id, "by": caller.subject, "action": "close", "note": note });
+                let change = DeskChange::Closed {
+                    by: caller.subject.clone(),
+                    at_ms: now,
+                    resolution: data.to_string(),
+                };
+                let entry = desk_entry(
+                    inner,
+                    row,
+                    "exception.resolved",
+                    &caller.subject,
+                    "user",
+                    data,
+                );
+                if !inner.store.desk_write(&row.id, &change, &entry).await? {
+                    return Ok(Err(ResolutionError::Closed("resolved".into())));
+                }
+                inner.journal_written.notify_one();
+                return Ok(Ok(self.resolved(row, "close").await?));
+            }
             Resolution::Escalate => {
                 let escalated = escalate(
                     inner,

@@ -107,6 +107,17 @@ pub enum ExceptionCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Close an exception that does not hold its case (an SLA breach, a remediated wrong
+    /// action), saying what was done.
+    Close {
+        id: String,
+        #[arg(long)]
+        note: String,
+        #[command(flatten)]
+        token: TokenArg,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// Move the exception up its queue's escalation ladder now.
     Escalate {
         id: String,
@@ -334,6 +345,12 @@ pub async fn exception(command: ExceptionCommand) -> anyhow::Result<ExitCode> {
             token,
             server,
         } => (id, json!({"action": "claim", "note": note}), token, server),
+        ExceptionCommand::Close {
+            id,
+            note,
+            token,
+            server,
+        } => (id, json!({"action": "close", "note": note}), token, server),
         ExceptionCommand::Escalate {
             id,
             note,

@@ -137,8 +137,9 @@ pub async fn get_exception(
 #[allow(dead_code)] // documents the body; the handler parses `Resolution` itself
 pub struct ResolutionBody {
     /// `retry`, `provide_output` (with `output`), `skip` (with `to`: a step id), `cancel`,
-    /// `assign` (with `to`: a user), `claim` (take it yourself) or `escalate` (up its
-    /// queue's ladder now).
+    /// `assign` (with `to`: a user), `claim` (take it yourself), `escalate` (up its
+    /// queue's ladder now) or `close` (with a `note`; only exceptions that do not hold their
+    /// case, such as SLA breaches and remediated wrong actions).
     pub action: String,
     pub output: Option<Value>,
     pub to: Option<String>,

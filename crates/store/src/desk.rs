@@ -37,6 +37,12 @@ pub enum DeskChange {
     },
     /// Its queue's SLA passed (only once).
     SlaMissed,
+    /// Closed by a person (an exception that does not hold its case).
+    Closed {
+        by: String,
+        at_ms: i64,
+        resolution: String,
+    },
     /// Given to a user (only while open; `expected_assignee` guards a claim against a race:
     /// `Some(None)` means "only if unassigned").
     Assigned {
@@ -77,6 +83,11 @@ impl Store {
                                  WHERE id = $6 AND status = 'open' AND level = $7")
                         .bind(queue).bind(escalated_to).bind(next_escalation_ms).bind(due_ms)
                         .bind(i64::from(*clear_assignee)).bind(id).bind(from_level)
+                        .execute(&mut *tx).await?.rows_affected()
+                }
+                DeskChange::Closed { by, at_ms, resolution } => {
+                    sqlx::query("UPDATE exceptions SET status = 'resolved', resolved_at_ms = $1, resolved_by = $2, resolution = $3 WHERE id = $4 AND status = 'open'")
+                        .bind(at_ms).bind(by).bind(resolution).bind(id)
                         .execute(&mut *tx).await?.rows_affected()
                 }
                 DeskChange::SlaMissed => {

@@ -417,6 +417,15 @@ async fn people_claim_from_a_queue_and_escalate_by_hand() {
     let (status, _) = desk.act("sid", id, json!({"action": "claim"})).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(desk.at(5 * HOUR_MS).await.escalated, 0);
+    // An exception that holds its case is not closed by hand: the case must move.
+    let (status, problem) = desk
+        .act("sid", id, json!({"action": "close", "note": "done"}))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    assert!(problem["detail"]
+        .as_str()
+        .unwrap()
+        .contains("holds its case"));
     // The case is still parked; the desk never touched it.
     let case_id = id.split(".classify").next().unwrap();
     assert_eq!(desk.engine.case(case_id).await.unwrap().status, "exception");
@@ -518,6 +527,41 @@ async fn business_deadlines_skip_a_weekend_a_holiday_and_keep_office_hours_acros
     assert_eq!(breaches[0]["case_id"], case_id.as_str());
     assert_eq!(breaches[0]["detail"]["deadline_ms"], TUESDAY_11_BERLIN_MS);
     desk.engine.run_desk_once().await.unwrap();
+    // The breach does not hold the case: it is closed with a note on what was done.
+    let breach_id = breaches[0]["id"].as_str().unwrap();
+    let (status, _) = desk
+        .act("olga", breach_id, json!({"action": "close"}))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "a note is required"
+    );
+    let (status, closed) = desk
+        .act(
+            "olga",
+            breach_id,
+            json!({"action": "close", "note": "customer called and was refunded"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{closed}");
+    let row = desk.exception(breach_id).await;
+    assert_eq!(
+        (row["status"].as_str(), row["resolved_by"].as_str()),
+        (Some("resolved"), Some("olga"))
+    );
+    assert_eq!(
+        row["resolution"]["note"],
+        "customer called and was refunded"
+    );
+    let (status, _) = desk
+        .act(
+            "olga",
+            breach_id,
+            json!({"action": "close", "note": "again"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
     let (_, case) = desk.get("olga", &format!("/v1/cases/{case_id}")).await;
     assert_eq!(case["sla_breached"], true);
     assert_eq!(
