@@ -435,23 +435,6 @@ impl Store {
         })
     }
 
-    /// Outcomes with a confidence, by `ai` step and model (for calibration), newest
-    /// `limit`, oldest first; every `ai` step and model when `None`.
-    pub async fn calibration_outcomes(
-        &self,
-        ai_step: &str,
-        model: &str,
-        limit: i64,
-    ) -> Result<Vec<TrustOutcomeRow>> {
-        dispatch_read!(self, |pool| {
-            let rows = sqlx::query(&format!("SELECT {OUTCOME_COLUMNS} FROM trust_outcomes \
-                 WHERE ai_step = $1 AND model = $2 AND confidence IS NOT NULL ORDER BY at_ms DESC, id DESC LIMIT $3"))
-                .bind(ai_step).bind(model).bind(limit.max(1))
-                .fetch_all(pool).await?;
-            rows.iter().rev().map(outcome_from).collect()
-        })
-    }
-
     /// The (ai step, model) pairs that have reviewed outcomes with a confidence.
     pub async fn calibration_keys(&self) -> Result<Vec<(String, String, i64)>> {
         dispatch_read!(self, |pool| {
