@@ -8,6 +8,8 @@
 //!                                    # starts (default 28 days; or `{ hours: N }`, or `28d`)
 //!   current: { days: 7 }             # the current window, ending now (default 7 days)
 //!   min_rows: 100                    # fewer rows in either window: no test (default 100)
+//!   retention: 90d                   # how long observations are kept; at least reference
+//!                                    # + current (default: see below; or `{ days: N }`)
 //!   on_drift: alert                  # or `demote`: also withdraw trust one phase from
 //!                                    # every operation of the workflow
 //!   features:                        # 1 to 50; names [a-z0-9_]+, unique
@@ -19,9 +21,17 @@
 //! ```
 //!
 //! A feature's kind is inferred from its first value (number → numeric, string or bool →
-//! categorical) unless `kind:` says. This module parses the section and turns one
-//! expression result into an [`Observation`]; storing observations and testing windows is the
-//! engine's business.
+//! categorical) unless `kind:` says.
+//!
+//! Retention: the engine deletes observations older than `retention`. By default that is both
+//! windows and as much again, but at least 7 days more than the windows
+//! ([`default_retention`]: 70 days for the default windows), so a new version may widen a
+//! window without starting from nothing. Results are kept [`RESULT_RETENTION_MS`] (400 days:
+//! a year of monthly reviews), or `retention` when that is longer; the store never deletes a
+//! feature's latest result.
+//!
+//! This module parses the section and turns one expression result into an [`Observation`];
+//! storing observations, testing windows and pruning are the engine's business.
 
 use keel_tuning::drift::Method;
 use serde::Serialize;
@@ -44,8 +54,21 @@ const HOUR_MS: u64 = 3_600_000;
 const DAY_MS: u64 = 24 * HOUR_MS;
 /// Bounds of either window: one hour to 366 days.
 pub const WINDOW_RANGE_MS: (u64, u64) = (HOUR_MS, 366 * DAY_MS);
+/// Longest `retention`: ten years.
+pub const MAX_RETENTION_MS: u64 = 3_660 * DAY_MS;
+/// Least time the default retention keeps observations beyond both windows.
+pub const MIN_RETENTION_MARGIN_MS: u64 = 7 * DAY_MS;
+/// How long results are kept at least: a year of monthly reviews, and a month to spare.
+pub const RESULT_RETENTION_MS: u64 = 400 * DAY_MS;
 
-const FIELDS: &[&str] = &["reference", "current", "min_rows", "on_drift", "features"];
+const FIELDS: &[&str] = &[
+    "reference",
+    "current",
+    "min_rows",
+    "retention",
+    "on_drift",
+    "features",
+];
 const FEATURE_FIELDS: &[&str] = &["name", "expr", "kind", "step", "method", "threshold"];
 /// Method names as written in the file (both spellings of the compound ones).
 const METHODS: &[(&str, Method)] = &[
@@ -69,6 +92,9 @@ pub struct Monitor {
     pub current: DurationMs,
     /// Fewer rows than this in either window: the feature is not tested.
     pub min_rows: u64,
+    /// How long observations are kept; at least `reference + current`, what an evaluation
+    /// reads back.
+    pub retention: DurationMs,
     pub on_drift: OnDrift,
     /// 1 to [`MAX_FEATURES`], names unique.
     pub features: Vec<Feature>,
@@ -127,6 +153,14 @@ pub enum Observation {
     Failed(String),
 }
 
+/// What retention deletes at one time: rows strictly older than these, in milliseconds since
+/// the epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Cutoffs {
+    pub observations_before_ms: i64,
+    pub results_before_ms: i64,
+}
+
 /// Both windows of one evaluation, in milliseconds since the epoch: reference is
 /// `[reference_from_ms, current_from_ms)`, current is `[current_from_ms, current_to_ms]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -146,6 +180,23 @@ impl Monitor {
             reference_from_ms: current_from_ms.saturating_sub(reference),
             current_from_ms,
             current_to_ms: now_ms,
+        }
+    }
+
+    /// How long results are kept: [`RESULT_RETENTION_MS`], or `retention` when longer, so no
+    /// result is deleted before the observations it was computed from.
+    pub fn results_retention(&self) -> DurationMs {
+        DurationMs(self.retention.0.max(RESULT_RETENTION_MS))
+    }
+
+    /// What retention deletes at `now_ms`. The observation cutoff is never after the start of
+    /// the reference window, because `retention` is at least both windows.
+    pub fn retention_cutoffs(&self, now_ms: i64) -> Cutoffs {
+        let before =
+            |kept: DurationMs| now_ms.saturating_sub(i64::try_from(kept.0).unwrap_or(i64::MAX));
+        Cutoffs {
+            observations_before_ms: before(self.retention),
+            results_before_ms: before(self.results_retention()),
         }
     }
 
@@ -208,6 +259,37 @@ impl Feature {
     }
 }
 
+/// The retention of a monitor without `retention:`: both windows, and as much again but at
+/// least [`MIN_RETENTION_MARGIN_MS`] (70 days for the default 28 + 7), so a new version can
+/// widen a window without starting from nothing.
+pub fn default_retention(reference: DurationMs, current: DurationMs) -> DurationMs {
+    let windows = reference.0.saturating_add(current.0);
+    DurationMs(windows.saturating_add(windows.max(MIN_RETENTION_MARGIN_MS)))
+}
+
+/// `duration` as a workflow file writes it, largest unit first (`35d`, `1d12h`, `90s`).
+fn duration_text(duration: DurationMs) -> String {
+    const UNITS: [(&str, u64); 5] = [
+        ("d", DAY_MS),
+        ("h", HOUR_MS),
+        ("m", 60_000),
+        ("s", 1_000),
+        ("ms", 1),
+    ];
+    let mut rest = duration.0;
+    let mut text = String::new();
+    for (unit, unit_ms) in UNITS {
+        if rest >= unit_ms {
+            text.push_str(&format!("{}{unit}", rest / unit_ms));
+            rest %= unit_ms;
+        }
+    }
+    if text.is_empty() {
+        text.push_str("0ms");
+    }
+    text
+}
+
 /// Whether `name` is a feature name: `[a-z0-9_]+`, at most [`MAX_FEATURE_NAME_CHARS`].
 pub fn is_feature_name(name: &str) -> bool {
     !name.is_empty()
@@ -251,6 +333,12 @@ impl Checker<'_> {
             Some(n) => self.min_rows(n),
             None => Some(100),
         };
+        let windows = reference.zip(current);
+        let retention = match (fields.get("retention"), windows) {
+            (Some(n), _) => self.retention(n, windows),
+            (None, Some((reference, current))) => Some(default_retention(reference, current)),
+            (None, None) => None,
+        };
         let on_drift = match fields.get("on_drift") {
             None => Some(OnDrift::Alert),
             Some(n) => match n.as_str() {
@@ -272,15 +360,74 @@ impl Checker<'_> {
             reference: reference?,
             current: current?,
             min_rows: min_rows?,
+            retention: retention?,
             on_drift: on_drift?,
             features: features?,
         };
         (self.error_count() == errors).then_some(monitor)
     }
 
-    /// `{ days: N }`, `{ hours: N }` or a duration such as `28d`.
+    /// `{ days: N }`, `{ hours: N }` or a duration such as `28d`, from one hour to 366 days.
     fn window(&mut self, node: &Node, what: &str) -> Option<DurationMs> {
-        let duration = match &node.value {
+        let duration = self.length(node, what)?;
+        let (low, high) = WINDOW_RANGE_MS;
+        if duration.0 < low || duration.0 > high {
+            self.error(
+                "out-of-range",
+                node.span,
+                format!("{what} is outside 1 hour to 366 days"),
+                "a window is `{ days: 1 }` to `{ days: 366 }`, or `{ hours: N }`".to_string(),
+            );
+            return None;
+        }
+        Some(duration)
+    }
+
+    /// `monitor.retention`: a length no shorter than both windows (`windows`, when they
+    /// parsed), since an evaluation reads both back, and at most [`MAX_RETENTION_MS`].
+    fn retention(
+        &mut self,
+        node: &Node,
+        windows: Option<(DurationMs, DurationMs)>,
+    ) -> Option<DurationMs> {
+        let what = "`monitor.retention`";
+        let retention = self.length(node, what)?;
+        if retention.0 > MAX_RETENTION_MS {
+            self.error(
+                "out-of-range",
+                node.span,
+                format!("{what} is longer than {} days", MAX_RETENTION_MS / DAY_MS),
+                "observations are kept at most ten years, e.g. `{ days: 365 }`".to_string(),
+            );
+            return None;
+        }
+        let (reference, current) = windows?;
+        let minimum = DurationMs(reference.0.saturating_add(current.0));
+        if retention < minimum {
+            self.error(
+                "out-of-range",
+                node.span,
+                format!(
+                    "{what} {} is shorter than the two windows: the minimum is {} (reference {} + current {})",
+                    duration_text(retention),
+                    duration_text(minimum),
+                    duration_text(reference),
+                    duration_text(current),
+                ),
+                format!(
+                    "observations older than `retention` are deleted, and every evaluation reads both windows back; write at least `{}`, or leave `retention` out for the default, {}",
+                    duration_text(minimum),
+                    duration_text(default_retention(reference, current)),
+                ),
+            );
+            return None;
+        }
+        Some(retention)
+    }
+
+    /// `{ days: N }`, `{ hours: N }` or a duration such as `28d`.
+    fn length(&mut self, node: &Node, what: &str) -> Option<DurationMs> {
+        Some(match &node.value {
             Value::Map(_) => {
                 let fields = self.fields(node, what, node.span, &["days", "hours"], &[])?;
                 let (unit_ms, count) = match (fields.get("days"), fields.get("hours")) {
@@ -307,18 +454,7 @@ impl Checker<'_> {
                 }
             }
             _ => self.duration(node, what)?,
-        };
-        let (low, high) = WINDOW_RANGE_MS;
-        if duration.0 < low || duration.0 > high {
-            self.error(
-                "out-of-range",
-                node.span,
-                format!("{what} is outside 1 hour to 366 days"),
-                "a window is `{ days: 1 }` to `{ days: 366 }`, or `{ hours: N }`".to_string(),
-            );
-            return None;
-        }
-        Some(duration)
+        })
     }
 
     fn min_rows(&mut self, node: &Node) -> Option<u64> {
@@ -631,6 +767,63 @@ mod tests {
     }
 
     #[test]
+    fn retention_defaults_to_both_windows_and_as_much_again_and_must_cover_them() {
+        let defaults = check("  features: [{ name: n, expr: input.n }]\n").unwrap();
+        assert_eq!(
+            defaults.retention,
+            DurationMs(70 * DAY_MS),
+            "2 × (28d + 7d)"
+        );
+        assert_eq!(defaults.results_retention(), DurationMs(400 * DAY_MS));
+        let short = check("  reference: { hours: 12 }\n  current: { hours: 12 }\n  features: [{ name: n, expr: input.n }]\n").unwrap();
+        assert_eq!(
+            short.retention,
+            DurationMs(8 * DAY_MS),
+            "both windows (1d) and at least 7 days more"
+        );
+
+        let set = check("  retention: 90d\n  features: [{ name: n, expr: input.n }]\n").unwrap();
+        assert_eq!(set.retention, DurationMs(90 * DAY_MS));
+        let exact = check("  reference: 20d\n  current: { hours: 36 }\n  retention: 21d12h\n  features: [{ name: n, expr: input.n }]\n").unwrap();
+        assert_eq!(exact.retention, DurationMs(21 * DAY_MS + 12 * HOUR_MS));
+        let long = check("  retention: { days: 800 }\n  features: [{ name: n, expr: input.n }]\n")
+            .unwrap();
+        assert_eq!(long.results_retention(), DurationMs(800 * DAY_MS));
+
+        // The cutoffs at some time: observations never before the reference window starts.
+        let now_ms = 1_000 * DAY_MS as i64;
+        let cutoffs = set.retention_cutoffs(now_ms);
+        assert_eq!(cutoffs.observations_before_ms, now_ms - 90 * DAY_MS as i64);
+        assert_eq!(cutoffs.results_before_ms, now_ms - 400 * DAY_MS as i64);
+        assert!(cutoffs.observations_before_ms <= set.windows(now_ms).reference_from_ms);
+        let cutoffs = exact.retention_cutoffs(now_ms);
+        assert_eq!(
+            cutoffs.observations_before_ms,
+            exact.windows(now_ms).reference_from_ms,
+            "retention equal to both windows keeps exactly the reference window's start"
+        );
+
+        let problems = check("  reference: { days: 28 }\n  current: 7d\n  retention: 30d\n  features: [{ name: n, expr: input.n }]\n").unwrap_err();
+        assert_eq!(
+            problems,
+            vec![(
+                17,
+                "out-of-range",
+                "`monitor.retention` 30d is shorter than the two windows: the minimum is 35d (reference 28d + current 7d)".to_string()
+            )]
+        );
+        let problems = check("  current: { hours: 12 }\n  retention: { hours: 30 }\n  features: [{ name: n, expr: input.n }]\n").unwrap_err();
+        assert_eq!(
+            problems,
+            vec![(
+                16,
+                "out-of-range",
+                "`monitor.retention` 1d6h is shorter than the two windows: the minimum is 28d12h (reference 28d + current 12h)".to_string()
+            )]
+        );
+    }
+
+    #[test]
     fn problems_point_at_their_line() {
         let cases: &[(&str, usize, &str)] = &[
             (
@@ -697,6 +890,16 @@ mod tests {
                 "  on_drift: page\n  features: [{ name: a, expr: input.a }]\n",
                 15,
                 "invalid-value",
+            ),
+            (
+                "  retention: { days: 4000 }\n  features: [{ name: a, expr: input.a }]\n",
+                15,
+                "out-of-range",
+            ),
+            (
+                "  retention: 90\n  features: [{ name: a, expr: input.a }]\n",
+                15,
+                "invalid-duration",
             ),
             ("  features: []\n", 15, "empty"),
             ("  feature: []\n", 15, "unknown-field"),

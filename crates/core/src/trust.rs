@@ -16,6 +16,7 @@
 //!           window: 30d              # or { count: 500 }: the most recent reviews
 //!           target_agreement: { phase2: 0.95, phase3: 0.97, phase4: 0.99 }  # to enter
 //!         demotion: { target_error_rate: 0.05, alpha: 0.05, beta: 0.2 }
+//!         critical: 'exception.kind == "wrong_action"'  # CEL over `exception`: back to phase 1
 //!         approvers: [governor]      # who may approve promotions
 //!         changed_version_phase: down   # or 1..4: where a changed version restarts
 //! ```
@@ -193,6 +194,11 @@ pub struct TrustConfig {
     pub policy: Option<Expr>,
     /// Forces a person in every phase when true.
     pub hard_limits: Option<Expr>,
+    /// Which exceptions of the operation (raised at its action step or one of its `ai` steps)
+    /// are critical: CEL over `exception` (id, case_id, workflow, step, kind, message,
+    /// fingerprint, detail). A critical exception sends the operation back to phase 1 at once.
+    /// A post-hoc review that rejects an automatic action is critical whatever this says.
+    pub critical: Option<Expr>,
     pub review_rates: ReviewRates,
     pub promotion: Promotion,
     pub demotion: Demotion,
@@ -207,6 +213,7 @@ impl Default for TrustConfig {
             phase: 1,
             policy: None,
             hard_limits: None,
+            critical: None,
             review_rates: ReviewRates::default(),
             promotion: Promotion::default(),
             demotion: Demotion::default(),
@@ -232,10 +239,11 @@ impl TrustConfig {
         let Value::Object(fields) = value else {
             return Err("`trust` must be a mapping".into());
         };
-        const KNOWN: [&str; 8] = [
+        const KNOWN: [&str; 9] = [
             "phase",
             "policy",
             "hard_limits",
+            "critical",
             "review_rates",
             "promotion",
             "demotion",
@@ -265,6 +273,7 @@ impl TrustConfig {
         };
         config.policy = expr("policy")?;
         config.hard_limits = expr("hard_limits")?;
+        config.critical = expr("critical")?;
         if let Some(rates) = fields.get("review_rates") {
             config.review_rates = serde_json::from_value(rates.clone())
                 .map_err(|e| format!("`trust.review_rates`: {e}"))?;
@@ -425,7 +434,20 @@ mod tests {
         assert_eq!(config.promotion.window, EvidenceWindow::Count(200));
         assert_eq!(config.promotion.target_agreement.to_enter(2), Some(0.9));
         assert_eq!(config.changed_version_phase, ChangedVersionPhase::Phase(1));
+        assert!(config.critical.is_none());
+        let config =
+            TrustConfig::from_json(&json!({"critical": "exception.kind == \"wrong_action\""}))
+                .unwrap();
+        assert_eq!(
+            config.critical.as_ref().map(Expr::source),
+            Some("exception.kind == \"wrong_action\"")
+        );
         for (bad, needle) in [
+            (
+                json!({"critical": "exception.kind =="}),
+                "`trust.critical` does not compile",
+            ),
+            (json!({"critical": 3}), "CEL expression"),
             (json!({"review_rates": {"phase4": 0.0}}), "never stops"),
             (json!({"phase": 5}), "1, 2, 3 or 4"),
             (json!({"policy": "input.amount <"}), "does not compile"),

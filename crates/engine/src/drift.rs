@@ -18,6 +18,10 @@
 //!   result, so webhooks subscribed to `drift.alert` receive it. With `on_drift: demote`,
 //!   every operation of the workflow above phase 1 also moves down one phase (`trust.demoted`,
 //!   trigger `drift`, the alerting results as evidence).
+//! - **Retention.** After its evaluation, at most once per [`RETENTION_PERIOD_MS`] of the
+//!   engine clock (the turn is kept in the store, so it holds across nodes and restarts), a
+//!   workflow's observations older than `monitor.retention` and its results older than the
+//!   results retention are deleted in bounded batches; each feature's latest result stays.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -46,6 +50,8 @@ const PAGE_ENTRIES: i64 = 5_000;
 const MAX_PAGES_PER_PASS: usize = 200;
 /// The lease that picks the one node that evaluates.
 const LEASE: &str = "drift-monitor";
+/// Least time between two prunings of one workflow's observations and results.
+pub const RETENTION_PERIOD_MS: i64 = 3_600_000;
 
 /// What one pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -63,6 +69,9 @@ pub struct DriftPass {
     pub alerts: Vec<String>,
     /// Operations demoted by those alerts.
     pub demoted: Vec<String>,
+    /// Observations and results deleted by retention.
+    pub pruned_observations: u64,
+    pub pruned_results: u64,
 }
 
 /// A feature as configured, for the API.
@@ -196,11 +205,55 @@ pub(crate) async fn evaluate(inner: &Inner) -> Result<DriftPass> {
         if !alerted.is_empty() && monitor.on_drift == OnDrift::Demote {
             demote_workflow(inner, name, &alerted, &mut pass).await?;
         }
+        prune(inner, name, monitor, now, &mut pass).await?;
     }
     if !pass.alerts.is_empty() {
         inner.journal_written.notify_one();
     }
     Ok(pass)
+}
+
+/// Deletes `workflow`'s rows past retention, if its turn is due at `now` (once per
+/// [`RETENTION_PERIOD_MS`]). Runs after the evaluation, which therefore never waits for it.
+async fn prune(
+    inner: &Inner,
+    workflow: &str,
+    monitor: &Monitor,
+    now: i64,
+    pass: &mut DriftPass,
+) -> Result<()> {
+    let due = inner
+        .store
+        .drift_retention_due(
+            workflow,
+            &inner.options.node_id,
+            now,
+            now.saturating_add(RETENTION_PERIOD_MS),
+        )
+        .await?;
+    if !due {
+        return Ok(());
+    }
+    let cutoffs = monitor.retention_cutoffs(now);
+    let observations = inner
+        .store
+        .drift_prune_observations(workflow, cutoffs.observations_before_ms)
+        .await?;
+    let results = inner
+        .store
+        .drift_prune_results(workflow, cutoffs.results_before_ms)
+        .await?;
+    tracing::info!(
+        %workflow,
+        observations,
+        results,
+        observations_before = %rfc3339_ms(cutoffs.observations_before_ms),
+        results_before = %rfc3339_ms(cutoffs.results_before_ms),
+        "drift retention pruned rows"
+    );
+    pass.pruned_observations += observations;
+    pass.pruned_results += results;
+    Ok(())
 }
 
 // ------------------------------------------------------------------------------ observations

@@ -168,6 +168,9 @@ pub(crate) struct Inner {
     pub trust: trust::TrustBook,
     /// When calibrators were last refitted by the background pass.
     pub last_refit_ms: std::sync::atomic::AtomicI64,
+    /// Exceptions raised from this time on are still to be checked against operations'
+    /// `trust.critical` (`i64::MIN`: not yet this process).
+    pub critical_checked_ms: std::sync::atomic::AtomicI64,
     /// Each operation's reviews kept between trust passes.
     pub evidence: tokio::sync::Mutex<std::collections::HashMap<String, trust::CachedEvidence>>,
     pub work: mpsc::Sender<worker::Item>,
@@ -238,6 +241,7 @@ impl Engine {
             telemetry,
             trust: trust::TrustBook::default(),
             last_refit_ms: std::sync::atomic::AtomicI64::new(0),
+            critical_checked_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
             evidence: tokio::sync::Mutex::default(),
             work: work_tx,
             http,

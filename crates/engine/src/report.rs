@@ -62,14 +62,14 @@ pub struct Methods {
 }
 
 pub const METHODS: Methods = Methods {
-    savings: "For each `ai` step, B is the estimated cost of answering one proposal with the last tier of its route directly: the mean cost of a successful, uncached last-tier call of that step in the period, or, when the last tier was not called in the period, the last tier's price in force on the period's last day times the step's mean input and output tokens per successful call. C is what a proposal's cascade actually cost (every attempt of every tier it tried, from its `ai.proposed` entry). saved_usd sums B − C over the proposals settled before the last tier; net_saved_usd sums B − C over every proposal, which also charges the cascade for the earlier tiers that proposals settled at the last tier tried first. Failed cascades are not counted; when B is unknown (no calls and no price) the savings are null.",
+    savings: "For each `ai` step, B is the estimated cost of answering one proposal with the last tier of its route directly: the mean cost of a successful, uncached last-tier call of that step in the period, or, when the last tier was not called in the period, the last tier's price in force on the period's last day times the step's mean input and output tokens per successful call. C is what a proposal's cascade actually cost (every attempt of every tier it tried, from its `ai.proposed` entry). saved_usd sums B − C over the proposals settled before the last tier; net_saved_usd sums B − C over every proposal, which also charges the cascade for the earlier tiers that proposals settled at the last tier tried first. Failed cascades are not counted; when B is unknown (no calls and no price) the savings are null. A tier's model is the one that settled most of its proposals in the period (the latest route's model when none did); the proposals that reached a tier are those settled at it or a later tier plus the failed cascades.",
     cost_per_case: "The known cost of a workflow's model calls in the period divided by the cases of that workflow created in the period; calls whose cost is unknown count as zero and are counted separately.",
     projection: "Linear: month-to-date known spend divided by the elapsed share of the month (by time, UTC); for a past month the projection is the actual spend.",
     automation: "A case counts as gated when a `trust.gate` decision was journaled for it in the period, and as automated when every such decision was `auto` (no person before acting; sampled post-hoc reviews do not count as a person).",
     latency: "Case duration is the time from creation to the last update of cases created in the period that completed or failed; durations of 10 s and more are rounded down to the second. Model-call latency covers calls that reached a provider (cache hits excluded). Percentiles are nearest-rank.",
     accuracy: "Agreement is the share of reviews (pre-approval decisions and post-hoc reviews) whose verdict was `agree`, with a 95% Wilson score interval.",
     calibration: "Expected calibration error over 10 equal-frequency bins of the reviewed proposals' raw confidence against whether the reviewer agreed.",
-    recommendations: "Promote: an open recommendation, or the month's Wilson lower bound at or above the next phase's target with at least the operation's minimum reviews. Drop a tier: it accepted under 5% of the proposals that reached it (at least 20 reached it). Reorder tiers: a later tier costs less per call than an earlier one. Falling accuracy: agreement in the second half of the month more than 5 points below the first, with at least 30 reviews in each half.",
+    recommendations: "Promote: an open recommendation, or the engine's own promotion test as of the month's end (now, for this month): the Wilson lower bound (95%) of the agreement over the operation's configured window at or above the next phase's target, with at least the operation's minimum reviews. Drop a tier: it accepted under 5% of the proposals that reached it (at least 20 reached it). Reorder tiers: a later tier costs less per call than an earlier one. Falling accuracy: agreement in the second half of the month more than 5 points below the first, with at least 30 reviews in each half.",
 };
 
 // ---------------------------------------------------------------------------------- shapes
@@ -291,6 +291,26 @@ pub struct OperationReview {
     pub second_half: Agreement,
     pub calibration: Option<Calibration>,
     pub calibration_by_model: Vec<ModelCalibration>,
+    /// Where the operation stands against its promotion criteria at the end of the month (or
+    /// now, for this month): the engine's own test over the configured window.
+    pub promotion: Option<PromotionStanding>,
+}
+
+/// The promotion test the engine runs, as of one moment: the Wilson lower bound (95%) of the
+/// agreement over the operation's configured window against the next phase's target.
+#[derive(Debug, Clone, Serialize)]
+pub struct PromotionStanding {
+    pub as_of: String,
+    pub phase: i64,
+    pub next_phase: i64,
+    pub target: f64,
+    pub min_reviews: u64,
+    /// `30d` style (milliseconds as days, hours or minutes) or `last N reviews`.
+    pub window: String,
+    pub reviews: i64,
+    pub agreed: i64,
+    pub wilson_low: Option<f64>,
+    pub eligible: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -647,6 +667,42 @@ impl Sources<'_> {
         Ok(build_costs(self, window, &facts))
     }
 
+    /// Each operation's reviews in its promotion window (of the latest version's `trust:`
+    /// config) as of `as_of_ms`: what the engine's evaluation pass would see at that moment.
+    async fn promotion_windows(
+        &self,
+        operations: &[TrustOperationRow],
+        as_of_ms: i64,
+    ) -> Result<BTreeMap<String, WindowEvidence>> {
+        let mut out = BTreeMap::new();
+        for row in operations {
+            let Some(config) = trust_config_of(self, &row.workflow, &row.step) else {
+                continue;
+            };
+            let evidence = match config.promotion.window {
+                keel_core::trust::EvidenceWindow::Milliseconds(ms) => {
+                    self.store
+                        .trust_evidence(&row.operation, as_of_ms.saturating_sub(ms), as_of_ms, None)
+                        .await?
+                }
+                keel_core::trust::EvidenceWindow::Count(n) => {
+                    let newest = i64::try_from(n).unwrap_or(i64::MAX);
+                    self.store
+                        .trust_evidence(&row.operation, 0, as_of_ms, Some(newest))
+                        .await?
+                }
+            };
+            out.insert(
+                row.operation.clone(),
+                WindowEvidence {
+                    reviews: evidence.len() as i64,
+                    agreed: evidence.iter().filter(|(_, agreed)| *agreed).count() as i64,
+                },
+            );
+        }
+        Ok(out)
+    }
+
     /// `trust.initialised|promoted|demoted` up to the window's end (the phase at its start
     /// needs the history before it) and `trust.recommended` in it, in journal order.
     async fn trust_events(&self, window: ReportWindow) -> Result<Vec<JournalRow>> {
@@ -695,6 +751,8 @@ impl Sources<'_> {
             .await?;
         let operations = store.trust_operations().await?;
         let open = store.trust_recommendations(Some("open"), None).await?;
+        let as_of_ms = self.now_ms.min(window.to_ms);
+        let promotion_windows = self.promotion_windows(&operations, as_of_ms).await?;
         let facts = MonthFacts {
             costs,
             gates,
@@ -708,6 +766,8 @@ impl Sources<'_> {
             drift,
             operations,
             open_recommendations: open,
+            promotion_windows,
+            as_of_ms,
         };
         Ok(build_monthly(self, window, &month, &facts))
     }
@@ -1020,10 +1080,17 @@ fn cascade(
             .iter()
             .filter(|p| usize::try_from(p.tier).ok() == Some(tier))
             .collect();
-        let model = route
-            .get(tier)
-            .cloned()
-            .or_else(|| here.first().map(|p| p.model.clone()))
+        // The model that settled most of this tier's proposals in the period (what ran, even
+        // if the route changed since); the latest route's model when none settled here.
+        let mut by_model: BTreeMap<&str, i64> = BTreeMap::new();
+        for p in &here {
+            *by_model.entry(p.model.as_str()).or_insert(0) += p.proposals;
+        }
+        let model = by_model
+            .iter()
+            .max_by_key(|(model, count)| (**count, std::cmp::Reverse(**model)))
+            .map(|(model, _)| (*model).to_string())
+            .or_else(|| route.get(tier).cloned())
             .unwrap_or_default();
         let settled: i64 = here.iter().map(|p| p.proposals).sum();
         let reached: i64 = proposals
@@ -1155,6 +1222,16 @@ struct MonthFacts {
     drift: Vec<JournalRow>,
     operations: Vec<TrustOperationRow>,
     open_recommendations: Vec<RecommendationRow>,
+    /// Each operation's reviews in its promotion window as of `as_of_ms`.
+    promotion_windows: BTreeMap<String, WindowEvidence>,
+    as_of_ms: i64,
+}
+
+/// (reviews, agreed) in an operation's promotion window.
+#[derive(Debug, Clone, Copy, Default)]
+struct WindowEvidence {
+    reviews: i64,
+    agreed: i64,
 }
 
 fn build_monthly(
@@ -1171,7 +1248,7 @@ fn build_monthly(
         .collect();
     let mut recommendations = Vec::new();
     for review in &workflows {
-        recommendations.extend(promotions(sources, facts, review));
+        recommendations.extend(promotions(facts, review));
         recommendations.extend(falling_accuracy(review));
     }
     for cascade in &costs.cascades {
@@ -1518,8 +1595,10 @@ fn operation_review(
         .iter()
         .find(|o| o.operation == operation)
         .map(|o| o.phase);
+    let phase = phase_history(&facts.trust_events, window, &operation, current);
     OperationReview {
-        phase: phase_history(&facts.trust_events, window, &operation, current),
+        promotion: promotion_standing(sources, facts, workflow, &step, &operation, &phase),
+        phase,
         decisions,
         accuracy: accuracy(&reviews),
         accuracy_by_model: accuracy_by_model(&reviews),
@@ -1532,6 +1611,77 @@ fn operation_review(
         step,
         ai_steps,
     }
+}
+
+/// The latest version's `trust:` config of one operation.
+fn trust_config_of<'s>(
+    sources: &'s Sources<'_>,
+    workflow: &str,
+    step: &str,
+) -> Option<&'s keel_core::trust::TrustConfig> {
+    sources
+        .workflows
+        .get(workflow)
+        .and_then(|w| w.steps.iter().find(|s| s.id == step))
+        .and_then(|s| match &s.kind {
+            StepKind::Action(action) => Some(action.trust.as_ref()),
+            _ => None,
+        })
+}
+
+fn window_text(window: keel_core::trust::EvidenceWindow) -> String {
+    match window {
+        keel_core::trust::EvidenceWindow::Count(n) => format!("last {n} reviews"),
+        keel_core::trust::EvidenceWindow::Milliseconds(ms) => {
+            for (unit, size) in [("d", DAY_MS), ("h", 3_600_000), ("m", 60_000)] {
+                if ms % size == 0 {
+                    return format!("{}{unit}", ms / size);
+                }
+            }
+            format!("{ms}ms")
+        }
+    }
+}
+
+fn promotion_standing(
+    sources: &Sources<'_>,
+    facts: &MonthFacts,
+    workflow: &str,
+    step: &str,
+    operation: &str,
+    phase: &PhaseHistory,
+) -> Option<PromotionStanding> {
+    let config = trust_config_of(sources, workflow, step)?;
+    // The phase at the moment of the test: now for this month, the month's end for a past one.
+    let current = if facts.as_of_ms < sources.now_ms {
+        phase.at_end.or(phase.current)
+    } else {
+        phase.current.or(phase.at_end)
+    }?;
+    let next_phase = current + 1;
+    let target = config
+        .promotion
+        .target_agreement
+        .to_enter(u8::try_from(next_phase).ok()?)?;
+    let evidence = facts
+        .promotion_windows
+        .get(operation)
+        .copied()
+        .unwrap_or_default();
+    let (low, _) = wilson(evidence.agreed, evidence.reviews);
+    let enough = u64::try_from(evidence.reviews).unwrap_or(0) >= config.promotion.min_reviews;
+    Some(PromotionStanding {
+        as_of: rfc3339_ms(facts.as_of_ms),
+        phase: current,
+        next_phase,
+        target,
+        min_reviews: config.promotion.min_reviews,
+        window: window_text(config.promotion.window),
+        reviews: evidence.reviews,
+        agreed: evidence.agreed,
+        wilson_low: low,
+        eligible: enough && low.is_some_and(|low| low >= target),
+    })
 }
 
 fn wilson(agreed: i64, reviews: i64) -> (Option<f64>, Option<f64>) {
@@ -1717,11 +1867,7 @@ fn phase_history(
 
 // ---------------------------------------------------------------------------------- advice
 
-fn promotions(
-    sources: &Sources<'_>,
-    facts: &MonthFacts,
-    review: &WorkflowReview,
-) -> Vec<Recommendation> {
+fn promotions(facts: &MonthFacts, review: &WorkflowReview) -> Vec<Recommendation> {
     let mut out = Vec::new();
     for operation in &review.operations {
         let open = facts
@@ -1741,40 +1887,22 @@ fn promotions(
             });
             continue;
         }
-        let Some(phase) = operation.phase.current.or(operation.phase.at_end) else {
+        let Some(standing) = operation.promotion.as_ref().filter(|s| s.eligible) else {
             continue;
         };
-        let config = sources
-            .workflows
-            .get(&review.workflow)
-            .and_then(|w| w.steps.iter().find(|s| s.id == operation.step))
-            .and_then(|s| match &s.kind {
-                StepKind::Action(action) => Some(action.trust.as_ref()),
-                _ => None,
-            });
-        let (Some(config), Some(low)) = (config, operation.accuracy.wilson_low) else {
-            continue;
-        };
-        let next = u8::try_from(phase + 1).unwrap_or(u8::MAX);
-        let Some(target) = config.promotion.target_agreement.to_enter(next) else {
-            continue;
-        };
-        let enough =
-            u64::try_from(operation.accuracy.reviews).unwrap_or(0) >= config.promotion.min_reviews;
-        if enough && low >= target {
-            out.push(Recommendation {
-                kind: "promote",
-                workflow: review.workflow.clone(),
-                subject: operation.operation.clone(),
-                message: format!(
-                    "`{}` is eligible for phase {next}: this month's agreement has a Wilson lower bound of {:.1}% over {} reviews, at or above the target of {:.1}%.",
-                    operation.operation, low * 100.0, operation.accuracy.reviews, target * 100.0
-                ),
-                evidence: serde_json::json!({ "phase": phase, "reviews": operation.accuracy.reviews,
-                    "agreed": operation.accuracy.agreed, "wilson_low": low, "target": target,
-                    "min_reviews": config.promotion.min_reviews }),
-            });
-        }
+        let low = standing.wilson_low.unwrap_or(0.0);
+        out.push(Recommendation {
+            kind: "promote",
+            workflow: review.workflow.clone(),
+            subject: operation.operation.clone(),
+            message: format!(
+                "`{}` is eligible for phase {}: over its window ({}) the agreement has a Wilson lower bound of {:.1}% over {} reviews, at or above the target of {:.1}%; the engine's next pass will open a recommendation.",
+                operation.operation, standing.next_phase, standing.window, low * 100.0, standing.reviews, standing.target * 100.0
+            ),
+            evidence: serde_json::json!({ "phase": standing.phase, "window": standing.window,
+                "as_of": standing.as_of, "reviews": standing.reviews, "agreed": standing.agreed,
+                "wilson_low": low, "target": standing.target, "min_reviews": standing.min_reviews }),
+        });
     }
     out
 }

@@ -331,7 +331,7 @@ fn markdown_workflow(out: &mut String, w: &WorkflowReview, cascades: &[Cascade])
     markdown_exceptions(out, w);
 }
 
-const OPERATION_HEADER: [&str; 10] = [
+const OPERATION_HEADER: [&str; 11] = [
     "Operation",
     "Phase (start → end)",
     "Auto",
@@ -342,7 +342,32 @@ const OPERATION_HEADER: [&str; 10] = [
     "First half",
     "Second half",
     "ECE",
+    "Promotion test",
 ];
+
+/// The engine's promotion test as of the report: `→3: 71.1% ≥ 70.0% over 21 (30d): eligible`.
+fn promotion_cell(o: &OperationReview) -> String {
+    let Some(p) = &o.promotion else {
+        return "–".to_string();
+    };
+    let low = p
+        .wilson_low
+        .map_or_else(|| "–".to_string(), |l| format!("{:.1}%", l * 100.0));
+    let verdict = if p.eligible {
+        "eligible"
+    } else if u64::try_from(p.reviews).unwrap_or(0) < p.min_reviews {
+        "too few reviews"
+    } else {
+        "below target"
+    };
+    format!(
+        "→{}: {low} vs {:.1}% over {} ({}): {verdict}",
+        p.next_phase,
+        p.target * 100.0,
+        p.reviews,
+        p.window
+    )
+}
 
 fn operation_cells(o: &OperationReview) -> Vec<String> {
     vec![
@@ -358,6 +383,7 @@ fn operation_cells(o: &OperationReview) -> Vec<String> {
         o.calibration
             .as_ref()
             .map_or_else(|| "–".to_string(), |c| format!("{:.3}", c.ece)),
+        promotion_cell(o),
     ]
 }
 

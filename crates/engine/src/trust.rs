@@ -368,11 +368,11 @@ async fn evidence(
             let newest = i64::try_from(n).unwrap_or(MAX_OUTCOMES);
             let window = inner
                 .store
-                .trust_evidence(&row.operation, 0, Some(newest))
+                .trust_evidence(&row.operation, 0, i64::MAX, Some(newest))
                 .await?;
             let since_rows = inner
                 .store
-                .trust_evidence(&row.operation, since, None)
+                .trust_evidence(&row.operation, since, i64::MAX, None)
                 .await?;
             Ok((
                 window.into_iter().map(outcome).collect(),
@@ -404,10 +404,17 @@ fn demotion(config: &TrustConfig) -> Result<keel_tuning::trust::DemotionParams> 
 
 /// One evaluation pass over every operation.
 pub(crate) async fn evaluate(inner: &Inner) -> Result<TrustPass> {
-    let rows = inner.store.trust_operations().await?;
+    let mut rows = inner.store.trust_operations().await?;
     inner.trust.replace(&rows);
     let now = inner.clock.now_ms();
-    let mut pass = TrustPass::default();
+    let mut pass = TrustPass {
+        demoted: critical_exceptions(inner, &rows, now).await?,
+        ..TrustPass::default()
+    };
+    if !pass.demoted.is_empty() {
+        rows = inner.store.trust_operations().await?;
+        inner.trust.replace(&rows);
+    }
     // One read for every open recommendation, so that a pass does not ask the writer about
     // each operation that already has one.
     let open: std::collections::HashSet<String> = inner
@@ -504,6 +511,134 @@ pub(crate) async fn evaluate(inner: &Inner) -> Result<TrustPass> {
         inner.journal_written.notify_one();
     }
     Ok(pass)
+}
+
+/// Exceptions read per page by the critical-exception check.
+const CRITICAL_PAGE: i64 = 5_000;
+/// Exceptions are re-read this far back on each pass: one committed late, with an earlier
+/// raise time, is still seen (demotion is idempotent: only exceptions raised after the
+/// operation's last phase change count).
+const CRITICAL_OVERLAP_MS: i64 = 60_000;
+
+/// Demotes to phase 1 every operation above it with a critical exception (`trust.critical`)
+/// raised since its last phase change, at its action step or one of its `ai` steps. Reads
+/// only exceptions raised since the last pass (after a start: since the oldest phase change
+/// of an operation that has a `critical` condition).
+async fn critical_exceptions(
+    inner: &Inner,
+    rows: &[TrustOperationRow],
+    now: i64,
+) -> Result<Vec<String>> {
+    let mut watched = Vec::new();
+    for row in rows.iter().filter(|r| r.phase > 1) {
+        let Some((_, workflow)) = inner.registry.latest(&row.workflow) else {
+            continue;
+        };
+        let Some(critical) = trust_config(&workflow, &row.step).and_then(|c| c.critical.clone())
+        else {
+            continue;
+        };
+        let steps: Vec<String> = operations(&workflow)
+            .into_iter()
+            .find(|(step, _, _)| *step == row.step)
+            .map(|(_, _, ai_steps)| ai_steps)
+            .unwrap_or_default();
+        watched.push((row, critical, steps));
+    }
+    let checked = inner.critical_checked_ms.load(Ordering::Relaxed);
+    if watched.is_empty() {
+        inner
+            .critical_checked_ms
+            .store(now.max(checked), Ordering::Relaxed);
+        return Ok(Vec::new());
+    }
+    let oldest_change = watched
+        .iter()
+        .map(|(r, _, _)| r.since_ms)
+        .min()
+        .unwrap_or(now);
+    let mut from = if checked == i64::MIN {
+        oldest_change
+    } else {
+        oldest_change.max(checked.saturating_sub(CRITICAL_OVERLAP_MS))
+    };
+    let mut demoted = Vec::new();
+    let utc = keel_core::case::millis_to_datetime(now);
+    loop {
+        let page = inner
+            .store
+            .exceptions_raised_since(from, CRITICAL_PAGE)
+            .await?;
+        for exception in &page {
+            let Some(step) = exception.step.as_deref() else {
+                continue;
+            };
+            for (row, critical, ai_steps) in &watched {
+                let ours = exception.workflow == row.workflow
+                    && (step == row.step || ai_steps.iter().any(|s| s == step));
+                if !ours
+                    || exception.raised_at_ms < row.since_ms
+                    || demoted.contains(&row.operation)
+                {
+                    continue;
+                }
+                let value = json!({ "id": exception.id, "case_id": exception.case_id,
+                    "workflow": exception.workflow, "step": exception.step, "kind": exception.kind,
+                    "message": exception.message, "fingerprint": exception.fingerprint,
+                    "detail": exception.detail });
+                let mut activation =
+                    keel_core::expr::Activation::new(&Value::Null, &Value::Null, &Value::Null, utc);
+                activation.set("exception", &value);
+                match critical.eval_bool(&activation) {
+                    Ok(true) => {
+                        let reason = format!(
+                            "exception {} ({}) is critical by the operation's `trust.critical`: {}",
+                            exception.id,
+                            exception.kind,
+                            critical.source()
+                        );
+                        let evidence = json!({ "exception_id": exception.id, "kind": exception.kind,
+                            "case_id": exception.case_id, "step": exception.step,
+                            "condition": critical.source() });
+                        if demote(
+                            inner,
+                            row,
+                            1,
+                            "critical_exception",
+                            TRUST_ACTOR,
+                            "system",
+                            &reason,
+                            evidence,
+                        )
+                        .await?
+                        {
+                            demoted.push(row.operation.clone());
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(error) => tracing::warn!(operation = %row.operation,
+                        exception = %exception.id, error = %error.message,
+                        "`trust.critical` failed to evaluate; the exception is not treated as critical"),
+                }
+            }
+        }
+        let full = page.len() as i64 >= CRITICAL_PAGE;
+        match page.last() {
+            // A full page of one millisecond would never advance: move past it.
+            Some(last) if full => {
+                from = if last.raised_at_ms > from {
+                    last.raised_at_ms
+                } else {
+                    from + 1
+                }
+            }
+            _ => break,
+        }
+    }
+    inner
+        .critical_checked_ms
+        .store(now.max(checked), Ordering::Relaxed);
+    Ok(demoted)
 }
 
 #[allow(clippy::too_many_arguments)]

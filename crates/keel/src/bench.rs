@@ -29,8 +29,9 @@ pub enum BenchCommand {
     /// Tasks created and decided through the API by concurrent reviewers: decisions/s and
     /// decision latency.
     Review(crate::bench_review::ReviewArgs),
-    /// One trust evaluation pass over N operations with M reviewed outcomes each: the
-    /// statistics alone and the engine's whole pass on SQLite.
+    /// One trust evaluation pass over N operations with M reviewed outcomes each (the
+    /// statistics alone and the engine's whole pass on SQLite; floor < 1 s), then the monthly
+    /// review over a generated month (`--report-cases`, default 1,000,000; floor < 30 s).
     Trust(crate::bench_trust::TrustArgs),
     /// The monthly operational review over a generated month of N cases (default 1,000,000):
     /// report time against the 30 s floor, and peak RSS.

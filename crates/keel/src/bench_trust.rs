@@ -2,6 +2,8 @@
 //! outcomes each. Measured twice: the statistics alone (`keel_tuning::trust::evaluate` over
 //! outcomes in memory), and the engine's whole pass on a SQLite store (reading each
 //! operation's window and since-promotion outcomes, evaluating, and the calibration check).
+//! Then, unless `--report-cases 0`, the monthly operational review over a generated month
+//! (`keel bench report`'s measurement), its figures prefixed `report_`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,6 +23,10 @@ pub struct TrustArgs {
     /// Reviewed outcomes per operation.
     #[arg(long, default_value_t = 10_000)]
     pub outcomes: usize,
+    /// Cases in the month of the monthly-report part (the same measurement as
+    /// `keel bench report`); 0 skips it.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub report_cases: usize,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -208,5 +214,26 @@ pub async fn bench_trust(args: &TrustArgs) -> anyhow::Result<Figures> {
         second.outcomes_read as u64,
         "",
     );
+    if args.report_cases > 0 {
+        let report = crate::bench_report::bench_report(&crate::bench_report::ReportArgs {
+            cases: args.report_cases,
+            database: None,
+            output: None,
+            json: args.json,
+        })
+        .await?;
+        figures.title.push_str(&format!(
+            "; then the monthly review over {} cases",
+            args.report_cases
+        ));
+        for (name, value, unit) in report.rows {
+            let name = if name.starts_with("report_") {
+                name
+            } else {
+                format!("report_{name}")
+            };
+            figures.rows.push((name, value, unit));
+        }
+    }
     Ok(figures)
 }

@@ -50,6 +50,23 @@ fn same_secret(presented: &str, expected: &str) -> bool {
             == 0
 }
 
+/// Prometheus metrics.
+///
+/// The text exposition format 0.0.4: cases, steps, exceptions, tasks, queue depth, SLA
+/// breaches, model calls, tokens, cost and latency by model, gateway overhead and the trust
+/// phase of each operation. Counts read from the database are the whole deployment's (scrape
+/// one node); latency histograms and gateway overhead are this node's.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "meta",
+    security(("keel_token" = []), ("metrics_token" = [])),
+    responses(
+        (status = 200, description = "Metric families in the Prometheus text format 0.0.4", body = String, content_type = "text/plain; version=0.0.4"),
+        (status = 401, description = "No valid token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "The token's user may not read_audit (admin, governor, auditor may)", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+    )
+)]
 pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     match state.engine.metrics().await {
         Ok(metrics) => {

@@ -8,7 +8,7 @@ use axum::response::IntoResponse;
 use utoipa::OpenApi;
 
 use crate::{audit, cases, drift, health, problem, workflows, AppState};
-use crate::{exceptions, gateway, learners, reports, tasks, trust};
+use crate::{exceptions, gateway, learners, metrics, reports, tasks, trust};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -50,6 +50,7 @@ use crate::{exceptions, gateway, learners, reports, tasks, trust};
         reports::monthly,
         gateway::chat_completions,
         gateway::models,
+        metrics::metrics,
         openapi_json,
     ),
     modifiers(&TokenAuth),
@@ -66,7 +67,7 @@ use crate::{exceptions, gateway, learners, reports, tasks, trust};
         (name = "drift", description = "Drift monitoring: per-feature tests of a reference window against the current one"),
         (name = "reports", description = "Cost analysis and the monthly operational review (JSON, Markdown, self-contained HTML)"),
         (name = "gateway", description = "OpenAI-compatible gateway: point an OpenAI client's base URL at /v1 with a Keel token as its API key"),
-        (name = "meta", description = "This document"),
+        (name = "meta", description = "This document and the Prometheus metrics"),
     )
 )]
 pub struct ApiDoc;
@@ -84,6 +85,17 @@ impl utoipa::Modify for TokenAuth {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some("A token from `keel token create`"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "metrics_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "The scrape secret given to `keel serve --metrics-token-env VAR` (only /metrics)",
+                    ))
                     .build(),
             ),
         );

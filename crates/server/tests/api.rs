@@ -74,6 +74,7 @@ const PATHS: &[&str] = &[
     "/v1/chat/completions",
     "/v1/models",
     "/v1/openapi.json",
+    "/metrics",
 ];
 
 struct TestApp {
@@ -535,6 +536,14 @@ async fn the_openapi_document_lists_every_path_and_docs_render() {
     assert_eq!(listed, expected);
     assert!(document["components"]["schemas"]["ProblemBody"].is_object());
     assert!(document["components"]["schemas"]["CaseDetail"].is_object());
+    assert!(
+        document["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+            ["text/plain; version=0.0.4"]
+            .is_object(),
+        "{}",
+        document["paths"]["/metrics"]
+    );
+    assert!(document["components"]["securitySchemes"]["metrics_token"].is_object());
 
     let docs = app.get("/docs").await;
     assert_eq!(docs.status(), StatusCode::OK);

@@ -10,6 +10,15 @@
 //! - `drift_results`: every test, with its method, parameters and value. A result and its
 //!   `drift.alert` entry are written in one transaction that first reads the previous result
 //!   of the feature: an alert is journaled only when a feature starts to drift.
+//! - Retention: `drift_prune_observations` and `drift_prune_results` delete one workflow's rows
+//!   older than a cutoff, feature by feature (each feature's rows are one range of the
+//!   existing `(workflow, feature, …)` indexes, so no index is added), at most
+//!   [`Store::DRIFT_PRUNE_BATCH_ROWS`] per statement. Each statement is its own transaction,
+//!   so a large backlog never holds the write lock for long: the group committer's writes go
+//!   in between. A feature's latest result is never deleted: it is what the API shows and
+//!   what the next result is compared with to decide whether to alert. The `leases` table
+//!   keeps when each workflow was last pruned (`drift-retention/<workflow>`), so the engine
+//!   prunes at most once per period whichever node holds the drift lease.
 
 use serde::Serialize;
 use serde_json::Value;
@@ -25,6 +34,30 @@ const OBSERVED_KINDS: &str = "'case.created', 'ai.proposed'";
 const OBSERVATIONS_PER_INSERT: usize = 1_000;
 /// Most results returned by one listing.
 const MAX_RESULTS: i64 = 10_000;
+/// Prune statements one call runs at most (ten million observations); the rest waits for the
+/// next call.
+const MAX_PRUNE_STATEMENTS: usize = 1_000;
+
+/// The next feature (in name order) after `$2` with observations of workflow `$1`: one seek in
+/// the primary key, where `SELECT DISTINCT` would read every row.
+const NEXT_OBSERVED_FEATURE: &str =
+    "SELECT MIN(feature) FROM drift_observations WHERE workflow = $1 AND feature > $2";
+/// One batch of observations of workflow `$1`, feature `$2` older than `$3`, at most `$4`,
+/// addressed by physical row id (never changed: observations are not updated). PostgreSQL
+/// gets `= ANY(ARRAY(…))`, a TID scan; with `IN (…)` it may hash-join a full table scan.
+const PRUNE_OBSERVATIONS_SQLITE: &str = "DELETE FROM drift_observations WHERE rowid IN \
+     (SELECT rowid FROM drift_observations WHERE workflow = $1 AND feature = $2 AND at_ms < $3 LIMIT $4)";
+const PRUNE_OBSERVATIONS_POSTGRES: &str = "DELETE FROM drift_observations WHERE ctid = ANY(ARRAY\
+     (SELECT ctid FROM drift_observations WHERE workflow = $1 AND feature = $2 AND at_ms < $3 LIMIT $4))";
+/// The same for results, oldest id first, keeping the feature's latest (its largest id).
+const NEXT_RESULT_FEATURE: &str =
+    "SELECT MIN(feature) FROM drift_results WHERE workflow = $1 AND feature > $2";
+const PRUNE_RESULTS_SQLITE: &str = "DELETE FROM drift_results WHERE id IN \
+     (SELECT id FROM drift_results WHERE workflow = $1 AND feature = $2 AND evaluated_at_ms < $3 \
+     AND id < (SELECT MAX(id) FROM drift_results WHERE workflow = $1 AND feature = $2) ORDER BY id LIMIT $4)";
+const PRUNE_RESULTS_POSTGRES: &str = "DELETE FROM drift_results WHERE id = ANY(ARRAY\
+     (SELECT id FROM drift_results WHERE workflow = $1 AND feature = $2 AND evaluated_at_ms < $3 \
+     AND id < (SELECT MAX(id) FROM drift_results WHERE workflow = $1 AND feature = $2) ORDER BY id LIMIT $4))";
 
 /// One feature's value for one case.
 #[derive(Debug, Clone, PartialEq)]
@@ -106,6 +139,9 @@ where
 }
 
 impl Store {
+    /// Most rows one drift prune statement deletes.
+    pub const DRIFT_PRUNE_BATCH_ROWS: i64 = 10_000;
+
     /// The last journal `seq` the drift observer has read.
     pub async fn drift_cursor(&self) -> Result<i64> {
         dispatch_read!(self, |pool| {
@@ -309,5 +345,97 @@ impl Store {
                 .map(result_from)
                 .collect()
         })
+    }
+
+    /// Takes `workflow`'s retention turn for `owner` until `until_ms` if nobody took it, or the
+    /// last turn ended before `now_ms`; unlike [`Store::acquire_lease`], the owner of the
+    /// current turn does not get it again. Returns whether `owner` should prune now.
+    pub async fn drift_retention_due(
+        &self,
+        workflow: &str,
+        owner: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<bool> {
+        let name = format!("drift-retention/{workflow}");
+        dispatch!(self, |pool| {
+            let affected = sqlx::query(
+                "INSERT INTO leases (name, owner, until_ms) VALUES ($1, $2, $3) ON CONFLICT (name) DO UPDATE \
+                 SET owner = excluded.owner, until_ms = excluded.until_ms WHERE leases.until_ms < $4",
+            )
+            .bind(&name)
+            .bind(owner)
+            .bind(until_ms)
+            .bind(now_ms)
+            .execute(pool)
+            .await?
+            .rows_affected();
+            Ok(affected == 1)
+        })
+    }
+
+    /// Deletes `workflow`'s observations with `at_ms < before_ms`, in statements of at most
+    /// [`Store::DRIFT_PRUNE_BATCH_ROWS`]; returns how many it deleted.
+    pub async fn drift_prune_observations(&self, workflow: &str, before_ms: i64) -> Result<u64> {
+        let delete = match self.backend {
+            Backend::Sqlite { .. } => PRUNE_OBSERVATIONS_SQLITE,
+            Backend::Postgres(_) => PRUNE_OBSERVATIONS_POSTGRES,
+        };
+        self.drift_prune(NEXT_OBSERVED_FEATURE, delete, workflow, before_ms)
+            .await
+    }
+
+    /// Deletes `workflow`'s results evaluated before `before_ms`, except each feature's latest,
+    /// in statements of at most [`Store::DRIFT_PRUNE_BATCH_ROWS`]; returns how many it deleted.
+    pub async fn drift_prune_results(&self, workflow: &str, before_ms: i64) -> Result<u64> {
+        let delete = match self.backend {
+            Backend::Sqlite { .. } => PRUNE_RESULTS_SQLITE,
+            Backend::Postgres(_) => PRUNE_RESULTS_POSTGRES,
+        };
+        self.drift_prune(NEXT_RESULT_FEATURE, delete, workflow, before_ms)
+            .await
+    }
+
+    /// For each feature `next_feature` finds, runs `delete` until a statement deletes less
+    /// than a full batch; at most [`MAX_PRUNE_STATEMENTS`] statements in all.
+    async fn drift_prune(
+        &self,
+        next_feature: &str,
+        delete: &str,
+        workflow: &str,
+        before_ms: i64,
+    ) -> Result<u64> {
+        let mut deleted = 0;
+        let mut statements = 0;
+        let mut after = String::new();
+        while statements < MAX_PRUNE_STATEMENTS {
+            let feature: Option<String> =
+                dispatch_read!(self, |pool| sqlx::query_scalar(next_feature)
+                    .bind(workflow)
+                    .bind(&after)
+                    .fetch_one(pool)
+                    .await?);
+            let Some(feature) = feature else {
+                break;
+            };
+            while statements < MAX_PRUNE_STATEMENTS {
+                // One statement per pool checkout: other writers take the connection between.
+                let batch = dispatch!(self, |pool| sqlx::query(delete)
+                    .bind(workflow)
+                    .bind(&feature)
+                    .bind(before_ms)
+                    .bind(Self::DRIFT_PRUNE_BATCH_ROWS)
+                    .execute(pool)
+                    .await?
+                    .rows_affected());
+                statements += 1;
+                deleted += batch;
+                if batch < Self::DRIFT_PRUNE_BATCH_ROWS as u64 {
+                    break;
+                }
+            }
+            after = feature;
+        }
+        Ok(deleted)
     }
 }

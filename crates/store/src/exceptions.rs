@@ -433,6 +433,26 @@ impl Store {
         })
     }
 
+    /// Exceptions raised at or after `from_ms`, oldest first, at most `limit`: what the trust
+    /// pass reads to find critical exceptions of operations.
+    pub async fn exceptions_raised_since(
+        &self,
+        from_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<ExceptionRow>> {
+        let sql = format!(
+            "SELECT {EXCEPTION_COLUMNS} FROM exceptions WHERE raised_at_ms >= $1 ORDER BY raised_at_ms, id LIMIT $2"
+        );
+        dispatch_read!(self, |pool| {
+            let rows = sqlx::query(&sql)
+                .bind(from_ms)
+                .bind(limit.max(1))
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(exception_from).collect()
+        })
+    }
+
     /// Exceptions, filtered; oldest first, or most urgent first and then oldest when listing
     /// a queue or someone's work; at most `limit` (capped at [`MAX_PAGE`]).
     pub async fn exceptions(&self, filter: &ExceptionFilter) -> Result<Vec<ExceptionRow>> {

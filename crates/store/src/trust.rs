@@ -525,36 +525,39 @@ impl Store {
         })
     }
 
-    /// An operation's reviews at or after `since_ms` as (time, agreed), oldest first; with
-    /// `newest`, only the newest so many. The database packs them into one string: for
+    /// An operation's reviews at or after `since_ms` and before `until_ms` as (time, agreed),
+    /// oldest first; with `newest`, only the newest so many of those. The database packs them into one string: for
     /// evaluation passes over millions of reviews the driver's per-row cost, not the database,
     /// would dominate.
     pub async fn trust_evidence(
         &self,
         operation: &str,
         since_ms: i64,
+        until_ms: i64,
         newest: Option<i64>,
     ) -> Result<Vec<(i64, bool)>> {
         let limit = newest.unwrap_or(i64::MAX).max(1);
-        let filter = "SELECT id FROM trust_outcomes WHERE operation = $1 AND at_ms >= $2 ORDER BY at_ms DESC, id DESC LIMIT $3";
+        let filter = "SELECT id FROM trust_outcomes WHERE operation = $1 AND at_ms >= $2 AND at_ms < $4 ORDER BY at_ms DESC, id DESC LIMIT $3";
         let packed: Option<String> = match self.backend {
             Backend::Sqlite { ref read, .. } => {
-                let sql = format!("SELECT group_concat(at_ms || ':' || (CASE WHEN verdict = 'agree' THEN 1 ELSE 0 END), ',' ORDER BY at_ms, id) FROM trust_outcomes WHERE operation = $1 AND at_ms >= $2{}",
+                let sql = format!("SELECT group_concat(at_ms || ':' || (CASE WHEN verdict = 'agree' THEN 1 ELSE 0 END), ',' ORDER BY at_ms, id) FROM trust_outcomes WHERE operation = $1 AND at_ms >= $2 AND at_ms < $4{}",
                     if newest.is_some() { format!(" AND id IN ({filter})") } else { " AND $3 > 0".to_string() });
                 sqlx::query_scalar(&sql)
                     .bind(operation)
                     .bind(since_ms)
                     .bind(limit)
+                    .bind(until_ms)
                     .fetch_one(read)
                     .await?
             }
             Backend::Postgres(ref pool) => {
-                let sql = format!("SELECT string_agg(at_ms::text || ':' || (CASE WHEN verdict = 'agree' THEN '1' ELSE '0' END), ',' ORDER BY at_ms, id) FROM trust_outcomes WHERE operation = $1 AND at_ms >= $2{}",
+                let sql = format!("SELECT string_agg(at_ms::text || ':' || (CASE WHEN verdict = 'agree' THEN '1' ELSE '0' END), ',' ORDER BY at_ms, id) FROM trust_outcomes WHERE operation = $1 AND at_ms >= $2 AND at_ms < $4{}",
                     if newest.is_some() { format!(" AND id IN ({filter})") } else { " AND $3 > 0".to_string() });
                 sqlx::query_scalar(&sql)
                     .bind(operation)
                     .bind(since_ms)
                     .bind(limit)
+                    .bind(until_ms)
                     .fetch_one(pool)
                     .await?
             }

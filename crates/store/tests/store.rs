@@ -4,7 +4,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use keel_store::{CaseFilter, CaseWrite, NewEntry, Store, WriteMode, WriteOutcome};
+use keel_store::{
+    CaseFilter, CaseWrite, DriftObservation, DriftResultRow, NewEntry, Store, WriteMode,
+    WriteOutcome,
+};
 
 /// Databases under test: (label, store, cleanup).
 struct Backend {
@@ -653,19 +656,40 @@ async fn trust_evidence_is_read_packed_in_order_on_both_backends() {
             row(4, "rejected"),
         ];
         store.insert_trust_outcomes(&rows).await.unwrap();
-        let all = store.trust_evidence("w/pay", 0, None).await.unwrap();
+        let all = store
+            .trust_evidence("w/pay", 0, i64::MAX, None)
+            .await
+            .unwrap();
         assert_eq!(
             all,
             vec![(1001, false), (1002, true), (1003, true), (1004, false)],
             "{label}"
         );
-        let since = store.trust_evidence("w/pay", 1003, None).await.unwrap();
+        let since = store
+            .trust_evidence("w/pay", 1003, i64::MAX, None)
+            .await
+            .unwrap();
         assert_eq!(since, vec![(1003, true), (1004, false)], "{label}");
-        let newest = store.trust_evidence("w/pay", 0, Some(2)).await.unwrap();
+        let newest = store
+            .trust_evidence("w/pay", 0, i64::MAX, Some(2))
+            .await
+            .unwrap();
         assert_eq!(newest, vec![(1003, true), (1004, false)], "{label}");
+        // As of an earlier time: the window ends before `until` (exclusive), and the newest
+        // are the newest before it.
+        let until = store
+            .trust_evidence("w/pay", 1002, 1004, None)
+            .await
+            .unwrap();
+        assert_eq!(until, vec![(1002, true), (1003, true)], "{label}");
+        let newest_until = store
+            .trust_evidence("w/pay", 0, 1003, Some(1))
+            .await
+            .unwrap();
+        assert_eq!(newest_until, vec![(1002, true)], "{label}");
         assert!(
             store
-                .trust_evidence("other", 0, None)
+                .trust_evidence("other", 0, i64::MAX, None)
                 .await
                 .unwrap()
                 .is_empty(),
@@ -695,6 +719,174 @@ async fn trust_evidence_is_read_packed_in_order_on_both_backends() {
         assert!(
             pairs.iter().all(|(c, _)| (*c - 0.5).abs() < 1e-12),
             "{label}: {pairs:?}"
+        );
+        backend.cleanup().await;
+    }
+}
+
+fn observation(workflow: &str, feature: &str, case: usize, at_ms: i64) -> DriftObservation {
+    DriftObservation {
+        workflow: workflow.into(),
+        feature: feature.into(),
+        case_id: format!("case-{case}"),
+        at_ms,
+        value_num: Some(case as f64),
+        value_cat: None,
+    }
+}
+
+fn drift_result(workflow: &str, feature: &str, evaluated_at_ms: i64) -> DriftResultRow {
+    DriftResultRow {
+        id: 0,
+        workflow: workflow.into(),
+        feature: feature.into(),
+        evaluated_at_ms,
+        status: "insufficient_data".into(),
+        kind: None,
+        method: None,
+        parameters: serde_json::json!({}),
+        value: None,
+        threshold: None,
+        drifted: false,
+        alerted: false,
+        reference_rows: 0,
+        current_rows: 0,
+        failed_rows: 0,
+        reference_from_ms: 0,
+        current_from_ms: 0,
+        current_to_ms: evaluated_at_ms,
+    }
+}
+
+#[tokio::test]
+async fn drift_retention_deletes_old_rows_in_batches_and_keeps_the_rest_on_both_backends() {
+    for backend in backends("drift_prune").await {
+        let (store, label) = (&backend.store, backend.label);
+        let batch = Store::DRIFT_PRUNE_BATCH_ROWS as usize;
+        let cutoff = 1_000_000_i64;
+        // Feature `a`: two and a half batches before the cutoff, then 100 from it on (the
+        // first exactly at it); feature `b`: 10 and 10; another workflow: 50 old ones.
+        let old_a = batch * 5 / 2;
+        let mut rows = Vec::new();
+        rows.extend((0..old_a).map(|i| observation("wf", "a", i, cutoff - 1 - (i % 1_000) as i64)));
+        rows.extend((0..100).map(|i| observation("wf", "a", old_a + i, cutoff + i as i64)));
+        rows.extend((0..20).map(|i| observation("wf", "b", i, cutoff - 10 + i as i64)));
+        rows.extend((0..50).map(|i| observation("other", "a", i, i as i64)));
+        assert!(store.drift_record_observations(0, 1, &rows).await.unwrap());
+        let count = |workflow: &'static str, feature: &'static str, from_ms: i64, to_ms: i64| async move {
+            store
+                .drift_window(workflow, feature, from_ms, to_ms, 100_000)
+                .await
+                .unwrap()
+                .len()
+        };
+        assert_eq!(count("wf", "a", 0, cutoff).await, old_a, "{label}");
+
+        let deleted = store.drift_prune_observations("wf", cutoff).await.unwrap();
+        assert_eq!(
+            deleted,
+            old_a as u64 + 10,
+            "{label}: every row before the cutoff"
+        );
+        assert_eq!(count("wf", "a", 0, cutoff).await, 0, "{label}");
+        assert_eq!(count("wf", "b", 0, cutoff).await, 0, "{label}");
+        assert_eq!(count("wf", "a", cutoff, i64::MAX).await, 100, "{label}");
+        assert_eq!(
+            count("wf", "a", cutoff, cutoff + 1).await,
+            1,
+            "{label}: kept at the cutoff"
+        );
+        assert_eq!(count("wf", "b", cutoff, i64::MAX).await, 10, "{label}");
+        assert_eq!(
+            count("other", "a", 0, i64::MAX).await,
+            50,
+            "{label}: other workflows untouched"
+        );
+        assert_eq!(
+            store.drift_prune_observations("wf", cutoff).await.unwrap(),
+            0,
+            "{label}"
+        );
+
+        // Results: `a` has three old and one new, `b` only old ones; `b`'s latest stays, as does
+        // every result of the other workflow.
+        let alert = entry("-", "drift.alert");
+        for (workflow, feature, at) in [
+            ("wf", "a", 10),
+            ("wf", "b", 10),
+            ("wf", "a", 20),
+            ("other", "a", 20),
+            ("wf", "b", 20),
+            ("wf", "a", 30),
+            ("wf", "a", cutoff),
+        ] {
+            store
+                .drift_insert_result(&drift_result(workflow, feature, at), &alert)
+                .await
+                .unwrap();
+        }
+        let deleted = store.drift_prune_results("wf", cutoff).await.unwrap();
+        assert_eq!(deleted, 4, "{label}: a at 10, 20, 30 and b at 10");
+        let evaluated = |workflow: &'static str, feature: &'static str| async move {
+            store
+                .drift_history(workflow, feature, 100)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.evaluated_at_ms)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(evaluated("wf", "a").await, vec![cutoff], "{label}");
+        assert_eq!(
+            evaluated("wf", "b").await,
+            vec![20],
+            "{label}: the latest is kept"
+        );
+        assert_eq!(evaluated("other", "a").await, vec![20], "{label}");
+        let latest = store.drift_latest(Some("wf")).await.unwrap();
+        assert_eq!(latest.len(), 2, "{label}: {latest:?}");
+        assert_eq!(
+            store.drift_prune_results("wf", cutoff).await.unwrap(),
+            0,
+            "{label}"
+        );
+
+        // One retention turn per workflow per period, whoever asks (the same node too).
+        let hour = 3_600_000;
+        assert!(
+            store
+                .drift_retention_due("wf", "n1", 0, hour)
+                .await
+                .unwrap(),
+            "{label}"
+        );
+        assert!(
+            !store
+                .drift_retention_due("wf", "n1", 1, 1 + hour)
+                .await
+                .unwrap(),
+            "{label}"
+        );
+        assert!(
+            !store
+                .drift_retention_due("wf", "n2", hour, 2 * hour)
+                .await
+                .unwrap(),
+            "{label}"
+        );
+        assert!(
+            store
+                .drift_retention_due("other", "n1", 1, 1 + hour)
+                .await
+                .unwrap(),
+            "{label}"
+        );
+        assert!(
+            store
+                .drift_retention_due("wf", "n2", hour + 1, 2 * hour + 1)
+                .await
+                .unwrap(),
+            "{label}"
         );
         backend.cleanup().await;
     }

@@ -2,11 +2,12 @@
 //! moving a `ManualClock` (never by sleeping), observations come from the journal, results
 //! are read through the API, an alert is journaled once per start of drift, reaches a webhook
 //! subscribed to `drift.alert`, and with `on_drift: demote` withdraws trust one phase.
+//! Retention deletes old observations at most once an hour and keeps the latest results.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use keel_engine::{Engine, ManualClock, Options};
+use keel_engine::{Clock, Engine, ManualClock, Options};
 use keel_server::ServerOptions;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -16,6 +17,7 @@ use crate::gateway::{keel_toml, upstream};
 /// Friday 2026-11-27 10:00 UTC.
 const START_MS: i64 = 1_795_773_600_000;
 const DAY_MS: i64 = 86_400_000;
+const MINUTE_MS: i64 = 60_000;
 
 /// Input features only: a number, a category, and one that fails on cases without a note.
 fn intake(name: &str, min_rows: u32) -> String {
@@ -129,6 +131,9 @@ async fn monitored(
     let options = Options {
         data_dir: dir.path().to_path_buf(),
         node_id: "test-node".into(),
+        // Passes run only through `evaluate_drift_once`: a background pass on a slow machine
+        // would add results and take retention's turn.
+        drift_interval: Duration::from_secs(3_600),
         ai,
         webhooks: keel_engine::webhooks::Options {
             endpoints: webhooks,
@@ -521,6 +526,89 @@ async fn a_categorical_shift_is_detected_and_too_few_rows_are_not_tested() {
     let (status, body) = m.get("/v1/drift?workflow=nope").await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     assert_eq!(body["type"], "https://keel.dev/problems/unknown-workflow");
+}
+
+#[tokio::test]
+async fn retention_deletes_old_observations_at_most_hourly_and_keeps_the_latest_results() {
+    let m = monitored(None, Vec::new()).await;
+    let source = intake("kept", 10).replace("  min_rows:", "  retention: 40d\n  min_rows:");
+    m.engine.deploy_source(&source, "kept.yaml").await.unwrap();
+    let store = m.engine.store().clone();
+    let amounts = |from_ms: i64, to_ms: i64| {
+        let store = store.clone();
+        async move {
+            store
+                .drift_window("kept", "amount", from_ms, to_ms, 100_000)
+                .await
+                .unwrap()
+                .len()
+        }
+    };
+    let amount = |i: usize| 100.0 + (i % 30) as f64;
+    // Batch A now, batch B ten days later: 30 cases each, three observations per case.
+    m.submit_all("kept", intake_inputs(30, amount, balanced))
+        .await;
+    m.clock.advance_ms(10 * DAY_MS);
+    let batch_b_ms = m.clock.now_ms();
+    m.submit_all("kept", intake_inputs(30, amount, balanced))
+        .await;
+    let first = m.engine.evaluate_drift_once().await.unwrap();
+    assert_eq!(first.entries_read, 60, "{first:?}");
+    assert_eq!((first.pruned_observations, first.pruned_results), (0, 0));
+
+    // Half an hour before batch B is 40 days old: batch A goes, B stays.
+    m.clock.advance_ms(40 * DAY_MS - 30 * MINUTE_MS);
+    let second = m.engine.evaluate_drift_once().await.unwrap();
+    assert_eq!(
+        (second.pruned_observations, second.pruned_results),
+        (90, 0),
+        "batch A's rows, failed ones too"
+    );
+    assert_eq!(amounts(0, batch_b_ms).await, 0);
+    assert_eq!(amounts(batch_b_ms, i64::MAX).await, 30);
+
+    // A minute after B is 40 days old, but within the hour of the last pruning: kept.
+    m.clock.advance_ms(31 * MINUTE_MS);
+    let third = m.engine.evaluate_drift_once().await.unwrap();
+    assert_eq!(third.pruned_observations, 0, "{third:?}");
+    assert_eq!(amounts(batch_b_ms, i64::MAX).await, 30);
+
+    // An hour after the last pruning: batch B goes.
+    m.clock.advance_ms(30 * MINUTE_MS);
+    let fourth = m.engine.evaluate_drift_once().await.unwrap();
+    assert_eq!(fourth.pruned_observations, 90, "{fourth:?}");
+    assert_eq!(amounts(0, i64::MAX).await, 0);
+
+    // 401 days on, the four passes' results (three features each) are past the 400 days
+    // results are kept; this pass's results stay readable.
+    m.clock.advance_ms(401 * DAY_MS);
+    let fifth = m.engine.evaluate_drift_once().await.unwrap();
+    assert_eq!(
+        (fifth.pruned_observations, fifth.pruned_results),
+        (0, 12),
+        "{fifth:?}"
+    );
+    let now_ms = m.clock.now_ms();
+    let latest = m.latest("kept").await;
+    assert_eq!(latest.len(), 3, "{latest:#?}");
+    for (feature, row) in &latest {
+        assert_eq!(
+            row["evaluated_at_ms"].as_i64(),
+            Some(now_ms),
+            "{feature}: {row:#}"
+        );
+        assert_eq!(
+            row["status"], "insufficient_data",
+            "{feature}: no rows left"
+        );
+    }
+    let (status, history) = m.get("/v1/drift/kept/amount").await;
+    assert_eq!(status, StatusCode::OK, "{history}");
+    assert_eq!(
+        history["results"].as_array().unwrap().len(),
+        1,
+        "{history:#}"
+    );
 }
 
 #[test]

@@ -283,10 +283,16 @@ fn month_case(i: i64) -> (CaseWrite, CaseWrite, Vec<AiCallRow>) {
 
 /// The engine and API over November 2026, asked on December 2.
 async fn reports() -> Reports {
+    reports_on(None).await
+}
+
+/// The same month on the store at `url` (a fresh SQLite file when `None`).
+async fn reports_on(url: Option<&str>) -> Reports {
     let dir = tempfile::tempdir().unwrap();
     let config = keel_ai::config::Config::parse("keel.toml", KEEL_TOML).unwrap();
     let runtime = keel_ai::cascade::Runtime::new(config, reqwest::Client::new());
-    let store = keel_store::Store::open(dir.path().join("keel.db").to_str().unwrap())
+    let sqlite = dir.path().join("keel.db").display().to_string();
+    let store = keel_store::Store::open(url.unwrap_or(&sqlite))
         .await
         .unwrap();
     let clock = Arc::new(ManualClock::new(DEPLOYED_MS));
@@ -791,4 +797,139 @@ fn well_formed(html: &str) {
         stack.push(name);
     }
     assert!(stack.is_empty(), "unclosed elements: {stack:?}");
+}
+
+/// The reports are computed by the database's aggregates: PostgreSQL must give the very same
+/// reports as SQLite for the same month (the SQLite ones are pinned by the snapshots above).
+#[tokio::test]
+async fn postgresql_gives_the_same_reports_as_sqlite() {
+    let Ok(admin) = std::env::var("KEEL_TEST_DATABASE_URL") else {
+        eprintln!("postgresql_gives_the_same_reports_as_sqlite: skipped (set KEEL_TEST_DATABASE_URL to run it)");
+        return;
+    };
+    let name = format!("keel_reports_{}", std::process::id());
+    keel_store::Store::admin_execute(
+        &admin,
+        &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+    )
+    .await
+    .unwrap();
+    keel_store::Store::admin_execute(&admin, &format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    let base = admin.rsplit_once('/').unwrap().0.to_string();
+    let postgres = reports_on(Some(&format!("{base}/{name}"))).await;
+    let sqlite = reports().await;
+    for path in [
+        "/v1/reports/monthly?month=2026-11",
+        "/v1/reports/monthly?month=2026-11&format=md",
+        "/v1/reports/costs?month=2026-11",
+        "/v1/reports/costs?from=2026-11-03&to=2026-11-20",
+    ] {
+        let on_sqlite = sqlite.get_as("auditor", path).await;
+        let on_postgres = postgres.get_as("auditor", path).await;
+        assert_eq!(on_sqlite.status(), StatusCode::OK, "{path}");
+        assert_eq!(on_postgres.status(), StatusCode::OK, "{path}");
+        let (a, b) = (
+            on_sqlite.text().await.unwrap(),
+            on_postgres.text().await.unwrap(),
+        );
+        assert!(
+            a.len() > 500,
+            "{path}: a real report, not an empty one: {a}"
+        );
+        if path.contains("format=md") {
+            assert_eq!(a, b, "{path}");
+        } else {
+            let (a, b): (Value, Value) = (
+                serde_json::from_str(&a).unwrap(),
+                serde_json::from_str(&b).unwrap(),
+            );
+            assert_eq!(
+                first_difference(&a, &b, String::new()),
+                None,
+                "{path}: SQLite, then PostgreSQL"
+            );
+        }
+    }
+    postgres.engine.shutdown(Duration::from_secs(2)).await;
+    keel_store::Store::admin_execute(
+        &admin,
+        &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+    )
+    .await
+    .unwrap();
+}
+
+/// The JSON pointer of the first place `a` and `b` differ, with both values there (numbers
+/// equal to nine significant digits are the same).
+fn first_difference(a: &Value, b: &Value, at: String) -> Option<(String, Value, Value)> {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            keys.into_iter().find_map(|key| {
+                let (left, right) = (
+                    x.get(key).unwrap_or(&Value::Null),
+                    y.get(key).unwrap_or(&Value::Null),
+                );
+                first_difference(left, right, format!("{at}/{key}"))
+            })
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => x
+            .iter()
+            .zip(y)
+            .enumerate()
+            .find_map(|(i, (left, right))| first_difference(left, right, format!("{at}/{i}"))),
+        // Sums of floating-point costs depend on the order the database adds them in.
+        (Value::Number(x), Value::Number(y))
+            if (x.as_f64().unwrap() - y.as_f64().unwrap()).abs()
+                <= 1e-12_f64.max(1e-9 * x.as_f64().unwrap().abs()) =>
+        {
+            None
+        }
+        _ if a == b => None,
+        _ => Some((at, a.clone(), b.clone())),
+    }
+}
+
+/// Promotion eligibility in a report is the engine's test over the operation's window, not
+/// the month's reviews: on December 2 the December review has no reviews of its own, yet
+/// the 30-day window still holds November's, as the engine would see them now.
+#[tokio::test]
+async fn promotion_standing_uses_the_operations_window_as_of_the_report() {
+    let app = reports().await;
+    let november: Value = app
+        .get_as("auditor", "/v1/reports/monthly?month=2026-11")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let december: Value = app
+        .get_as("auditor", "/v1/reports/monthly?month=2026-12")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let standing = |report: &Value| {
+        report["workflows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|w| w["operations"].as_array().unwrap().iter())
+            .find(|o| o["operation"] == "refunds/pay")
+            .cloned()
+            .unwrap_or_else(|| panic!("no refunds/pay in {report:#}"))
+    };
+    let (nov, dec) = (standing(&november), standing(&december));
+    assert_eq!(nov["promotion"]["as_of"], "2026-12-01T00:00:00.000Z");
+    assert_eq!(nov["promotion"]["reviews"], 21);
+    assert_eq!(dec["accuracy"]["reviews"], 0, "no reviews in December");
+    assert_eq!(dec["promotion"]["as_of"], "2026-12-02T00:00:00.000Z");
+    let in_window = dec["promotion"]["reviews"].as_i64().unwrap();
+    // The window (Nov 2 – Dec 2) drops what Nov 1 had, and keeps the rest.
+    assert!((1..=21).contains(&in_window), "{dec:#}");
+    assert_eq!(
+        dec["promotion"]["eligible"],
+        dec["promotion"]["wilson_low"].as_f64().unwrap() >= 0.7 && in_window >= 10
+    );
 }

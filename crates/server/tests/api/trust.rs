@@ -584,3 +584,55 @@ async fn reviews_measure_accuracy_and_fit_a_calibrator_that_later_proposals_carr
     );
     assert_eq!(t.trust_entries("calibration.fitted").await.len(), 1);
 }
+
+#[tokio::test]
+async fn a_critical_exception_sends_the_operation_back_to_phase_one_at_once() {
+    // `trust.critical` makes a corrected post-hoc review critical (by default only a rejected
+    // one is): one correction, not the SPRT's four, withdraws trust entirely.
+    let source = refunds("1", 3, "input.amount < 100").replace(
+        "        demotion: { target_error_rate: 0.2, alpha: 0.05, beta: 0.25 }\n",
+        "        demotion: { target_error_rate: 0.2, alpha: 0.05, beta: 0.25 }\n        critical: 'exception.kind == \"wrong_action\" && exception.detail.verdict == \"corrected\"'\n",
+    );
+    assert!(source.contains("critical:"));
+    let t = trust(&source).await;
+    assert_eq!(t.operation().await["phase"], 3);
+    let mut reviews = Vec::new();
+    for _ in 0..2 {
+        let case_id = t.submit(500.0).await;
+        t.wait_status(&case_id, "completed").await;
+        reviews.push(t.task(&case_id, "review").await);
+    }
+    // An agreeing review raises no exception: nothing changes.
+    t.decide(
+        "ann",
+        reviews[0]["id"].as_str().unwrap(),
+        json!({"decision": "approve"}),
+    )
+    .await;
+    let pass = t.engine.evaluate_trust_once().await.unwrap();
+    assert!(pass.demoted.is_empty(), "{pass:?}");
+    assert_eq!(t.operation().await["phase"], 3);
+    // One correction: a `wrong_action` exception whose verdict the condition names.
+    t.decide(
+        "ann",
+        reviews[1]["id"].as_str().unwrap(),
+        json!({"decision": "correct", "output": {"label": "hold"}}),
+    )
+    .await;
+    let pass = t.engine.evaluate_trust_once().await.unwrap();
+    assert_eq!(pass.demoted, ["refunds/pay"]);
+    assert_eq!(t.operation().await["phase"], 1);
+    let demoted = t.trust_entries("trust.demoted").await;
+    assert_eq!(demoted.len(), 1, "{demoted:#?}");
+    assert_eq!(demoted[0]["trigger"], "critical_exception");
+    assert_eq!(demoted[0]["evidence"]["kind"], "wrong_action");
+    assert_eq!(
+        demoted[0]["evidence"]["exception_id"],
+        format!("{}.wrong", reviews[1]["id"].as_str().unwrap())
+    );
+    // The next pass sees the same exception again (it re-reads a margin) but it was raised
+    // before the phase change: no second demotion.
+    let pass = t.engine.evaluate_trust_once().await.unwrap();
+    assert!(pass.demoted.is_empty(), "{pass:?}");
+    assert_eq!(t.trust_entries("trust.demoted").await.len(), 1);
+}
