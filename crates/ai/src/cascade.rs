@@ -69,10 +69,34 @@ enum NoResponse {
     Failed,
 }
 
-/// One model call as it ended, for observers (the engine's OpenTelemetry spans).
+/// Where a tier's answer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallSource {
+    /// A request to the model's provider.
+    Provider,
+    /// The response cache answered; no request was sent and nothing was billed.
+    Cache,
+    /// Keel's built-in learner (`provider = "local"`) predicted, in process.
+    Learner,
+}
+
+impl CallSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallSource::Provider => "provider",
+            CallSource::Cache => "cache",
+            CallSource::Learner => "learner",
+        }
+    }
+}
+
+/// One model call as it ended, for observers (the engine's OpenTelemetry spans): a request
+/// to a provider, a cache hit, or a prediction of the local learner.
 pub struct ModelCall<'a> {
     pub model: &'a ModelConfig,
-    pub request: &'a ChatRequest,
+    /// The chat request (`None` for the learner, which reads the rendered prompt).
+    pub request: Option<&'a ChatRequest>,
+    pub source: CallSource,
     /// The usage and the model the provider reported, or the error code.
     pub outcome: Result<(Option<Usage>, Option<&'a str>), &'a str>,
     pub started: std::time::SystemTime,
@@ -322,6 +346,13 @@ impl Runtime {
         }
     }
 
+    /// Tells the observer, if any, of one call.
+    fn tell(&self, call: &ModelCall<'_>) {
+        if let Some(observer) = self.observer.read().ok().and_then(|o| o.clone()) {
+            observer(call);
+        }
+    }
+
     fn ask_learner(
         &self,
         ai: &Ai,
@@ -331,6 +362,7 @@ impl Runtime {
         tier: usize,
     ) -> Option<Answer> {
         let started = Instant::now();
+        let started_at = std::time::SystemTime::now();
         let AiTask::Classify { labels } = &ai.task else {
             attempts.push(json!({"tier": tier, "model": model.name, "provider": "local", "error": "unsupported",
                 "message": "the local learner only serves classify tasks"}));
@@ -339,6 +371,20 @@ impl Runtime {
         let prediction = self
             .learner(&context.workflow, &context.step)
             .and_then(|learner| learner.predict_within(&context.prompt, labels));
+        self.tell(&ModelCall {
+            model,
+            request: None,
+            source: CallSource::Learner,
+            outcome: match prediction {
+                Some(_) => Ok((None, None)),
+                None => Err("untrained"),
+            },
+            started: started_at,
+            latency: started.elapsed(),
+            cost_usd: Some(0.0),
+            step: step_of(context),
+            caller: None,
+        });
         let Some(prediction) = prediction else {
             attempts.push(json!({"tier": tier, "model": model.name, "provider": "local", "error": "untrained",
                 "message": "the learner has not seen enough labelled examples yet", "cost_usd": 0.0}));
@@ -387,6 +433,18 @@ impl Runtime {
                 .as_ref()
                 .and_then(|key| self.cache.get(key, now_ms))
             {
+                self.tell(&ModelCall {
+                    model,
+                    request: Some(&request),
+                    source: CallSource::Cache,
+                    // Nothing was used or billed: the usage belongs to the call that was cached.
+                    outcome: Ok((None, response.response_model.as_deref())),
+                    started: std::time::SystemTime::now(),
+                    latency: std::time::Duration::ZERO,
+                    cost_usd: Some(0.0),
+                    step: step_of(context),
+                    caller: None,
+                });
                 let attempt = json!({"tier": tier, "model": model.name, "provider": model.provider.as_str(),
                     "ask": ask, "cache_hit": true, "cost_usd": 0.0, "request_sha256": request_sha256(&request)});
                 if let Ok(output) = self.judge(ai, context, &response.text) {
@@ -470,24 +528,20 @@ impl Runtime {
             Err(_) => Some(0.0),
         };
         self.budgets.settle(reservation, cost.map(to_nano));
-        if let Some(observer) = self.observer.read().ok().and_then(|o| o.clone()) {
-            let context = call.context;
-            observer(&ModelCall {
-                model,
-                request,
-                outcome: match &result {
-                    Ok(response) => Ok((response.usage, response.response_model.as_deref())),
-                    Err(error) => Err(error.code()),
-                },
-                started,
-                latency: std::time::Duration::from_millis(stats.latency_ms),
-                cost_usd: cost,
-                step: context.case["id"]
-                    .as_str()
-                    .map(|id| (id, context.workflow.as_str(), context.step.as_str())),
-                caller: None,
-            });
-        }
+        self.tell(&ModelCall {
+            model,
+            request: Some(request),
+            source: CallSource::Provider,
+            outcome: match &result {
+                Ok(response) => Ok((response.usage, response.response_model.as_deref())),
+                Err(error) => Err(error.code()),
+            },
+            started,
+            latency: std::time::Duration::from_millis(stats.latency_ms),
+            cost_usd: cost,
+            step: step_of(call.context),
+            caller: None,
+        });
         attempt["provider"] = json!(model.provider.as_str());
         attempt["attempts"] = json!(stats.attempts);
         attempt["latency_ms"] = json!(stats.latency_ms);
@@ -869,4 +923,11 @@ pub fn confidence(ai: &Ai, response: &ChatResponse, output: &Value) -> (f64, &'s
 fn run_is_send(runtime: &Runtime, ai: &Ai, context: &StepContext) {
     fn is_send<T: Send>(_: &T) {}
     is_send(&runtime.run(ai, context));
+}
+
+/// `(case id, workflow, step)` of a step's call, for observers.
+fn step_of(context: &StepContext) -> Option<(&str, &str, &str)> {
+    context.case["id"]
+        .as_str()
+        .map(|id| (id, context.workflow.as_str(), context.step.as_str()))
 }

@@ -13,8 +13,10 @@
 //! **Traces** are OpenTelemetry spans sent over OTLP/HTTP with JSON encoding to
 //! `{endpoint}/v1/traces`, off unless an endpoint is configured. One `CLIENT` span per model
 //! call (`ai` steps through the cascade's observer, the gateway directly) with the GenAI
-//! semantic conventions; a case's spans share one trace. Human reviews (`outcome.reviewed`
-//! entries, read by the same journal fold) become `gen_ai.evaluation.result` events on a
+//! semantic conventions — cache hits and the local learner's predictions too, marked by
+//! `keel.source` (`provider`, `cache`, `learner`; a learner span's operation is `predict`);
+//! a case's spans share one trace. Human reviews (`outcome.reviewed` entries, read by the
+//! same journal fold) become `gen_ai.evaluation.result` events on a
 //! `human_review` span parented to the case's last model-call span. Recording never blocks:
 //! spans go into a bounded queue ([`SPAN_QUEUE`]) and are dropped, and counted, when it is
 //! full; one exporter task sends batches of at most [`MAX_BATCH`] at least every
@@ -231,6 +233,7 @@ enum Attribute {
     Text(String),
     Int(i64),
     Double(f64),
+    Bool(bool),
 }
 
 /// A span event: something that happened at one moment of the span.
@@ -689,16 +692,26 @@ fn random_span_id() -> u64 {
 
 /// The span of one model call, with the GenAI semantic conventions' attributes.
 fn model_call_span(call: &ModelCall<'_>, trace_id: u128, parent: Option<u64>) -> Span {
+    use keel_ai::cascade::CallSource;
+    // The learner classifies in process; it is not a chat.
+    let operation = match call.source {
+        CallSource::Learner => "predict",
+        CallSource::Provider | CallSource::Cache => "chat",
+    };
     let mut attributes = vec![
-        ("gen_ai.operation.name", text("chat")),
+        ("gen_ai.operation.name", text(operation)),
         ("gen_ai.provider.name", text(call.model.provider.as_str())),
         ("gen_ai.request.model", text(&call.model.model)),
         ("keel.model", text(&call.model.name)),
+        ("keel.source", text(call.source.as_str())),
     ];
-    if let Some(temperature) = call.request.temperature {
+    if call.source == CallSource::Cache {
+        attributes.push(("keel.cache_hit", Attribute::Bool(true)));
+    }
+    if let Some(temperature) = call.request.and_then(|r| r.temperature) {
         attributes.push(("gen_ai.request.temperature", Attribute::Double(temperature)));
     }
-    if let Some(max_tokens) = call.request.max_tokens {
+    if let Some(max_tokens) = call.request.and_then(|r| r.max_tokens) {
         attributes.push((
             "gen_ai.request.max_tokens",
             Attribute::Int(i64::from(max_tokens)),
@@ -741,7 +754,7 @@ fn model_call_span(call: &ModelCall<'_>, trace_id: u128, parent: Option<u64>) ->
         trace_id,
         span_id: random_span_id(),
         parent_span_id: parent,
-        name: format!("chat {}", call.model.model),
+        name: format!("{operation} {}", call.model.model),
         kind: 3,
         start: call.started,
         end: call.started + call.latency,
@@ -766,6 +779,7 @@ fn attributes_json(attributes: &[(&'static str, Attribute)]) -> Vec<Value> {
                 Attribute::Text(text) => json!({ "stringValue": text }),
                 Attribute::Int(int) => json!({ "intValue": int.to_string() }),
                 Attribute::Double(double) => json!({ "doubleValue": double }),
+                Attribute::Bool(flag) => json!({ "boolValue": flag }),
             };
             json!({ "key": key, "value": value })
         })

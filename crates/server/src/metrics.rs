@@ -110,7 +110,8 @@ impl CallTimer {
     ) {
         engine.telemetry().model_call(&keel_ai::cascade::ModelCall {
             model,
-            request,
+            request: Some(request),
+            source: keel_ai::cascade::CallSource::Provider,
             outcome,
             started: self.at,
             latency: self.started.elapsed(),

@@ -1048,3 +1048,107 @@ async fn fill(store: &keel_store::Store, cases: usize) {
         store.record_ai_calls(&calls, &[]).await.unwrap();
     }
 }
+
+/// A learner tier and the response cache answer without a provider request; they are spans
+/// too, marked by `keel.source`, so a trace shows every tier a case went through.
+#[tokio::test]
+async fn cache_hits_and_learner_predictions_are_spans_too() {
+    const CACHED: &str = r#"
+name: cached
+version: "1"
+input:
+  schema:
+    type: object
+    required: [answer]
+    properties:
+      answer: { type: string }
+steps:
+  - id: classify
+    ai:
+      task: classify
+      labels: [spam, ham]
+      prompt: "{{ input.answer }}"
+      temperature: 0
+      reask: 0
+      route:
+        - model: learner
+        - model: primary
+          accept_when: "true"
+  - id: done
+    end: { outcome: done }
+"#;
+    let (endpoint, received) = collector().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, base) = start_traced(&dir, &endpoint).await;
+    engine.deploy_source(CACHED, "cached.yaml").await.unwrap();
+    let admin = super::client_as(&engine, "ada", &["admin"]).await;
+    let mut cases = Vec::new();
+    // The same input twice: the second is answered from the cache.
+    for _ in 0..2 {
+        let response = admin
+            .post(format!("{base}/v1/workflows/cached/cases"))
+            .json(&json!({"answer": "{\"label\": \"ham\"}"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let case_id = response.json::<Value>().await.unwrap()["case_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        waits_for("the case to complete", async || {
+            (engine.case(&case_id).await.unwrap().status == "completed").then_some(())
+        })
+        .await;
+        cases.push(case_id);
+    }
+    let of_case = |all: &[Value], case_id: &str| -> Vec<Value> {
+        all.iter()
+            .filter(|s| attribute(&s["attributes"], "keel.case_id") == Some(json!(case_id)))
+            .cloned()
+            .collect()
+    };
+    let all = waits_for("four spans of the two cases", async || {
+        let all = spans(&received);
+        (of_case(&all, &cases[0]).len() + of_case(&all, &cases[1]).len() >= 4).then_some(all)
+    })
+    .await;
+    let source = |span: &Value| attribute(&span["attributes"], "keel.source");
+    for case_id in &cases {
+        let learner = of_case(&all, case_id)
+            .into_iter()
+            .find(|s| source(s) == Some(json!("learner")))
+            .expect("the learner's span");
+        assert_eq!(learner["name"], "predict learner");
+        let attr = |key: &str| attribute(&learner["attributes"], key);
+        assert_eq!(attr("gen_ai.operation.name"), Some(json!("predict")));
+        assert_eq!(attr("gen_ai.provider.name"), Some(json!("local")));
+        assert_eq!(attr("error.type"), Some(json!("untrained")));
+        assert_eq!(learner["status"]["code"], 2, "{learner:#}");
+    }
+    let first = of_case(&all, &cases[0]);
+    let second = of_case(&all, &cases[1]);
+    let provider = first
+        .iter()
+        .find(|s| source(s) == Some(json!("provider")))
+        .expect("the first case asks the provider");
+    assert_eq!(
+        attribute(&provider["attributes"], "gen_ai.usage.input_tokens"),
+        Some(json!("10"))
+    );
+    assert!(
+        !second.iter().any(|s| source(s) == Some(json!("provider"))),
+        "the second case sends no request: {second:#?}"
+    );
+    let hit = second
+        .iter()
+        .find(|s| source(s) == Some(json!("cache")))
+        .expect("the cache hit's span");
+    let attr = |key: &str| attribute(&hit["attributes"], key);
+    assert_eq!(hit["name"], "chat echo");
+    assert_eq!(attr("keel.cache_hit"), Some(json!(true)));
+    assert_eq!(attr("keel.cost_usd"), Some(json!(0.0)));
+    assert_eq!(attr("gen_ai.usage.input_tokens"), None, "nothing was used");
+    assert_eq!(attr("gen_ai.request.temperature"), Some(json!(0.0)));
+    assert_eq!(hit["traceId"], second[0]["traceId"], "one trace per case");
+}
