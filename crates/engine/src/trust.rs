@@ -289,21 +289,24 @@ pub(crate) async fn on_deploy(inner: &Inner, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// One operation's reviews as this node keeps them between passes: (time, agreed) in time
-/// order from `from_ms` on, and the last review id read.
+/// One operation's reviews as this node keeps them between passes: in time order from
+/// `from_ms` on, and the last review id read.
 #[derive(Debug, Default)]
 pub(crate) struct CachedEvidence {
     from_ms: i64,
     last_id: i64,
-    outcomes: Vec<(i64, bool)>,
+    outcomes: Vec<keel_tuning::trust::Outcome>,
 }
 
-/// The operation's reviews from `from_ms` on: only those written since the last pass are read
-/// (reviews are append-only and numbered in commit order: every writer holds the journal's
-/// lock on PostgreSQL, and SQLite has one writer), the rest come from memory.
-async fn cached_evidence(inner: &Inner, operation: &str, from_ms: i64) -> Result<Vec<(i64, bool)>> {
-    let mut cache = inner.evidence.lock().await;
-    let entry = cache.entry(operation.to_string()).or_default();
+/// Brings the operation's cached reviews up to date from `from_ms` on: only those written
+/// since the last pass are read (reviews are append-only and numbered in commit order: every
+/// writer holds the journal's lock on PostgreSQL, and SQLite has one writer).
+async fn refresh_evidence(
+    inner: &Inner,
+    entry: &mut CachedEvidence,
+    operation: &str,
+    from_ms: i64,
+) -> Result<()> {
     if from_ms < entry.from_ms || entry.last_id == 0 {
         // Older evidence is needed than is kept (or nothing is): read it all again.
         *entry = CachedEvidence {
@@ -317,67 +320,66 @@ async fn cached_evidence(inner: &Inner, operation: &str, from_ms: i64) -> Result
         .trust_evidence_after(operation, entry.last_id, from_ms)
         .await?;
     let mut sorted = true;
-    for (id, at, agreed) in fresh {
+    for (id, at_ms, agreed) in fresh {
         entry.last_id = entry.last_id.max(id);
-        sorted &= entry.outcomes.last().is_none_or(|(last, _)| *last <= at);
-        entry.outcomes.push((at, agreed));
+        sorted &= entry.outcomes.last().is_none_or(|last| last.at_ms <= at_ms);
+        entry
+            .outcomes
+            .push(keel_tuning::trust::Outcome { at_ms, agreed });
     }
     if !sorted {
-        entry.outcomes.sort_by_key(|(at, _)| *at);
+        entry.outcomes.sort_by_key(|o| o.at_ms);
     }
-    let keep = entry.outcomes.partition_point(|(at, _)| *at < from_ms);
+    let keep = entry.outcomes.partition_point(|o| o.at_ms < from_ms);
     entry.outcomes.drain(..keep);
     entry.from_ms = from_ms;
     if entry.last_id == 0 {
         // Nothing recorded yet: mark the read so the next pass does not start over.
         entry.last_id = -1;
     }
-    Ok(entry.outcomes.clone())
+    Ok(())
 }
 
-/// The reviews in the promotion window and since the last promotion (or phase change), as
-/// the statistics see them, read in one packed query where the two overlap.
-async fn evidence(
+/// Calls `f` with the reviews in the promotion window and those since the last promotion (or
+/// phase change), as the statistics see them. With a time window both are suffixes of the
+/// operation's cached reviews, so nothing is copied; a count window is read from the store.
+async fn with_evidence<R>(
     inner: &Inner,
     row: &TrustOperationRow,
     config: &TrustConfig,
     now: i64,
-) -> Result<(
-    Vec<keel_tuning::trust::Outcome>,
-    Vec<keel_tuning::trust::Outcome>,
-)> {
+    f: impl FnOnce(&[keel_tuning::trust::Outcome], &[keel_tuning::trust::Outcome]) -> R,
+) -> Result<R> {
     let since = row.promoted_at_ms.unwrap_or(row.since_ms).max(row.since_ms);
     let outcome = |(at_ms, agreed): (i64, bool)| keel_tuning::trust::Outcome { at_ms, agreed };
     match config.promotion.window {
         EvidenceWindow::Milliseconds(ms) => {
             let window_start = now.saturating_sub(ms);
-            let all = cached_evidence(inner, &row.operation, window_start.min(since)).await?;
-            let window = all
-                .iter()
-                .filter(|(at, _)| *at >= window_start)
-                .map(|o| outcome(*o))
-                .collect();
-            let since_rows = all
-                .iter()
-                .filter(|(at, _)| *at >= since)
-                .map(|o| outcome(*o))
-                .collect();
-            Ok((window, since_rows))
+            let mut cache = inner.evidence.lock().await;
+            let entry = cache.entry(row.operation.clone()).or_default();
+            refresh_evidence(inner, entry, &row.operation, window_start.min(since)).await?;
+            let all = &entry.outcomes;
+            let window = &all[all.partition_point(|o| o.at_ms < window_start)..];
+            let since_rows = &all[all.partition_point(|o| o.at_ms < since)..];
+            Ok(f(window, since_rows))
         }
         EvidenceWindow::Count(n) => {
             let newest = i64::try_from(n).unwrap_or(MAX_OUTCOMES);
-            let window = inner
+            let window: Vec<_> = inner
                 .store
                 .trust_evidence(&row.operation, 0, i64::MAX, Some(newest))
-                .await?;
-            let since_rows = inner
+                .await?
+                .into_iter()
+                .map(outcome)
+                .collect();
+            let since_rows: Vec<_> = inner
                 .store
                 .trust_evidence(&row.operation, since, i64::MAX, None)
-                .await?;
-            Ok((
-                window.into_iter().map(outcome).collect(),
-                since_rows.into_iter().map(outcome).collect(),
-            ))
+                .await?
+                .into_iter()
+                .map(outcome)
+                .collect();
+            Ok(f(&window, &since_rows))
         }
     }
 }
@@ -436,20 +438,19 @@ pub(crate) async fn evaluate(inner: &Inner) -> Result<TrustPass> {
             continue;
         };
         pass.operations += 1;
-        let (window, since) = evidence(inner, &row, config, now).await?;
-        pass.outcomes_read += window.len().max(since.len());
         let phase =
             keel_tuning::trust::Phase::new(u8::try_from(row.phase.clamp(1, 4)).unwrap_or(1))
                 .map_err(|e| Error::InvalidRequest(e.to_string()))?;
-        let evaluation = keel_tuning::trust::evaluate(
-            phase,
-            now,
-            &window,
-            &since,
-            &criteria(config, row.phase)?,
-            &demotion(config)?,
-        )
-        .map_err(|e| {
+        let (criteria, demotion) = (criteria(config, row.phase)?, demotion(config)?);
+        let (read, evaluation) = with_evidence(inner, &row, config, now, |window, since| {
+            (
+                window.len().max(since.len()),
+                keel_tuning::trust::evaluate(phase, now, window, since, &criteria, &demotion),
+            )
+        })
+        .await?;
+        pass.outcomes_read += read;
+        let evaluation = evaluation.map_err(|e| {
             Error::InvalidRequest(format!("trust evaluation of {}: {e}", row.operation))
         })?;
         if let Some(evidence) = evaluation.demote.filter(|_| row.phase > 1) {
@@ -743,9 +744,13 @@ impl Engine {
             return Ok(None);
         };
         let now = self.inner.clock.now_ms();
-        let (window, _) = evidence(&self.inner, &row, config, now).await?;
-        let reviews = window.len() as u64;
-        let agreements = window.iter().filter(|o| o.agreed).count() as u64;
+        let (reviews, agreements) = with_evidence(&self.inner, &row, config, now, |window, _| {
+            (
+                window.len() as u64,
+                window.iter().filter(|o| o.agreed).count() as u64,
+            )
+        })
+        .await?;
         let interval =
             keel_tuning::interval::wilson(agreements, reviews, keel_tuning::interval::Z_95)
                 .map_err(|e| Error::InvalidRequest(e.to_string()))?;

@@ -585,7 +585,9 @@ impl Store {
     ) -> Result<Vec<(i64, i64, bool)>> {
         let packed: Option<String> = match self.backend {
             Backend::Sqlite { ref read, .. } => {
-                sqlx::query_scalar("SELECT group_concat(id || ':' || at_ms || ':' || (CASE WHEN verdict = 'agree' THEN 1 ELSE 0 END), ',' ORDER BY id) FROM trust_outcomes WHERE operation = $1 AND id > $2 AND at_ms >= $3")
+                // By (operation, id): only the new rows are visited. Left to itself SQLite picks the
+                // (operation, at_ms) index and walks the whole window of every operation.
+                sqlx::query_scalar("SELECT group_concat(id || ':' || at_ms || ':' || (CASE WHEN verdict = 'agree' THEN 1 ELSE 0 END), ',' ORDER BY id) FROM trust_outcomes INDEXED BY trust_outcomes_operation_id WHERE operation = $1 AND id > $2 AND at_ms >= $3")
                     .bind(operation).bind(after_id).bind(since_ms).fetch_one(read).await?
             }
             Backend::Postgres(ref pool) => {
