@@ -2,8 +2,10 @@
 //! while the previous transaction was committing, in one transaction. Durability is not
 //! weakened (each transaction is fully synced); its cost is shared by the whole batch.
 
+use std::sync::Arc;
+
 use keel_store::{CaseWrite, Store, WriteOutcome};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::{Error, Result};
 
@@ -35,13 +37,34 @@ impl Handle {
     }
 }
 
-pub(crate) fn spawn(store: Store, max_batch: usize) -> (Handle, tokio::task::JoinHandle<()>) {
+/// Spawns the committer; `exception_raised` is notified after each transaction that raised
+/// an exception (an `exception.raised` or `sla.breached` entry).
+pub(crate) fn spawn(
+    store: Store,
+    max_batch: usize,
+    exception_raised: Arc<Notify>,
+) -> (Handle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(QUEUE);
-    let task = tokio::spawn(run(store, rx, max_batch.max(1)));
+    let task = tokio::spawn(run(store, rx, max_batch.max(1), exception_raised));
     (Handle { tx }, task)
 }
 
-async fn run(store: Store, mut rx: mpsc::Receiver<(CaseWrite, Reply)>, max_batch: usize) {
+/// Whether committing `writes` raises an exception.
+fn raises_exception(writes: &[CaseWrite]) -> bool {
+    writes.iter().any(|write| {
+        write
+            .entries
+            .iter()
+            .any(|entry| matches!(entry.kind.as_str(), "exception.raised" | "sla.breached"))
+    })
+}
+
+async fn run(
+    store: Store,
+    mut rx: mpsc::Receiver<(CaseWrite, Reply)>,
+    max_batch: usize,
+    exception_raised: Arc<Notify>,
+) {
     let mut writes = Vec::with_capacity(max_batch);
     let mut replies = Vec::with_capacity(max_batch);
     while let Some((write, reply)) = rx.recv().await {
@@ -58,6 +81,9 @@ async fn run(store: Store, mut rx: mpsc::Receiver<(CaseWrite, Reply)>, max_batch
         }
         match store.commit(&writes).await {
             Ok(outcomes) => {
+                if raises_exception(&writes) {
+                    exception_raised.notify_one();
+                }
                 for (reply, outcome) in replies.drain(..).zip(outcomes) {
                     let _ = reply.send(Ok(outcome));
                 }

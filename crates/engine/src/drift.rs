@@ -207,6 +207,18 @@ pub(crate) async fn evaluate(inner: &Inner) -> Result<DriftPass> {
         }
         prune(inner, name, monitor, now, &mut pass).await?;
     }
+    // A workflow whose latest version dropped its monitor collects nothing more; what it
+    // collected ages out under the retention of the last version that monitored it.
+    for (name, _, _) in inner.registry.list() {
+        if monitored.iter().any(|(m, _)| *m == name) {
+            continue;
+        }
+        if let Some((_, workflow)) = inner.registry.latest_monitored(&name) {
+            if let Some(monitor) = &workflow.monitor {
+                prune(inner, &name, monitor, now, &mut pass).await?;
+            }
+        }
+    }
     if !pass.alerts.is_empty() {
         inner.journal_written.notify_one();
     }

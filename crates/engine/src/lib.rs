@@ -171,6 +171,9 @@ pub(crate) struct Inner {
     /// Exceptions raised from this time on are still to be checked against operations'
     /// `trust.critical` (`i64::MIN`: not yet this process).
     pub critical_checked_ms: std::sync::atomic::AtomicI64,
+    /// Wakes the trust loop's critical-exception check (a committed write raised an
+    /// exception), so that `trust.critical` demotes within moments, not at the next pass.
+    pub exception_raised: Arc<Notify>,
     /// Each operation's reviews kept between trust passes.
     pub evidence: tokio::sync::Mutex<std::collections::HashMap<String, trust::CachedEvidence>>,
     pub work: mpsc::Sender<worker::Item>,
@@ -199,7 +202,9 @@ impl Engine {
     /// Builds the engine over an open store and starts its services.
     pub async fn start(store: Store, options: Options, clock: Arc<dyn Clock>) -> Result<Engine> {
         let (signer, origin) = sequencer::load_or_create_key(&store, &options.data_dir).await?;
-        let (committer, committer_task) = committer::spawn(store.clone(), options.max_batch);
+        let exception_raised = Arc::new(Notify::new());
+        let (committer, committer_task) =
+            committer::spawn(store.clone(), options.max_batch, exception_raised.clone());
         let (ai_log, ai_log_task) = ailog::spawn(store.clone());
         let (telemetry, exporter) = telemetry::Telemetry::new(&options.telemetry);
         if let Some(runtime) = &options.ai {
@@ -242,6 +247,7 @@ impl Engine {
             trust: trust::TrustBook::default(),
             last_refit_ms: std::sync::atomic::AtomicI64::new(0),
             critical_checked_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
+            exception_raised,
             evidence: tokio::sync::Mutex::default(),
             work: work_tx,
             http,

@@ -66,6 +66,16 @@ impl Registry {
             .map(|((_, version_no), definition)| (*version_no, definition.clone()))
     }
 
+    /// The newest version of `name` that has a `monitor:` section.
+    pub fn latest_monitored(&self, name: &str) -> Option<(i64, Arc<Workflow>)> {
+        let versions = self.versions.read().ok()?;
+        versions
+            .range((name.to_string(), i64::MIN)..=(name.to_string(), i64::MAX))
+            .rev()
+            .find(|(_, definition)| definition.monitor.is_some())
+            .map(|((_, version_no), definition)| (*version_no, definition.clone()))
+    }
+
     /// (name, latest version number, label) of every workflow.
     pub fn list(&self) -> Vec<(String, i64, String)> {
         let Ok(versions) = self.versions.read() else {

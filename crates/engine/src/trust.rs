@@ -13,6 +13,9 @@
 //!   `keel_tuning::trust::evaluate`; a promotion becomes an open recommendation with its
 //!   evidence (`trust.recommended`), a demotion happens at once (`trust.demoted`, trigger
 //!   `sprt`).
+//! - **Critical exceptions** (`trust.critical`) are checked in every pass, and also as soon as
+//!   the committer commits an exception (it wakes this loop) or a post-hoc review is
+//!   corrected: demotion to phase 1 does not wait for the next pass.
 //! - **Governors** approve or decline a recommendation (not the author of the version), or
 //!   demote by hand; each is a journaled event carrying the evidence.
 //! - **Post-hoc reviews** of auto-approved actions are tasks of kind `review` that do not
@@ -110,15 +113,35 @@ pub struct OperationView {
     pub open_recommendation: Option<RecommendationRow>,
 }
 
+/// How long the loop lets a burst of raised exceptions gather before it checks them.
+const CRITICAL_DEBOUNCE: Duration = Duration::from_millis(50);
+
 pub(crate) async fn run(inner: Arc<Inner>) {
+    let interval = inner.options.trust_interval.max(Duration::from_millis(250));
+    let mut next_pass = tokio::time::Instant::now() + interval;
     loop {
-        tokio::time::sleep(inner.options.trust_interval.max(Duration::from_millis(250))).await;
+        tokio::select! {
+            () = tokio::time::sleep_until(next_pass) => {}
+            () = inner.exception_raised.notified() => {
+                // A committed write raised an exception: check `trust.critical` now rather
+                // than at the next pass (the check reads only exceptions not yet seen).
+                tokio::time::sleep(CRITICAL_DEBOUNCE).await;
+                if inner.shutting_down.load(Ordering::Relaxed) {
+                    return;
+                }
+                if let Err(error) = check_critical(&inner).await {
+                    tracing::warn!(%error, "critical-exception check failed; the next pass retries");
+                }
+                continue;
+            }
+        }
         if inner.shutting_down.load(Ordering::Relaxed) {
             return;
         }
         if let Err(error) = evaluate(&inner).await {
             tracing::warn!(%error, "trust evaluation failed; retrying");
         }
+        next_pass = tokio::time::Instant::now() + interval;
         // Calibrators change slowly; refitting looks over every review, so at most every
         // `REFIT_INTERVAL_MS`.
         let now = inner.clock.now_ms();
@@ -130,6 +153,18 @@ pub(crate) async fn run(inner: Arc<Inner>) {
             }
         }
     }
+}
+
+/// The critical-exception check alone, outside a full pass: demotes (to phase 1) every
+/// operation with a `trust.critical` exception not yet seen. Returns the operations demoted.
+pub(crate) async fn check_critical(inner: &Inner) -> Result<Vec<String>> {
+    let rows = inner.store.trust_operations().await?;
+    let now = inner.clock.now_ms();
+    let demoted = critical_exceptions(inner, &rows, now).await?;
+    if !demoted.is_empty() {
+        inner.trust.replace(&inner.store.trust_operations().await?);
+    }
+    Ok(demoted)
 }
 
 /// The operations of `workflow`: its actions that use AI output, with their configuration.
@@ -1102,6 +1137,11 @@ impl Engine {
             return Ok(Err(DecisionError::Closed("decided".into())));
         }
         inner.journal_written.notify_one();
+        if verdict == "corrected" {
+            // The `wrong_action` exception just raised may be critical by `trust.critical`:
+            // check now, so that the decision's answer already reflects the demotion.
+            check_critical(inner).await?;
+        }
         if verdict == "rejected" {
             if let Some(row) = inner
                 .store

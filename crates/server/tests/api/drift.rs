@@ -611,6 +611,54 @@ async fn retention_deletes_old_observations_at_most_hourly_and_keeps_the_latest_
     );
 }
 
+#[tokio::test]
+async fn a_workflow_that_drops_its_monitor_still_ages_out_what_it_collected() {
+    let m = monitored(None, Vec::new()).await;
+    let source = intake("kept", 10).replace("  min_rows:", "  retention: 40d\n  min_rows:");
+    m.engine.deploy_source(&source, "kept.yaml").await.unwrap();
+    let store = m.engine.store().clone();
+    m.submit_all("kept", intake_inputs(30, |i| 100.0 + i as f64, balanced))
+        .await;
+    let first = m.engine.evaluate_drift_once().await.unwrap();
+    assert_eq!(first.entries_read, 30, "{first:?}");
+    // Version 2 has no `monitor:`; the engine stops observing and evaluating it.
+    let start = source.find("monitor:").unwrap();
+    let end = source.find("steps:").unwrap();
+    let unmonitored = format!("{}{}", &source[..start], &source[end..])
+        .replace("version: \"1\"", "version: \"2\"");
+    assert!(!unmonitored.contains("monitor"));
+    m.engine
+        .deploy_source(&unmonitored, "kept.yaml")
+        .await
+        .unwrap();
+    m.clock.advance_ms(39 * DAY_MS);
+    let kept = m.engine.evaluate_drift_once().await.unwrap();
+    assert_eq!(
+        (kept.workflows, kept.pruned_observations),
+        (0, 0),
+        "{kept:?}"
+    );
+    assert_eq!(
+        store
+            .drift_window("kept", "amount", 0, i64::MAX, 100_000)
+            .await
+            .unwrap()
+            .len(),
+        30
+    );
+    // Past version 1's 40 days (and an hour after the last turn): every observation goes.
+    m.clock.advance_ms(2 * DAY_MS);
+    let pruned = m.engine.evaluate_drift_once().await.unwrap();
+    assert_eq!(pruned.pruned_observations, 90, "{pruned:?}");
+    assert!(store
+        .drift_window("kept", "amount", 0, i64::MAX, 100_000)
+        .await
+        .unwrap()
+        .is_empty());
+    // Each feature's latest result stays readable.
+    assert_eq!(m.latest("kept").await.len(), 3);
+}
+
 #[test]
 fn monitor_problems_are_diagnostics_on_their_line() {
     let source = r#"name: bad

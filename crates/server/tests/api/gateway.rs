@@ -209,17 +209,27 @@ async fn gateway(extra_toml: &str) -> Gateway {
 }
 
 pub(crate) async fn start(dir: &tempfile::TempDir, toml: &str) -> (Engine, String) {
+    start_with(dir, toml, |_| {}).await
+}
+
+/// As [`start`], with `tweak` applied to the engine's options.
+pub(crate) async fn start_with(
+    dir: &tempfile::TempDir,
+    toml: &str,
+    tweak: impl FnOnce(&mut Options),
+) -> (Engine, String) {
     let config = keel_ai::config::Config::parse("keel.toml", toml).unwrap();
     let runtime = keel_ai::cascade::Runtime::new(config, reqwest::Client::new());
     let store = keel_store::Store::open(dir.path().join("keel.db").to_str().unwrap())
         .await
         .unwrap();
-    let options = Options {
+    let mut options = Options {
         data_dir: dir.path().to_path_buf(),
         node_id: "test-node".into(),
         ai: Some(Arc::new(runtime)),
         ..Default::default()
     };
+    tweak(&mut options);
     let engine = Engine::start(store, options, Arc::new(SystemClock))
         .await
         .unwrap();

@@ -10,7 +10,7 @@ use keel_engine::Engine;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::gateway::{keel_toml, start, upstream};
+use crate::gateway::{keel_toml, start_with, upstream};
 
 fn refunds(version: &str, start_phase: u8, policy: &str) -> String {
     format!(
@@ -65,9 +65,13 @@ struct Trust {
 }
 
 async fn trust(source: &str) -> Trust {
+    trust_with(source, |_| {}).await
+}
+
+async fn trust_with(source: &str, tweak: impl FnOnce(&mut keel_engine::Options)) -> Trust {
     let upstream = upstream().await;
     let dir = tempfile::tempdir().unwrap();
-    let (engine, base) = start(&dir, &keel_toml(&upstream.base_url, "")).await;
+    let (engine, base) = start_with(&dir, &keel_toml(&upstream.base_url, ""), tweak).await;
     engine.deploy_source(source, "refunds.yaml").await.unwrap();
     let store = engine.store();
     let mut tokens = BTreeMap::new();
@@ -612,16 +616,17 @@ async fn a_critical_exception_sends_the_operation_back_to_phase_one_at_once() {
     let pass = t.engine.evaluate_trust_once().await.unwrap();
     assert!(pass.demoted.is_empty(), "{pass:?}");
     assert_eq!(t.operation().await["phase"], 3);
-    // One correction: a `wrong_action` exception whose verdict the condition names.
+    // One correction: a `wrong_action` exception whose verdict the condition names. The
+    // decision itself checks it: the operation is back in phase 1 before any pass runs.
     t.decide(
         "ann",
         reviews[1]["id"].as_str().unwrap(),
         json!({"decision": "correct", "output": {"label": "hold"}}),
     )
     .await;
-    let pass = t.engine.evaluate_trust_once().await.unwrap();
-    assert_eq!(pass.demoted, ["refunds/pay"]);
     assert_eq!(t.operation().await["phase"], 1);
+    let pass = t.engine.evaluate_trust_once().await.unwrap();
+    assert!(pass.demoted.is_empty(), "{pass:?}");
     let demoted = t.trust_entries("trust.demoted").await;
     assert_eq!(demoted.len(), 1, "{demoted:#?}");
     assert_eq!(demoted[0]["trigger"], "critical_exception");
@@ -635,4 +640,57 @@ async fn a_critical_exception_sends_the_operation_back_to_phase_one_at_once() {
     let pass = t.engine.evaluate_trust_once().await.unwrap();
     assert!(pass.demoted.is_empty(), "{pass:?}");
     assert_eq!(t.trust_entries("trust.demoted").await.len(), 1);
+}
+
+#[tokio::test]
+async fn an_exception_a_case_raises_is_checked_against_trust_critical_without_waiting_for_a_pass() {
+    // The model answers garbage for one case: its `judge` step (an `ai` step of the operation)
+    // raises an exception through the case's own write. `trust.critical` names that step; the
+    // periodic pass is an hour away, so only the committer's wake-up can demote in time.
+    let source = refunds("1", 3, "input.amount < 100").replace(
+        "        demotion: { target_error_rate: 0.2, alpha: 0.05, beta: 0.25 }\n",
+        "        demotion: { target_error_rate: 0.2, alpha: 0.05, beta: 0.25 }\n        critical: 'exception.step == \"judge\"'\n",
+    );
+    assert!(source.contains("critical:"));
+    let t = trust_with(&source, |options| {
+        options.trust_interval = std::time::Duration::from_secs(3_600);
+    })
+    .await;
+    assert_eq!(t.operation().await["phase"], 3);
+    // A good case first: no exception, no change.
+    let good = t.submit(500.0).await;
+    t.wait_status(&good, "completed").await;
+    let input = json!({"amount": 20.0, "answer": "not a label at all", "callback": t.callback});
+    let (status, body) = t
+        .call(
+            "opal",
+            reqwest::Method::POST,
+            "/v1/workflows/refunds/cases",
+            Some(input),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let bad = body["case_id"].as_str().unwrap().to_string();
+    // Bounded wait (not a timing assertion): the wake-up demotes in well under a second; the
+    // hour-long pass never would within this test.
+    let mut phase = Value::Null;
+    for _ in 0..1_000 {
+        phase = t.operation().await["phase"].clone();
+        if phase == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(phase, 1, "the critical exception did not demote");
+    let demoted = t.trust_entries("trust.demoted").await;
+    assert_eq!(demoted.len(), 1, "{demoted:#?}");
+    assert_eq!(demoted[0]["trigger"], "critical_exception");
+    assert_eq!(demoted[0]["evidence"]["case_id"], bad);
+    assert_eq!(demoted[0]["evidence"]["step"], "judge");
+    // The exception is the case's, open in the queue with its context.
+    let kinds = t.kinds(&bad).await;
+    assert!(
+        kinds.iter().any(|(kind, _)| kind == "exception.raised"),
+        "{kinds:?}"
+    );
 }
