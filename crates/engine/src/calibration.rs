@@ -66,10 +66,18 @@ pub(crate) async fn refit(inner: &Inner) -> Result<usize> {
         .collect();
     let mut fitted = 0;
     for (ai_step, model, count) in inner.store.calibration_keys().await? {
+        // Reviews counted at the last fit; a row from before that was recorded has only the
+        // pairs it used, which undercounts and so refits once.
         let last = stored
             .get(&(ai_step.clone(), model.clone()))
-            .map_or(0, |r| r.pairs);
-        if count < MIN_PAIRS || (last > 0 && count.min(MAX_PAIRS) - last < REFIT_EVERY) {
+            .map_or(0, |r| {
+                if r.reviews_seen > 0 {
+                    r.reviews_seen
+                } else {
+                    r.pairs
+                }
+            });
+        if count < MIN_PAIRS || (last > 0 && count - last < REFIT_EVERY) {
             continue;
         }
         let pairs: Vec<Pair> = inner
@@ -101,6 +109,7 @@ pub(crate) async fn refit(inner: &Inner) -> Result<usize> {
             ece_after: choice.ece_after,
             pairs: i64::try_from(pairs.len()).unwrap_or(i64::MAX),
             fitted_at_ms: now,
+            reviews_seen: count,
         };
         let data = json!({ "ai_step": ai_step, "model": model, "kind": row.kind,
             "ece_before": choice.ece_before, "ece_after": choice.ece_after,

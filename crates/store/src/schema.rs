@@ -352,6 +352,12 @@ CREATE INDEX trust_outcomes_at ON trust_outcomes (at_ms);
 CREATE INDEX exceptions_raised ON exceptions (raised_at_ms);
 "#,
     ),
+    (
+        10,
+        r#"
+ALTER TABLE calibrators ADD COLUMN reviews_seen INTEGER NOT NULL DEFAULT 0;
+"#,
+    ),
 ];
 
 /// (version, SQL) for PostgreSQL.
@@ -707,6 +713,12 @@ CREATE INDEX journal_kind_at ON journal (kind, at);
 CREATE INDEX cases_created ON cases (created_at_ms, workflow, status, sla_breached, updated_at_ms);
 CREATE INDEX trust_outcomes_at ON trust_outcomes (at_ms);
 CREATE INDEX exceptions_raised ON exceptions (raised_at_ms);
+"#,
+    ),
+    (
+        10,
+        r#"
+ALTER TABLE calibrators ADD COLUMN reviews_seen BIGINT NOT NULL DEFAULT 0;
 "#,
     ),
 ];

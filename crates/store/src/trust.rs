@@ -66,8 +66,12 @@ pub struct CalibratorRow {
     pub calibrator: Value,
     pub ece_before: f64,
     pub ece_after: f64,
+    /// Pairs the calibrator was fitted and judged on (at most the newest 50,000).
     pub pairs: i64,
     pub fitted_at_ms: i64,
+    /// Reviews with a confidence for this step and model when it was fitted (0: fitted before
+    /// this was recorded); the next refit waits for enough newer ones.
+    pub reviews_seen: i64,
 }
 
 /// A promotion the system recommends, with its evidence.
@@ -461,10 +465,11 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
             }
-            sqlx::query("INSERT INTO calibrators (ai_step, model, kind, calibrator, ece_before, ece_after, pairs, fitted_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-                 ON CONFLICT (ai_step, model) DO UPDATE SET kind = $3, calibrator = $4, ece_before = $5, ece_after = $6, pairs = $7, fitted_at_ms = $8")
+            sqlx::query("INSERT INTO calibrators (ai_step, model, kind, calibrator, ece_before, ece_after, pairs, fitted_at_ms, reviews_seen) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                 ON CONFLICT (ai_step, model) DO UPDATE SET kind = $3, calibrator = $4, ece_before = $5, ece_after = $6, pairs = $7, fitted_at_ms = $8, reviews_seen = $9")
                 .bind(&row.ai_step).bind(&row.model).bind(&row.kind).bind(row.calibrator.to_string())
                 .bind(row.ece_before).bind(row.ece_after).bind(row.pairs).bind(row.fitted_at_ms)
+                .bind(row.reviews_seen)
                 .execute(&mut *tx).await?;
             let entries = [entry];
             insert_entries!(tx, entries);
@@ -476,7 +481,7 @@ impl Store {
     /// Every stored calibrator.
     pub async fn calibrators(&self) -> Result<Vec<CalibratorRow>> {
         dispatch_read!(self, |pool| {
-            let rows = sqlx::query("SELECT ai_step, model, kind, calibrator, ece_before, ece_after, pairs, fitted_at_ms FROM calibrators ORDER BY ai_step, model")
+            let rows = sqlx::query("SELECT ai_step, model, kind, calibrator, ece_before, ece_after, pairs, fitted_at_ms, reviews_seen FROM calibrators ORDER BY ai_step, model")
                 .fetch_all(pool).await?;
             rows.iter()
                 .map(|row| {
@@ -490,6 +495,7 @@ impl Store {
                         ece_after: row.try_get("ece_after")?,
                         pairs: row.try_get("pairs")?,
                         fitted_at_ms: row.try_get("fitted_at_ms")?,
+                        reviews_seen: row.try_get("reviews_seen")?,
                     })
                 })
                 .collect()

@@ -694,3 +694,51 @@ async fn an_exception_a_case_raises_is_checked_against_trust_critical_without_wa
         "{kinds:?}"
     );
 }
+
+#[tokio::test]
+async fn calibrators_keep_refitting_once_a_model_has_more_reviews_than_a_fit_uses() {
+    // A fit uses the newest 50,000 reviews; what triggers a refit is reviews that arrived
+    // since, counted over all of them, so a busy model's calibrator never freezes.
+    let t = trust(&refunds("1", 1, "true")).await;
+    let store = t.engine.store();
+    let mut next = 0i64;
+    let mut reviews = |n: i64| {
+        let rows: Vec<keel_store::TrustOutcomeRow> = (next..next + n)
+            .map(|i| {
+                // Confidence 0.9, right 60% of the time: raw confidence is miscalibrated.
+                let agree = i % 5 < 3;
+                keel_store::TrustOutcomeRow {
+                    operation: "refunds/pay".into(),
+                    case_id: format!("c{i}"),
+                    task_id: format!("t{i}"),
+                    at_ms: 1_000 + i,
+                    source: "pre".into(),
+                    verdict: if agree { "agree" } else { "corrected" }.into(),
+                    phase: 1,
+                    model: Some("primary".into()),
+                    confidence: Some(if i % 2 == 0 { 0.9 } else { 0.8 }),
+                    cost_usd: None,
+                    ai_step: Some("refunds/judge".into()),
+                    proposed_label: None,
+                    final_label: None,
+                }
+            })
+            .collect();
+        next += n;
+        rows
+    };
+    store.insert_trust_outcomes(&reviews(50_100)).await.unwrap();
+    assert_eq!(t.engine.refit_calibrators_once().await.unwrap(), 1);
+    let first = store.calibrators().await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!((first[0].pairs, first[0].reviews_seen), (50_000, 50_100));
+    // Fewer new reviews than a refit waits for: nothing.
+    store.insert_trust_outcomes(&reviews(10)).await.unwrap();
+    assert_eq!(t.engine.refit_calibrators_once().await.unwrap(), 0);
+    // Enough new ones (25 since the fit): refitted, on the newest 50,000.
+    store.insert_trust_outcomes(&reviews(15)).await.unwrap();
+    assert_eq!(t.engine.refit_calibrators_once().await.unwrap(), 1);
+    let second = store.calibrators().await.unwrap();
+    assert_eq!((second[0].pairs, second[0].reviews_seen), (50_000, 50_125));
+    assert_eq!(t.trust_entries("calibration.fitted").await.len(), 2);
+}
