@@ -269,6 +269,7 @@ impl Engine {
             tokio::spawn(worker::sla_ticker(inner.clone())),
             tokio::spawn(desk::run(inner.clone())),
             tokio::spawn(trust::run(inner.clone())),
+            tokio::spawn(trust::run_critical(inner.clone())),
             tokio::spawn(drift::run(inner.clone())),
             tokio::spawn(sequencer::run(inner.clone())),
             tokio::spawn(telemetry::run(inner.clone())),

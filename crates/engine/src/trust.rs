@@ -14,7 +14,7 @@
 //!   evidence (`trust.recommended`), a demotion happens at once (`trust.demoted`, trigger
 //!   `sprt`).
 //! - **Critical exceptions** (`trust.critical`) are checked in every pass, and also as soon as
-//!   the committer commits an exception (it wakes this loop) or a post-hoc review is
+//!   the committer commits an exception (it wakes `run_critical`) or a post-hoc review is
 //!   corrected: demotion to phase 1 does not wait for the next pass.
 //! - **Governors** approve or decline a recommendation (not the author of the version), or
 //!   demote by hand; each is a journaled event carrying the evidence.
@@ -117,31 +117,14 @@ pub struct OperationView {
 const CRITICAL_DEBOUNCE: Duration = Duration::from_millis(50);
 
 pub(crate) async fn run(inner: Arc<Inner>) {
-    let interval = inner.options.trust_interval.max(Duration::from_millis(250));
-    let mut next_pass = tokio::time::Instant::now() + interval;
     loop {
-        tokio::select! {
-            () = tokio::time::sleep_until(next_pass) => {}
-            () = inner.exception_raised.notified() => {
-                // A committed write raised an exception: check `trust.critical` now rather
-                // than at the next pass (the check reads only exceptions not yet seen).
-                tokio::time::sleep(CRITICAL_DEBOUNCE).await;
-                if inner.shutting_down.load(Ordering::Relaxed) {
-                    return;
-                }
-                if let Err(error) = check_critical(&inner).await {
-                    tracing::warn!(%error, "critical-exception check failed; the next pass retries");
-                }
-                continue;
-            }
-        }
+        tokio::time::sleep(inner.options.trust_interval.max(Duration::from_millis(250))).await;
         if inner.shutting_down.load(Ordering::Relaxed) {
             return;
         }
         if let Err(error) = evaluate(&inner).await {
             tracing::warn!(%error, "trust evaluation failed; retrying");
         }
-        next_pass = tokio::time::Instant::now() + interval;
         // Calibrators change slowly; refitting looks over every review, so at most every
         // `REFIT_INTERVAL_MS`.
         let now = inner.clock.now_ms();
@@ -151,6 +134,24 @@ pub(crate) async fn run(inner: Arc<Inner>) {
             if let Err(error) = crate::calibration::refit(&inner).await {
                 tracing::warn!(%error, "calibrator refit failed; retrying later");
             }
+        }
+    }
+}
+
+/// Checks `trust.critical` whenever a committed write raised an exception, in its own task so
+/// that a long evaluation pass or calibrator refit never delays a demotion. Running beside a
+/// pass's own check is safe: only exceptions raised after an operation's last phase change
+/// count, and a phase change applies only from the phase it was decided in.
+pub(crate) async fn run_critical(inner: Arc<Inner>) {
+    loop {
+        inner.exception_raised.notified().await;
+        // Let a burst gather: one check reads all of it.
+        tokio::time::sleep(CRITICAL_DEBOUNCE).await;
+        if inner.shutting_down.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Err(error) = check_critical(&inner).await {
+            tracing::warn!(%error, "critical-exception check failed; the next pass retries");
         }
     }
 }
