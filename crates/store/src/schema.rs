@@ -356,6 +356,7 @@ CREATE INDEX exceptions_raised ON exceptions (raised_at_ms);
         10,
         r#"
 ALTER TABLE calibrators ADD COLUMN reviews_seen INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX trust_outcomes_model_id ON trust_outcomes (ai_step, model, id);
 "#,
     ),
 ];
@@ -719,6 +720,7 @@ CREATE INDEX exceptions_raised ON exceptions (raised_at_ms);
         10,
         r#"
 ALTER TABLE calibrators ADD COLUMN reviews_seen BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX trust_outcomes_model_id ON trust_outcomes (ai_step, model, id);
 "#,
     ),
 ];

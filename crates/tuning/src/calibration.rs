@@ -337,6 +337,12 @@ impl Platt {
             let step_a = -(hbb * gradient[0] - hab * gradient[1]) / determinant;
             let step_b = -(-hab * gradient[0] + haa * gradient[1]) / determinant;
             let slope = gradient[0] * step_a + gradient[1] * step_b;
+            // −slope is the squared Newton decrement: twice the most a full step could still
+            // gain. Once that is at rounding level the fit is done; searching on would only
+            // halve the step until it underflows, evaluating the loss each time.
+            if slope.is_nan() || slope >= 0.0 || -slope <= 1e-13 * (1.0 + loss) {
+                break;
+            }
             let mut length = 1.0;
             let mut improved = false;
             while length >= 1e-10 {
