@@ -55,6 +55,17 @@ steps:
     )
 }
 
+/// `refunds` version 1 at phase 3 (policy `input.amount < 100`) with `trust.critical: condition`.
+fn refunds_critical(condition: &str) -> String {
+    let demotion = "        demotion: { target_error_rate: 0.2, alpha: 0.05, beta: 0.25 }\n";
+    let source = refunds("1", 3, "input.amount < 100");
+    assert!(source.contains(demotion));
+    source.replace(
+        demotion,
+        &format!("{demotion}        critical: '{condition}'\n"),
+    )
+}
+
 struct Trust {
     base: String,
     engine: Engine,
@@ -593,11 +604,9 @@ async fn reviews_measure_accuracy_and_fit_a_calibrator_that_later_proposals_carr
 async fn a_critical_exception_sends_the_operation_back_to_phase_one_at_once() {
     // `trust.critical` makes a corrected post-hoc review critical (by default only a rejected
     // one is): one correction, not the SPRT's four, withdraws trust entirely.
-    let source = refunds("1", 3, "input.amount < 100").replace(
-        "        demotion: { target_error_rate: 0.2, alpha: 0.05, beta: 0.25 }\n",
-        "        demotion: { target_error_rate: 0.2, alpha: 0.05, beta: 0.25 }\n        critical: 'exception.kind == \"wrong_action\" && exception.detail.verdict == \"corrected\"'\n",
+    let source = refunds_critical(
+        r#"exception.kind == "wrong_action" && exception.detail.verdict == "corrected""#,
     );
-    assert!(source.contains("critical:"));
     let t = trust(&source).await;
     assert_eq!(t.operation().await["phase"], 3);
     let mut reviews = Vec::new();
@@ -647,11 +656,7 @@ async fn an_exception_a_case_raises_is_checked_against_trust_critical_without_wa
     // The model answers garbage for one case: its `judge` step (an `ai` step of the operation)
     // raises an exception through the case's own write. `trust.critical` names that step; the
     // periodic pass is an hour away, so only the committer's wake-up can demote in time.
-    let source = refunds("1", 3, "input.amount < 100").replace(
-        "        demotion: { target_error_rate: 0.2, alpha: 0.05, beta: 0.25 }\n",
-        "        demotion: { target_error_rate: 0.2, alpha: 0.05, beta: 0.25 }\n        critical: 'exception.step == \"judge\"'\n",
-    );
-    assert!(source.contains("critical:"));
+    let source = refunds_critical(r#"exception.step == "judge""#);
     let t = trust_with(&source, |options| {
         options.trust_interval = std::time::Duration::from_secs(3_600);
     })
