@@ -37,6 +37,7 @@ pub const ACTIONS: &[&str] = &[
     "read_trust",
     "govern_trust",
     "read_reports",
+    "read_webhooks",
 ];
 
 /// Actions whose allows are journaled too (every deny is).

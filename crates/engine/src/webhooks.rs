@@ -625,6 +625,11 @@ impl crate::Engine {
         Ok(self.inner.store.webhook_deliveries(filter).await?)
     }
 
+    /// One delivery.
+    pub async fn webhook_delivery(&self, id: &str) -> crate::Result<Option<WebhookDeliveryRow>> {
+        Ok(self.inner.store.webhook_delivery(id).await?)
+    }
+
     /// Every attempt of one delivery, in order.
     pub async fn webhook_attempts(
         &self,

@@ -45,6 +45,7 @@ pub(crate) fn action_of(
         r if r.starts_with("/v1/trust") => ("read_trust", "System", "keel".into()),
         r if r.starts_with("/v1/drift") => ("read_trust", "System", "keel".into()),
         r if r.starts_with("/v1/reports") => ("read_reports", "System", "keel".into()),
+        r if r.starts_with("/v1/webhooks") => ("read_webhooks", "System", "keel".into()),
         "/v1/learners/{workflow}/{step}/examples" => ("teach_learner", "Workflow", segment(2)),
         r if r.starts_with("/v1/learners") && !post => ("read_learners", "System", "keel".into()),
         _ => ("read_workflows", "System", "keel".into()),

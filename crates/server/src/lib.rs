@@ -23,6 +23,7 @@ mod reports;
 mod sandbox;
 mod tasks;
 mod trust;
+mod webhooks;
 mod workflows;
 
 use std::future::Future;
@@ -150,6 +151,8 @@ pub fn router(engine: Engine, options: ServerOptions) -> Router {
         )
         .route("/v1/reports/costs", get(reports::costs))
         .route("/v1/reports/monthly", get(reports::monthly))
+        .route("/v1/webhooks/deliveries", get(webhooks::list_deliveries))
+        .route("/v1/webhooks/deliveries/{id}", get(webhooks::get_delivery))
         .route("/v1/learners", get(learners::list_learners))
         .route(
             "/v1/learners/{workflow}/{step}/examples",

@@ -8,7 +8,7 @@ use axum::response::IntoResponse;
 use utoipa::OpenApi;
 
 use crate::{audit, cases, drift, health, problem, workflows, AppState};
-use crate::{exceptions, gateway, learners, metrics, reports, tasks, trust};
+use crate::{exceptions, gateway, learners, metrics, reports, tasks, trust, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -48,6 +48,8 @@ use crate::{exceptions, gateway, learners, metrics, reports, tasks, trust};
         trust::demote,
         reports::costs,
         reports::monthly,
+        webhooks::list_deliveries,
+        webhooks::get_delivery,
         gateway::chat_completions,
         gateway::models,
         metrics::metrics,
@@ -66,6 +68,7 @@ use crate::{exceptions, gateway, learners, metrics, reports, tasks, trust};
         (name = "trust", description = "Progressive trust: operations, evidence, promotion recommendations, governors' decisions"),
         (name = "drift", description = "Drift monitoring: per-feature tests of a reference window against the current one"),
         (name = "reports", description = "Cost analysis and the monthly operational review (JSON, Markdown, self-contained HTML)"),
+        (name = "webhooks", description = "The outbound-webhook delivery log: each delivery and every attempt"),
         (name = "gateway", description = "OpenAI-compatible gateway: point an OpenAI client's base URL at /v1 with a Keel token as its API key"),
         (name = "meta", description = "This document and the Prometheus metrics"),
     )

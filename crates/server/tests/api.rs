@@ -67,6 +67,8 @@ const PATHS: &[&str] = &[
     "/v1/trust/{workflow}/{step}",
     "/v1/trust/{workflow}/{step}/accuracy",
     "/v1/trust/{workflow}/{step}/promote",
+    "/v1/webhooks/deliveries",
+    "/v1/webhooks/deliveries/{id}",
     "/v1/trust/{workflow}/{step}/decline",
     "/v1/trust/{workflow}/{step}/demote",
     "/v1/reports/costs",
@@ -693,6 +695,8 @@ mod reports;
 mod tasks;
 #[path = "api/trust.rs"]
 mod trust;
+#[path = "api/webhooks.rs"]
+mod webhooks;
 
 /// One `classify` step answered by the built-in learner only, then a switch on its label.
 const TRIAGE_WORKFLOW: &str = r#"
@@ -1073,6 +1077,18 @@ async fn the_authorization_matrix_holds_for_every_endpoint_and_role() {
             "/v1/exceptions/nope/resolution".into(),
             Some(json!({"action": "cancel"})),
             vec!["admin", "operator", "specialist"],
+        ),
+        (
+            "GET",
+            "/v1/webhooks/deliveries".into(),
+            None,
+            vec!["admin", "operator", "governor", "auditor"],
+        ),
+        (
+            "GET",
+            "/v1/webhooks/deliveries/nope".into(),
+            None,
+            vec!["admin", "operator", "governor", "auditor"],
         ),
         (
             "GET",

@@ -291,6 +291,20 @@ impl Store {
         })
     }
 
+    /// One delivery.
+    pub async fn webhook_delivery(&self, id: &str) -> Result<Option<WebhookDeliveryRow>> {
+        let sql = format!("SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE id = $1");
+        dispatch_read!(self, |pool| {
+            sqlx::query(&sql)
+                .bind(id)
+                .fetch_optional(pool)
+                .await?
+                .as_ref()
+                .map(delivery_from)
+                .transpose()
+        })
+    }
+
     /// Every attempt of one delivery, in order.
     pub async fn webhook_attempts(&self, delivery_id: &str) -> Result<Vec<WebhookAttemptRow>> {
         dispatch_read!(self, |pool| {
