@@ -267,9 +267,9 @@ pub async fn inclusion(store: &Store, index: u64, size: Option<u64>) -> Result<P
 pub async fn consistency(store: &Store, from: u64, to: Option<u64>) -> Result<ProofDocument> {
     let checkpoint = checkpoint_at(store, to).await?;
     let to_size = checkpoint.tree_size as u64;
-    if from == 0 || from > to_size {
+    if from > to_size {
         return Err(Error::BadProofRequest(format!(
-            "`from` must be between 1 and {to_size} (the checkpoint's size)"
+            "`from` must be between 0 and {to_size} (the checkpoint's size)"
         )));
     }
     let (proof, from_root) = with_stored_nodes(store, |source| {

@@ -13,7 +13,7 @@ pub enum ProofError {
     IndexOutOfRange { index: u64, size: u64 },
     #[error("old tree size {old_size} is larger than new tree size {new_size}")]
     SizesReversed { old_size: u64, new_size: u64 },
-    #[error("a consistency proof from the empty tree proves nothing; use an old size above 0")]
+    #[error("the old tree is empty, so its root must be the empty root (SHA-256 of nothing) and its proof empty")]
     EmptyOldTree,
     #[error("the trees have the same size but different roots: the log forked or a root is wrong")]
     DifferentRootsSameSize,
@@ -37,7 +37,9 @@ pub fn verify_inclusion(
 }
 
 /// Verifies that the tree of `old_size` leaves with `old_root` is a prefix of the tree of
-/// `new_size` leaves with `new_root`. An `old_size` of 0 is rejected: it proves nothing.
+/// `new_size` leaves with `new_root`. From the empty tree (`old_size` 0) the proof is empty and
+/// the old root must be the empty root; every tree extends it (RFC 9162 §2.1.4.2, as C2SP and
+/// transparency-dev verifiers accept it).
 pub fn verify_consistency(
     old_size: u64,
     new_size: u64,
@@ -100,7 +102,14 @@ pub fn verify_consistency_bytes<P: AsRef<[u8]>>(
         return Err(ProofError::SizesReversed { old_size, new_size });
     }
     if old_size == 0 {
-        return Err(ProofError::EmptyOldTree);
+        if !proof.is_empty() || old_root != crate::empty_root().as_slice() {
+            return Err(ProofError::EmptyOldTree);
+        }
+        let new_root = to_hash(new_root, "new root")?;
+        if new_size == 0 && new_root != crate::empty_root() {
+            return Err(ProofError::DifferentRootsSameSize);
+        }
+        return Ok(());
     }
     if old_size == new_size {
         check_length(0, proof.len())?;
@@ -220,6 +229,30 @@ mod tests {
             verify_consistency(1, 2, &right, &root, &[right]),
             Err(ProofError::RootMismatch)
         );
+    }
+
+    /// The empty tree is a prefix of every tree: an empty proof from size 0 verifies when the
+    /// old root is the empty root (SHA-256 of nothing), and nothing else does.
+    #[test]
+    fn consistency_from_the_empty_tree() {
+        let empty = crate::empty_root();
+        let left = leaf_hash(b"a");
+        let root = node_hash(&left, &leaf_hash(b"b"));
+        assert_eq!(verify_consistency(0, 2, &empty, &root, &[]), Ok(()));
+        assert_eq!(verify_consistency(0, 0, &empty, &empty, &[]), Ok(()));
+        assert_eq!(
+            verify_consistency(0, 2, &left, &root, &[]),
+            Err(ProofError::EmptyOldTree)
+        );
+        assert_eq!(
+            verify_consistency(0, 2, &empty, &root, &[left]),
+            Err(ProofError::EmptyOldTree)
+        );
+        assert_eq!(
+            verify_consistency(0, 0, &empty, &root, &[]),
+            Err(ProofError::DifferentRootsSameSize)
+        );
+        assert!(verify_consistency_bytes(0, 1, &empty, b"short", &[] as &[&[u8]]).is_err());
     }
 
     #[test]

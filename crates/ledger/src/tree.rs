@@ -30,7 +30,7 @@ pub type CompletedNode = (u8, u64, Hash);
 pub enum TreeError<E> {
     #[error("leaf index {index} is not below tree size {size}")]
     IndexOutOfRange { index: u64, size: u64 },
-    #[error("a consistency proof needs 0 < old size ({old_size}) <= new size ({new_size})")]
+    #[error("a consistency proof needs old size ({old_size}) <= new size ({new_size})")]
     InvalidSizes { old_size: u64, new_size: u64 },
     #[error("could not read tree node at level {level}, index {index}")]
     Source {
@@ -76,14 +76,18 @@ pub fn inclusion_proof<S: NodeSource>(
 }
 
 /// Consistency proof (RFC 6962 §2.1.2 `PROOF`) that the tree of `old_size` leaves is a prefix
-/// of the tree of `new_size` leaves. Empty when the sizes are equal.
+/// of the tree of `new_size` leaves. Empty when the sizes are equal, and from the empty tree
+/// (every tree extends it; the verifier checks that the old root is the empty root).
 pub fn consistency_proof<S: NodeSource>(
     old_size: u64,
     new_size: u64,
     src: &S,
 ) -> Result<Vec<Hash>, TreeError<S::Error>> {
-    if old_size == 0 || old_size > new_size {
+    if old_size > new_size {
         return Err(TreeError::InvalidSizes { old_size, new_size });
+    }
+    if old_size == 0 {
+        return Ok(Vec::new());
     }
     let mut proof = Vec::with_capacity(64);
     let (mut begin, mut end) = (0, new_size);
@@ -407,6 +411,18 @@ mod tests {
     }
 
     #[test]
+    fn a_proof_from_the_empty_tree_is_empty_and_verifies() {
+        let leaves = leaves(7);
+        let tree = tree(&leaves);
+        for size in 0..=7 {
+            let proof = consistency_proof(0, size, &tree).unwrap();
+            assert!(proof.is_empty());
+            let new_root = root(size, &tree).unwrap();
+            crate::proof::verify_consistency(0, size, &empty_root(), &new_root, &proof).unwrap();
+        }
+    }
+
+    #[test]
     fn missing_nodes_and_bad_arguments_are_errors() {
         let tree = tree(&leaves(5));
         assert!(matches!(root(6, &tree), Err(TreeError::Source { .. })));
@@ -415,10 +431,8 @@ mod tests {
             inclusion_proof(5, 5, &tree),
             Err(TreeError::IndexOutOfRange { .. })
         ));
-        assert!(matches!(
-            consistency_proof(0, 5, &tree),
-            Err(TreeError::InvalidSizes { .. })
-        ));
+        assert_eq!(consistency_proof(0, 5, &tree).unwrap(), Vec::<Hash>::new());
+        assert_eq!(consistency_proof(0, 0, &tree).unwrap(), Vec::<Hash>::new());
         assert!(matches!(
             consistency_proof(6, 5, &tree),
             Err(TreeError::InvalidSizes { .. })

@@ -1,4 +1,4 @@
-//! Integration tests of keel-ledger: the shared RFC 6962 test vectors, and the whole path a
+//! Integration tests of keel-ledger: the vendored RFC 6962 test vectors, and the whole path a
 //! sequencer and an auditor take (append, store nodes, restore, prove, sign, check offline).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // Test code: a panic is a failure report.
@@ -15,8 +15,10 @@ use keel_ledger::{
 };
 use serde_json::Value;
 
+/// The RFC 6962 vectors, vendored with their Apache-2.0 licence (see the folder's README), so
+/// a clone of Keel with nothing beside it runs this test.
 fn vectors_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/testdata/rfc6962")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/rfc6962")
 }
 
 fn json_files(dir: &Path) -> Vec<PathBuf> {
@@ -136,7 +138,7 @@ fn rfc6962_vectors() {
             "no invalid {kind} vector"
         );
     }
-    // The shared folder holds 196 vectors today; losing some silently would weaken this test.
+    // The vendored folder holds 196 vectors; losing some silently would weaken this test.
     assert!(total >= 196, "only {total} vectors");
 }
 

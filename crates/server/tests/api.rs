@@ -607,12 +607,20 @@ async fn checkpoints_and_proofs_check_offline() {
     assert_eq!(response.status(), StatusCode::OK);
     let document: keel_ledger::ProofDocument = response.json().await.unwrap();
     document.check(verifier_key).unwrap();
+    // From the empty tree: an empty proof whose old root is the empty root, as other RFC 6962
+    // verifiers expect.
+    let response = app.get("/v1/audit/proof/consistency?from=0").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let document: keel_ledger::ProofDocument = response.json().await.unwrap();
+    document.check(verifier_key).unwrap();
+    let json = serde_json::to_value(&document).unwrap();
+    assert_eq!(json["proof"], json!([]));
+    assert_eq!(json["from_root"], hex::encode(keel_ledger::empty_root()));
 
     for bad in [
         format!("inclusion?index={tree_size}"),
         "inclusion?index=-1".to_string(),
         "inclusion".to_string(),
-        "consistency?from=0".to_string(),
         format!("consistency?from={}", tree_size + 1),
     ] {
         let response = app.get(&format!("/v1/audit/proof/{bad}")).await;
