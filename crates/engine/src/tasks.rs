@@ -174,6 +174,18 @@ pub async fn add_user(
             "the approval limit must be a number ≥ 0".into(),
         ));
     }
+    // A token whose subject names a user acts as that user: an application's live token
+    // named like the new user would silently take the user's roles.
+    let tokens = store.tokens().await?;
+    if store.user(name).await?.is_none()
+        && tokens
+            .iter()
+            .any(|token| token.subject == name && token.revoked_at_ms.is_none())
+    {
+        return Err(Error::InvalidRequest(format!(
+            "an application's token acts as `{name}`, and it would take this user's roles; revoke it first (`keel token revoke {name}`) or pick another user name"
+        )));
+    }
     let user = UserRow {
         name: name.to_string(),
         display_name: name.to_string(),

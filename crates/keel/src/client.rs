@@ -10,6 +10,9 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 
+use crate::people::TokenArg;
+use crate::table::{cell, Table};
+
 /// Cases submitted at once from a JSONL file.
 const SUBMIT_CONCURRENCY: usize = 16;
 /// Longest JSONL line accepted (the server's own limit is larger).
@@ -41,6 +44,8 @@ pub struct SubmitArgs {
     #[arg(long)]
     pub key_field: Option<String>,
     #[command(flatten)]
+    pub token: TokenArg,
+    #[command(flatten)]
     pub server: ServerArgs,
 }
 
@@ -57,6 +62,8 @@ pub struct CasesArgs {
     #[arg(long)]
     pub cursor: Option<String>,
     #[command(flatten)]
+    pub token: TokenArg,
+    #[command(flatten)]
     pub server: ServerArgs,
 }
 
@@ -66,21 +73,26 @@ pub enum CaseCommand {
     Show {
         id: String,
         #[command(flatten)]
+        token: TokenArg,
+        #[command(flatten)]
         server: ServerArgs,
     },
 }
 
-/// The HTTP client for a running `keel serve`, sending the token of `KEEL_TOKEN` (every API
-/// call needs one; `keel token create --name NAME --user YOU` makes one).
-pub(crate) fn http() -> anyhow::Result<reqwest::Client> {
+/// The HTTP client for a running `keel serve`, sending the token of `--token` / `KEEL_TOKEN`
+/// (every API call needs one; `keel token create --name NAME --user YOU` makes one).
+pub(crate) fn http(token: &TokenArg) -> anyhow::Result<reqwest::Client> {
     let mut headers = reqwest::header::HeaderMap::new();
-    if let Ok(token) = std::env::var("KEEL_TOKEN") {
-        if let Ok(mut value) =
-            reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
-        {
-            value.set_sensitive(true);
-            headers.insert(reqwest::header::AUTHORIZATION, value);
-        }
+    if let Some(token) = token
+        .token
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .context("the token holds characters a header cannot carry; copy it again from `keel token create`")?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
     }
     Ok(reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
@@ -97,7 +109,16 @@ pub(crate) async fn call(
         format!("cannot reach keel at {server}; start it with `keel serve` or point --server / KEEL_SERVER at it")
     })?;
     let status = response.status().as_u16();
-    let body: Value = response.json().await.unwrap_or(Value::Null);
+    let mut body: Value = response.json().await.unwrap_or(Value::Null);
+    if status == 401 {
+        if let Some(problem) = body.as_object_mut() {
+            let detail = problem_text(&Value::Object(problem.clone()));
+            problem.insert(
+                "detail".into(),
+                Value::String(format!("{detail}; pass --token or set KEEL_TOKEN (create one with `keel token create --name NAME --user YOU`)")),
+            );
+        }
+    }
     Ok((status, body))
 }
 
@@ -120,7 +141,7 @@ pub(crate) fn problem_text(body: &Value) -> String {
 }
 
 pub async fn submit(args: SubmitArgs) -> anyhow::Result<ExitCode> {
-    let client = http()?;
+    let client = http(&args.token)?;
     let url = format!(
         "{}/v1/workflows/{}/cases",
         args.server.server.trim_end_matches('/'),
@@ -291,7 +312,7 @@ fn tally(
 }
 
 pub async fn cases(args: CasesArgs) -> anyhow::Result<ExitCode> {
-    let client = http()?;
+    let client = http(&args.token)?;
     let mut request = client
         .get(format!(
             "{}/v1/cases",
@@ -315,21 +336,18 @@ pub async fn cases(args: CasesArgs) -> anyhow::Result<ExitCode> {
         println!("{body}");
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
-        "{:<36}  {:<22}  {:>3}  {:<10}  {:<16}  UPDATED",
-        "ID", "WORKFLOW", "VER", "STATUS", "STEP"
-    );
+    let mut table = Table::new(&["ID", "WORKFLOW", ">VER", "STATUS", "STEP", "UPDATED"]);
     for case in body["cases"].as_array().into_iter().flatten() {
-        println!(
-            "{:<36}  {:<22}  {:>3}  {:<10}  {:<16}  {}",
-            case["id"].as_str().unwrap_or(""),
-            case["workflow"].as_str().unwrap_or(""),
-            case["workflow_version"].to_string(),
-            case["status"].as_str().unwrap_or(""),
-            case["current_step"].as_str().unwrap_or("-"),
-            case["updated_at"].as_str().unwrap_or(""),
-        );
+        table.row([
+            cell(&case["id"]),
+            cell(&case["workflow"]),
+            cell(&case["workflow_version"]),
+            cell(&case["status"]),
+            cell(&case["current_step"]),
+            cell(&case["updated_at"]),
+        ]);
     }
+    table.print();
     if let Some(cursor) = body["next_cursor"].as_str() {
         eprintln!("more: keel cases --cursor {cursor}");
     }
@@ -337,8 +355,8 @@ pub async fn cases(args: CasesArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn case(command: CaseCommand) -> anyhow::Result<ExitCode> {
-    let CaseCommand::Show { id, server } = command;
-    let client = http()?;
+    let CaseCommand::Show { id, token, server } = command;
+    let client = http(&token)?;
     let request = client.get(format!(
         "{}/v1/cases/{id}",
         server.server.trim_end_matches('/')
@@ -371,10 +389,7 @@ pub async fn case(command: CaseCommand) -> anyhow::Result<ExitCode> {
         println!("sla       BREACHED");
     }
     println!();
-    println!(
-        "{:>6}  {:<24}  {:<22}  {:<16}  DETAIL",
-        "SEQ", "AT", "EVENT", "STEP"
-    );
+    let mut table = Table::new(&[">SEQ", "AT", "EVENT", "STEP", "DETAIL"]);
     for entry in body["timeline"].as_array().into_iter().flatten() {
         let mut detail = entry["data"].to_string();
         if detail.len() > 80 {
@@ -385,14 +400,14 @@ pub async fn case(command: CaseCommand) -> anyhow::Result<ExitCode> {
             detail.truncate(cut);
             detail.push_str("...");
         }
-        println!(
-            "{:>6}  {:<24}  {:<22}  {:<16}  {}",
-            entry["seq"].to_string(),
-            entry["at"].as_str().unwrap_or(""),
-            entry["kind"].as_str().unwrap_or(""),
-            entry["step"].as_str().unwrap_or("-"),
-            detail
-        );
+        table.row([
+            cell(&entry["seq"]),
+            cell(&entry["at"]),
+            cell(&entry["kind"]),
+            cell(&entry["step"]),
+            detail,
+        ]);
     }
+    table.print();
     Ok(ExitCode::SUCCESS)
 }

@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::client::ServerArgs;
 use crate::people::{request, TokenArg};
+use crate::table::{cell, Table};
 
 #[derive(Args, Debug)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -102,10 +103,15 @@ fn print_results(rows: &Value, first_column_is_feature: bool) {
     } else {
         "EVALUATED"
     };
-    println!(
-        "{:<40}  {:<14}  {:>10}  {:>9}  {:<7}  {:>15}  {:>6}",
-        first, "METHOD", "VALUE", "THRESHOLD", "DRIFTED", "ROWS (REF/CUR)", "FAILED"
-    );
+    let mut table = Table::new(&[
+        first,
+        "METHOD",
+        ">VALUE",
+        ">THRESHOLD",
+        "DRIFTED",
+        ">ROWS (REF/CUR)",
+        ">FAILED",
+    ]);
     for row in rows {
         let label = if first_column_is_feature {
             format!("{}/{}", text(&row["workflow"]), text(&row["feature"]))
@@ -126,17 +132,17 @@ fn print_results(rows: &Value, first_column_is_feature: bool) {
             ("tested", _) => "no",
             _ => "-",
         };
-        println!(
-            "{:<40}  {:<14}  {:>10}  {:>9}  {:<7}  {:>15}  {:>6}",
+        table.row([
             label,
             method,
             number(&row["value"]),
             number(&row["threshold"]),
-            drifted,
+            drifted.to_string(),
             format!("{}/{}", row["reference_rows"], row["current_rows"]),
-            row["failed_rows"],
-        );
+            cell(&row["failed_rows"]),
+        ]);
     }
+    table.print();
 }
 
 fn number(value: &Value) -> String {

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use crate::client::ServerArgs;
 use crate::people::{request, TokenArg};
+use crate::table::{cell, Table};
 
 #[derive(Args, Debug)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -184,23 +185,22 @@ pub async fn exceptions(args: ExceptionsArgs) -> anyhow::Result<ExitCode> {
         eprintln!("no exceptions");
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
-        "{:<56}  {:<16}  {:<8}  {:<14}  {:<7}  {:<3}  {:<10}  MESSAGE",
-        "ID", "KIND", "STATUS", "QUEUE", "PRIO", "LVL", "ASSIGNEE"
-    );
+    let mut table = Table::new(&[
+        "ID", "KIND", "STATUS", "QUEUE", "PRIO", ">LVL", "ASSIGNEE", "MESSAGE",
+    ]);
     for row in rows {
-        println!(
-            "{:<56}  {:<16}  {:<8}  {:<14}  {:<7}  {:<3}  {:<10}  {}",
-            text(&row["id"]),
-            text(&row["kind"]),
-            text(&row["status"]),
-            row["queue"].as_str().unwrap_or("-"),
-            row["priority"].as_str().unwrap_or("-"),
-            row["level"],
-            row["assignee"].as_str().unwrap_or("-"),
-            text(&row["message"]),
-        );
+        table.row([
+            cell(&row["id"]),
+            cell(&row["kind"]),
+            cell(&row["status"]),
+            cell(&row["queue"]),
+            cell(&row["priority"]),
+            cell(&row["level"]),
+            cell(&row["assignee"]),
+            cell(&row["message"]),
+        ]);
     }
+    table.print();
     Ok(ExitCode::SUCCESS)
 }
 
@@ -214,10 +214,15 @@ fn print_patterns(body: &Value, as_json: bool) -> anyhow::Result<ExitCode> {
         eprintln!("no exceptions yet");
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
-        "{:<16}  {:>6}  {:>5}  {:>9}  {:<14}  {:<24}  TEMPLATE",
-        "FINGERPRINT", "TOTAL", "OPEN", "MEDIAN", "TREND (7d)", "WORKFLOW/STEP"
-    );
+    let mut table = Table::new(&[
+        "FINGERPRINT",
+        ">TOTAL",
+        ">OPEN",
+        ">MEDIAN",
+        "TREND (7d)",
+        "WORKFLOW/STEP",
+        "TEMPLATE",
+    ]);
     for row in rows {
         let median = row["median_resolve_ms"]
             .as_i64()
@@ -228,21 +233,17 @@ fn print_patterns(body: &Value, as_json: bool) -> anyhow::Result<ExitCode> {
             row["trend"]["previous_7_days"],
             row["trend"]["last_7_days"]
         );
-        println!(
-            "{:<16}  {:>6}  {:>5}  {:>9}  {:<14}  {:<24}  {}",
-            text(&row["fingerprint"]),
-            row["total"],
-            row["open"],
+        table.row([
+            cell(&row["fingerprint"]),
+            cell(&row["total"]),
+            cell(&row["open"]),
             median,
             trend,
-            format!(
-                "{}/{}",
-                text(&row["workflow"]),
-                row["step"].as_str().unwrap_or("-")
-            ),
-            text(&row["template"]),
-        );
+            format!("{}/{}", cell(&row["workflow"]), cell(&row["step"])),
+            cell(&row["template"]),
+        ]);
     }
+    table.print();
     Ok(ExitCode::SUCCESS)
 }
 
@@ -251,10 +252,7 @@ fn print_queues(body: &Value, as_json: bool) -> anyhow::Result<ExitCode> {
         println!("{body}");
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
-        "{:<16}  {:>5}  {:<12}  {:<14}  {:<28}  ESCALATION",
-        "QUEUE", "OPEN", "ASSIGN", "SLA", "MEMBERS"
-    );
+    let mut table = Table::new(&["QUEUE", ">OPEN", "ASSIGN", "SLA", "MEMBERS", "ESCALATION"]);
     for queue in body.as_array().cloned().unwrap_or_default() {
         let list = |value: &Value| {
             value
@@ -275,20 +273,20 @@ fn print_queues(body: &Value, as_json: bool) -> anyhow::Result<ExitCode> {
             .iter()
             .map(|level| format!("{} → {}", text(&level["after"]), text(&level["to"])))
             .collect();
-        println!(
-            "{:<16}  {:>5}  {:<12}  {:<14}  {:<28}  {}",
-            text(&queue["name"]),
-            queue["open"],
-            text(&queue["assign"]),
-            queue["sla"].as_str().unwrap_or("-"),
+        table.row([
+            cell(&queue["name"]),
+            cell(&queue["open"]),
+            cell(&queue["assign"]),
+            cell(&queue["sla"]),
             list(&queue["members"]),
             if ladder.is_empty() {
                 "-".to_string()
             } else {
                 ladder.join("; ")
             },
-        );
+        ]);
     }
+    table.print();
     Ok(ExitCode::SUCCESS)
 }
 

@@ -19,6 +19,7 @@ use keel_engine::learn::{self, Actor, NewVersion};
 use keel_store::Store;
 use serde_json::json;
 
+use crate::table::Table;
 use crate::DataArgs;
 
 #[derive(Subcommand, Debug)]
@@ -419,18 +420,15 @@ async fn versions(args: &VersionsArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
-        "{:>8}  {:>10}  {:<24}  source",
-        "version", "examples", "created at"
-    );
+    let mut table = Table::new(&[">VERSION", ">EXAMPLES", "CREATED AT", "SOURCE"]);
     for row in &rows {
-        println!(
-            "{:>8}  {:>10}  {:<24}  {}",
-            row.version,
-            row.examples,
+        table.row([
+            row.version.to_string(),
+            row.examples.to_string(),
             keel_engine::rfc3339_ms(row.created_at_ms),
-            row.source
-        );
+            row.source.clone(),
+        ]);
     }
+    table.print();
     Ok(ExitCode::SUCCESS)
 }

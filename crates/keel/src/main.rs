@@ -15,6 +15,7 @@ mod learner;
 mod people;
 mod report;
 mod serve;
+mod table;
 mod token;
 mod trust;
 mod webhooks;

@@ -9,6 +9,7 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
 use crate::client::{call, http, problem_text, ServerArgs};
+use crate::table::{cell, Table};
 use crate::token::{now_ms, open};
 use crate::DataArgs;
 
@@ -165,19 +166,16 @@ pub async fn user(command: UserCommand) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string(&users)?);
                 return Ok(ExitCode::SUCCESS);
             }
-            println!(
-                "{:<24}  {:<32}  {:>14}  STATE",
-                "NAME", "ROLES", "APPROVAL LIMIT"
-            );
+            let mut table = Table::new(&["NAME", "ROLES", ">APPROVAL LIMIT", "STATE"]);
             for user in users {
-                println!(
-                    "{:<24}  {:<32}  {:>14}  {}",
+                table.row([
                     user.name,
                     user.roles.join(","),
                     user.approval_limit.map_or("-".into(), |l| l.to_string()),
-                    if user.disabled { "disabled" } else { "active" }
-                );
+                    (if user.disabled { "disabled" } else { "active" }).to_string(),
+                ]);
             }
+            table.print();
             Ok(ExitCode::SUCCESS)
         }
         UserCommand::Disable(args) => {
@@ -212,12 +210,11 @@ pub(crate) async fn request(
     token_arg: &TokenArg,
     server: &ServerArgs,
 ) -> anyhow::Result<Value> {
-    let mut builder = http()?
-        .request(
-            method,
-            format!("{}{path}", server.server.trim_end_matches('/')),
-        )
-        .bearer_auth(token(token_arg)?);
+    token(token_arg)?;
+    let mut builder = http(token_arg)?.request(
+        method,
+        format!("{}{path}", server.server.trim_end_matches('/')),
+    );
     if let Some(body) = body {
         builder = builder.json(&body);
     }
@@ -249,20 +246,17 @@ pub async fn tasks(args: TasksArgs) -> anyhow::Result<ExitCode> {
         eprintln!("no tasks");
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
-        "{:<60}  {:<8}  {:<9}  {:>9}  TITLE",
-        "ID", "KIND", "STATUS", "APPROVALS"
-    );
+    let mut table = Table::new(&["ID", "KIND", "STATUS", ">APPROVALS", "TITLE"]);
     for task in tasks {
-        println!(
-            "{:<60}  {:<8}  {:<9}  {:>9}  {}",
-            task["id"].as_str().unwrap_or_default(),
-            task["kind"].as_str().unwrap_or_default(),
-            task["status"].as_str().unwrap_or_default(),
+        table.row([
+            cell(&task["id"]),
+            cell(&task["kind"]),
+            cell(&task["status"]),
             format!("{}/{}", task["approvals"], task["required"]),
-            task["title"].as_str().unwrap_or_default(),
-        );
+            cell(&task["title"]),
+        ]);
     }
+    table.print();
     Ok(ExitCode::SUCCESS)
 }
 

@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::client::{http, problem_text, ServerArgs};
 use crate::people::TokenArg;
+use crate::table::{cell, Table};
 
 #[derive(Subcommand, Debug)]
 pub enum ReportCommand {
@@ -73,10 +74,7 @@ pub async fn run(command: ReportCommand) -> anyhow::Result<ExitCode> {
 /// GETs `path` and returns the body as text, or the problem as an error.
 async fn fetch(path: &str, token: &TokenArg, server: &ServerArgs) -> anyhow::Result<String> {
     let base = server.server.trim_end_matches('/');
-    let mut request = http()?.get(format!("{base}{path}"));
-    if let Some(token) = token.token.as_deref().filter(|t| !t.is_empty()) {
-        request = request.bearer_auth(token);
-    }
+    let request = http(token)?.get(format!("{base}{path}"));
     let response = request.send().await.with_context(|| {
         format!("cannot reach keel at {base}; start it with `keel serve` or point --server / KEEL_SERVER at it")
     })?;
@@ -123,6 +121,38 @@ fn pct(value: &Value) -> String {
         .map_or_else(|| "-".to_string(), |v| format!("{:.1}%", v * 100.0))
 }
 
+/// Each cascade's tiers, then what each cascade saved against always calling its last tier.
+fn print_cascades(report: &Value) {
+    let mut tiers = Table::new(&[
+        "CASCADE", ">TIER", "MODEL", ">SETTLED", ">SHARE", ">ACCEPTS",
+    ]);
+    let mut savings = Table::new(&["CASCADE", ">SAVED", ">NET", ">BASELINE/PROPOSAL", "METHOD"]);
+    for cascade in report["cascades"].as_array().into_iter().flatten() {
+        let name = format!("{}/{}", cell(&cascade["workflow"]), cell(&cascade["step"]));
+        for tier in cascade["tiers"].as_array().into_iter().flatten() {
+            tiers.row([
+                name.clone(),
+                cell(&tier["tier"]),
+                cell(&tier["model"]),
+                cell(&tier["settled"]),
+                pct(&tier["share"]),
+                pct(&tier["acceptance_rate"]),
+            ]);
+        }
+        savings.row([
+            name,
+            usd(&cascade["saved_usd"]),
+            usd(&cascade["net_saved_usd"]),
+            usd(&cascade["baseline_usd_per_proposal"]),
+            cell(&cascade["baseline_method"]),
+        ]);
+    }
+    println!();
+    tiers.print();
+    println!();
+    savings.print();
+}
+
 fn print_costs(report: &Value) {
     println!(
         "{} to {}: {} known ({} steps, {} gateway), {} calls, {} of unknown cost",
@@ -134,62 +164,29 @@ fn print_costs(report: &Value) {
         report["calls"],
         report["cost_unknown_calls"],
     );
-    println!(
-        "\n{:<28}  {:>10}  {:>14}  {:>12}",
-        "MODEL", "CALLS", "COST", "PER CALL"
-    );
+    println!();
+    let mut models = Table::new(&["MODEL", ">CALLS", ">COST", ">PER CALL"]);
     for model in report["per_model"].as_array().into_iter().flatten() {
-        println!(
-            "{:<28}  {:>10}  {:>14}  {:>12}",
-            model["model"].as_str().unwrap_or(""),
-            model["calls"],
+        models.row([
+            cell(&model["model"]),
+            cell(&model["calls"]),
             usd(&model["usd"]),
-            usd(&model["usd_per_call"])
-        );
+            usd(&model["usd_per_call"]),
+        ]);
     }
-    println!(
-        "\n{:<28}  {:>10}  {:>14}  {:>12}",
-        "WORKFLOW", "CASES", "COST", "PER CASE"
-    );
+    models.print();
+    println!();
+    let mut workflows = Table::new(&["WORKFLOW", ">CASES", ">COST", ">PER CASE"]);
     for workflow in report["per_workflow"].as_array().into_iter().flatten() {
-        println!(
-            "{:<28}  {:>10}  {:>14}  {:>12}",
-            workflow["workflow"].as_str().unwrap_or(""),
-            workflow["cases"],
+        workflows.row([
+            cell(&workflow["workflow"]),
+            cell(&workflow["cases"]),
             usd(&workflow["usd"]),
-            usd(&workflow["usd_per_case"])
-        );
+            usd(&workflow["usd_per_case"]),
+        ]);
     }
-    println!(
-        "\n{:<36}  {:>4}  {:<20}  {:>9}  {:>8}  {:>10}",
-        "CASCADE", "TIER", "MODEL", "SETTLED", "SHARE", "ACCEPTS"
-    );
-    for cascade in report["cascades"].as_array().into_iter().flatten() {
-        let name = format!(
-            "{}/{}",
-            cascade["workflow"].as_str().unwrap_or(""),
-            cascade["step"].as_str().unwrap_or("")
-        );
-        for tier in cascade["tiers"].as_array().into_iter().flatten() {
-            println!(
-                "{:<36}  {:>4}  {:<20}  {:>9}  {:>8}  {:>10}",
-                name,
-                tier["tier"],
-                tier["model"].as_str().unwrap_or(""),
-                tier["settled"],
-                pct(&tier["share"]),
-                pct(&tier["acceptance_rate"])
-            );
-        }
-        println!(
-            "{:<36}  saved {} (net {}), baseline {} per proposal ({})",
-            "",
-            usd(&cascade["saved_usd"]),
-            usd(&cascade["net_saved_usd"]),
-            usd(&cascade["baseline_usd_per_proposal"]),
-            cascade["baseline_method"].as_str().unwrap_or("")
-        );
-    }
+    workflows.print();
+    print_cascades(report);
     let budget = &report["budget"];
     println!(
         "\nbudget {}: {} month to date, {} projected, limit {} ({})",

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 use crate::client::ServerArgs;
 use crate::people::{request, TokenArg};
+use crate::table::{cell, Table};
 
 #[derive(Args, Debug)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -259,10 +260,15 @@ fn print_operations(body: &Value, as_json: bool) -> anyhow::Result<ExitCode> {
         eprintln!("no operations yet (an operation is an action that uses an `ai` step's output)");
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
-        "{:<36}  {:>5}  {:>8}  {:>6}  {:<15}  {:>6}  RECOMMENDATION",
-        "OPERATION", "PHASE", "REVIEWS", "AGREE", "WILSON 95%", "TARGET"
-    );
+    let mut table = Table::new(&[
+        "OPERATION",
+        ">PHASE",
+        ">REVIEWS",
+        ">AGREE",
+        "WILSON 95%",
+        ">TARGET",
+        "RECOMMENDATION",
+    ]);
     for row in rows {
         let target = row["next_target"]
             .as_f64()
@@ -272,21 +278,21 @@ fn print_operations(body: &Value, as_json: bool) -> anyhow::Result<ExitCode> {
         } else {
             format!("to phase {}", row["open_recommendation"]["to_phase"])
         };
-        println!(
-            "{:<36}  {:>5}  {:>8}  {:>6}  {:<15}  {:>6}  {}",
-            text(&row["operation"]),
-            row["phase"],
-            row["reviews_in_window"],
-            row["agreements_in_window"],
+        table.row([
+            cell(&row["operation"]),
+            cell(&row["phase"]),
+            cell(&row["reviews_in_window"]),
+            cell(&row["agreements_in_window"]),
             format!(
                 "[{:.3}, {:.3}]",
                 row["wilson_low"].as_f64().unwrap_or(0.0),
                 row["wilson_high"].as_f64().unwrap_or(1.0)
             ),
             target,
-            recommendation
-        );
+            recommendation,
+        ]);
     }
+    table.print();
     Ok(ExitCode::SUCCESS)
 }
 
@@ -319,10 +325,15 @@ async fn print_accuracy(
         body["agreements"],
         interval(&body)
     );
-    println!(
-        "\n{:<24}  {:>7}  {:>6}  {:<15}  {:>6}  CALIBRATOR (held-out ECE before → after)",
-        "MODEL", "REVIEWS", "AGREE", "WILSON 95%", "ECE"
-    );
+    println!();
+    let mut table = Table::new(&[
+        "MODEL",
+        ">REVIEWS",
+        ">AGREE",
+        "WILSON 95%",
+        ">ECE",
+        "CALIBRATOR (held-out ECE before → after)",
+    ]);
     for model in body["per_model"].as_array().cloned().unwrap_or_default() {
         let calibrator = if model["calibrator"].is_null() {
             "-".to_string()
@@ -334,37 +345,62 @@ async fn print_accuracy(
                 model["calibrator"]["ece_after"].as_f64().unwrap_or(0.0)
             )
         };
-        println!(
-            "{:<24}  {:>7}  {:>6}  {:<15}  {:>6}  {}",
-            text(&model["model"]),
-            model["reviews"],
-            model["agreements"],
+        table.row([
+            cell(&model["model"]),
+            cell(&model["reviews"]),
+            cell(&model["agreements"]),
             interval(&model),
             model["ece"]
                 .as_f64()
                 .map_or("-".to_string(), |e| format!("{e:.3}")),
-            calibrator
-        );
+            calibrator,
+        ]);
     }
-    if let Some(labels) = body["confusion"]["labels"].as_array() {
-        let names: Vec<&str> = labels.iter().map(text).collect();
+    table.print();
+    if let Some(table) = confusion_table(&body["confusion"]) {
         println!("\nconfusion (rows: proposed, columns: final):");
-        let header: String = names.iter().map(|n| format!("{n:>10}")).collect();
-        println!("{:<12}  {header}", "");
-        let matrix = body["confusion"]["matrix"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        for (i, row) in matrix.iter().enumerate() {
-            let cells: String = row
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .iter()
-                .map(|c| format!("{c:>10}"))
-                .collect();
-            println!("{:<12}  {cells}", names.get(i).copied().unwrap_or_default());
-        }
+        table.print();
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The confusion matrix as a table: one row per proposed label, one column per final label.
+fn confusion_table(confusion: &Value) -> Option<Table> {
+    let names: Vec<String> = confusion["labels"].as_array()?.iter().map(cell).collect();
+    let headers: Vec<String> = std::iter::once("PROPOSED \\ FINAL".to_string())
+        .chain(names.iter().map(|name| format!(">{name}")))
+        .collect();
+    let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+    let mut table = Table::new(&headers);
+    let matrix = confusion["matrix"].as_array().cloned().unwrap_or_default();
+    for (i, row) in matrix.iter().enumerate() {
+        let label = names.get(i).cloned().unwrap_or_default();
+        let counts = row.as_array().cloned().unwrap_or_default();
+        table.row(std::iter::once(label).chain(counts.iter().map(cell)));
+    }
+    Some(table)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // Test code: a panic is a failure report.
+mod tests {
+    use super::*;
+
+    /// `[[112,6],[16,118]]` printed as `ham 1126` / `spam 16118` before: cells ran together.
+    #[test]
+    fn the_confusion_matrix_keeps_its_cells_apart() {
+        let confusion = serde_json::json!({
+            "labels": ["ham", "spam"], "matrix": [[112, 6], [16, 118]]
+        });
+        let text = confusion_table(&confusion).unwrap().render();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "PROPOSED \\ FINAL  ham  spam",
+                "ham               112     6",
+                "spam               16   118",
+            ]
+        );
+    }
 }

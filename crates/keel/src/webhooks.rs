@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use keel_store::{Store, WebhookDeliveryFilter};
 
+use crate::table::Table;
 use crate::DataArgs;
 
 #[derive(Subcommand, Debug)]
@@ -91,27 +92,32 @@ async fn deliveries(args: DeliveriesArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
-        "{:<36}  {:<12}  {:<20}  {:<9}  {:>8}  {:<24}  LAST RESULT",
-        "ID", "ENDPOINT", "EVENT", "STATUS", "ATTEMPTS", "CREATED"
-    );
+    let mut table = Table::new(&[
+        "ID",
+        "ENDPOINT",
+        "EVENT",
+        "STATUS",
+        ">ATTEMPTS",
+        "CREATED",
+        "LAST RESULT",
+    ]);
     for row in rows {
         let last = match (&row.last_error, row.last_status_code) {
             (Some(error), _) => error.clone(),
             (None, Some(code)) => format!("HTTP {code}"),
             (None, None) => "-".into(),
         };
-        println!(
-            "{:<36}  {:<12}  {:<20}  {:<9}  {:>8}  {:<24}  {}",
+        table.row([
             row.id,
             row.endpoint,
             row.event,
             row.status,
-            row.attempts,
+            row.attempts.to_string(),
             keel_engine::rfc3339_ms(row.created_at_ms),
-            last.replace('\n', " ")
-        );
+            last.replace('\n', " "),
+        ]);
     }
+    table.print();
     Ok(ExitCode::SUCCESS)
 }
 
@@ -130,20 +136,17 @@ async fn attempts(args: AttemptsArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(1));
     }
-    println!(
-        "{:>7}  {:<24}  {:>6}  {:>11}  ERROR",
-        "ATTEMPT", "AT", "STATUS", "DURATION_MS"
-    );
+    let mut table = Table::new(&[">ATTEMPT", "AT", ">STATUS", ">DURATION_MS", "ERROR"]);
     for row in rows {
-        println!(
-            "{:>7}  {:<24}  {:>6}  {:>11}  {}",
-            row.attempt,
+        table.row([
+            row.attempt.to_string(),
             keel_engine::rfc3339_ms(row.at_ms),
             row.status_code
                 .map_or_else(|| "-".to_string(), |code| code.to_string()),
-            row.duration_ms,
-            row.error.as_deref().unwrap_or("-").replace('\n', " ")
-        );
+            row.duration_ms.to_string(),
+            row.error.as_deref().unwrap_or("-").replace('\n', " "),
+        ]);
     }
+    table.print();
     Ok(ExitCode::SUCCESS)
 }

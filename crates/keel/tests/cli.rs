@@ -989,6 +989,94 @@ fn users_and_tokens_are_managed_from_the_command_line() {
         !out.contains(token["token"].as_str().unwrap()),
         "secrets are never listed"
     );
+    // A user's token shows the user's roles (the server's truth), not the `gateway` default.
+    assert_eq!(token["kind"], "user");
+    assert_eq!(token["roles"], serde_json::json!(["reviewer"]));
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed[0]["name"], "ann-laptop");
+    assert_eq!(listed[0]["kind"], "user");
+    assert_eq!(listed[0]["roles"], serde_json::json!(["reviewer"]));
+    let (code, out, err) = keel(&[
+        "token",
+        "create",
+        "--name",
+        "billing",
+        "--json",
+        "--data-dir",
+        data,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let app: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(app["kind"], "application");
+    assert_eq!(app["roles"], serde_json::json!(["gateway"]));
+    // An application's token named like a user would act as that user: refused both ways.
+    let (code, _, err) = keel(&[
+        "token",
+        "create",
+        "--name",
+        "ann",
+        "--roles",
+        "admin",
+        "--data-dir",
+        data,
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--user ann"), "{err}");
+    let (code, _, err) = keel(&[
+        "user",
+        "add",
+        "billing",
+        "--roles",
+        "admin",
+        "--data-dir",
+        data,
+    ]);
+    assert_ne!(code, 0);
+    assert!(err.contains("keel token revoke billing"), "{err}");
+    let (code, _, _) = keel(&[
+        "token",
+        "create",
+        "--name",
+        "x",
+        "--user",
+        "ann",
+        "--roles",
+        "admin",
+        "--data-dir",
+        data,
+    ]);
+    assert_ne!(
+        code, 0,
+        "a user's token takes the user's roles, not --roles"
+    );
+    let (code, out, _) = keel(&["token", "list", "--data-dir", data]);
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = out.lines().collect();
+    let roles_at = lines[0].find("ROLES").unwrap();
+    assert!(
+        lines[1..]
+            .iter()
+            .all(|line| line[roles_at..].starts_with("gateway")
+                || line[roles_at..].starts_with("reviewer")),
+        "{out}"
+    );
+    // Every client command takes --token and names KEEL_TOKEN in its help.
+    for command in [
+        &["submit"][..],
+        &["cases"],
+        &["case", "show"],
+        &["tasks"],
+        &["trust"],
+    ] {
+        let mut args = command.to_vec();
+        args.push("--help");
+        let (code, out, _) = keel(&args);
+        assert_eq!(code, 0);
+        assert!(
+            out.contains("--token") && out.contains("KEEL_TOKEN"),
+            "{command:?}: {out}"
+        );
+    }
     let (code, _, _) = keel(&["user", "disable", "ann", "--data-dir", data]);
     assert_eq!(code, 0);
     let (code, _, _) = keel(&["token", "revoke", "ann-laptop", "--data-dir", data]);
