@@ -9,6 +9,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::extract::ApiQuery;
 use crate::problem::{Kind, Problem, ProblemBody};
+use crate::auth::Authenticated;
 use crate::AppState;
 
 /// The latest signed checkpoint of the ledger.
@@ -52,7 +53,10 @@ pub struct ConsistencyQuery {
         (status = 404, description = "No checkpoint has been written yet", body = ProblemBody, content_type = "application/problem+json"),
     )
 )]
-pub async fn checkpoint(State(state): State<AppState>) -> Result<Json<CheckpointBody>, Problem> {
+pub async fn checkpoint(
+    State(state): State<AppState>,
+    _caller: Authenticated,
+) -> Result<Json<CheckpointBody>, Problem> {
     let verifier_key = state.engine.verifier_key();
     let latest = keel_engine::audit::latest_checkpoint(state.engine.store(), &verifier_key).await?;
     let Some((signed, note)) = latest else {
@@ -82,6 +86,7 @@ pub async fn checkpoint(State(state): State<AppState>) -> Result<Json<Checkpoint
 )]
 pub async fn inclusion_proof(
     State(state): State<AppState>,
+    _caller: Authenticated,
     ApiQuery(query): ApiQuery<InclusionQuery>,
 ) -> Result<Json<ProofDocument>, Problem> {
     keel_engine::audit::inclusion(state.engine.store(), query.index, query.size)
@@ -103,6 +108,7 @@ pub async fn inclusion_proof(
 )]
 pub async fn consistency_proof(
     State(state): State<AppState>,
+    _caller: Authenticated,
     ApiQuery(query): ApiQuery<ConsistencyQuery>,
 ) -> Result<Json<ProofDocument>, Problem> {
     keel_engine::audit::consistency(state.engine.store(), query.from, query.to)

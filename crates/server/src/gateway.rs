@@ -137,6 +137,38 @@ impl GatewayError {
     }
 }
 
+/// The gateway's routes: the errors the server answers on them before a gateway handler runs
+/// (405 for a wrong method, 413 for a body over the limit) take OpenAI's shape too.
+pub(crate) const PATHS: &[&str] = &["/v1/chat/completions", "/v1/models"];
+
+/// A 405 in OpenAI's shape, with the `Allow` header.
+pub(crate) fn method_not_allowed(allow: &str) -> Response {
+    let mut response = GatewayError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        message: format!("this endpoint takes {allow}"),
+        kind: "invalid_request_error",
+        code: "method_not_allowed",
+        param: None,
+    }
+    .into_response();
+    if let Ok(value) = HeaderValue::from_str(allow) {
+        response.headers_mut().insert(header::ALLOW, value);
+    }
+    response
+}
+
+/// A 413 in OpenAI's shape.
+pub(crate) fn payload_too_large(max_body_bytes: usize) -> Response {
+    GatewayError {
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+        message: format!("the request body is larger than the limit of {max_body_bytes} bytes; send a shorter conversation"),
+        kind: "invalid_request_error",
+        code: "request_too_large",
+        param: None,
+    }
+    .into_response()
+}
+
 impl IntoResponse for GatewayError {
     fn into_response(self) -> Response {
         let mut response = (self.status, axum::Json(self.body())).into_response();

@@ -3,7 +3,6 @@
 //! token's user, with that user's roles and approval limit.
 
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::Json;
 use keel_core::gate::TaskDecision;
 use keel_engine::tasks::{Decided, DecisionError};
@@ -14,9 +13,11 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::extract::{ApiPath, ApiQuery, JsonBody};
 use crate::problem::{Kind, Problem, ProblemBody};
+use crate::auth::Authenticated;
 use crate::AppState;
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct TaskQuery {
     /// `open` (default), `approved`, `corrected`, `rejected`, or `all`.
     pub status: Option<String>,
@@ -27,6 +28,7 @@ pub struct TaskQuery {
     /// Only tasks that the roles working this exception-desk queue may decide.
     pub queue: Option<String>,
     /// At most this many (default 50, at most 1,000).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
 }
 
@@ -44,10 +46,10 @@ pub struct TaskQuery {
 )]
 pub async fn list_tasks(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Authenticated(caller): Authenticated,
     ApiQuery(query): ApiQuery<TaskQuery>,
 ) -> Result<Json<Vec<TaskRow>>, Problem> {
-    let caller = crate::auth::required(&state.engine, &headers).await?;
+    let limit = crate::cases::page_limit(query.limit)?;
     let status = match query.status.as_deref() {
         None => Some("open".to_string()),
         Some("all") => None,
@@ -97,7 +99,7 @@ pub async fn list_tasks(
         status,
         workflow: query.workflow,
         roles,
-        limit: query.limit.unwrap_or(50),
+        limit,
     };
     Ok(Json(state.engine.tasks(&filter).await?))
 }
@@ -117,10 +119,9 @@ pub async fn list_tasks(
 )]
 pub async fn get_task(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _caller: Authenticated,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<TaskRow>, Problem> {
-    crate::auth::required(&state.engine, &headers).await?;
     match state.engine.task(&id).await? {
         Some(task) => Ok(Json(task)),
         None => Err(Problem::new(
@@ -162,11 +163,10 @@ pub struct DecisionBody {
 )]
 pub async fn decide_task(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Authenticated(caller): Authenticated,
     ApiPath(id): ApiPath<String>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Decided>, Problem> {
-    let caller = crate::auth::required(&state.engine, &headers).await?;
     let body = body.ok_or_else(|| {
         Problem::new(
             Kind::MalformedJson,

@@ -4,7 +4,6 @@
 //! `approvers` roles and not being the author of the workflow version.
 
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::Json;
 use keel_engine::trust::{OperationView, TrustChanged, TrustError};
 use keel_store::RecommendationRow;
@@ -14,6 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::extract::{ApiPath, ApiQuery, JsonBody};
 use crate::problem::{Kind, Problem, ProblemBody};
+use crate::auth::Authenticated;
 use crate::AppState;
 
 /// Every operation (an action that uses AI output) with its phase and evidence.
@@ -29,9 +29,8 @@ use crate::AppState;
 )]
 pub async fn list_operations(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _caller: Authenticated,
 ) -> Result<Json<Vec<OperationView>>, Problem> {
-    crate::auth::required(&state.engine, &headers).await?;
     Ok(Json(state.engine.trust_operations().await?))
 }
 
@@ -50,10 +49,9 @@ pub async fn list_operations(
 )]
 pub async fn get_operation(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _caller: Authenticated,
     ApiPath((workflow, step)): ApiPath<(String, String)>,
 ) -> Result<Json<OperationView>, Problem> {
-    crate::auth::required(&state.engine, &headers).await?;
     let operation = format!("{workflow}/{step}");
     match state.engine.trust_operation(&operation).await? {
         Some(view) => Ok(Json(view)),
@@ -64,7 +62,11 @@ pub async fn get_operation(
     }
 }
 
+/// The statuses a recommendation can have.
+pub(crate) const RECOMMENDATION_STATUSES: &[&str] = &["open", "approved", "declined", "stale"];
+
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RecommendationQuery {
     /// `open`, `approved`, `declined`, `stale`; all when absent.
     pub status: Option<String>,
@@ -84,10 +86,17 @@ pub struct RecommendationQuery {
 )]
 pub async fn list_recommendations(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _caller: Authenticated,
     ApiQuery(query): ApiQuery<RecommendationQuery>,
 ) -> Result<Json<Vec<RecommendationRow>>, Problem> {
-    crate::auth::required(&state.engine, &headers).await?;
+    if let Some(status) = query.status.as_deref() {
+        if !RECOMMENDATION_STATUSES.contains(&status) {
+            return Err(Problem::new(
+                Kind::InvalidParameter,
+                format!("`status` is one of {RECOMMENDATION_STATUSES:?}, not `{status}`; leave it out for all"),
+            ));
+        }
+    }
     Ok(Json(
         state
             .engine
@@ -149,11 +158,10 @@ fn answer(result: Result<TrustChanged, TrustError>) -> Result<Json<TrustChanged>
 )]
 pub async fn promote(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Authenticated(caller): Authenticated,
     ApiPath((workflow, step)): ApiPath<(String, String)>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<TrustChanged>, Problem> {
-    let caller = crate::auth::required(&state.engine, &headers).await?;
     let body = parse(body)?;
     let operation = format!("{workflow}/{step}");
     answer(
@@ -180,11 +188,10 @@ pub async fn promote(
 )]
 pub async fn decline(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Authenticated(caller): Authenticated,
     ApiPath((workflow, step)): ApiPath<(String, String)>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<TrustChanged>, Problem> {
-    let caller = crate::auth::required(&state.engine, &headers).await?;
     let body = parse(body)?;
     let operation = format!("{workflow}/{step}");
     answer(
@@ -211,11 +218,10 @@ pub async fn decline(
 )]
 pub async fn demote(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Authenticated(caller): Authenticated,
     ApiPath((workflow, step)): ApiPath<(String, String)>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<TrustChanged>, Problem> {
-    let caller = crate::auth::required(&state.engine, &headers).await?;
     let body = parse(body)?;
     let operation = format!("{workflow}/{step}");
     answer(
@@ -243,10 +249,9 @@ pub async fn demote(
 )]
 pub async fn accuracy(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _caller: Authenticated,
     ApiPath((workflow, step)): ApiPath<(String, String)>,
 ) -> Result<Json<keel_engine::calibration::Accuracy>, Problem> {
-    crate::auth::required(&state.engine, &headers).await?;
     let operation = format!("{workflow}/{step}");
     match state.engine.accuracy(&operation).await? {
         Some(accuracy) => Ok(Json(accuracy)),

@@ -509,14 +509,14 @@ async fn a_signal_completes_a_waiting_case() {
     );
     assert_eq!(created["actor"], json!({"type": "system", "id": "engine"}));
 
-    // An empty body is a null payload.
+    // A finished case takes no more signals (an empty body would be a null payload).
     let response = app
         .client
-        .post(format!("{}/v1/cases/{id}/signals/ping", app.base))
+        .post(format!("{}/v1/cases/{id}/signals/approved", app.base))
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    expect_problem(response, StatusCode::CONFLICT, "case-finished").await;
 }
 
 #[tokio::test]
@@ -630,7 +630,11 @@ async fn checkpoints_and_proofs_check_offline() {
 
 #[tokio::test]
 async fn the_sandbox_honours_idempotency_keys() {
-    let app = spawn_app().await;
+    let app = spawn_app_with(ServerOptions {
+        sandbox: true,
+        ..ServerOptions::default()
+    })
+    .await;
     let client = reqwest::Client::new();
     let url = format!("{}/sandbox/erp/invoices/INV-1/bookings", app.base);
     let mut answers = Vec::new();
@@ -679,6 +683,8 @@ async fn the_sandbox_honours_idempotency_keys() {
     );
 }
 
+#[path = "api/access.rs"]
+mod access;
 #[path = "api/desk.rs"]
 mod desk;
 #[path = "api/drift.rs"]
