@@ -37,7 +37,8 @@ pub struct InclusionQuery {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ConsistencyQuery {
-    /// The older tree size.
+    /// The older tree size (at least 1).
+    #[param(minimum = 1)]
     pub from: u64,
     /// The tree size of a stored checkpoint; default the latest.
     pub to: Option<u64>,
@@ -82,6 +83,7 @@ pub async fn checkpoint(
     responses(
         (status = 200, description = "A `keel_ledger::ProofDocument` of kind inclusion", body = serde_json::Value),
         (status = 400, description = "Bad parameters", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No checkpoint of that size, or the leaf is beyond it", body = ProblemBody, content_type = "application/problem+json"),
     )
 )]
 pub async fn inclusion_proof(
@@ -104,6 +106,7 @@ pub async fn inclusion_proof(
     responses(
         (status = 200, description = "A `keel_ledger::ProofDocument` of kind consistency", body = serde_json::Value),
         (status = 400, description = "Bad parameters", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No checkpoint of that size, or `from` is beyond it", body = ProblemBody, content_type = "application/problem+json"),
     )
 )]
 pub async fn consistency_proof(
@@ -111,19 +114,24 @@ pub async fn consistency_proof(
     _caller: Authenticated,
     ApiQuery(query): ApiQuery<ConsistencyQuery>,
 ) -> Result<Json<ProofDocument>, Problem> {
+    if query.from == 0 {
+        return Err(Problem::new(
+            Kind::InvalidParameter,
+            "`from` is a tree size of at least 1; the consistency of the empty tree needs no proof",
+        ));
+    }
     keel_engine::audit::consistency(state.engine.store(), query.from, query.to)
         .await
         .map(Json)
         .map_err(bad_proof_request)
 }
 
-/// Parameters a proof cannot be made for are the caller's to fix (400); a size without a
-/// checkpoint is a 404; a damaged ledger stays a 500 (`Problem::from`).
+/// A leaf or tree size beyond the checkpoint is not (yet) in the ledger: 404, like a size
+/// without a checkpoint; a damaged ledger stays a 500 (`Problem::from`). Parameters that can
+/// never name a proof (`from=0`) are refused as 400 before the ledger is read.
 fn bad_proof_request(error: keel_engine::Error) -> Problem {
     match error {
-        keel_engine::Error::BadProofRequest(message) => {
-            Problem::new(Kind::InvalidParameter, message)
-        }
+        keel_engine::Error::BadProofRequest(message) => Problem::new(Kind::NotFound, message),
         keel_engine::Error::NoCheckpoint(message) => Problem::new(Kind::NoCheckpoint, message),
         other => Problem::from(other),
     }

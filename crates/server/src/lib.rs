@@ -128,9 +128,11 @@ pub fn router(engine: Engine, options: ServerOptions) -> Router {
         // would only duplicate it with a different number.
         .layer(DefaultBodyLimit::disable())
         .layer(RequestBodyLimitLayer::new(max_body_bytes))
-        .layer(axum::middleware::from_fn(move |request, next| {
-            problem::payload_too_large_in_shape(request, next, max_body_bytes)
-        }))
+        .layer(axum::middleware::from_fn(
+            move |request: Request, next: axum::middleware::Next| {
+                problem::payload_too_large_in_shape(request, next, max_body_bytes)
+            },
+        ))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(request_span)
@@ -158,6 +160,7 @@ pub fn openapi_document(options: &ServerOptions) -> serde_json::Value {
 const GATEWAY_AUTHENTICATES_ITSELF: &str = "the gateway authenticates its token and asks Cedar for `use_gateway` itself, so that its errors keep OpenAI's shape";
 
 /// The route table: each route with its handler and its access rule.
+#[rustfmt::skip] // one route per line: a table
 fn declare(options: &ServerOptions) -> routes::Routes {
     let routes = routes::Routes::new()
         .get("/healthz", health::healthz, Access::public("liveness probes carry no token"))
@@ -180,6 +183,7 @@ fn declare(options: &ServerOptions) -> routes::Routes {
 }
 
 /// The `/v1` endpoints, each with its Cedar action and resource.
+#[rustfmt::skip] // one route per line: a table
 fn v1_routes(routes: routes::Routes) -> routes::Routes {
     use Access as A;
     routes

@@ -33,6 +33,15 @@ pub(crate) fn apply(document: &mut Value) {
     {
         operation["requestBody"]["content"]["application/json"]["schema"] = resolution_body();
     }
+    if let Some(operation) = document.pointer_mut("/paths/~1v1~1chat~1completions/post") {
+        operation["requestBody"]["content"]["application/json"]["schema"] = chat_request();
+        add_openai_error(operation, "403", "The token's user may not `use_gateway` (journaled)");
+        add_openai_error(operation, "413", "The body is larger than the server's limit");
+        add_openai_error(operation, "503", "At the limit of requests in flight; see Retry-After");
+    }
+    if let Some(operation) = document.pointer_mut("/paths/~1v1~1models/get") {
+        add_openai_error(operation, "403", "The token's user may not `use_gateway` (journaled)");
+    }
     if let Some(content) = document
         .pointer_mut("/paths/~1v1~1reports~1monthly/get/responses/200/content")
         .and_then(Value::as_object_mut)
@@ -188,5 +197,74 @@ fn resolution_body() -> Value {
             variant("escalate", json!(["action"]), json!({})),
             variant("close", json!(["action"]), json!({})),
         ]
+    })
+}
+
+/// Adds an answer in OpenAI's error shape unless the operation documents one.
+fn add_openai_error(operation: &mut Value, status: &str, description: &str) {
+    if let Some(responses) = operation["responses"].as_object_mut() {
+        responses.entry(status).or_insert_with(|| {
+            json!({
+                "description": format!("{description} (OpenAI error body)"),
+                "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["error"],
+                    "properties": {"error": {"type": "object", "required": ["message", "type"]}}
+                }}}
+            })
+        });
+    }
+}
+
+/// What `gateway::parse` accepts: OpenAI's chat-completions request without the fields the
+/// gateway refuses (tools, sampling controls it cannot honour); unknown fields are refused.
+fn chat_request() -> Value {
+    let max_tokens = json!({"type": ["integer", "null"], "minimum": 1, "maximum": u32::MAX});
+    let text_part = json!({
+        "type": "object", "required": ["type", "text"],
+        "properties": {"type": {"const": "text"}, "text": {"type": "string"}}
+    });
+    json!({
+        "type": "object",
+        "required": ["model", "messages"],
+        "additionalProperties": false,
+        "properties": {
+            "model": {"type": "string", "minLength": 1, "description": "A model or alias from GET /v1/models"},
+            "messages": {"type": "array", "minItems": 1, "items": {
+                "type": "object", "required": ["role", "content"],
+                "properties": {
+                    "role": {"enum": ["system", "developer", "user", "assistant"]},
+                    "content": {"oneOf": [{"type": "string"}, {"type": "array", "items": text_part}]}
+                }
+            }},
+            "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
+            "max_tokens": max_tokens,
+            "max_completion_tokens": max_tokens,
+            "stop": {"oneOf": [
+                {"type": "null"}, {"type": "string"},
+                {"type": "array", "maxItems": 4, "items": {"type": "string"}}
+            ]},
+            "response_format": {"oneOf": [
+                {"type": "null"},
+                {"type": "object", "required": ["type"], "properties": {"type": {"enum": ["text", "json_object"]}}},
+                {"type": "object", "required": ["type", "json_schema"], "properties": {
+                    "type": {"const": "json_schema"},
+                    "json_schema": {"type": "object", "required": ["schema"], "properties": {
+                        "name": {"type": "string"},
+                        "strict": {"type": "boolean"},
+                        "schema": {"type": "object", "description": "A JSON Schema the answer must satisfy (checked by Keel)",
+                            "properties": {"type": {"enum": ["object", "array", "string", "number", "integer", "boolean"]}},
+                            "additionalProperties": false}
+                    }}
+                }}
+            ]},
+            "stream": {"type": "boolean"},
+            "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
+            "logprobs": {"type": "boolean"},
+            "top_logprobs": {"type": ["integer", "null"], "minimum": 0, "maximum": 20},
+            "n": {"enum": [1, null]},
+            "user": {"type": "string"},
+            "metadata": {"type": "object"},
+            "store": {"type": "boolean"}
+        }
     })
 }

@@ -608,15 +608,18 @@ async fn checkpoints_and_proofs_check_offline() {
     let document: keel_ledger::ProofDocument = response.json().await.unwrap();
     document.check(verifier_key).unwrap();
 
-    for bad in [
-        format!("inclusion?index={tree_size}"),
-        "inclusion?index=-1".to_string(),
-        "inclusion".to_string(),
-        "consistency?from=0".to_string(),
-        format!("consistency?from={}", tree_size + 1),
-    ] {
+    for bad in ["inclusion?index=-1", "inclusion", "consistency?from=0"] {
         let response = app.get(&format!("/v1/audit/proof/{bad}")).await;
         let problem = expect_problem(response, StatusCode::BAD_REQUEST, "invalid-parameter").await;
+        assert!(!problem["detail"].as_str().unwrap().is_empty());
+    }
+    // Beyond the checkpoint: not (yet) in the ledger.
+    for beyond in [
+        format!("inclusion?index={tree_size}"),
+        format!("consistency?from={}", tree_size + 1),
+    ] {
+        let response = app.get(&format!("/v1/audit/proof/{beyond}")).await;
+        let problem = expect_problem(response, StatusCode::NOT_FOUND, "not-found").await;
         assert!(!problem["detail"].as_str().unwrap().is_empty());
     }
     let no_such_size = format!("/v1/audit/proof/inclusion?index=0&size={}", tree_size + 100);
