@@ -3,7 +3,8 @@
 # on, a bounded number of examples per operation, once per token of several roles (admin, the
 # read-only auditor, and gateway, which may use only the gateway). Starts `keel serve` on a
 # temporary data directory and a free port, creates the users and tokens with the CLI, and
-# stops the server at the end. Exits non-zero on any failure.
+# stops the server at the end. Exits non-zero on any failure. scripts/api-fuzz.toml names the two
+# operations whose valid requests the document cannot fully state, and why.
 #
 # Environment: KEEL_BIN (default: target/debug/keel, built if missing), KEEL_CACHE_DIR (where
 # the schemathesis venv is cached; default ~/.cache/keel), KEEL_FUZZ_EXAMPLES (examples per
@@ -60,7 +61,7 @@ done
 status=0
 for role in "${roles[@]}"; do
     echo "== schemathesis as $role ($EXAMPLES examples per operation, seed $SEED)"
-    "$VENV/bin/schemathesis" run "$base/v1/openapi.json" \
+    "$VENV/bin/schemathesis" --config-file scripts/api-fuzz.toml run "$base/v1/openapi.json" \
         --checks all \
         --max-examples "$EXAMPLES" \
         --seed "$SEED" \

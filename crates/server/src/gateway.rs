@@ -351,7 +351,7 @@ fn parse(body: &[u8]) -> Result<Parsed, GatewayError> {
         .or_else(|| fields.get("max_tokens").filter(|v| !v.is_null()))
     {
         None => None,
-        Some(value) => match value.as_u64() {
+        Some(value) => match whole_number(value) {
             Some(n) if n >= 1 && n <= u64::from(u32::MAX) => Some(n as u32),
             _ => {
                 return Err(GatewayError::invalid(
@@ -378,7 +378,7 @@ fn parse(body: &[u8]) -> Result<Parsed, GatewayError> {
         }
     };
     if let Some(n) = fields.get("n").filter(|v| !v.is_null()) {
-        if n.as_u64() != Some(1) {
+        if whole_number(n) != Some(1) {
             return Err(GatewayError::invalid(
                 "the Keel gateway answers one choice per request: `n` must be 1",
                 Some("n"),
@@ -401,7 +401,7 @@ fn parse(body: &[u8]) -> Result<Parsed, GatewayError> {
         .unwrap_or(false);
     let top_logprobs = match fields.get("top_logprobs") {
         None | Some(Value::Null) => 0,
-        Some(value) => match value.as_u64() {
+        Some(value) => match whole_number(value) {
             Some(n) if n <= 20 => n as u8,
             _ => {
                 return Err(GatewayError::invalid(
@@ -425,6 +425,17 @@ fn parse(body: &[u8]) -> Result<Parsed, GatewayError> {
         include_usage,
         check,
         logprobs,
+    })
+}
+
+/// A non-negative whole number, also when written with a fraction (`5.0`): JSON does not tell
+/// them apart, and neither do OpenAI's clients.
+fn whole_number(value: &Value) -> Option<u64> {
+    value.as_u64().or_else(|| {
+        value
+            .as_f64()
+            .filter(|n| n.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(n))
+            .map(|n| n as u64)
     })
 }
 

@@ -41,6 +41,7 @@ pub struct TaskQuery {
     security(("keel_token" = [])),
     responses(
         (status = 200, description = "Tasks, oldest first", body = Value),
+        (status = 404, description = "No queue of that name", body = ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
     )
 )]
@@ -75,7 +76,7 @@ pub async fn list_tasks(
                     .map(|q| q.name.as_str())
                     .collect();
                 return Err(Problem::new(
-                    Kind::InvalidParameter,
+                    Kind::NotFound,
                     format!("no queue named `{name}`; the queues are {known:?} (GET /v1/queues)"),
                 ));
             };

@@ -182,6 +182,7 @@ pub async fn promote(
     security(("keel_token" = [])),
     responses(
         (status = 200, description = "Declined", body = Value),
+        (status = 404, description = "No such operation", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "Not an approver, or the version's author (journaled)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 422, description = "No open recommendation", body = ProblemBody, content_type = "application/problem+json"),
     )
@@ -212,6 +213,7 @@ pub async fn decline(
     security(("keel_token" = [])),
     responses(
         (status = 200, description = "Demoted", body = Value),
+        (status = 404, description = "No such operation", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "Not an approver (journaled)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 422, description = "Already in phase 1, or a bad target phase", body = ProblemBody, content_type = "application/problem+json"),
     )
