@@ -87,7 +87,9 @@ pub enum Error {
     #[error("{0}")]
     InvalidRequest(String),
     /// A signal to a case that has finished: nothing will ever consume it.
-    #[error("case `{case_id}` is {status} and takes no more signals; start a new case to act again")]
+    #[error(
+        "case `{case_id}` is {status} and takes no more signals; start a new case to act again"
+    )]
     CaseFinished { case_id: String, status: String },
     /// A signal that no `wait` step of the case's workflow version waits for.
     #[error("no `wait` step of workflow `{workflow}` version {version} waits for a signal named `{name}`; {expected}")]

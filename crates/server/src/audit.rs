@@ -7,9 +7,9 @@ use keel_ledger::ProofDocument;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::auth::Authenticated;
 use crate::extract::ApiQuery;
 use crate::problem::{Kind, Problem, ProblemBody};
-use crate::auth::Authenticated;
 use crate::AppState;
 
 /// The latest signed checkpoint of the ledger.

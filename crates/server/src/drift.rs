@@ -8,9 +8,9 @@ use keel_store::DriftResultRow;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
+use crate::auth::Authenticated;
 use crate::extract::{ApiPath, ApiQuery};
 use crate::problem::{Kind, Problem, ProblemBody};
-use crate::auth::Authenticated;
 use crate::AppState;
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -10,9 +10,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use crate::auth::Authenticated;
 use crate::extract::{ApiPath, JsonBody};
 use crate::problem::{Kind, Problem, ProblemBody};
-use crate::auth::Authenticated;
 use crate::AppState;
 
 /// The latest stored version of every learner.

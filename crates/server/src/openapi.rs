@@ -170,13 +170,29 @@ fn refine_operation(operation: &mut Value, access: Option<Access>) {
     match access {
         Some(Access::Token(rule)) => {
             operation["security"] = json!([{ "keel_token": [] }]);
-            add_problem(operation, "401", "No token, or a token that is unknown, revoked or expired");
-            add_problem(operation, "403", &format!("The token's user may not `{}` (journaled)", rule.action));
+            add_problem(
+                operation,
+                "401",
+                "No token, or a token that is unknown, revoked or expired",
+            );
+            add_problem(
+                operation,
+                "403",
+                &format!("The token's user may not `{}` (journaled)", rule.action),
+            );
         }
         Some(Access::ScrapeTokenOr(rule)) => {
             operation["security"] = json!([{ "keel_token": [] }, { "metrics_token": [] }]);
-            add_problem(operation, "401", "No token, or a token that is unknown, revoked or expired");
-            add_problem(operation, "403", &format!("The token's user may not `{}` (journaled)", rule.action));
+            add_problem(
+                operation,
+                "401",
+                "No token, or a token that is unknown, revoked or expired",
+            );
+            add_problem(
+                operation,
+                "403",
+                &format!("The token's user may not `{}` (journaled)", rule.action),
+            );
         }
         Some(Access::Public { .. }) | None => {}
     }
@@ -188,11 +204,23 @@ fn refine_operation(operation: &mut Value, access: Option<Access>) {
         .is_some_and(|parameters| !parameters.is_empty());
     let has_body = operation.get("requestBody").is_some();
     if has_parameters || has_body {
-        add_problem(operation, "400", "A malformed parameter or body; `detail` says which and how to fix it");
+        add_problem(
+            operation,
+            "400",
+            "A malformed parameter or body; `detail` says which and how to fix it",
+        );
     }
     if has_body {
-        add_problem(operation, "413", "The body is larger than the server's limit");
-        add_problem(operation, "415", "The body is not JSON (`Content-Type: application/json`)");
+        add_problem(
+            operation,
+            "413",
+            "The body is larger than the server's limit",
+        );
+        add_problem(
+            operation,
+            "415",
+            "The body is not JSON (`Content-Type: application/json`)",
+        );
     }
 }
 

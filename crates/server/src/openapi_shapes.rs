@@ -12,14 +12,11 @@ pub(crate) fn apply(document: &mut Value) {
             parameter["schema"] = schema;
         }
     }
-    let signal_name = parameter(
-        document,
-        "/v1/cases/{id}/signals/{name}",
-        "post",
-        "name",
-    );
+    let signal_name = parameter(document, "/v1/cases/{id}/signals/{name}", "post", "name");
     if let Some(parameter) = signal_name {
-        parameter["description"] = json!("A signal name that a `wait` step of the case's workflow version declares (else 422)");
+        parameter["description"] = json!(
+            "A signal name that a `wait` step of the case's workflow version declares (else 422)"
+        );
         parameter["schema"] = json!({
             "type": "string", "minLength": 1, "maxLength": keel_engine::MAX_SIGNAL_NAME_CHARS,
             "pattern": "^[a-z0-9_-]+$"
@@ -28,19 +25,34 @@ pub(crate) fn apply(document: &mut Value) {
     if let Some(operation) = document.pointer_mut("/paths/~1v1~1tasks~1{id}~1decision/post") {
         operation["requestBody"]["content"]["application/json"]["schema"] = decision_body();
     }
-    if let Some(operation) =
-        document.pointer_mut("/paths/~1v1~1exceptions~1{id}~1resolution/post")
+    if let Some(operation) = document.pointer_mut("/paths/~1v1~1exceptions~1{id}~1resolution/post")
     {
         operation["requestBody"]["content"]["application/json"]["schema"] = resolution_body();
     }
     if let Some(operation) = document.pointer_mut("/paths/~1v1~1chat~1completions/post") {
         operation["requestBody"]["content"]["application/json"]["schema"] = chat_request();
-        add_openai_error(operation, "403", "The token's user may not `use_gateway` (journaled)");
-        add_openai_error(operation, "413", "The body is larger than the server's limit");
-        add_openai_error(operation, "503", "At the limit of requests in flight; see Retry-After");
+        add_openai_error(
+            operation,
+            "403",
+            "The token's user may not `use_gateway` (journaled)",
+        );
+        add_openai_error(
+            operation,
+            "413",
+            "The body is larger than the server's limit",
+        );
+        add_openai_error(
+            operation,
+            "503",
+            "At the limit of requests in flight; see Retry-After",
+        );
     }
     if let Some(operation) = document.pointer_mut("/paths/~1v1~1models/get") {
-        add_openai_error(operation, "403", "The token's user may not `use_gateway` (journaled)");
+        add_openai_error(
+            operation,
+            "403",
+            "The token's user may not `use_gateway` (journaled)",
+        );
     }
     if let Some(content) = document
         .pointer_mut("/paths/~1v1~1reports~1monthly/get/responses/200/content")

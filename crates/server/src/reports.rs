@@ -10,9 +10,9 @@ use keel_engine::report::CostReport;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
+use crate::auth::Authenticated;
 use crate::extract::ApiQuery;
 use crate::problem::{Kind, Problem, ProblemBody};
-use crate::auth::Authenticated;
 use crate::AppState;
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -9,9 +9,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::IntoParams;
 
+use crate::auth::Authenticated;
 use crate::extract::{ApiPath, ApiQuery};
 use crate::problem::{Kind, Problem, ProblemBody};
-use crate::auth::Authenticated;
 use crate::AppState;
 
 /// Statuses a delivery can have.

@@ -75,7 +75,12 @@ async fn every_route_and_every_documented_operation_has_an_access_rule() {
             route.path
         );
         if let Access::Public { why } = route.access {
-            assert!(why.len() > 20, "{} {}: say why it is public", route.method, route.path);
+            assert!(
+                why.len() > 20,
+                "{} {}: say why it is public",
+                route.method,
+                route.path
+            );
         }
     }
     assert!(table.len() >= 40, "{} routes", table.len());
@@ -105,18 +110,34 @@ async fn the_guard_stands_before_every_route_of_the_router() {
             Access::Public { .. }
                 if route.path == "/v1/chat/completions" || route.path == "/v1/models" =>
             {
-                assert_eq!(status, StatusCode::UNAUTHORIZED, "{label}: the gateway checks its own token");
+                assert_eq!(
+                    status,
+                    StatusCode::UNAUTHORIZED,
+                    "{label}: the gateway checks its own token"
+                );
                 let body: Value = response.json().await.unwrap();
                 assert!(body["error"]["message"].is_string(), "{label}: {body}");
             }
             Access::Public { .. } => {
-                assert!(status.is_success() || status.is_redirection(), "{label}: {status}");
+                assert!(
+                    status.is_success() || status.is_redirection(),
+                    "{label}: {status}"
+                );
             }
         }
         let response = anonymous.delete(&url).send().await.unwrap();
-        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED, "DELETE {}", route.path);
+        assert_eq!(
+            response.status(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "DELETE {}",
+            route.path
+        );
         let allow = response.headers()["allow"].to_str().unwrap().to_string();
-        assert!(allow.contains(route.method.as_str()), "DELETE {}: Allow: {allow}", route.path);
+        assert!(
+            allow.contains(route.method.as_str()),
+            "DELETE {}: Allow: {allow}",
+            route.path
+        );
     }
 }
 
@@ -158,13 +179,18 @@ async fn the_sandbox_is_off_unless_asked_for() {
 async fn signals_that_mean_nothing_are_refused_and_not_journaled() {
     let app = spawn_app().await;
     let id = app.submit(&json!({"id": "s-1", "amount": 1})).await;
-    app.case_until(&id, |case| case["status"] == "waiting").await;
+    app.case_until(&id, |case| case["status"] == "waiting")
+        .await;
 
     let undeclared = app
         .post_json(&format!("/v1/cases/{id}/signals/ping"), &json!({}))
         .await;
-    let problem =
-        expect_problem(undeclared, StatusCode::UNPROCESSABLE_ENTITY, "undeclared-signal").await;
+    let problem = expect_problem(
+        undeclared,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "undeclared-signal",
+    )
+    .await;
     assert!(
         problem["detail"].as_str().unwrap().contains("approved"),
         "the detail names the signals the workflow waits for: {problem}"
@@ -172,7 +198,13 @@ async fn signals_that_mean_nothing_are_refused_and_not_journaled() {
     let control = "bad%01name".to_string();
     let long = "a".repeat(65);
     let huge = "a".repeat(60_000);
-    for name in [control.as_str(), "Approved", "a b", long.as_str(), huge.as_str()] {
+    for name in [
+        control.as_str(),
+        "Approved",
+        "a b",
+        long.as_str(),
+        huge.as_str(),
+    ] {
         let response = app
             .post_json(&format!("/v1/cases/{id}/signals/{name}"), &json!({}))
             .await;
@@ -180,20 +212,40 @@ async fn signals_that_mean_nothing_are_refused_and_not_journaled() {
     }
 
     let accepted = app
-        .post_json(&format!("/v1/cases/{id}/signals/approved"), &json!({"by": "ada"}))
+        .post_json(
+            &format!("/v1/cases/{id}/signals/approved"),
+            &json!({"by": "ada"}),
+        )
         .await;
     assert_eq!(accepted.status(), StatusCode::ACCEPTED);
-    app.case_until(&id, |case| case["status"] == "completed").await;
+    app.case_until(&id, |case| case["status"] == "completed")
+        .await;
     let finished = app
         .post_json(&format!("/v1/cases/{id}/signals/approved"), &json!({}))
         .await;
     let problem = expect_problem(finished, StatusCode::CONFLICT, "case-finished").await;
-    assert!(problem["detail"].as_str().unwrap().contains("new case"), "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("new case"),
+        "{problem}"
+    );
 
-    let timeline: Vec<String> = app.engine.timeline(&id).await.unwrap().into_iter().map(|r| r.kind).collect();
-    assert!(!timeline.iter().any(|kind| kind == "signal.ignored"), "{timeline:?}");
+    let timeline: Vec<String> = app
+        .engine
+        .timeline(&id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.kind)
+        .collect();
+    assert!(
+        !timeline.iter().any(|kind| kind == "signal.ignored"),
+        "{timeline:?}"
+    );
     assert_eq!(
-        timeline.iter().filter(|kind| *kind == "signal.received").count(),
+        timeline
+            .iter()
+            .filter(|kind| *kind == "signal.received")
+            .count(),
         1,
         "only the signal the case waited for is journaled: {timeline:?}"
     );
@@ -207,7 +259,10 @@ async fn page_sizes_out_of_range_are_refused_on_every_listing() {
             let response = app.get(&format!("{listing}?limit={limit}")).await;
             let problem =
                 expect_problem(response, StatusCode::BAD_REQUEST, "invalid-parameter").await;
-            assert!(problem["detail"].as_str().unwrap().contains("1000"), "{listing}: {problem}");
+            assert!(
+                problem["detail"].as_str().unwrap().contains("1000"),
+                "{listing}: {problem}"
+            );
         }
         for limit in ["1", "1000"] {
             let response = app.get(&format!("{listing}?limit={limit}")).await;
@@ -244,9 +299,17 @@ async fn the_gateway_answers_405_and_413_in_openai_shape() {
 
     // The rest of the API keeps its problem JSON.
     let too_large = app
-        .post_json("/v1/workflows/approval/cases", &json!({"id": big, "amount": 1}))
+        .post_json(
+            "/v1/workflows/approval/cases",
+            &json!({"id": big, "amount": 1}),
+        )
         .await;
-    expect_problem(too_large, StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large").await;
+    expect_problem(
+        too_large,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload-too-large",
+    )
+    .await;
 }
 
 /// Query parameters are in the query; bounds, enums, body variants, header limits and media
@@ -254,26 +317,46 @@ async fn the_gateway_answers_405_and_413_in_openai_shape() {
 #[test]
 fn the_document_states_parameters_as_the_server_reads_them() {
     let document = keel_server::openapi_document(&ServerOptions::default());
-    let parameters = |path: &str| document["paths"][path]["get"]["parameters"].as_array().unwrap().clone();
-    for path in ["/v1/tasks", "/v1/exceptions", "/v1/cases", "/v1/webhooks/deliveries"] {
+    let parameters = |path: &str| {
+        document["paths"][path]["get"]["parameters"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    for path in [
+        "/v1/tasks",
+        "/v1/exceptions",
+        "/v1/cases",
+        "/v1/webhooks/deliveries",
+    ] {
         for parameter in parameters(path) {
             assert_eq!(parameter["in"], "query", "{path}: {parameter}");
             assert_ne!(parameter["required"], true, "{path}: {parameter}");
         }
-        let limit = parameters(path).into_iter().find(|p| p["name"] == "limit").unwrap();
+        let limit = parameters(path)
+            .into_iter()
+            .find(|p| p["name"] == "limit")
+            .unwrap();
         assert_eq!(limit["schema"]["minimum"], 1, "{path}");
         assert_eq!(limit["schema"]["maximum"], 1000, "{path}");
     }
     let decision = &document["paths"]["/v1/tasks/{id}/decision"]["post"];
-    let variants: Vec<&Value> = decision["requestBody"]["content"]["application/json"]["schema"]["oneOf"]
+    let variants: Vec<&Value> = decision["requestBody"]["content"]["application/json"]["schema"]
+        ["oneOf"]
         .as_array()
         .unwrap()
         .iter()
         .map(|v| &v["properties"]["decision"]["const"])
         .collect();
-    assert_eq!(variants, [&json!("approve"), &json!("correct"), &json!("reject")]);
+    assert_eq!(
+        variants,
+        [&json!("approve"), &json!("correct"), &json!("reject")]
+    );
     for status in ["400", "401", "403", "404", "409", "413", "415"] {
-        assert!(decision["responses"][status].is_object(), "decision: {status}");
+        assert!(
+            decision["responses"][status].is_object(),
+            "decision: {status}"
+        );
     }
     let monthly = &document["paths"]["/v1/reports/monthly"]["get"]["responses"]["200"]["content"];
     for media in ["application/json", "text/markdown", "text/html"] {
