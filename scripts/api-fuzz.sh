@@ -12,11 +12,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-KEEL="${KEEL_BIN:-target/debug/keel}"
+KEEL="$(realpath -m "${KEEL_BIN:-target/debug/keel}")"
 if [ ! -x "$KEEL" ]; then
     cargo build --quiet -p keel --bin keel
 fi
 EXAMPLES="${KEEL_FUZZ_EXAMPLES:-20}"
+config="$PWD/scripts/api-fuzz.toml"
 SEED="${KEEL_FUZZ_SEED:-1}"
 
 # schemathesis in a cached venv, pinned so that a new release cannot change the verdict.
@@ -61,14 +62,15 @@ done
 status=0
 for role in "${roles[@]}"; do
     echo "== schemathesis as $role ($EXAMPLES examples per operation, seed $SEED)"
-    "$VENV/bin/schemathesis" --config-file scripts/api-fuzz.toml run "$base/v1/openapi.json" \
+    # Run from the temporary directory: schemathesis keeps a cache in its working directory.
+    (cd "$data" && "$VENV/bin/schemathesis" --config-file "$config" run "$base/v1/openapi.json" \
         --checks all \
         --max-examples "$EXAMPLES" \
         --seed "$SEED" \
         --generation-database none \
         --request-timeout 30 \
         --no-color \
-        --header "Authorization: Bearer ${tokens[$role]}" \
+        --header "Authorization: Bearer ${tokens[$role]}") \
         || status=1
 done
 if ! kill -0 "$server_pid" 2>/dev/null; then
