@@ -368,8 +368,9 @@ fn case_summary(row: CaseRow) -> CaseSummary {
         (status = 202, body = SignalAccepted),
         (status = 400, description = "Malformed JSON", body = ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "No such case", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 409, description = "Contended; retrying is safe", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "The case has finished (`case-finished`: start a new case), or it was contended (retrying is safe)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 413, description = "Payload too large", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "No `wait` step of the case's workflow version declares this signal (`undeclared-signal`)", body = ProblemBody, content_type = "application/problem+json"),
     )
 )]
 pub async fn signal_case(

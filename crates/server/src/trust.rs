@@ -111,7 +111,25 @@ pub struct TrustDecisionBody {
     /// Why (required; journaled with the evidence).
     pub reason: String,
     /// For demote: the phase to go to (default one down).
+    #[serde(default, deserialize_with = "whole_number")]
     pub to: Option<i64>,
+}
+
+/// A whole number, also when written with a fraction (`2.0`): JSON does not tell them apart.
+fn whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    number
+        .as_i64()
+        .or_else(|| {
+            number
+                .as_f64()
+                .filter(|n| n.fract() == 0.0 && n.abs() <= 9.0e15)
+                .map(|n| n as i64)
+        })
+        .map(Some)
+        .ok_or_else(|| serde::de::Error::custom("`to` must be a whole phase number"))
 }
 
 fn parse(body: Option<Value>) -> Result<TrustDecisionBody, Problem> {
@@ -261,5 +279,20 @@ pub async fn accuracy(
             Kind::UnknownOperation,
             format!("no operation `{operation}`; GET /v1/trust lists them"),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn a_target_phase_is_a_whole_number_however_it_is_written() {
+        for (to, expected) in [(json!(2), Some(2)), (json!(2.0), Some(2)), (json!(null), None)] {
+            let body = super::parse(Some(json!({"reason": "r", "to": to}))).ok();
+            assert_eq!(body.map(|b| b.to), Some(expected), "{to}");
+        }
+        assert!(super::parse(Some(json!({"reason": "r", "to": 2.5}))).is_err());
+        assert!(super::parse(Some(json!({"reason": "r"}))).is_ok_and(|b| b.to.is_none()));
     }
 }
