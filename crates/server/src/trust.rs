@@ -116,7 +116,9 @@ pub struct TrustDecisionBody {
 }
 
 /// A whole number, also when written with a fraction (`2.0`): JSON does not tell them apart.
-fn whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+fn whole_number<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<i64>, D::Error> {
     let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
         return Ok(None);
     };
@@ -288,7 +290,11 @@ mod tests {
 
     #[test]
     fn a_target_phase_is_a_whole_number_however_it_is_written() {
-        for (to, expected) in [(json!(2), Some(2)), (json!(2.0), Some(2)), (json!(null), None)] {
+        for (to, expected) in [
+            (json!(2), Some(2)),
+            (json!(2.0), Some(2)),
+            (json!(null), None),
+        ] {
             let body = super::parse(Some(json!({"reason": "r", "to": to}))).ok();
             assert_eq!(body.map(|b| b.to), Some(expected), "{to}");
         }
