@@ -47,6 +47,8 @@ pub use registry::{DeployReport, Registry};
 pub const MAX_INPUT_BYTES: usize = 1024 * 1024;
 /// Largest signal payload accepted, in bytes of JSON.
 pub const MAX_SIGNAL_BYTES: usize = 256 * 1024;
+/// Longest signal name, in characters (a workflow's names are at most this long).
+pub const MAX_SIGNAL_NAME_CHARS: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -84,6 +86,20 @@ pub enum Error {
     /// A request that can never succeed as given (the message says what to change).
     #[error("{0}")]
     InvalidRequest(String),
+    /// A signal to a case that has finished: nothing will ever consume it.
+    #[error(
+        "case `{case_id}` is {status} and takes no more signals; start a new case to act again"
+    )]
+    CaseFinished { case_id: String, status: String },
+    /// A signal that no `wait` step of the case's workflow version waits for.
+    #[error("no `wait` step of workflow `{workflow}` version {version} waits for a signal named `{name}`; {expected}")]
+    UndeclaredSignal {
+        workflow: String,
+        version: i64,
+        name: String,
+        /// What the workflow does wait for, as a sentence.
+        expected: String,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -475,13 +491,25 @@ impl Engine {
                 limit: MAX_SIGNAL_BYTES,
             });
         }
-        for _ in 0..20 {
+        check_signal_name(name)?;
+        for attempt in 0..20 {
             let row = self
                 .inner
                 .store
                 .case(case_id)
                 .await?
                 .ok_or_else(|| Error::UnknownCase(case_id.to_string()))?;
+            if attempt == 0 {
+                self.check_signal_declared(&row, name)?;
+            }
+            let finished = serde_json::from_value::<Status>(Value::String(row.status.clone()))
+                .is_ok_and(Status::is_final);
+            if finished {
+                return Err(Error::CaseFinished {
+                    case_id: case_id.to_string(),
+                    status: row.status,
+                });
+            }
             let input = keel_core::case::Input::Signal {
                 name: name.to_string(),
                 payload: payload.clone(),
@@ -495,6 +523,44 @@ impl Engine {
             }
         }
         Err(Error::Contended)
+    }
+
+    /// Refuses a signal that no `wait` step of the case's workflow version declares: it would
+    /// be journaled forever and never consumed.
+    fn check_signal_declared(&self, row: &CaseRow, name: &str) -> Result<()> {
+        let Some(workflow) = self
+            .inner
+            .registry
+            .version(&row.workflow, row.workflow_version)
+        else {
+            // The worker reports a version it cannot load; the signal waits with the case.
+            return Ok(());
+        };
+        let declared: Vec<&str> = workflow
+            .steps
+            .iter()
+            .filter_map(|step| match &step.kind {
+                keel_core::workflow::StepKind::Wait(keel_core::workflow::Wait::Signal {
+                    name,
+                    ..
+                }) => Some(name.as_str()),
+                _ => None,
+            })
+            .collect();
+        if declared.contains(&name) {
+            return Ok(());
+        }
+        let expected = if declared.is_empty() {
+            "it waits for no signal".to_string()
+        } else {
+            format!("it waits for {}", declared.join(", "))
+        };
+        Err(Error::UndeclaredSignal {
+            workflow: row.workflow.clone(),
+            version: row.workflow_version,
+            name: name.to_string(),
+            expected,
+        })
     }
 
     pub async fn case(&self, id: &str) -> Result<CaseRow> {
@@ -692,4 +758,20 @@ pub(crate) fn workflow_of(inner: &Inner, state: &CaseState) -> Result<Arc<Workfl
                 state.workflow, state.workflow_version
             ))
         })
+}
+
+/// A signal name as workflows write them: 1 to [`MAX_SIGNAL_NAME_CHARS`] lowercase ASCII
+/// letters, digits, `-` and `_`.
+pub fn check_signal_name(name: &str) -> Result<()> {
+    let valid = !name.is_empty()
+        && name.len() <= MAX_SIGNAL_NAME_CHARS
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if valid {
+        return Ok(());
+    }
+    Err(Error::InvalidRequest(format!(
+        "a signal name is 1 to {MAX_SIGNAL_NAME_CHARS} characters of a-z, 0-9, `-` and `_`, as the workflow's `wait: {{ signal: … }}` writes it"
+    )))
 }

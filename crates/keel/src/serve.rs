@@ -29,8 +29,12 @@ pub struct ServeArgs {
     /// Cases running at once on this node.
     #[arg(long, default_value_t = 256)]
     pub max_in_flight: usize,
-    /// Do not serve the sandbox stand-ins for the example workflows' ERP and helpdesk.
+    /// Serve the sandbox stand-ins for the example workflows' ERP and helpdesk under
+    /// /sandbox/ on the API port. They answer without a token, so they are off unless asked for.
     #[arg(long)]
+    pub sandbox: bool,
+    /// The default (no sandbox); kept so that older scripts still start.
+    #[arg(long, hide = true, conflicts_with = "sandbox")]
     pub no_sandbox: bool,
     /// Seconds to let in-flight steps finish on shutdown.
     #[arg(long, default_value_t = 10)]
@@ -309,9 +313,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     eprintln!(
         "submit a case:  keel submit ticket-routing examples/ticket.json   (then: keel cases)"
     );
+    if args.sandbox {
+        eprintln!("the sandbox (/sandbox/…) answers without a token: keep this server off shared networks");
+    } else {
+        eprintln!("the bundled workflows call the sandbox's ERP and helpdesk: start with --sandbox to run them end to end");
+    }
     let shutdown = shutdown_signal();
     let options = keel_server::ServerOptions {
-        sandbox: !args.no_sandbox,
+        sandbox: args.sandbox,
         authorizer: Some(authorizer),
         metrics_token,
         ..keel_server::ServerOptions::default()

@@ -7,6 +7,7 @@ use keel_ledger::ProofDocument;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::auth::Authenticated;
 use crate::extract::ApiQuery;
 use crate::problem::{Kind, Problem, ProblemBody};
 use crate::AppState;
@@ -36,7 +37,7 @@ pub struct InclusionQuery {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ConsistencyQuery {
-    /// The older tree size.
+    /// The older tree size; 0 gives the empty proof from the empty root.
     pub from: u64,
     /// The tree size of a stored checkpoint; default the latest.
     pub to: Option<u64>,
@@ -52,7 +53,10 @@ pub struct ConsistencyQuery {
         (status = 404, description = "No checkpoint has been written yet", body = ProblemBody, content_type = "application/problem+json"),
     )
 )]
-pub async fn checkpoint(State(state): State<AppState>) -> Result<Json<CheckpointBody>, Problem> {
+pub async fn checkpoint(
+    State(state): State<AppState>,
+    _caller: Authenticated,
+) -> Result<Json<CheckpointBody>, Problem> {
     let verifier_key = state.engine.verifier_key();
     let latest = keel_engine::audit::latest_checkpoint(state.engine.store(), &verifier_key).await?;
     let Some((signed, note)) = latest else {
@@ -78,10 +82,12 @@ pub async fn checkpoint(State(state): State<AppState>) -> Result<Json<Checkpoint
     responses(
         (status = 200, description = "A `keel_ledger::ProofDocument` of kind inclusion", body = serde_json::Value),
         (status = 400, description = "Bad parameters", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No checkpoint of that size, or the leaf is beyond it", body = ProblemBody, content_type = "application/problem+json"),
     )
 )]
 pub async fn inclusion_proof(
     State(state): State<AppState>,
+    _caller: Authenticated,
     ApiQuery(query): ApiQuery<InclusionQuery>,
 ) -> Result<Json<ProofDocument>, Problem> {
     keel_engine::audit::inclusion(state.engine.store(), query.index, query.size)
@@ -99,10 +105,12 @@ pub async fn inclusion_proof(
     responses(
         (status = 200, description = "A `keel_ledger::ProofDocument` of kind consistency", body = serde_json::Value),
         (status = 400, description = "Bad parameters", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No checkpoint of that size, or `from` is beyond it", body = ProblemBody, content_type = "application/problem+json"),
     )
 )]
 pub async fn consistency_proof(
     State(state): State<AppState>,
+    _caller: Authenticated,
     ApiQuery(query): ApiQuery<ConsistencyQuery>,
 ) -> Result<Json<ProofDocument>, Problem> {
     keel_engine::audit::consistency(state.engine.store(), query.from, query.to)
@@ -111,13 +119,11 @@ pub async fn consistency_proof(
         .map_err(bad_proof_request)
 }
 
-/// Parameters a proof cannot be made for are the caller's to fix (400); a size without a
-/// checkpoint is a 404; a damaged ledger stays a 500 (`Problem::from`).
+/// A leaf or tree size beyond the checkpoint is not (yet) in the ledger: 404, like a size
+/// without a checkpoint; a damaged ledger stays a 500 (`Problem::from`).
 fn bad_proof_request(error: keel_engine::Error) -> Problem {
     match error {
-        keel_engine::Error::BadProofRequest(message) => {
-            Problem::new(Kind::InvalidParameter, message)
-        }
+        keel_engine::Error::BadProofRequest(message) => Problem::new(Kind::NotFound, message),
         keel_engine::Error::NoCheckpoint(message) => Problem::new(Kind::NoCheckpoint, message),
         other => Problem::from(other),
     }

@@ -1,6 +1,9 @@
 //! Bearer tokens on the Keel API (problem JSON errors); the gateway has its own OpenAI-shaped
-//! errors over the same lookup.
+//! errors over the same lookup. The guard authenticates a request once and hands the caller to
+//! the handler through the request's extensions ([`Authenticated`]).
 
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use keel_engine::tokens::{Caller, Refusal};
 use keel_engine::Engine;
@@ -65,5 +68,26 @@ pub(crate) async fn optional(
             refusal_message(refusal),
         )),
         Err(error) => Err(Problem::internal(&error)),
+    }
+}
+
+/// The caller the guard authenticated, taken from the request's extensions. A handler that
+/// takes it cannot run without a caller: if the guard did not run, the request is refused.
+pub(crate) struct Authenticated(pub Caller);
+
+impl<S: Send + Sync> FromRequestParts<S> for Authenticated {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Problem> {
+        match parts.extensions.get::<Caller>() {
+            Some(caller) => Ok(Authenticated(caller.clone())),
+            None => {
+                tracing::error!(path = %parts.uri.path(), "a handler that needs a caller ran without the guard");
+                Err(Problem::new(
+                    Kind::Unauthenticated,
+                    "send `Authorization: Bearer <token>` with a token from `keel token create --user NAME`",
+                ))
+            }
+        }
     }
 }

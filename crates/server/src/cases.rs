@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
+use crate::auth::Authenticated;
 use crate::extract::{ApiPath, ApiQuery, JsonBody};
 use crate::problem::{Kind, Problem, ProblemBody};
 use crate::AppState;
@@ -122,6 +123,7 @@ pub struct CaseListQuery {
     /// Only cases in this status: `running`, `waiting`, `completed` or `failed`.
     pub status: Option<String>,
     /// Cases per page, 1 to 1000; default 50.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -157,14 +159,13 @@ pub struct SignalAccepted {
 )]
 pub async fn submit_case(
     State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
     ApiPath(workflow): ApiPath<String>,
     headers: HeaderMap,
     JsonBody(input): JsonBody,
 ) -> Result<Response, Problem> {
     let idempotency_key = idempotency_key(&headers)?;
-    let submitted_by = crate::auth::optional(&state.engine, &headers)
-        .await?
-        .map(|caller| caller.subject);
+    let submitted_by = Some(caller.subject);
     let input = input.ok_or_else(|| {
         Problem::new(
             Kind::MalformedJson,
@@ -192,6 +193,18 @@ pub async fn submit_case(
         Json(body),
     )
         .into_response())
+}
+
+/// The `limit` of a listing: 1 to [`MAX_PAGE`], [`DEFAULT_PAGE`] when not given.
+pub(crate) fn page_limit(limit: Option<i64>) -> Result<i64, Problem> {
+    let limit = limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(Problem::new(
+            Kind::InvalidParameter,
+            format!("`limit` must be between 1 and {MAX_PAGE}, not {limit}"),
+        ));
+    }
+    Ok(limit)
 }
 
 /// The `Idempotency-Key` header, if sent: 1 to 255 visible ASCII characters.
@@ -228,6 +241,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
 )]
 pub async fn get_case(
     State(state): State<AppState>,
+    _caller: Authenticated,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<CaseDetail>, Problem> {
     let row = state.engine.case(&id).await?;
@@ -290,15 +304,10 @@ fn timeline_entry(row: &JournalRow) -> TimelineEntry {
 )]
 pub async fn list_cases(
     State(state): State<AppState>,
+    _caller: Authenticated,
     ApiQuery(query): ApiQuery<CaseListQuery>,
 ) -> Result<Json<CaseList>, Problem> {
-    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(Problem::new(
-            Kind::InvalidParameter,
-            format!("`limit` must be between 1 and {MAX_PAGE}"),
-        ));
-    }
+    let limit = page_limit(query.limit)?;
     if let Some(status) = &query.status {
         serde_json::from_value::<Status>(Value::String(status.clone())).map_err(|_| {
             Problem::new(
@@ -359,12 +368,14 @@ fn case_summary(row: CaseRow) -> CaseSummary {
         (status = 202, body = SignalAccepted),
         (status = 400, description = "Malformed JSON", body = ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "No such case", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 409, description = "Contended; retrying is safe", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "The case has finished (`case-finished`: start a new case), or it was contended (retrying is safe)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 413, description = "Payload too large", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "No `wait` step of the case's workflow version declares this signal (`undeclared-signal`)", body = ProblemBody, content_type = "application/problem+json"),
     )
 )]
 pub async fn signal_case(
     State(state): State<AppState>,
+    _caller: Authenticated,
     ApiPath((case_id, signal)): ApiPath<(String, String)>,
     JsonBody(payload): JsonBody,
 ) -> Result<(StatusCode, Json<SignalAccepted>), Problem> {

@@ -2,18 +2,19 @@
 //! Reading needs `read_trust` (drift can withdraw trust, so it is read with it).
 
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::Json;
 use keel_engine::drift::FeatureHistory;
 use keel_store::DriftResultRow;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
+use crate::auth::Authenticated;
 use crate::extract::{ApiPath, ApiQuery};
 use crate::problem::{Kind, Problem, ProblemBody};
 use crate::AppState;
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DriftQuery {
     /// Only this workflow's features.
     pub workflow: Option<String>,
@@ -34,10 +35,9 @@ pub struct DriftQuery {
 )]
 pub async fn list_results(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _caller: Authenticated,
     ApiQuery(query): ApiQuery<DriftQuery>,
 ) -> Result<Json<Vec<DriftResultRow>>, Problem> {
-    crate::auth::required(&state.engine, &headers).await?;
     Ok(Json(
         state
             .engine
@@ -61,10 +61,9 @@ pub async fn list_results(
 )]
 pub async fn feature_history(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _caller: Authenticated,
     ApiPath((workflow, feature)): ApiPath<(String, String)>,
 ) -> Result<Json<FeatureHistory>, Problem> {
-    crate::auth::required(&state.engine, &headers).await?;
     match state.engine.drift_history(&workflow, &feature).await? {
         Some(history) => Ok(Json(history)),
         None => Err(Problem::new(

@@ -3,7 +3,6 @@
 //! resolution acts as the token's user and needs the role operator, specialist or admin.
 
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::Json;
 use keel_core::case::Resolution;
 use keel_engine::exceptions::{ResolutionError, Resolved};
@@ -12,11 +11,13 @@ use serde::Deserialize;
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
+use crate::auth::Authenticated;
 use crate::extract::{ApiPath, ApiQuery, JsonBody};
 use crate::problem::{Kind, Problem, ProblemBody};
 use crate::AppState;
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ExceptionQuery {
     /// `open` (default), `resolved`, or `all`.
     pub status: Option<String>,
@@ -34,6 +35,7 @@ pub struct ExceptionQuery {
     #[serde(default)]
     pub mine: bool,
     /// At most this many (default 50, at most 1,000).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
 }
 
@@ -52,10 +54,10 @@ pub struct ExceptionQuery {
 )]
 pub async fn list_exceptions(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Authenticated(caller): Authenticated,
     ApiQuery(query): ApiQuery<ExceptionQuery>,
 ) -> Result<Json<Vec<ExceptionRow>>, Problem> {
-    let caller = crate::auth::required(&state.engine, &headers).await?;
+    let limit = crate::cases::page_limit(query.limit)?;
     let status = match query.status.as_deref() {
         None => Some("open".to_string()),
         Some("all") => None,
@@ -79,7 +81,7 @@ pub async fn list_exceptions(
             user: caller.subject.clone(),
             roles: caller.roles.clone(),
         }),
-        limit: query.limit.unwrap_or(50),
+        limit,
     };
     Ok(Json(state.engine.exceptions(&filter).await?))
 }
@@ -98,9 +100,8 @@ pub async fn list_exceptions(
 )]
 pub async fn exception_patterns(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _caller: Authenticated,
 ) -> Result<Json<Vec<PatternRow>>, Problem> {
-    crate::auth::required(&state.engine, &headers).await?;
     Ok(Json(state.engine.exception_patterns().await?))
 }
 
@@ -119,10 +120,9 @@ pub async fn exception_patterns(
 )]
 pub async fn get_exception(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _caller: Authenticated,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<ExceptionRow>, Problem> {
-    crate::auth::required(&state.engine, &headers).await?;
     match state.engine.exception(&id).await? {
         Some(exception) => Ok(Json(exception)),
         None => Err(Problem::new(
@@ -166,11 +166,10 @@ pub struct ResolutionBody {
 )]
 pub async fn resolve_exception(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Authenticated(caller): Authenticated,
     ApiPath(id): ApiPath<String>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Resolved>, Problem> {
-    let caller = crate::auth::required(&state.engine, &headers).await?;
     let (resolution, note) = parse_resolution(body)?;
     match state
         .engine
@@ -256,9 +255,8 @@ pub struct QueueView {
 )]
 pub async fn list_queues(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _caller: Authenticated,
 ) -> Result<Json<Vec<QueueView>>, Problem> {
-    crate::auth::required(&state.engine, &headers).await?;
     let depth = state.engine.queue_depths().await?;
     let delay = |d: &keel_core::desk::Delay| match d {
         keel_core::desk::Delay::Elapsed(ms) => humanize_ms(*ms),

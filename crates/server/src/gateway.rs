@@ -137,6 +137,38 @@ impl GatewayError {
     }
 }
 
+/// The gateway's routes: the errors the server answers on them before a gateway handler runs
+/// (405 for a wrong method, 413 for a body over the limit) take OpenAI's shape too.
+pub(crate) const PATHS: &[&str] = &["/v1/chat/completions", "/v1/models"];
+
+/// A 405 in OpenAI's shape, with the `Allow` header.
+pub(crate) fn method_not_allowed(allow: &str) -> Response {
+    let mut response = GatewayError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        message: format!("this endpoint takes {allow}"),
+        kind: "invalid_request_error",
+        code: "method_not_allowed",
+        param: None,
+    }
+    .into_response();
+    if let Ok(value) = HeaderValue::from_str(allow) {
+        response.headers_mut().insert(header::ALLOW, value);
+    }
+    response
+}
+
+/// A 413 in OpenAI's shape.
+pub(crate) fn payload_too_large(max_body_bytes: usize) -> Response {
+    GatewayError {
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+        message: format!("the request body is larger than the limit of {max_body_bytes} bytes; send a shorter conversation"),
+        kind: "invalid_request_error",
+        code: "request_too_large",
+        param: None,
+    }
+    .into_response()
+}
+
 impl IntoResponse for GatewayError {
     fn into_response(self) -> Response {
         let mut response = (self.status, axum::Json(self.body())).into_response();
@@ -319,7 +351,7 @@ fn parse(body: &[u8]) -> Result<Parsed, GatewayError> {
         .or_else(|| fields.get("max_tokens").filter(|v| !v.is_null()))
     {
         None => None,
-        Some(value) => match value.as_u64() {
+        Some(value) => match whole_number(value) {
             Some(n) if n >= 1 && n <= u64::from(u32::MAX) => Some(n as u32),
             _ => {
                 return Err(GatewayError::invalid(
@@ -346,7 +378,7 @@ fn parse(body: &[u8]) -> Result<Parsed, GatewayError> {
         }
     };
     if let Some(n) = fields.get("n").filter(|v| !v.is_null()) {
-        if n.as_u64() != Some(1) {
+        if whole_number(n) != Some(1) {
             return Err(GatewayError::invalid(
                 "the Keel gateway answers one choice per request: `n` must be 1",
                 Some("n"),
@@ -369,7 +401,7 @@ fn parse(body: &[u8]) -> Result<Parsed, GatewayError> {
         .unwrap_or(false);
     let top_logprobs = match fields.get("top_logprobs") {
         None | Some(Value::Null) => 0,
-        Some(value) => match value.as_u64() {
+        Some(value) => match whole_number(value) {
             Some(n) if n <= 20 => n as u8,
             _ => {
                 return Err(GatewayError::invalid(
@@ -393,6 +425,17 @@ fn parse(body: &[u8]) -> Result<Parsed, GatewayError> {
         include_usage,
         check,
         logprobs,
+    })
+}
+
+/// A non-negative whole number, also when written with a fraction (`5.0`): JSON does not tell
+/// them apart, and neither do OpenAI's clients.
+fn whole_number(value: &Value) -> Option<u64> {
+    value.as_u64().or_else(|| {
+        value
+            .as_f64()
+            .filter(|n| n.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(n))
+            .map(|n| n as u64)
     })
 }
 

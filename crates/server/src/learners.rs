@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use crate::auth::Authenticated;
 use crate::extract::{ApiPath, JsonBody};
 use crate::problem::{Kind, Problem, ProblemBody};
 use crate::AppState;
@@ -86,7 +87,10 @@ pub struct Learned {
     tag = "learners",
     responses((status = 200, body = LearnerList))
 )]
-pub async fn list_learners(State(state): State<AppState>) -> Result<Json<LearnerList>, Problem> {
+pub async fn list_learners(
+    State(state): State<AppState>,
+    _caller: Authenticated,
+) -> Result<Json<LearnerList>, Problem> {
     let learners = state
         .engine
         .learners()
@@ -126,6 +130,7 @@ pub async fn list_learners(State(state): State<AppState>) -> Result<Json<Learner
 )]
 pub async fn add_examples(
     State(state): State<AppState>,
+    _caller: Authenticated,
     ApiPath((workflow, step)): ApiPath<(String, String)>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Learned>, Problem> {

@@ -18,8 +18,10 @@ mod health;
 mod learners;
 mod metrics;
 mod openapi;
+mod openapi_shapes;
 mod problem;
 mod reports;
+mod routes;
 mod sandbox;
 mod tasks;
 mod trust;
@@ -30,7 +32,7 @@ use std::future::Future;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::routing::{get, post};
+use axum::http::Method;
 use axum::Router;
 use keel_engine::Engine;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -40,13 +42,15 @@ use tracing::Level;
 use utoipa_swagger_ui::SwaggerUi;
 
 pub use openapi::ApiDoc;
+pub use routes::{Access, DeclaredRoute, Rule};
 
 /// How the HTTP server behaves; `ServerOptions::default()` suits most deployments.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
     /// Largest request body accepted, in bytes; larger bodies get a 413 problem.
     pub max_body_bytes: usize,
-    /// Serve the sandbox stand-ins for the example workflows' downstream systems under `/sandbox/`.
+    /// Serve the sandbox stand-ins for the example workflows' downstream systems under
+    /// `/sandbox/` (they answer without a token, so they are off unless asked for).
     pub sandbox: bool,
     /// Cedar policies (built-in roles plus the deployment's); `None` is the built-in roles.
     pub authorizer: Option<std::sync::Arc<keel_engine::authz::Authorizer>>,
@@ -58,7 +62,7 @@ impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
             max_body_bytes: 2 * 1024 * 1024,
-            sandbox: true,
+            sandbox: false,
             authorizer: None,
             metrics_token: None,
         }
@@ -78,6 +82,8 @@ pub(crate) struct AppState {
     pub authorizer: Option<std::sync::Arc<keel_engine::authz::Authorizer>>,
     /// `ServerOptions::metrics_token`.
     pub metrics_token: Option<std::sync::Arc<str>>,
+    /// Who may reach each route (the guard's table).
+    pub routes: std::sync::Arc<routes::Table>,
 }
 
 /// The whole API over `engine`.
@@ -87,9 +93,10 @@ pub fn router(engine: Engine, options: ServerOptions) -> Router {
         .map_or(keel_ai::config::GATEWAY_MAX_IN_FLIGHT, |runtime| {
             runtime.config().gateway.max_in_flight
         });
+    let (routes, table) = declare(&options).into_parts();
     let state = AppState {
         engine,
-        openapi_json: openapi::document_bytes(),
+        openapi_json: openapi::document_bytes(&table.routes()),
         gateway_permits: std::sync::Arc::new(tokio::sync::Semaphore::new(gateway_in_flight)),
         authorizer: options.authorizer.clone().or_else(|| {
             match keel_engine::authz::Authorizer::built_in() {
@@ -104,90 +111,28 @@ pub fn router(engine: Engine, options: ServerOptions) -> Router {
             }
         }),
         metrics_token: options.metrics_token.as_deref().map(std::sync::Arc::from),
+        routes: std::sync::Arc::new(table),
     };
     let max_body_bytes = options.max_body_bytes;
-    let sandbox = if options.sandbox {
-        sandbox::router()
-    } else {
-        Router::new()
-    };
-    let guarded = Router::new()
-        .route("/v1/workflows", get(workflows::list_workflows))
-        .route("/v1/workflows/{name}/cases", post(cases::submit_case))
-        .route("/v1/cases", get(cases::list_cases))
-        .route("/v1/cases/{id}", get(cases::get_case))
-        .route("/v1/cases/{id}/signals/{name}", post(cases::signal_case))
-        .route("/v1/audit/checkpoint", get(audit::checkpoint))
-        .route("/v1/audit/proof/inclusion", get(audit::inclusion_proof))
-        .route("/v1/audit/proof/consistency", get(audit::consistency_proof))
-        .route("/v1/tasks", get(tasks::list_tasks))
-        .route("/v1/tasks/{id}", get(tasks::get_task))
-        .route("/v1/tasks/{id}/decision", post(tasks::decide_task))
-        .route("/v1/exceptions", get(exceptions::list_exceptions))
-        .route("/v1/queues", get(exceptions::list_queues))
-        .route("/v1/drift", get(drift::list_results))
-        .route(
-            "/v1/drift/{workflow}/{feature}",
-            get(drift::feature_history),
-        )
-        .route("/v1/trust", get(trust::list_operations))
-        .route(
-            "/v1/trust/recommendations",
-            get(trust::list_recommendations),
-        )
-        .route("/v1/trust/{workflow}/{step}", get(trust::get_operation))
-        .route("/v1/trust/{workflow}/{step}/accuracy", get(trust::accuracy))
-        .route("/v1/trust/{workflow}/{step}/promote", post(trust::promote))
-        .route("/v1/trust/{workflow}/{step}/decline", post(trust::decline))
-        .route("/v1/trust/{workflow}/{step}/demote", post(trust::demote))
-        .route(
-            "/v1/exceptions/patterns",
-            get(exceptions::exception_patterns),
-        )
-        .route("/v1/exceptions/{id}", get(exceptions::get_exception))
-        .route(
-            "/v1/exceptions/{id}/resolution",
-            post(exceptions::resolve_exception),
-        )
-        .route("/v1/reports/costs", get(reports::costs))
-        .route("/v1/reports/monthly", get(reports::monthly))
-        .route("/v1/webhooks/deliveries", get(webhooks::list_deliveries))
-        .route("/v1/webhooks/deliveries/{id}", get(webhooks::get_delivery))
-        .route("/v1/learners", get(learners::list_learners))
-        .route(
-            "/v1/learners/{workflow}/{step}/examples",
-            post(learners::add_examples),
-        )
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            guard::guard,
-        ));
-    let metrics = Router::new()
-        .route("/metrics", get(metrics::metrics))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            metrics::scrape_token_or_guard,
-        ));
-    Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .merge(guarded)
-        .merge(metrics)
-        .route("/v1/chat/completions", post(gateway::chat_completions))
-        .route("/v1/models", get(gateway::models))
-        .route("/v1/openapi.json", get(openapi::openapi_json))
-        .merge(SwaggerUi::new("/docs").config(utoipa_swagger_ui::Config::from("/v1/openapi.json")))
+    routes
         .fallback(problem::not_found)
         .method_not_allowed_fallback(problem::method_not_allowed)
+        // The guard wraps every route, however it was added: a route missing from the table
+        // is denied to everyone.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::guard,
+        ))
         .with_state(state)
-        .merge(sandbox)
         // The tower-http limit covers every way a body is read; axum's own default limit
         // would only duplicate it with a different number.
         .layer(DefaultBodyLimit::disable())
         .layer(RequestBodyLimitLayer::new(max_body_bytes))
-        .layer(axum::middleware::map_response(move |response| async move {
-            problem::payload_too_large_as_problem(response, max_body_bytes)
-        }))
+        .layer(axum::middleware::from_fn(
+            move |request: Request, next: axum::middleware::Next| {
+                problem::payload_too_large_in_shape(request, next, max_body_bytes)
+            },
+        ))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(request_span)
@@ -198,6 +143,82 @@ pub fn router(engine: Engine, options: ServerOptions) -> Router {
                 )
                 .on_failure(DefaultOnFailure::new().level(Level::ERROR)),
         )
+}
+
+/// Every route the server has with options `options`, and who may reach it: the table the
+/// guard enforces (for tests and documentation).
+pub fn route_table(options: &ServerOptions) -> Vec<DeclaredRoute> {
+    declare(options).into_parts().1.routes()
+}
+
+/// The OpenAPI document the server serves at `/v1/openapi.json`.
+pub fn openapi_document(options: &ServerOptions) -> serde_json::Value {
+    openapi::document(&route_table(options))
+}
+
+/// Why the gateway is not behind the guard.
+const GATEWAY_AUTHENTICATES_ITSELF: &str = "the gateway authenticates its token and asks Cedar for `use_gateway` itself, so that its errors keep OpenAI's shape";
+
+/// The route table: each route with its handler and its access rule.
+#[rustfmt::skip] // one route per line: a table
+fn declare(options: &ServerOptions) -> routes::Routes {
+    let routes = routes::Routes::new()
+        .get("/healthz", health::healthz, Access::public("liveness probes carry no token"))
+        .get("/readyz", health::readyz, Access::public("readiness probes carry no token"))
+        .get("/v1/openapi.json", openapi::openapi_json, Access::public("clients read the API document before they have a token"))
+        .post("/v1/chat/completions", gateway::chat_completions, Access::public(GATEWAY_AUTHENTICATES_ITSELF))
+        .get("/v1/models", gateway::models, Access::public(GATEWAY_AUTHENTICATES_ITSELF))
+        .get("/metrics", metrics::metrics, Access::ScrapeTokenOr(Rule { action: "read_audit", kind: "System", id_param: None }))
+        .merge_public(
+            SwaggerUi::new("/docs").config(utoipa_swagger_ui::Config::from("/v1/openapi.json")).into(),
+            &[(Method::GET, "/docs"), (Method::GET, "/docs/"), (Method::GET, "/docs/{*rest}")],
+            "the documentation pages render the public API document",
+        );
+    let routes = v1_routes(routes);
+    if options.sandbox {
+        routes.merge_public(sandbox::router(), sandbox::ROUTES, "the sandbox stands in for the example workflows' downstream systems; it is served only with `keel serve --sandbox`")
+    } else {
+        routes
+    }
+}
+
+/// The `/v1` endpoints, each with its Cedar action and resource.
+#[rustfmt::skip] // one route per line: a table
+fn v1_routes(routes: routes::Routes) -> routes::Routes {
+    use Access as A;
+    routes
+        .get("/v1/workflows", workflows::list_workflows, A::system("read_workflows"))
+        .post("/v1/workflows/{name}/cases", cases::submit_case, A::on("submit_case", "Workflow", "name"))
+        .get("/v1/cases", cases::list_cases, A::system("list_cases"))
+        .get("/v1/cases/{id}", cases::get_case, A::on("read_case", "Case", "id"))
+        .post("/v1/cases/{id}/signals/{name}", cases::signal_case, A::on("signal_case", "Case", "id"))
+        .get("/v1/audit/checkpoint", audit::checkpoint, A::system("read_audit"))
+        .get("/v1/audit/proof/inclusion", audit::inclusion_proof, A::system("read_audit"))
+        .get("/v1/audit/proof/consistency", audit::consistency_proof, A::system("read_audit"))
+        .get("/v1/tasks", tasks::list_tasks, A::system("read_tasks"))
+        .get("/v1/tasks/{id}", tasks::get_task, A::on("read_tasks", "Task", "id"))
+        .post("/v1/tasks/{id}/decision", tasks::decide_task, A::on("decide_task", "Task", "id"))
+        .get("/v1/exceptions", exceptions::list_exceptions, A::system("read_exceptions"))
+        .get("/v1/exceptions/patterns", exceptions::exception_patterns, A::system("read_exceptions"))
+        .get("/v1/exceptions/{id}", exceptions::get_exception, A::system("read_exceptions"))
+        // The resource is the exception (Cedar knows it as a `Case` resource by its id).
+        .post("/v1/exceptions/{id}/resolution", exceptions::resolve_exception, A::on("resolve_exception", "Case", "id"))
+        .get("/v1/queues", exceptions::list_queues, A::system("read_exceptions"))
+        .get("/v1/drift", drift::list_results, A::system("read_trust"))
+        .get("/v1/drift/{workflow}/{feature}", drift::feature_history, A::system("read_trust"))
+        .get("/v1/trust", trust::list_operations, A::system("read_trust"))
+        .get("/v1/trust/recommendations", trust::list_recommendations, A::system("read_trust"))
+        .get("/v1/trust/{workflow}/{step}", trust::get_operation, A::system("read_trust"))
+        .get("/v1/trust/{workflow}/{step}/accuracy", trust::accuracy, A::system("read_trust"))
+        .post("/v1/trust/{workflow}/{step}/promote", trust::promote, A::on("govern_trust", "Workflow", "workflow"))
+        .post("/v1/trust/{workflow}/{step}/decline", trust::decline, A::on("govern_trust", "Workflow", "workflow"))
+        .post("/v1/trust/{workflow}/{step}/demote", trust::demote, A::on("govern_trust", "Workflow", "workflow"))
+        .get("/v1/reports/costs", reports::costs, A::system("read_reports"))
+        .get("/v1/reports/monthly", reports::monthly, A::system("read_reports"))
+        .get("/v1/webhooks/deliveries", webhooks::list_deliveries, A::system("read_webhooks"))
+        .get("/v1/webhooks/deliveries/{id}", webhooks::get_delivery, A::system("read_webhooks"))
+        .get("/v1/learners", learners::list_learners, A::system("read_learners"))
+        .post("/v1/learners/{workflow}/{step}/examples", learners::add_examples, A::on("teach_learner", "Workflow", "workflow"))
 }
 
 /// One span per request, named by its route so that logs group by endpoint.

@@ -8,9 +8,8 @@
 
 use std::fmt::Write;
 
-use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::middleware::Next;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use keel_engine::telemetry::{Histogram, Metrics};
 
@@ -20,24 +19,19 @@ use crate::AppState;
 /// The exposition format's content type.
 pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Lets a request with the scrape token through; every other goes to the usual guard.
-pub(crate) async fn scrape_token_or_guard(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
-    if let Some(token) = state.metrics_token.as_deref() {
-        let presented = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim);
-        if presented.is_some_and(|presented| same_secret(presented, token)) {
-            return next.run(request).await;
-        }
-    }
-    crate::guard::guard(State(state), request, next).await
+/// Whether the request bears exactly the deployment's scrape token (`keel serve
+/// --metrics-token-env VAR`); the route table lets such a request read `/metrics` without a
+/// user token.
+pub(crate) fn presents_scrape_token(state: &AppState, headers: &HeaderMap) -> bool {
+    let Some(token) = state.metrics_token.as_deref() else {
+        return false;
+    };
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim)
+        .is_some_and(|presented| same_secret(presented, token))
 }
 
 /// Compares two secrets in time that depends only on their lengths.

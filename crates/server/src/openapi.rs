@@ -5,7 +5,11 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
+use serde_json::{json, Value};
 use utoipa::OpenApi;
+
+use crate::problem::PROBLEM_CONTENT_TYPE;
+use crate::routes::{Access, DeclaredRoute};
 
 use crate::{audit, cases, drift, health, problem, workflows, AppState};
 use crate::{exceptions, gateway, learners, metrics, reports, tasks, trust, webhooks};
@@ -120,12 +124,119 @@ pub async fn openapi_json(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 /// The document serialized once, at start-up.
-pub fn document_bytes() -> Bytes {
-    match ApiDoc::openapi().to_json() {
+pub fn document_bytes(routes: &[DeclaredRoute]) -> Bytes {
+    match serde_json::to_vec(&document(routes)) {
         Ok(json) => Bytes::from(json),
         Err(error) => {
             tracing::error!(%error, "cannot serialize the OpenAPI document; serving an empty one");
             Bytes::from_static(b"{}")
         }
     }
+}
+
+/// The OpenAPI document: the handlers' annotations, with each operation's security and
+/// 401/403 answers taken from the route table (so the document cannot disagree with the guard),
+/// the answers every operation of its kind can give, and the request shapes the handlers parse.
+pub fn document(routes: &[DeclaredRoute]) -> Value {
+    let mut document = serde_json::to_value(ApiDoc::openapi()).unwrap_or_else(|error| {
+        tracing::error!(%error, "cannot build the OpenAPI document");
+        json!({})
+    });
+    if let Some(paths) = document.get_mut("paths").and_then(Value::as_object_mut) {
+        for (path, item) in paths.iter_mut() {
+            let Some(item) = item.as_object_mut() else {
+                continue;
+            };
+            for (method, operation) in item.iter_mut() {
+                let access = routes
+                    .iter()
+                    .find(|route| {
+                        route.path == path && route.method.as_str().eq_ignore_ascii_case(method)
+                    })
+                    .map(|route| route.access);
+                refine_operation(operation, access);
+            }
+        }
+    }
+    crate::openapi_shapes::apply(&mut document);
+    document
+}
+
+/// Security and the answers the guard and the extractors give, for one operation.
+fn refine_operation(operation: &mut Value, access: Option<Access>) {
+    let gateway = operation["tags"]
+        .as_array()
+        .is_some_and(|tags| tags.iter().any(|tag| tag == "gateway"));
+    match access {
+        Some(Access::Token(rule)) => {
+            operation["security"] = json!([{ "keel_token": [] }]);
+            add_problem(
+                operation,
+                "401",
+                "No token, or a token that is unknown, revoked or expired",
+            );
+            add_problem(
+                operation,
+                "403",
+                &format!("The token's user may not `{}` (journaled)", rule.action),
+            );
+        }
+        Some(Access::ScrapeTokenOr(rule)) => {
+            operation["security"] = json!([{ "keel_token": [] }, { "metrics_token": [] }]);
+            add_problem(
+                operation,
+                "401",
+                "No token, or a token that is unknown, revoked or expired",
+            );
+            add_problem(
+                operation,
+                "403",
+                &format!("The token's user may not `{}` (journaled)", rule.action),
+            );
+        }
+        Some(Access::Public { .. }) | None => {}
+    }
+    if gateway {
+        return;
+    }
+    let has_parameters = operation["parameters"]
+        .as_array()
+        .is_some_and(|parameters| !parameters.is_empty());
+    let has_body = operation.get("requestBody").is_some();
+    if has_parameters || has_body {
+        add_problem(
+            operation,
+            "400",
+            "A malformed parameter or body; `detail` says which and how to fix it",
+        );
+    }
+    if has_body {
+        add_problem(
+            operation,
+            "413",
+            "The body is larger than the server's limit",
+        );
+        add_problem(
+            operation,
+            "415",
+            "The body is not JSON (`Content-Type: application/json`)",
+        );
+    }
+}
+
+/// Adds a problem answer with `status` unless the operation documents one.
+fn add_problem(operation: &mut Value, status: &str, description: &str) {
+    let Some(responses) = operation
+        .as_object_mut()
+        .map(|operation| operation.entry("responses").or_insert_with(|| json!({})))
+        .and_then(Value::as_object_mut)
+    else {
+        return;
+    };
+    responses.entry(status).or_insert_with(|| {
+        json!({
+            "description": description,
+            "content": { PROBLEM_CONTENT_TYPE: { "schema": { "$ref": "#/components/schemas/ProblemBody" } } }
+        })
+    });
 }

@@ -66,6 +66,10 @@ pub enum Kind {
     ResolutionForbidden,
     /// A resolution that cannot be applied (output fails the schema, unknown step or user).
     InvalidResolution,
+    /// A signal to a case that has finished.
+    CaseFinished,
+    /// A signal no `wait` step of the case's workflow version declares.
+    UndeclaredSignal,
     Internal,
 }
 
@@ -101,6 +105,8 @@ impl Kind {
             Kind::ExceptionClosed => "exception-closed",
             Kind::ResolutionForbidden => "resolution-forbidden",
             Kind::InvalidResolution => "invalid-resolution",
+            Kind::CaseFinished => "case-finished",
+            Kind::UndeclaredSignal => "undeclared-signal",
             Kind::Internal => "internal",
         }
     }
@@ -136,6 +142,8 @@ impl Kind {
             Kind::ExceptionClosed => "The exception is already resolved",
             Kind::ResolutionForbidden => "Your roles may not resolve exceptions",
             Kind::InvalidResolution => "The resolution cannot be applied",
+            Kind::CaseFinished => "The case has finished",
+            Kind::UndeclaredSignal => "The workflow waits for no such signal",
             Kind::Internal => "Internal error",
         }
     }
@@ -167,7 +175,8 @@ impl Kind {
             Kind::InvalidTrustChange => StatusCode::UNPROCESSABLE_ENTITY,
             Kind::ExceptionClosed => StatusCode::CONFLICT,
             Kind::ResolutionForbidden => StatusCode::FORBIDDEN,
-            Kind::InvalidResolution => StatusCode::UNPROCESSABLE_ENTITY,
+            Kind::InvalidResolution | Kind::UndeclaredSignal => StatusCode::UNPROCESSABLE_ENTITY,
+            Kind::CaseFinished => StatusCode::CONFLICT,
             Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -288,6 +297,8 @@ impl From<keel_engine::Error> for Problem {
                 Problem::new(Kind::InvalidParameter, detail)
             }
             Error::NoCheckpoint(_) => Problem::new(Kind::NoCheckpoint, detail),
+            Error::CaseFinished { .. } => Problem::new(Kind::CaseFinished, detail),
+            Error::UndeclaredSignal { .. } => Problem::new(Kind::UndeclaredSignal, detail),
             Error::Store(_) | Error::CorruptState(_) | Error::Ledger(_) | Error::Io(_) => {
                 Problem::internal(&error)
             }
@@ -296,14 +307,25 @@ impl From<keel_engine::Error> for Problem {
 }
 
 /// Replaces a plain-text 413 (from the request-body limit layer, which answers before any
-/// handler runs) with a problem, so that no error leaves the server in another shape.
-pub fn payload_too_large_as_problem(response: Response, max_body_bytes: usize) -> Response {
-    let is_problem = response
+/// handler runs) with a problem, or with OpenAI's error shape on the gateway's routes, so that
+/// no error leaves the server in another shape.
+pub async fn payload_too_large_in_shape(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+    max_body_bytes: usize,
+) -> Response {
+    let gateway = crate::gateway::PATHS.contains(&request.uri().path());
+    let response = next.run(request).await;
+    let is_json = response
         .headers()
         .get(header::CONTENT_TYPE)
-        .is_some_and(|value| value.as_bytes() == PROBLEM_CONTENT_TYPE.as_bytes());
-    if response.status() != StatusCode::PAYLOAD_TOO_LARGE || is_problem {
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/") && value.contains("json"));
+    if response.status() != StatusCode::PAYLOAD_TOO_LARGE || is_json {
         return response;
+    }
+    if gateway {
+        return crate::gateway::payload_too_large(max_body_bytes);
     }
     Problem::new(
         Kind::PayloadTooLarge,

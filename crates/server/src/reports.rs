@@ -3,18 +3,20 @@
 //! Markdown or one self-contained HTML file.
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use keel_engine::report::CostReport;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
+use crate::auth::Authenticated;
 use crate::extract::ApiQuery;
 use crate::problem::{Kind, Problem, ProblemBody};
 use crate::AppState;
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct CostQuery {
     /// A whole UTC month, `YYYY-MM` (instead of `from` and `to`).
     pub month: Option<String>,
@@ -41,10 +43,9 @@ pub struct CostQuery {
 )]
 pub async fn costs(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _caller: Authenticated,
     ApiQuery(query): ApiQuery<CostQuery>,
 ) -> Result<Json<CostReport>, Problem> {
-    crate::auth::required(&state.engine, &headers).await?;
     let report = match query.month.as_deref() {
         Some(_) if query.from.is_some() || query.to.is_some() => {
             return Err(Problem::new(
@@ -64,6 +65,7 @@ pub async fn costs(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct MonthlyQuery {
     /// The UTC month, `YYYY-MM` (default: the current month so far).
     pub month: Option<String>,
@@ -88,10 +90,9 @@ pub struct MonthlyQuery {
 )]
 pub async fn monthly(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _caller: Authenticated,
     ApiQuery(query): ApiQuery<MonthlyQuery>,
 ) -> Result<Response, Problem> {
-    crate::auth::required(&state.engine, &headers).await?;
     let format = query.format.as_deref().unwrap_or("json");
     if !matches!(format, "json" | "md" | "markdown" | "html") {
         return Err(Problem::new(

@@ -2,13 +2,14 @@
 //! ERP and a helpdesk), so that `keel serve` runs them end to end on a fresh machine. They
 //! behave like well-mannered real systems: a repeated `Idempotency-Key` returns the first
 //! answer without acting again. They keep the last requests in memory for inspection at
-//! `GET /sandbox/requests`. Turn them off with `keel serve --no-sandbox`.
+//! `GET /sandbox/requests`. They answer without a token, so they are served only when asked
+//! for (`keel serve --sandbox`, `ServerOptions::sandbox`), never by default.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, Method};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
@@ -26,7 +27,14 @@ struct Memory {
 
 type Shared = Arc<Mutex<Memory>>;
 
-pub fn router() -> Router {
+/// Every route of [`router`], for the route table.
+pub(crate) const ROUTES: &[(Method, &str)] = &[
+    (Method::POST, "/sandbox/erp/invoices/{invoice}/bookings"),
+    (Method::POST, "/sandbox/helpdesk/queues/{queue}/tickets"),
+    (Method::GET, "/sandbox/requests"),
+];
+
+pub(crate) fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route(
             "/sandbox/erp/invoices/{invoice}/bookings",

@@ -3,7 +3,6 @@
 //! token's user, with that user's roles and approval limit.
 
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::Json;
 use keel_core::gate::TaskDecision;
 use keel_engine::tasks::{Decided, DecisionError};
@@ -12,11 +11,13 @@ use serde::Deserialize;
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
+use crate::auth::Authenticated;
 use crate::extract::{ApiPath, ApiQuery, JsonBody};
 use crate::problem::{Kind, Problem, ProblemBody};
 use crate::AppState;
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct TaskQuery {
     /// `open` (default), `approved`, `corrected`, `rejected`, or `all`.
     pub status: Option<String>,
@@ -27,6 +28,7 @@ pub struct TaskQuery {
     /// Only tasks that the roles working this exception-desk queue may decide.
     pub queue: Option<String>,
     /// At most this many (default 50, at most 1,000).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
 }
 
@@ -39,15 +41,16 @@ pub struct TaskQuery {
     security(("keel_token" = [])),
     responses(
         (status = 200, description = "Tasks, oldest first", body = Value),
+        (status = 404, description = "No queue of that name", body = ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
     )
 )]
 pub async fn list_tasks(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Authenticated(caller): Authenticated,
     ApiQuery(query): ApiQuery<TaskQuery>,
 ) -> Result<Json<Vec<TaskRow>>, Problem> {
-    let caller = crate::auth::required(&state.engine, &headers).await?;
+    let limit = crate::cases::page_limit(query.limit)?;
     let status = match query.status.as_deref() {
         None => Some("open".to_string()),
         Some("all") => None,
@@ -73,7 +76,7 @@ pub async fn list_tasks(
                     .map(|q| q.name.as_str())
                     .collect();
                 return Err(Problem::new(
-                    Kind::InvalidParameter,
+                    Kind::NotFound,
                     format!("no queue named `{name}`; the queues are {known:?} (GET /v1/queues)"),
                 ));
             };
@@ -97,7 +100,7 @@ pub async fn list_tasks(
         status,
         workflow: query.workflow,
         roles,
-        limit: query.limit.unwrap_or(50),
+        limit,
     };
     Ok(Json(state.engine.tasks(&filter).await?))
 }
@@ -117,10 +120,9 @@ pub async fn list_tasks(
 )]
 pub async fn get_task(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _caller: Authenticated,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<TaskRow>, Problem> {
-    crate::auth::required(&state.engine, &headers).await?;
     match state.engine.task(&id).await? {
         Some(task) => Ok(Json(task)),
         None => Err(Problem::new(
@@ -162,11 +164,10 @@ pub struct DecisionBody {
 )]
 pub async fn decide_task(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Authenticated(caller): Authenticated,
     ApiPath(id): ApiPath<String>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Decided>, Problem> {
-    let caller = crate::auth::required(&state.engine, &headers).await?;
     let body = body.ok_or_else(|| {
         Problem::new(
             Kind::MalformedJson,

@@ -4,7 +4,6 @@
 //! `approvers` roles and not being the author of the workflow version.
 
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::Json;
 use keel_engine::trust::{OperationView, TrustChanged, TrustError};
 use keel_store::RecommendationRow;
@@ -12,6 +11,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
+use crate::auth::Authenticated;
 use crate::extract::{ApiPath, ApiQuery, JsonBody};
 use crate::problem::{Kind, Problem, ProblemBody};
 use crate::AppState;
@@ -29,9 +29,8 @@ use crate::AppState;
 )]
 pub async fn list_operations(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _caller: Authenticated,
 ) -> Result<Json<Vec<OperationView>>, Problem> {
-    crate::auth::required(&state.engine, &headers).await?;
     Ok(Json(state.engine.trust_operations().await?))
 }
 
@@ -50,10 +49,9 @@ pub async fn list_operations(
 )]
 pub async fn get_operation(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _caller: Authenticated,
     ApiPath((workflow, step)): ApiPath<(String, String)>,
 ) -> Result<Json<OperationView>, Problem> {
-    crate::auth::required(&state.engine, &headers).await?;
     let operation = format!("{workflow}/{step}");
     match state.engine.trust_operation(&operation).await? {
         Some(view) => Ok(Json(view)),
@@ -64,7 +62,11 @@ pub async fn get_operation(
     }
 }
 
+/// The statuses a recommendation can have.
+pub(crate) const RECOMMENDATION_STATUSES: &[&str] = &["open", "approved", "declined", "stale"];
+
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RecommendationQuery {
     /// `open`, `approved`, `declined`, `stale`; all when absent.
     pub status: Option<String>,
@@ -84,10 +86,17 @@ pub struct RecommendationQuery {
 )]
 pub async fn list_recommendations(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _caller: Authenticated,
     ApiQuery(query): ApiQuery<RecommendationQuery>,
 ) -> Result<Json<Vec<RecommendationRow>>, Problem> {
-    crate::auth::required(&state.engine, &headers).await?;
+    if let Some(status) = query.status.as_deref() {
+        if !RECOMMENDATION_STATUSES.contains(&status) {
+            return Err(Problem::new(
+                Kind::InvalidParameter,
+                format!("`status` is one of {RECOMMENDATION_STATUSES:?}, not `{status}`; leave it out for all"),
+            ));
+        }
+    }
     Ok(Json(
         state
             .engine
@@ -102,7 +111,27 @@ pub struct TrustDecisionBody {
     /// Why (required; journaled with the evidence).
     pub reason: String,
     /// For demote: the phase to go to (default one down).
+    #[serde(default, deserialize_with = "whole_number")]
     pub to: Option<i64>,
+}
+
+/// A whole number, also when written with a fraction (`2.0`): JSON does not tell them apart.
+fn whole_number<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<i64>, D::Error> {
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    number
+        .as_i64()
+        .or_else(|| {
+            number
+                .as_f64()
+                .filter(|n| n.fract() == 0.0 && n.abs() <= 9.0e15)
+                .map(|n| n as i64)
+        })
+        .map(Some)
+        .ok_or_else(|| serde::de::Error::custom("`to` must be a whole phase number"))
 }
 
 fn parse(body: Option<Value>) -> Result<TrustDecisionBody, Problem> {
@@ -149,11 +178,10 @@ fn answer(result: Result<TrustChanged, TrustError>) -> Result<Json<TrustChanged>
 )]
 pub async fn promote(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Authenticated(caller): Authenticated,
     ApiPath((workflow, step)): ApiPath<(String, String)>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<TrustChanged>, Problem> {
-    let caller = crate::auth::required(&state.engine, &headers).await?;
     let body = parse(body)?;
     let operation = format!("{workflow}/{step}");
     answer(
@@ -174,17 +202,17 @@ pub async fn promote(
     security(("keel_token" = [])),
     responses(
         (status = 200, description = "Declined", body = Value),
+        (status = 404, description = "No such operation", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "Not an approver, or the version's author (journaled)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 422, description = "No open recommendation", body = ProblemBody, content_type = "application/problem+json"),
     )
 )]
 pub async fn decline(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Authenticated(caller): Authenticated,
     ApiPath((workflow, step)): ApiPath<(String, String)>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<TrustChanged>, Problem> {
-    let caller = crate::auth::required(&state.engine, &headers).await?;
     let body = parse(body)?;
     let operation = format!("{workflow}/{step}");
     answer(
@@ -205,17 +233,17 @@ pub async fn decline(
     security(("keel_token" = [])),
     responses(
         (status = 200, description = "Demoted", body = Value),
+        (status = 404, description = "No such operation", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "Not an approver (journaled)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 422, description = "Already in phase 1, or a bad target phase", body = ProblemBody, content_type = "application/problem+json"),
     )
 )]
 pub async fn demote(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Authenticated(caller): Authenticated,
     ApiPath((workflow, step)): ApiPath<(String, String)>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<TrustChanged>, Problem> {
-    let caller = crate::auth::required(&state.engine, &headers).await?;
     let body = parse(body)?;
     let operation = format!("{workflow}/{step}");
     answer(
@@ -243,10 +271,9 @@ pub async fn demote(
 )]
 pub async fn accuracy(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _caller: Authenticated,
     ApiPath((workflow, step)): ApiPath<(String, String)>,
 ) -> Result<Json<keel_engine::calibration::Accuracy>, Problem> {
-    crate::auth::required(&state.engine, &headers).await?;
     let operation = format!("{workflow}/{step}");
     match state.engine.accuracy(&operation).await? {
         Some(accuracy) => Ok(Json(accuracy)),
@@ -254,5 +281,24 @@ pub async fn accuracy(
             Kind::UnknownOperation,
             format!("no operation `{operation}`; GET /v1/trust lists them"),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn a_target_phase_is_a_whole_number_however_it_is_written() {
+        for (to, expected) in [
+            (json!(2), Some(2)),
+            (json!(2.0), Some(2)),
+            (json!(null), None),
+        ] {
+            let body = super::parse(Some(json!({"reason": "r", "to": to}))).ok();
+            assert_eq!(body.map(|b| b.to), Some(expected), "{to}");
+        }
+        assert!(super::parse(Some(json!({"reason": "r", "to": 2.5}))).is_err());
+        assert!(super::parse(Some(json!({"reason": "r"}))).is_ok_and(|b| b.to.is_none()));
     }
 }

@@ -3,13 +3,13 @@
 //! carry case data.
 
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::Json;
 use keel_store::{WebhookAttemptRow, WebhookDeliveryFilter, WebhookDeliveryRow};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::IntoParams;
 
+use crate::auth::Authenticated;
 use crate::extract::{ApiPath, ApiQuery};
 use crate::problem::{Kind, Problem, ProblemBody};
 use crate::AppState;
@@ -20,12 +20,14 @@ const STATUSES: &[&str] = &["pending", "delivered", "failed"];
 const MAX_LIMIT: i64 = 1_000;
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DeliveriesQuery {
     /// Only this endpoint (its `name` in keel.toml).
     pub endpoint: Option<String>,
     /// Only `pending`, `delivered` or `failed` deliveries.
     pub status: Option<String>,
     /// At most this many, 1 to 1,000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// Deliveries older than this delivery id: pass the last id of a page for the next one.
     pub before: Option<String>,
@@ -99,10 +101,9 @@ pub struct DeliveryWithAttempts {
 )]
 pub async fn list_deliveries(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _caller: Authenticated,
     ApiQuery(query): ApiQuery<DeliveriesQuery>,
 ) -> Result<Json<Vec<Delivery>>, Problem> {
-    crate::auth::required(&state.engine, &headers).await?;
     if let Some(status) = &query.status {
         if !STATUSES.contains(&status.as_str()) {
             return Err(Problem::new(
@@ -144,10 +145,9 @@ pub async fn list_deliveries(
 )]
 pub async fn get_delivery(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _caller: Authenticated,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<DeliveryWithAttempts>, Problem> {
-    crate::auth::required(&state.engine, &headers).await?;
     let Some(row) = state.engine.webhook_delivery(&id).await? else {
         return Err(Problem::new(
             Kind::NotFound,

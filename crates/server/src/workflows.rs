@@ -6,6 +6,7 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use crate::auth::Authenticated;
 use crate::AppState;
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -29,7 +30,10 @@ pub struct WorkflowSummary {
 
 /// Lists the deployed workflows.
 #[utoipa::path(get, path = "/v1/workflows", tag = "workflows", responses((status = 200, body = WorkflowList)))]
-pub async fn list_workflows(State(state): State<AppState>) -> Json<WorkflowList> {
+pub async fn list_workflows(
+    State(state): State<AppState>,
+    _caller: Authenticated,
+) -> Json<WorkflowList> {
     let registry = state.engine.registry();
     let workflows = registry
         .list()

@@ -509,14 +509,14 @@ async fn a_signal_completes_a_waiting_case() {
     );
     assert_eq!(created["actor"], json!({"type": "system", "id": "engine"}));
 
-    // An empty body is a null payload.
+    // A finished case takes no more signals (an empty body would be a null payload).
     let response = app
         .client
-        .post(format!("{}/v1/cases/{id}/signals/ping", app.base))
+        .post(format!("{}/v1/cases/{id}/signals/approved", app.base))
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    expect_problem(response, StatusCode::CONFLICT, "case-finished").await;
 }
 
 #[tokio::test]
@@ -617,14 +617,18 @@ async fn checkpoints_and_proofs_check_offline() {
     assert_eq!(json["proof"], json!([]));
     assert_eq!(json["from_root"], hex::encode(keel_ledger::empty_root()));
 
-    for bad in [
-        format!("inclusion?index={tree_size}"),
-        "inclusion?index=-1".to_string(),
-        "inclusion".to_string(),
-        format!("consistency?from={}", tree_size + 1),
-    ] {
+    for bad in ["inclusion?index=-1", "inclusion"] {
         let response = app.get(&format!("/v1/audit/proof/{bad}")).await;
         let problem = expect_problem(response, StatusCode::BAD_REQUEST, "invalid-parameter").await;
+        assert!(!problem["detail"].as_str().unwrap().is_empty());
+    }
+    // Beyond the checkpoint: not (yet) in the ledger.
+    for beyond in [
+        format!("inclusion?index={tree_size}"),
+        format!("consistency?from={}", tree_size + 1),
+    ] {
+        let response = app.get(&format!("/v1/audit/proof/{beyond}")).await;
+        let problem = expect_problem(response, StatusCode::NOT_FOUND, "not-found").await;
         assert!(!problem["detail"].as_str().unwrap().is_empty());
     }
     let no_such_size = format!("/v1/audit/proof/inclusion?index=0&size={}", tree_size + 100);
@@ -638,7 +642,11 @@ async fn checkpoints_and_proofs_check_offline() {
 
 #[tokio::test]
 async fn the_sandbox_honours_idempotency_keys() {
-    let app = spawn_app().await;
+    let app = spawn_app_with(ServerOptions {
+        sandbox: true,
+        ..ServerOptions::default()
+    })
+    .await;
     let client = reqwest::Client::new();
     let url = format!("{}/sandbox/erp/invoices/INV-1/bookings", app.base);
     let mut answers = Vec::new();
@@ -687,6 +695,8 @@ async fn the_sandbox_honours_idempotency_keys() {
     );
 }
 
+#[path = "api/access.rs"]
+mod access;
 #[path = "api/desk.rs"]
 mod desk;
 #[path = "api/drift.rs"]
