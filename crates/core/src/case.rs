@@ -1074,7 +1074,9 @@ impl<'w> Run<'w> {
             Some(request) => request,
             None => match render_visit(&self.activation(state), action) {
                 Ok(request) => request,
-                Err(message) => return Err(self.fail(state, "template_error", message, Value::Null)),
+                Err(message) => {
+                    return Err(self.fail(state, "template_error", message, Value::Null))
+                }
             },
         };
         Ok((progress, request))
@@ -1970,7 +1972,8 @@ fn render_parts(
 }
 
 fn serialize_body(body: &Value) -> Result<String, String> {
-    serde_json::to_string(body).map_err(|error| format!("the body could not be serialized: {error}"))
+    serde_json::to_string(body)
+        .map_err(|error| format!("the body could not be serialized: {error}"))
 }
 
 /// The attempt `progress.attempt` of the visit whose kept request is `request`.

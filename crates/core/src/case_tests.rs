@@ -201,8 +201,7 @@ fn pure_steps_run_in_one_transition_up_to_the_first_effect() {
         ("X-Amount".to_string(), "250".to_string()),
         ("X-Tenant".to_string(), "acme".to_string()),
     ];
-    let body_json =
-        r#"{"amount":250,"trusted":true,"note":"invoice inv-1","lines":[500,7,{"lane":"review"}],"fixed":{"currency":"EUR"}}"#;
+    let body_json = r#"{"amount":250,"trusted":true,"note":"invoice inv-1","lines":[500,7,{"lane":"review"}],"fixed":{"currency":"EUR"}}"#;
     assert_eq!(
         transition.command,
         Command::Execute(ActionRequest {
@@ -596,7 +595,12 @@ fn assert_one_visit(sent: &[ActionRequest], key: &str) {
         assert_eq!(request.idempotency_key, key, "{request:?}");
         assert_eq!(request.visit, first.visit, "{request:?}");
         assert_eq!(
-            (&request.method, &request.url, &request.headers, &request.body_json),
+            (
+                &request.method,
+                &request.url,
+                &request.headers,
+                &request.body_json
+            ),
             (&first.method, &first.url, &first.headers, &first.body_json),
         );
     }
@@ -673,11 +677,20 @@ fn each_visit_of_an_action_in_a_loop_has_its_own_key_and_body() {
         let number = index as u32 + 1;
         assert_one_visit(visit, &format!("keel:c1:charge:{number}"));
         assert_eq!(visit[0].visit, number);
-        assert_eq!(visit[0].body.as_ref().unwrap()["installment"], json!(number));
+        assert_eq!(
+            visit[0].body.as_ref().unwrap()["installment"],
+            json!(number)
+        );
     }
     let journaled: Vec<(Value, Value, Value)> = started
         .iter()
-        .map(|d| (d["visit"].clone(), d["attempt"].clone(), d["idempotency_key"].clone()))
+        .map(|d| {
+            (
+                d["visit"].clone(),
+                d["attempt"].clone(),
+                d["idempotency_key"].clone(),
+            )
+        })
         .collect();
     assert_eq!(
         journaled,
@@ -735,7 +748,9 @@ fn a_persons_retry_keeps_the_parked_visit_and_a_skip_to_the_step_starts_a_new_on
     assert_eq!(error(&state).details["attempts"], json!(6));
 
     // Skipping to the same step is a new visit: a new key, the request rendered again.
-    let skip = Resolution::Skip { to: "charge".into() };
+    let skip = Resolution::Skip {
+        to: "charge".into(),
+    };
     let fresh = request(&resolve_with(&wf, &mut state, skip, now)).clone();
     assert_eq!((fresh.visit, fresh.attempt), (2, 1));
     assert_eq!(fresh.idempotency_key, "keel:c1:charge:2");
@@ -752,14 +767,21 @@ fn a_case_stored_before_visits_were_counted_keeps_its_key_and_never_reuses_an_ol
     let fields = stored.as_object_mut().unwrap();
     fields.remove("visits");
     fields.remove("visit_offset");
-    fields["action"] = json!({ "attempt": 2, "idempotency_key": "keel:c1:charge:2", "in_flight": true });
+    fields["action"] =
+        json!({ "attempt": 2, "idempotency_key": "keel:c1:charge:2", "in_flight": true });
     let mut legacy: CaseState = serde_json::from_value(stored).unwrap();
     assert_eq!(legacy.visit_offset, LEGACY_VISIT_OFFSET);
 
     let resumed = request(&wake(&wf, &mut legacy, T0 + MINUTE_MS)).clone();
     assert_eq!((resumed.attempt, resumed.visit), (2, 11));
     assert_eq!(resumed.idempotency_key, "keel:c1:charge:2");
-    respond(&wf, &mut legacy, 2, ActionOutcome::Timeout, T0 + 2 * MINUTE_MS);
+    respond(
+        &wf,
+        &mut legacy,
+        2,
+        ActionOutcome::Timeout,
+        T0 + 2 * MINUTE_MS,
+    );
     let retry = request(&wake(&wf, &mut legacy, T0 + HOUR_MS)).clone();
     assert_eq!((retry.attempt, retry.visit), (3, 11));
     assert_eq!(
@@ -1664,7 +1686,10 @@ fn an_ai_step_renders_its_prompt_and_applies_the_proposal() {
     assert_eq!(request.system.as_deref(), Some("You sort mail."));
     assert_eq!(t.events.last().unwrap().kind, "ai.started");
     let progress = state.action.as_ref().unwrap();
-    assert_eq!((progress.visit, progress.idempotency_key.as_str()), (1, "keel:c1:triage:1"));
+    assert_eq!(
+        (progress.visit, progress.idempotency_key.as_str()),
+        (1, "keel:c1:triage:1")
+    );
     // A crash before the result: waking again re-issues the same attempt without a new event.
     let again = wake(&wf, &mut state, T0 + 5);
     assert!(matches!(&again.command, Command::Ai(r) if r.attempt == 1));
@@ -1884,7 +1909,11 @@ fn parked_connector_errors_wait_for_a_person_with_their_context_and_retry_runs_t
         T0 + 10,
     );
     assert_eq!(transition.events[0].kind, "exception.resolved");
-    assert_eq!(request(&transition).attempt, 2, "the action is requested again");
+    assert_eq!(
+        request(&transition).attempt,
+        2,
+        "the action is requested again"
+    );
     assert_eq!(state.status, Status::Running);
     let transition = respond(
         &workflow,

@@ -413,7 +413,10 @@ pub(crate) async fn execute(http: &reqwest::Client, request: &ActionRequest) -> 
     for (name, value) in &request.headers {
         // The engine's key is the contract (one per case, step and visit); a workflow header
         // cannot replace it or the attempt number.
-        if !ENGINE_HEADERS.iter().any(|own| name.eq_ignore_ascii_case(own)) {
+        if !ENGINE_HEADERS
+            .iter()
+            .any(|own| name.eq_ignore_ascii_case(own))
+        {
             content_type |= name.eq_ignore_ascii_case("content-type");
             builder = builder.header(name, value);
         }

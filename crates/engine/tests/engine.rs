@@ -262,7 +262,10 @@ async fn retries_keep_the_visits_key_and_stop_at_the_bound() {
     let row = wait_status(&h.engine, &submitted.case_id, &["completed", "failed"]).await;
     assert_eq!(row.status, "completed", "{}", row.state);
     let keys = keys.lock().unwrap().clone();
-    assert_eq!(keys, vec![format!("keel:{}:notify:1", submitted.case_id); 3]);
+    assert_eq!(
+        keys,
+        vec![format!("keel:{}:notify:1", submitted.case_id); 3]
+    );
     let kinds = kinds(&h.engine, &submitted.case_id).await;
     assert_eq!(
         kinds

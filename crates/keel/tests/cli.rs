@@ -394,7 +394,12 @@ async fn a_charge_in_flight_at_sigkill_is_resent_with_its_key_and_bytes_and_appl
     terminate(server);
     assert_eq!(case["status"], "completed", "{case}");
     let effects = api.effects();
-    assert_eq!(effects.len(), 1, "charged {} times: {effects:?}", effects.len());
+    assert_eq!(
+        effects.len(),
+        1,
+        "charged {} times: {effects:?}",
+        effects.len()
+    );
     let received = api.received();
     assert_eq!(received.len(), 2, "{received:?}");
     let key = format!("keel:{id}:charge:1");

@@ -87,7 +87,11 @@ async fn run_case(h: &Harness, source: &str, api: &PaymentApi) -> (String, Value
         if ["completed", "failed", "exception"].contains(&row.status.as_str()) {
             return (id, state(&row));
         }
-        assert!(Instant::now() < deadline, "case {id} never settled: {}", row.state);
+        assert!(
+            Instant::now() < deadline,
+            "case {id} never settled: {}",
+            row.state
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -108,7 +112,12 @@ async fn assert_charged_once(h: &Harness, id: &str, state: &Value, api: &Payment
     assert_eq!(state["status"], "completed", "{state}");
     let key = format!("keel:{id}:charge:1");
     let effects = api.effects();
-    assert_eq!(effects.len(), 1, "charged {} times: {effects:?}", effects.len());
+    assert_eq!(
+        effects.len(),
+        1,
+        "charged {} times: {effects:?}",
+        effects.len()
+    );
     assert_eq!(effects[0].key, key);
     let received = api.received();
     assert_eq!(received.len(), 2, "{received:?}");
@@ -119,11 +128,20 @@ async fn assert_charged_once(h: &Harness, id: &str, state: &Value, api: &Payment
     assert_eq!(state["data"]["charge"]["body"]["id"], "ch_1");
     assert_eq!(state["data"]["charge"]["body"]["replayed"], true);
     let journaled: Vec<(Value, Value, Value)> = (started(h, id).await.iter())
-        .map(|d| (d["visit"].clone(), d["attempt"].clone(), d["idempotency_key"].clone()))
+        .map(|d| {
+            (
+                d["visit"].clone(),
+                d["attempt"].clone(),
+                d["idempotency_key"].clone(),
+            )
+        })
         .collect();
     assert_eq!(
         journaled,
-        [(json!(1), json!(1), json!(key)), (json!(1), json!(2), json!(key))]
+        [
+            (json!(1), json!(1), json!(key)),
+            (json!(1), json!(2), json!(key))
+        ]
     );
 }
 
