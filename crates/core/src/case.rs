@@ -629,6 +629,7 @@ struct Run<'w> {
 }
 
 /// The result of executing one step: go on to a step, or stop with a command.
+#[allow(clippy::large_enum_variant)] // a value returned once per step, never stored
 enum Flow {
     Goto(String),
     Stop(Command),
@@ -1060,6 +1061,7 @@ impl<'w> Run<'w> {
     /// The visit's kept request, taken out of `progress`. A progress stored before visits
     /// were counted keeps the key its attempts were sent with, and gets a visit number and
     /// its request rendered now, once, for the rest of the visit.
+    #[allow(clippy::result_large_err)] // the error is the rare stop command, built once
     fn kept_request(
         &mut self,
         state: &mut CaseState,
@@ -1954,11 +1956,11 @@ fn render_visit(act: &Activation, action: &Action) -> Result<VisitRequest, Strin
     })
 }
 
+/// An action's URL, headers and body, rendered.
+type RenderedParts = (String, Vec<(String, String)>, Option<Value>);
+
 /// The URL, headers and body of an action rendered from the case as it is now.
-fn render_parts(
-    act: &Activation,
-    action: &Action,
-) -> Result<(String, Vec<(String, String)>, Option<Value>), String> {
+fn render_parts(act: &Activation, action: &Action) -> Result<RenderedParts, String> {
     let url = render_template(act, &action.url)?;
     let mut headers = Vec::with_capacity(action.headers.len());
     for (name, template) in &action.headers {
