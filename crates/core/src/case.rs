@@ -6,6 +6,11 @@
 //! journal events to write plus the single effect the engine must perform next. The engine
 //! must persist the events and the new state in one transaction *before* performing the
 //! effect, so that a crash after the effect started is resumed with the same idempotency key.
+//!
+//! An action's key names the *visit* of its step (`keel:{case}:{step}:{visit}`), not the
+//! attempt: every retry and every resume of a visit sends the request rendered at the visit's
+//! first attempt, byte for byte, under the same key, with the attempt number in its own
+//! header. A step entered again (a loop) is a new visit with a new key.
 
 use std::collections::BTreeMap;
 
@@ -109,6 +114,23 @@ pub struct CaseState {
     /// The trust gate's decision for the operation at the current step (this visit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gate: Option<GateRecord>,
+    /// How many visits of each action and `ai` step the case has started, by step id: the
+    /// number in each visit's idempotency key.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub visits: BTreeMap<String, u32>,
+    /// Added to every visit number of the case: 0 for new cases. A state stored before visits
+    /// were counted loads with [`LEGACY_VISIT_OFFSET`], so that no key of its later visits
+    /// equals a key its earlier requests carried (`keel:{case}:{step}:{attempt}`).
+    #[serde(default = "legacy_visit_offset")]
+    pub visit_offset: u32,
+}
+
+/// The visit offset of a case stored before visits were counted: its requests were keyed by
+/// attempt, and an action makes at most 10 attempts, so visits numbered from 11 are new keys.
+pub const LEGACY_VISIT_OFFSET: u32 = 10;
+
+fn legacy_visit_offset() -> u32 {
+    LEGACY_VISIT_OFFSET
 }
 
 /// What the gate decided at the current step: kept so that retries and wake-ups of the same
@@ -134,15 +156,46 @@ pub struct SlaBreach {
     pub recorded_at_ms: i64,
 }
 
-/// Progress of the `action` step the case is at.
+/// Progress of the visit of the `action` (or `ai`) step the case is at.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ActionProgress {
+    /// The attempt in flight or last made (1, 2, …); it counts on across a person's retry.
     pub attempt: u32,
+    /// Which visit of the step this is (1, 2, … per step per case, plus the case's
+    /// `visit_offset`); 0 in a state stored before visits were counted.
+    #[serde(default)]
+    pub visit: u32,
+    /// The visit's key, sent with every attempt and every resume of the visit.
     pub idempotency_key: String,
     /// The attempt was journaled as started and has no recorded result yet.
     pub in_flight: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_at_ms: Option<i64>,
+    /// Attempts of this visit before the current round: a person's `retry` of a parked visit
+    /// grants `retry.max_attempts` more attempts of the same visit (same key, same request).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempts_before: u32,
+    /// The request of an action's visit, rendered at its first attempt; `None` for `ai` steps
+    /// and in states stored before requests were kept (those render again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<VisitRequest>,
+}
+
+/// The request of one visit of an action step, rendered once at the visit's first attempt and
+/// kept in the case state, so that every retry and every resume of the visit sends the same
+/// method, URL, headers and body bytes, whatever the clock or the case data say by then.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VisitRequest {
+    pub method: String,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    /// The body exactly as sent: JSON text, serialized once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+}
+
+fn is_zero(value: &u32) -> bool {
+    *value == 0
 }
 
 /// Why a case failed: a stable kind, the step, a message for people, and details.
@@ -246,15 +299,22 @@ pub enum Command {
     Stop,
 }
 
+/// One attempt of an action: what the engine sends. The engine adds `Idempotency-Key:
+/// {idempotency_key}` and `Keel-Attempt: {attempt}`; a workflow header cannot replace either.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ActionRequest {
     pub step: String,
     pub attempt: u32,
+    /// The visit of the step this attempt belongs to (0 for a preview that is not sent).
+    pub visit: u32,
     pub idempotency_key: String,
-    pub method: &'static str,
+    pub method: String,
     pub url: String,
     pub headers: Vec<(String, String)>,
+    /// The body as a JSON value, for people (task previews); `body_json` is what is sent.
     pub body: Option<Value>,
+    /// The body's bytes as sent (JSON text), the same for every attempt of the visit.
+    pub body_json: Option<String>,
     pub timeout_ms: u64,
 }
 
@@ -306,7 +366,16 @@ impl CaseState {
             exception_id: None,
             exceptions_raised: 0,
             gate: None,
+            visits: BTreeMap::new(),
+            visit_offset: 0,
         }
+    }
+
+    /// Starts the next visit of `step`; returns its number.
+    fn next_visit(&mut self, step: &str) -> u32 {
+        let count = self.visits.entry(step.to_string()).or_insert(0);
+        *count = count.saturating_add(1);
+        count.saturating_add(self.visit_offset)
     }
 
     /// The earliest SLA deadline not yet recorded as breached, if any.
@@ -411,9 +480,10 @@ fn deadline(
     }
 }
 
-/// The deterministic idempotency key of one attempt of one action step of one case.
-pub fn idempotency_key(case_id: &str, step: &str, attempt: u32) -> String {
-    format!("keel:{case_id}:{step}:{attempt}")
+/// The deterministic idempotency key of one visit of one action step of one case: the same
+/// for every attempt and every resume of that visit, different for every visit.
+pub fn idempotency_key(case_id: &str, step: &str, visit: u32) -> String {
+    format!("keel:{case_id}:{step}:{visit}")
 }
 
 pub fn find_step<'w>(workflow: &'w Workflow, id: &str) -> Option<&'w Step> {
@@ -559,6 +629,7 @@ struct Run<'w> {
 }
 
 /// The result of executing one step: go on to a step, or stop with a command.
+#[allow(clippy::large_enum_variant)] // a value returned once per step, never stored
 enum Flow {
     Goto(String),
     Stop(Command),
@@ -628,7 +699,17 @@ impl<'w> Run<'w> {
             details,
         });
         state.status = Status::Exception;
-        state.action = None;
+        // An action's visit that sent its request is kept (not in flight): a person's retry
+        // goes on with the same key and bytes, since the downstream may have applied it.
+        state.action = state
+            .action
+            .take()
+            .filter(|progress| progress.request.is_some())
+            .map(|progress| ActionProgress {
+                in_flight: false,
+                retry_at_ms: None,
+                ..progress
+            });
         state.wait_until_ms = None;
         Command::Stop
     }
@@ -905,48 +986,102 @@ impl<'w> Run<'w> {
         }
     }
 
+    /// Runs the visit of an action step: its first attempt (a new visit: a new key, the
+    /// request rendered once and kept), a due retry, or the resume of an attempt that a crash
+    /// or a lost lease interrupted. Retries and resumes send the kept request under the key.
     fn action(&mut self, state: &mut CaseState, step: &Step, action: &Action) -> Flow {
-        if let Some(progress) = &state.action {
-            if let Some(retry_at) = progress.retry_at_ms {
-                if retry_at > self.now_ms {
-                    return Flow::Stop(Command::Sleep { until_ms: retry_at });
-                }
-            } else if progress.in_flight {
-                // Started but no result recorded (a crash or a lost lease): same attempt, same key.
-                let (attempt, key) = (progress.attempt, progress.idempotency_key.clone());
-                return match render_request(&self.activation(state), step, action, attempt, key) {
-                    Ok(request) => Flow::Stop(Command::Execute(request)),
-                    Err(message) => {
-                        Flow::Stop(self.fail(state, "template_error", message, Value::Null))
-                    }
-                };
-            }
+        let Some(progress) = state.action.clone() else {
+            return self.start_visit(state, step, action);
+        };
+        if let Some(retry_at) = progress.retry_at_ms.filter(|at| *at > self.now_ms) {
+            return Flow::Stop(Command::Sleep { until_ms: retry_at });
         }
-        let attempt = state
-            .action
-            .as_ref()
-            .map_or(1, |progress| progress.attempt + 1);
-        let key = idempotency_key(&state.id, &step.id, attempt);
-        let request =
-            match render_request(&self.activation(state), step, action, attempt, key.clone()) {
-                Ok(request) => request,
-                Err(message) => {
-                    return Flow::Stop(self.fail(state, "template_error", message, Value::Null))
-                }
-            };
+        let (mut progress, request) = match self.kept_request(state, step, action, progress) {
+            Ok(kept) => kept,
+            Err(command) => return Flow::Stop(command),
+        };
+        if progress.in_flight {
+            // Started but no result recorded: the same attempt again, journaled once.
+            let command = command_of(step, action, &progress, &request);
+            progress.request = Some(request);
+            state.action = Some(progress);
+            return Flow::Stop(Command::Execute(command));
+        }
+        progress.attempt = progress.attempt.saturating_add(1);
+        progress.in_flight = true;
+        progress.retry_at_ms = None;
+        self.start_attempt(state, step, action, progress, request)
+    }
+
+    /// Starts a new visit of an action step: the next visit number, its key, its request.
+    fn start_visit(&mut self, state: &mut CaseState, step: &Step, action: &Action) -> Flow {
+        let visit = state.next_visit(&step.id);
+        let request = match render_visit(&self.activation(state), action) {
+            Ok(request) => request,
+            Err(message) => {
+                return Flow::Stop(self.fail(state, "template_error", message, Value::Null))
+            }
+        };
+        let progress = ActionProgress {
+            attempt: 1,
+            visit,
+            idempotency_key: idempotency_key(&state.id, &step.id, visit),
+            in_flight: true,
+            retry_at_ms: None,
+            attempts_before: 0,
+            request: None,
+        };
+        self.start_attempt(state, step, action, progress, request)
+    }
+
+    /// Journals `action.started` for `progress.attempt` (with the visit and its key) and asks
+    /// the engine to send it.
+    fn start_attempt(
+        &mut self,
+        state: &mut CaseState,
+        step: &Step,
+        action: &Action,
+        mut progress: ActionProgress,
+        request: VisitRequest,
+    ) -> Flow {
+        let command = command_of(step, action, &progress, &request);
         self.emit(
             "action.started",
             Some(step.id.clone()),
-            json!({ "attempt": attempt, "idempotency_key": key, "method": request.method, "url": request.url }),
+            json!({ "attempt": progress.attempt, "visit": progress.visit,
+                "idempotency_key": progress.idempotency_key, "method": command.method,
+                "url": command.url }),
         );
-        state.action = Some(ActionProgress {
-            attempt,
-            idempotency_key: key,
-            in_flight: true,
-            retry_at_ms: None,
-        });
+        progress.request = Some(request);
+        state.action = Some(progress);
         state.status = Status::Running;
-        Flow::Stop(Command::Execute(request))
+        Flow::Stop(Command::Execute(command))
+    }
+
+    /// The visit's kept request, taken out of `progress`. A progress stored before visits
+    /// were counted keeps the key its attempts were sent with, and gets a visit number and
+    /// its request rendered now, once, for the rest of the visit.
+    #[allow(clippy::result_large_err)] // the error is the rare stop command, built once
+    fn kept_request(
+        &mut self,
+        state: &mut CaseState,
+        step: &Step,
+        action: &Action,
+        mut progress: ActionProgress,
+    ) -> Result<(ActionProgress, VisitRequest), Command> {
+        if progress.visit == 0 {
+            progress.visit = state.next_visit(&step.id);
+        }
+        let request = match progress.request.take() {
+            Some(request) => request,
+            None => match render_visit(&self.activation(state), action) {
+                Ok(request) => request,
+                Err(message) => {
+                    return Err(self.fail(state, "template_error", message, Value::Null))
+                }
+            },
+        };
+        Ok((progress, request))
     }
 
     /// Starts (or, after a crash, restarts) the cascade of an `ai` step.
@@ -989,11 +1124,15 @@ impl<'w> Run<'w> {
                     "route": models,
                 }),
             );
+            let visit = state.next_visit(&step.id);
             state.action = Some(ActionProgress {
                 attempt,
-                idempotency_key: idempotency_key(&state.id, &step.id, attempt),
+                visit,
+                idempotency_key: idempotency_key(&state.id, &step.id, visit),
                 in_flight: true,
                 retry_at_ms: None,
+                attempts_before: 0,
+                request: None,
             });
         }
         state.status = Status::Running;
@@ -1160,14 +1299,16 @@ impl<'w> Run<'w> {
                 ));
             }
         };
-        if attempt >= action.retry.max_attempts {
+        // A person's retry of a parked visit starts a new round of attempts (same visit).
+        let attempt_of_round = attempt.saturating_sub(current.attempts_before);
+        if attempt_of_round >= action.retry.max_attempts {
             let message = format!("`{step_id}` failed after {attempt} attempt(s)");
             let details = json!({ "attempts": attempt, "last": retryable_error });
             return Some(self.fail(state, "action_failed", message, details));
         }
         let retry_at = self
             .now_ms
-            .saturating_add(backoff_ms(action, attempt, self.jitter) as i64);
+            .saturating_add(backoff_ms(action, attempt_of_round, self.jitter) as i64);
         self.emit(
             "action.attempt_failed",
             id,
@@ -1780,6 +1921,7 @@ fn set_data(state: &mut CaseState, name: &str, value: Value) {
     }
 }
 
+/// Renders an action's request for display (a task's preview): nothing is kept or sent.
 fn render_request(
     act: &Activation,
     step: &Step,
@@ -1787,6 +1929,38 @@ fn render_request(
     attempt: u32,
     key: String,
 ) -> Result<ActionRequest, String> {
+    let (url, headers, body) = render_parts(act, action)?;
+    Ok(ActionRequest {
+        step: step.id.clone(),
+        attempt,
+        visit: 0,
+        idempotency_key: key,
+        method: action.method.as_str().to_string(),
+        url,
+        headers,
+        body_json: body.as_ref().map(serialize_body).transpose()?,
+        body,
+        timeout_ms: action.timeout.0,
+    })
+}
+
+/// Renders the request of a new visit, once: the body is serialized here, and these bytes
+/// are what every attempt of the visit sends.
+fn render_visit(act: &Activation, action: &Action) -> Result<VisitRequest, String> {
+    let (url, headers, body) = render_parts(act, action)?;
+    Ok(VisitRequest {
+        method: action.method.as_str().to_string(),
+        url,
+        headers,
+        body: body.as_ref().map(serialize_body).transpose()?,
+    })
+}
+
+/// An action's URL, headers and body, rendered.
+type RenderedParts = (String, Vec<(String, String)>, Option<Value>);
+
+/// The URL, headers and body of an action rendered from the case as it is now.
+fn render_parts(act: &Activation, action: &Action) -> Result<RenderedParts, String> {
     let url = render_template(act, &action.url)?;
     let mut headers = Vec::with_capacity(action.headers.len());
     for (name, template) in &action.headers {
@@ -1796,16 +1970,36 @@ fn render_request(
         Some(template) => Some(render_json(act, template)?),
         None => None,
     };
-    Ok(ActionRequest {
+    Ok((url, headers, body))
+}
+
+fn serialize_body(body: &Value) -> Result<String, String> {
+    serde_json::to_string(body)
+        .map_err(|error| format!("the body could not be serialized: {error}"))
+}
+
+/// The attempt `progress.attempt` of the visit whose kept request is `request`.
+fn command_of(
+    step: &Step,
+    action: &Action,
+    progress: &ActionProgress,
+    request: &VisitRequest,
+) -> ActionRequest {
+    ActionRequest {
         step: step.id.clone(),
-        attempt,
-        idempotency_key: key,
-        method: action.method.as_str(),
-        url,
-        headers,
-        body,
+        attempt: progress.attempt,
+        visit: progress.visit,
+        idempotency_key: progress.idempotency_key.clone(),
+        method: request.method.clone(),
+        url: request.url.clone(),
+        headers: request.headers.clone(),
+        body: request
+            .body
+            .as_deref()
+            .and_then(|text| serde_json::from_str(text).ok()),
+        body_json: request.body.clone(),
         timeout_ms: action.timeout.0,
-    })
+    }
 }
 
 fn render_template(act: &Activation, template: &Template) -> Result<String, String> {

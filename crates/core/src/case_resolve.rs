@@ -10,14 +10,19 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::{find_step, set_data, CaseState, Command, Run, Status};
+use super::{find_step, set_data, ActionProgress, CaseState, Command, Run, Status};
 use crate::workflow::StepKind;
 
 /// What a person does about an open exception.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Resolution {
-    /// Enter the step the case is at again, as a fresh visit (a new attempt).
+    /// Try the step the case is at again. An action whose visit already sent its request goes
+    /// on as the *same* visit: the same `Idempotency-Key`, the same request bytes, the attempt
+    /// number counting on, and `retry.max_attempts` more attempts; the downstream may have
+    /// applied an earlier attempt, and the key lets it answer without acting twice. (To send a
+    /// new request under a new key, `skip` to the same step: that is a new visit.) Any other
+    /// step is entered again as a new visit.
     Retry,
     /// Use `output` as the step's result (checked against the step's schema), then go on.
     ProvideOutput { output: Value },
@@ -109,7 +114,7 @@ impl Run<'_> {
         state.steps_executed = 0;
         let current = step_id.unwrap_or_default();
         match resolution {
-            Resolution::Retry => self.goto(state, current),
+            Resolution::Retry => self.retry(state, current),
             Resolution::Skip { to } => self.goto(state, to),
             Resolution::Cancel => {
                 let message = format!("`{by}` cancelled the case while resolving {exception_id}");
@@ -147,6 +152,24 @@ impl Run<'_> {
             | Resolution::Claim
             | Resolution::Escalate
             | Resolution::Close => Some(Command::Stop),
+        }
+    }
+
+    /// A person's retry: the parked visit of an action that sent its request goes on (see
+    /// [`Resolution::Retry`]); anything else enters the step again.
+    fn retry(&mut self, state: &mut CaseState, step: String) -> Option<Command> {
+        match state.action.take() {
+            Some(progress) if progress.request.is_some() => {
+                state.action = Some(ActionProgress {
+                    attempts_before: progress.attempt,
+                    in_flight: false,
+                    retry_at_ms: None,
+                    ..progress
+                });
+                state.status = Status::Running;
+                None
+            }
+            _ => self.goto(state, step),
         }
     }
 

@@ -191,23 +191,27 @@ fn pure_steps_run_in_one_transition_up_to_the_first_effect() {
         event(&transition, "action.started").data,
         json!({
             "attempt": 1,
+            "visit": 1,
             "idempotency_key": "keel:c1:pay:1",
             "method": "POST",
             "url": "http://127.0.0.1:9000/pay/inv-1?amount=250",
         })
     );
+    let headers = vec![
+        ("X-Amount".to_string(), "250".to_string()),
+        ("X-Tenant".to_string(), "acme".to_string()),
+    ];
+    let body_json = r#"{"amount":250,"trusted":true,"note":"invoice inv-1","lines":[500,7,{"lane":"review"}],"fixed":{"currency":"EUR"}}"#;
     assert_eq!(
         transition.command,
         Command::Execute(ActionRequest {
             step: "pay".to_string(),
             attempt: 1,
+            visit: 1,
             idempotency_key: "keel:c1:pay:1".to_string(),
-            method: "POST",
+            method: "POST".to_string(),
             url: "http://127.0.0.1:9000/pay/inv-1?amount=250".to_string(),
-            headers: vec![
-                ("X-Amount".to_string(), "250".to_string()),
-                ("X-Tenant".to_string(), "acme".to_string()),
-            ],
+            headers: headers.clone(),
             // A string that is exactly one hole keeps the JSON type of its value.
             body: Some(json!({
                 "amount": 250,
@@ -216,6 +220,7 @@ fn pure_steps_run_in_one_transition_up_to_the_first_effect() {
                 "lines": [500, 7, { "lane": "review" }],
                 "fixed": { "currency": "EUR" },
             })),
+            body_json: Some(body_json.to_string()),
             timeout_ms: 5_000,
         })
     );
@@ -227,11 +232,20 @@ fn pure_steps_run_in_one_transition_up_to_the_first_effect() {
         state.action,
         Some(ActionProgress {
             attempt: 1,
+            visit: 1,
             idempotency_key: "keel:c1:pay:1".to_string(),
             in_flight: true,
             retry_at_ms: None,
+            attempts_before: 0,
+            request: Some(VisitRequest {
+                method: "POST".to_string(),
+                url: "http://127.0.0.1:9000/pay/inv-1?amount=250".to_string(),
+                headers,
+                body: Some(body_json.to_string()),
+            }),
         })
     );
+    assert_eq!(state.visits, BTreeMap::from([("pay".to_string(), 1)]));
     assert_eq!(idempotency_key("c1", "pay", 1), "keel:c1:pay:1");
 }
 
@@ -421,16 +435,13 @@ fn retryable_failures_back_off_exponentially_with_jitter() {
                     "{label}"
                 );
 
-                // Due: the next attempt, with its own key.
+                // Due: the next attempt of the same visit, under the visit's key.
                 now = retry_at;
                 let next = wake(&workflow, &mut state, now);
                 assert_eq!(journal(&next), ["action.started@call"], "{label}");
                 assert_eq!(request(&next).attempt, attempt + 1, "{label}");
-                assert_eq!(
-                    request(&next).idempotency_key,
-                    format!("keel:c1:call:{}", attempt + 1),
-                    "{label}"
-                );
+                assert_eq!(request(&next).visit, 1, "{label}");
+                assert_eq!(request(&next).idempotency_key, "keel:c1:call:1", "{label}");
                 assert_eq!(state.status, Status::Running, "{label}");
             }
             // The fifth attempt is the last.
@@ -543,6 +554,245 @@ fn a_template_hole_that_fails_fails_the_case() {
         "  - id: call\n    action:\n      url: \"http://h/${input.missing}\"\n  - id: done\n    end: ok\n",
     );
     check(&workflow, json!({}), "failed:template_error {}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Idempotency: one key per visit of an action step, one request per visit.
+
+/// Three installments: `charge` is visited three times, each time with its own body. The
+/// request also carries the time it was rendered at, which a retry must not change.
+const INSTALLMENTS: &str = r#"  - id: first
+    set: { installment: "1" }
+  - id: charge
+    action:
+      method: POST
+      url: "http://127.0.0.1:9000/charges?at=${now}"
+      headers: { X-Requested-At: "${now}" }
+      body: { installment: "${data.installment}", amount: "${input.amount}", requested_at: "${now}" }
+      retry: { max_attempts: 3, initial_backoff: 100ms, max_backoff: 1s }
+  - id: more
+    switch:
+      - when: "data.installment < 3"
+        goto: count
+      - default: done
+  - id: count
+    set: { installment: "data.installment + 1" }
+    next: charge
+  - id: done
+    end: paid
+"#;
+
+/// The state as the engine stores it and reads it back (after a crash, on another node).
+fn reload(state: &CaseState) -> CaseState {
+    serde_json::from_str(&serde_json::to_string(state).unwrap()).unwrap()
+}
+
+/// Asserts that `sent` are attempts 1, 2, … of one visit: one key, the same request bytes.
+fn assert_one_visit(sent: &[ActionRequest], key: &str) {
+    let first = &sent[0];
+    for (index, request) in sent.iter().enumerate() {
+        assert_eq!(request.attempt, index as u32 + 1, "{request:?}");
+        assert_eq!(request.idempotency_key, key, "{request:?}");
+        assert_eq!(request.visit, first.visit, "{request:?}");
+        assert_eq!(
+            (
+                &request.method,
+                &request.url,
+                &request.headers,
+                &request.body_json
+            ),
+            (&first.method, &first.url, &first.headers, &first.body_json),
+        );
+    }
+}
+
+#[test]
+fn every_retry_and_resume_of_a_visit_sends_its_key_and_its_first_bytes() {
+    let wf = workflow(INSTALLMENTS);
+    let mut state = start(&wf, json!({ "amount": 100 }));
+    let first = request(&wake(&wf, &mut state, T0)).clone();
+    assert_eq!(first.idempotency_key, "keel:c1:charge:1");
+    let body = first.body_json.clone().unwrap();
+    assert!(body.contains("2023-11-14T22:13:20"), "{body}");
+    let mut sent = vec![first];
+    let mut now = T0;
+    for outcome in [ActionOutcome::Timeout, http(503, json!(null))] {
+        now += 10 * SECOND_MS;
+        let attempt = sent.last().unwrap().attempt;
+        respond(&wf, &mut state, attempt, outcome, now);
+        // The retry comes due much later, on a node that read the stored state.
+        now = state.action.as_ref().unwrap().retry_at_ms.unwrap() + HOUR_MS;
+        let mut resumed = reload(&state);
+        let next = request(&wake(&wf, &mut resumed, now)).clone();
+        // That attempt is interrupted too: the resume sends it again, journals nothing.
+        let mut again = reload(&resumed);
+        let resent = wake(&wf, &mut again, now + HOUR_MS);
+        assert_eq!(journal(&resent), Vec::<String>::new());
+        assert_eq!(request(&resent), &next);
+        state = again;
+        sent.push(next);
+    }
+    assert_one_visit(&sent, "keel:c1:charge:1");
+    let completed = respond(&wf, &mut state, 3, http(200, json!({})), now + 2 * HOUR_MS);
+    assert_eq!(
+        journal(&completed)[..2],
+        ["action.completed@charge", "step.completed@more"]
+    );
+}
+
+#[test]
+fn each_visit_of_an_action_in_a_loop_has_its_own_key_and_body() {
+    let wf = workflow(INSTALLMENTS);
+    let mut state = start(&wf, json!({ "amount": 100 }));
+    let mut now = T0;
+    let mut transition = wake(&wf, &mut state, now);
+    let mut visits: Vec<Vec<ActionRequest>> = Vec::new();
+    let mut started = Vec::new();
+    loop {
+        started.extend(
+            (transition.events.iter())
+                .filter(|e| e.kind == "action.started")
+                .map(|e| e.data.clone()),
+        );
+        let Command::Execute(sent) = transition.command.clone() else {
+            break;
+        };
+        if sent.attempt == 1 {
+            visits.push(Vec::new());
+        }
+        visits.last_mut().unwrap().push(sent.clone());
+        now += SECOND_MS;
+        // The second visit's first attempt fails once: its retry stays in that visit.
+        if sent.visit == 2 && sent.attempt == 1 {
+            respond(&wf, &mut state, 1, http(503, json!(null)), now);
+            now += MINUTE_MS;
+            transition = wake(&wf, &mut state, now);
+            continue;
+        }
+        transition = respond(&wf, &mut state, sent.attempt, http(200, json!({})), now);
+    }
+    assert_eq!(summary(&state).split(' ').next(), Some("completed:paid"));
+    assert_eq!(visits.iter().map(Vec::len).collect::<Vec<_>>(), [1, 2, 1]);
+    for (index, visit) in visits.iter().enumerate() {
+        let number = index as u32 + 1;
+        assert_one_visit(visit, &format!("keel:c1:charge:{number}"));
+        assert_eq!(visit[0].visit, number);
+        assert_eq!(
+            visit[0].body.as_ref().unwrap()["installment"],
+            json!(number)
+        );
+    }
+    let journaled: Vec<(Value, Value, Value)> = started
+        .iter()
+        .map(|d| {
+            (
+                d["visit"].clone(),
+                d["attempt"].clone(),
+                d["idempotency_key"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        journaled,
+        [
+            (json!(1), json!(1), json!("keel:c1:charge:1")),
+            (json!(2), json!(1), json!("keel:c1:charge:2")),
+            (json!(2), json!(2), json!("keel:c1:charge:2")),
+            (json!(3), json!(1), json!("keel:c1:charge:3")),
+        ]
+    );
+    assert_eq!(state.visits, BTreeMap::from([("charge".to_string(), 3)]));
+}
+
+/// Fails every attempt of the visit in flight with 503 until the case parks; returns the
+/// requests sent, from `transition` on.
+fn fail_until_parked(
+    wf: &Workflow,
+    state: &mut CaseState,
+    mut transition: Transition,
+    now: &mut i64,
+) -> Vec<ActionRequest> {
+    let mut sent = Vec::new();
+    while let Command::Execute(request) = transition.command.clone() {
+        sent.push(request.clone());
+        *now += SECOND_MS;
+        respond(wf, state, request.attempt, http(503, json!(null)), *now);
+        *now += MINUTE_MS;
+        transition = wake(wf, state, *now);
+    }
+    assert_eq!(state.status, Status::Exception);
+    sent
+}
+
+#[test]
+fn a_persons_retry_keeps_the_parked_visit_and_a_skip_to_the_step_starts_a_new_one() {
+    let wf = workflow_with("on_failure: exception\n", INSTALLMENTS);
+    let mut state = start(&wf, json!({ "amount": 100 }));
+    let mut now = T0;
+    let first = wake(&wf, &mut state, now);
+    let mut sent = fail_until_parked(&wf, &mut state, first, &mut now);
+    assert_eq!(error(&state).details["attempts"], json!(3));
+
+    // A day later a person retries: the same visit, key and bytes, three more attempts.
+    now += 24 * HOUR_MS;
+    let retried = resolve_with(&wf, &mut reload(&state), Resolution::Retry, now);
+    let retry = resolve_with(&wf, &mut state, Resolution::Retry, now);
+    assert_eq!(retry, retried);
+    assert_eq!(
+        journal(&retry),
+        ["exception.resolved@charge", "action.started@charge"]
+    );
+    sent.extend(fail_until_parked(&wf, &mut state, retry, &mut now));
+    assert_eq!(sent.len(), 6);
+    assert_one_visit(&sent, "keel:c1:charge:1");
+    assert_eq!(error(&state).details["attempts"], json!(6));
+
+    // Skipping to the same step is a new visit: a new key, the request rendered again.
+    let skip = Resolution::Skip {
+        to: "charge".into(),
+    };
+    let fresh = request(&resolve_with(&wf, &mut state, skip, now)).clone();
+    assert_eq!((fresh.visit, fresh.attempt), (2, 1));
+    assert_eq!(fresh.idempotency_key, "keel:c1:charge:2");
+    assert_ne!(fresh.body_json, sent[0].body_json);
+}
+
+#[test]
+fn a_case_stored_before_visits_were_counted_keeps_its_key_and_never_reuses_an_old_one() {
+    let wf = workflow(INSTALLMENTS);
+    let mut state = start(&wf, json!({ "amount": 100 }));
+    wake(&wf, &mut state, T0);
+    // The state as the attempt-keyed version stored it with attempt 2 in flight.
+    let mut stored = serde_json::to_value(&state).unwrap();
+    let fields = stored.as_object_mut().unwrap();
+    fields.remove("visits");
+    fields.remove("visit_offset");
+    fields["action"] =
+        json!({ "attempt": 2, "idempotency_key": "keel:c1:charge:2", "in_flight": true });
+    let mut legacy: CaseState = serde_json::from_value(stored).unwrap();
+    assert_eq!(legacy.visit_offset, LEGACY_VISIT_OFFSET);
+
+    let resumed = request(&wake(&wf, &mut legacy, T0 + MINUTE_MS)).clone();
+    assert_eq!((resumed.attempt, resumed.visit), (2, 11));
+    assert_eq!(resumed.idempotency_key, "keel:c1:charge:2");
+    respond(
+        &wf,
+        &mut legacy,
+        2,
+        ActionOutcome::Timeout,
+        T0 + 2 * MINUTE_MS,
+    );
+    let retry = request(&wake(&wf, &mut legacy, T0 + HOUR_MS)).clone();
+    assert_eq!((retry.attempt, retry.visit), (3, 11));
+    assert_eq!(
+        (&retry.idempotency_key, &retry.url, &retry.body_json),
+        (&resumed.idempotency_key, &resumed.url, &resumed.body_json)
+    );
+
+    // The next visit's key is above every attempt-keyed one (attempts 1 to 10).
+    let next = respond(&wf, &mut legacy, 3, http(200, json!({})), T0 + 2 * HOUR_MS);
+    assert_eq!(request(&next).idempotency_key, "keel:c1:charge:12");
+    assert_eq!(reload(&legacy), legacy);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1317,9 +1567,12 @@ fn check_invariants(before: &CaseState, state: &CaseState, transition: &Transiti
             assert_eq!(progress.idempotency_key, request.idempotency_key);
             assert!((1..=MAX_ATTEMPTS).contains(&request.attempt));
             assert_eq!(state.step.as_deref(), Some(request.step.as_str()));
+            // One key per visit, counted per step.
+            assert_eq!(progress.visit, state.visits[&request.step]);
+            assert_eq!(request.visit, progress.visit);
             assert_eq!(
                 request.idempotency_key,
-                idempotency_key(&state.id, &request.step, request.attempt)
+                idempotency_key(&state.id, &request.step, request.visit)
             );
             assert_eq!(state.status, Status::Running);
         }
@@ -1432,6 +1685,11 @@ fn an_ai_step_renders_its_prompt_and_applies_the_proposal() {
     assert_eq!(request.prompt, "Subject: Win money\n");
     assert_eq!(request.system.as_deref(), Some("You sort mail."));
     assert_eq!(t.events.last().unwrap().kind, "ai.started");
+    let progress = state.action.as_ref().unwrap();
+    assert_eq!(
+        (progress.visit, progress.idempotency_key.as_str()),
+        (1, "keel:c1:triage:1")
+    );
     // A crash before the result: waking again re-issues the same attempt without a new event.
     let again = wake(&wf, &mut state, T0 + 5);
     assert!(matches!(&again.command, Command::Ai(r) if r.attempt == 1));
@@ -1643,7 +1901,7 @@ fn parked_connector_errors_wait_for_a_person_with_their_context_and_retry_runs_t
     assert_eq!(raised["details"]["status"], 400);
     assert!(raised["data"].is_object(), "{raised}");
     assert_eq!(error(&state).kind, "action_failed");
-    // A person retries: the action is sent again as a fresh attempt.
+    // A person retries: the visit's request is sent again as its next attempt.
     let transition = resolve_with(
         &workflow,
         &mut state,
@@ -1651,12 +1909,16 @@ fn parked_connector_errors_wait_for_a_person_with_their_context_and_retry_runs_t
         T0 + 10,
     );
     assert_eq!(transition.events[0].kind, "exception.resolved");
-    assert!(state.action.is_some(), "the action is requested again");
+    assert_eq!(
+        request(&transition).attempt,
+        2,
+        "the action is requested again"
+    );
     assert_eq!(state.status, Status::Running);
     let transition = respond(
         &workflow,
         &mut state,
-        1,
+        2,
         http(200, json!({"ok": true})),
         T0 + 20,
     );

@@ -391,7 +391,14 @@ pub(crate) async fn sla_once(inner: &Inner) -> Result<usize> {
     Ok(recorded)
 }
 
+/// Headers that belong to the engine: a workflow header of the same name is dropped.
+const ENGINE_HEADERS: &[&str] = &["idempotency-key", "keel-attempt"];
+
 /// Performs one HTTP attempt. Never panics; every failure becomes an `ActionOutcome`.
+///
+/// Every attempt of a visit carries the visit's `Idempotency-Key` and sends the body bytes
+/// rendered at the visit's first attempt; `Keel-Attempt` numbers the attempt (a resume after
+/// a crash sends the interrupted attempt's number again).
 pub(crate) async fn execute(http: &reqwest::Client, request: &ActionRequest) -> ActionOutcome {
     let method = match reqwest::Method::from_bytes(request.method.as_bytes()) {
         Ok(method) => method,
@@ -400,16 +407,25 @@ pub(crate) async fn execute(http: &reqwest::Client, request: &ActionRequest) -> 
     let mut builder = http
         .request(method, &request.url)
         .timeout(Duration::from_millis(request.timeout_ms))
-        .header("Idempotency-Key", &request.idempotency_key);
+        .header("Idempotency-Key", &request.idempotency_key)
+        .header("Keel-Attempt", request.attempt.to_string());
+    let mut content_type = false;
     for (name, value) in &request.headers {
-        // The engine's key is the contract (one per case, step and attempt); a workflow
-        // header cannot replace it.
-        if !name.eq_ignore_ascii_case("idempotency-key") {
+        // The engine's key is the contract (one per case, step and visit); a workflow header
+        // cannot replace it or the attempt number.
+        if !ENGINE_HEADERS
+            .iter()
+            .any(|own| name.eq_ignore_ascii_case(own))
+        {
+            content_type |= name.eq_ignore_ascii_case("content-type");
             builder = builder.header(name, value);
         }
     }
-    if let Some(body) = &request.body {
-        builder = builder.json(body);
+    if let Some(body) = &request.body_json {
+        if !content_type {
+            builder = builder.header(reqwest::header::CONTENT_TYPE, "application/json");
+        }
+        builder = builder.body(body.clone());
     }
     let response = match builder.send().await {
         Ok(response) => response,

@@ -14,6 +14,10 @@ use serde_json::{json, Value};
 
 const KEEL: &str = env!("CARGO_BIN_EXE_keel");
 
+/// The payment API double of the engine's tests, shared so that both test the same contract.
+#[path = "../../engine/tests/engine/payment_api.rs"]
+mod payment_api;
+
 const CRASH_WORKFLOW: &str = r#"
 name: payout
 version: "1"
@@ -319,6 +323,91 @@ async fn acknowledged_cases_survive_sigkill_and_act_exactly_once() {
         report["leaves"], report["journal_entries"],
         "graceful stop sequences everything"
     );
+}
+
+/// One charge whose body carries the time it was rendered at: a resume that rendered the
+/// request again would send other bytes under the same key (refused with 422).
+const HELD_CHARGE: &str = r#"
+name: payout
+version: "1"
+input:
+  schema:
+    type: object
+    required: [api, customer, amount]
+    properties:
+      api: { type: string }
+      customer: { type: string }
+      amount: { type: integer }
+steps:
+  - id: charge
+    action:
+      method: POST
+      url: "${input.api}"
+      body: { customer: "${input.customer}", amount: "${input.amount}", requested_at: "${now}" }
+      timeout: 60s
+      into: charge
+  - id: done
+    end: { outcome: charged }
+"#;
+
+/// Polls the case until it leaves `running` and `waiting` (bounded: 30 s).
+async fn settled_case(client: &reqwest::Client, server: &Server, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let body = get_json(client, format!("{}/v1/cases/{id}", server.base)).await;
+        if !["running", "waiting"].contains(&body["status"].as_str().unwrap_or("")) {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "case {id} never settled: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_charge_in_flight_at_sigkill_is_resent_with_its_key_and_bytes_and_applied_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let workflows = workflows_dir(dir.path(), HELD_CHARGE);
+    // The API applies the first charge and holds its answer until the caller goes away.
+    let api = payment_api::PaymentApi::start(payment_api::Mode::Hold).await;
+    let client = admin_client(&data);
+    let mut server = start_server(&data, &workflows);
+    wait_ready(&client, &server).await;
+    let input = json!({ "api": api.url, "customer": "cus_42", "amount": 1250 });
+    let response = client
+        .post(format!("{}/v1/workflows/payout/cases", server.base))
+        .json(&input)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 201);
+    let created: Value = response.json().await.unwrap();
+    let id = created["case_id"].as_str().unwrap().to_string();
+    api.first_effect().await;
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+
+    // Restarted on the same data directory, Keel resumes the attempt it was making.
+    let server = start_server(&data, &workflows);
+    wait_ready(&client, &server).await;
+    let case = settled_case(&client, &server, &id).await;
+    terminate(server);
+    assert_eq!(case["status"], "completed", "{case}");
+    let effects = api.effects();
+    assert_eq!(
+        effects.len(),
+        1,
+        "charged {} times: {effects:?}",
+        effects.len()
+    );
+    let received = api.received();
+    assert_eq!(received.len(), 2, "{received:?}");
+    let key = format!("keel:{id}:charge:1");
+    assert!(received.iter().all(|r| r.key == key), "{received:?}");
+    assert_eq!(received[0].body_sha256, received[1].body_sha256);
+    // The same attempt, resumed: held open the first time, the stored answer the second.
+    let answers: Vec<(Option<u32>, u16)> = received.iter().map(|r| (r.attempt, r.status)).collect();
+    assert_eq!(answers, [(Some(1), 0), (Some(1), 200)]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
