@@ -687,6 +687,8 @@ mod drift;
 mod exceptions;
 #[path = "api/gateway.rs"]
 mod gateway;
+#[path = "api/influence.rs"]
+mod influence;
 #[path = "api/metrics.rs"]
 mod metrics;
 #[path = "api/reports.rs"]
