@@ -801,10 +801,11 @@ steps:
       - when: data.triage.output.label == 'spam'
         goto: junk
       - default: inbox
+  # Outcomes chosen by the AI are operations; this test is about the learner.
   - id: junk
-    end: { outcome: junk }
+    end: { outcome: junk, trust: { gate: none, reason: "a test of the learner" } }
   - id: inbox
-    end: { outcome: inbox }
+    end: { outcome: inbox, trust: { gate: none, reason: "a test of the learner" } }
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
