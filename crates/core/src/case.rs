@@ -1306,7 +1306,11 @@ impl<'w> Run<'w> {
     fn hold_for_gate(&mut self, state: &mut CaseState, step: &Step) -> Option<Flow> {
         let operation = step.operation()?;
         let this_step = |t: &crate::gate::TaskProgress| t.step == step.id;
-        if state.task.as_ref().is_some_and(|t| this_step(t) && t.approved) {
+        if state
+            .task
+            .as_ref()
+            .is_some_and(|t| this_step(t) && t.approved)
+        {
             return None;
         }
         let task_open = state.task.as_ref().is_some_and(this_step);
@@ -1317,9 +1321,15 @@ impl<'w> Run<'w> {
         let (kind, title) = match &step.kind {
             StepKind::End(end) => (
                 "outcome",
-                format!("Confirm the outcome `{}` decided with AI output", end.outcome),
+                format!(
+                    "Confirm the outcome `{}` decided with AI output",
+                    end.outcome
+                ),
             ),
-            _ => ("action", format!("Approve action `{}` using AI output", step.id)),
+            _ => (
+                "action",
+                format!("Approve action `{}` using AI output", step.id),
+            ),
         };
         Some(self.open_task(
             state,

@@ -216,8 +216,10 @@ fn ungated_operations(workflow: &Workflow) -> Vec<serde_json::Value> {
                 return None;
             }
             let paths: Vec<String> = parts.influence.iter().map(|i| i.describe()).collect();
-            Some(serde_json::json!({ "step": step.id, "kind": step.kind.keyword(),
-                "reason": reason, "ai_steps": parts.uses_ai, "paths": paths }))
+            Some(
+                serde_json::json!({ "step": step.id, "kind": step.kind.keyword(),
+                "reason": reason, "ai_steps": parts.uses_ai, "paths": paths }),
+            )
         })
         .collect()
 }

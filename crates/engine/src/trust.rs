@@ -176,11 +176,7 @@ fn operations(workflow: &Workflow) -> Vec<(String, &TrustConfig, Vec<String>)> {
         .iter()
         .filter_map(|step| {
             let operation = step.operation()?;
-            Some((
-                step.id.clone(),
-                operation.trust,
-                operation.uses_ai.to_vec(),
-            ))
+            Some((step.id.clone(), operation.trust, operation.uses_ai.to_vec()))
         })
         .collect()
 }

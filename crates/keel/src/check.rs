@@ -159,7 +159,11 @@ fn render_explanation(
     let mut out = format!("{} (workflow `{}`)\n", file.display(), workflow.name);
     let width = operations
         .iter()
-        .map(|o| o["step"].as_str().unwrap_or_default().len() + o["kind"].as_str().unwrap_or_default().len() + 3)
+        .map(|o| {
+            o["step"].as_str().unwrap_or_default().len()
+                + o["kind"].as_str().unwrap_or_default().len()
+                + 3
+        })
         .max()
         .unwrap_or(0);
     for operation in operations {
@@ -182,7 +186,10 @@ fn render_explanation(
         };
         out.push_str(&format!("  {label:<width$}  {verdict}\n"));
         for path in operation["paths"].as_array().into_iter().flatten() {
-            out.push_str(&format!("      {}\n", path["text"].as_str().unwrap_or_default()));
+            out.push_str(&format!(
+                "      {}\n",
+                path["text"].as_str().unwrap_or_default()
+            ));
         }
     }
     out

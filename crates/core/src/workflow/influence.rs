@@ -67,9 +67,7 @@ fn walk(node: &IdedExpr, bound: &mut Vec<String>, reads: &mut Reads, depth: usiz
         return;
     }
     let depth = depth + 1;
-    let is_data = |node: &IdedExpr, bound: &[String]| {
-        matches!(&node.expr, Ast::Ident(name) if name == "data" && !bound.iter().any(|b| b == "data"))
-    };
+    let is_data = |node: &IdedExpr, bound: &[String]| matches!(&node.expr, Ast::Ident(name) if name == "data" && !bound.iter().any(|b| b == "data"));
     match &node.expr {
         // `data` used whole: `size(data)`, `data.map(…)`, `f(data)`.
         Ast::Ident(name) => reads.all |= name == "data" && !bound.iter().any(|b| b == name),

@@ -35,7 +35,12 @@ fn check(steps: &str, expected: &[(&str, &[&str])]) {
         .collect();
     let expected: Vec<(String, Vec<String>)> = expected
         .iter()
-        .map(|(id, paths)| (id.to_string(), paths.iter().map(|p| p.to_string()).collect()))
+        .map(|(id, paths)| {
+            (
+                id.to_string(),
+                paths.iter().map(|p| p.to_string()).collect(),
+            )
+        })
         .collect();
     assert_eq!(found, expected, "\n{steps}");
     for step in &workflow.steps {
@@ -45,7 +50,12 @@ fn check(steps: &str, expected: &[(&str, &[&str])]) {
             _ => continue,
         };
         for i in influence {
-            assert!(uses_ai.contains(&i.ai_step), "{} lists {}", step.id, i.ai_step);
+            assert!(
+                uses_ai.contains(&i.ai_step),
+                "{} lists {}",
+                step.id,
+                i.ai_step
+            );
         }
         assert_eq!(uses_ai.is_empty(), influence.is_empty());
     }
@@ -268,10 +278,7 @@ fn gate_none_needs_a_reason_and_is_a_warning() {
         codes("{ gate: none, reason: \"the label only names a folder\" }"),
         [("ungated-operation", Warning), ("ignored-field", Warning)]
     );
-    assert_eq!(
-        codes("{ gate: none }"),
-        [("invalid-value", Error)]
-    );
+    assert_eq!(codes("{ gate: none }"), [("invalid-value", Error)]);
     assert_eq!(
         codes("{ gate: none, reason: \"  \" }"),
         [("invalid-value", Error)]

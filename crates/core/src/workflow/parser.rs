@@ -473,7 +473,10 @@ impl Checker<'_> {
     /// a person (with the written reason), or nothing influences it and the declaration is moot.
     fn warn_ungated(&mut self, steps: &[super::model::Step]) {
         for (id, span) in std::mem::take(&mut self.ungated) {
-            let Some(parts) = steps.iter().find(|s| s.id == id).and_then(|s| s.gate_parts())
+            let Some(parts) = steps
+                .iter()
+                .find(|s| s.id == id)
+                .and_then(|s| s.gate_parts())
             else {
                 continue;
             };

@@ -44,7 +44,13 @@ steps:
 
 /// (workflow, its steps after `classify`, the gated step, the request expected after approval
 /// (`None`: the outcome is gated and nothing is sent), the outcome).
-fn shapes() -> Vec<(&'static str, &'static str, &'static str, Option<Value>, &'static str)> {
+fn shapes() -> Vec<(
+    &'static str,
+    &'static str,
+    &'static str,
+    Option<Value>,
+    &'static str,
+)> {
     vec![
         (
             "copy-verdict",
@@ -157,9 +163,10 @@ async fn setup() -> Setup {
         keel_engine::tasks::add_user(engine.store(), name, &roles, None, 0)
             .await
             .unwrap();
-        let (secret, _) = keel_engine::tokens::create_token(engine.store(), name, name, &[], None, 0)
-            .await
-            .unwrap();
+        let (secret, _) =
+            keel_engine::tokens::create_token(engine.store(), name, name, &[], None, 0)
+                .await
+                .unwrap();
         tokens.insert(name, secret);
     }
     Setup {
@@ -186,7 +193,9 @@ impl Setup {
     /// Waits (bounded) until the case is in `status`; returns it.
     async fn case_in(&self, case_id: &str, status: &str) -> Value {
         for _ in 0..500 {
-            let (_, case) = self.call("ann", &format!("/v1/cases/{case_id}"), None).await;
+            let (_, case) = self
+                .call("ann", &format!("/v1/cases/{case_id}"), None)
+                .await;
             if case["status"] == status {
                 return case;
             }
@@ -216,16 +225,25 @@ async fn every_shape_of_ai_influence_waits_for_a_person_in_phase_1() {
     let app = setup().await;
     for (workflow, _, gated, expected, outcome) in shapes() {
         let (callback, received) = downstream().await;
-        let input = json!({"answer": "{\"label\": \"spam\"}", "callback": callback, "mail_id": "M-7"});
+        let input =
+            json!({"answer": "{\"label\": \"spam\"}", "callback": callback, "mail_id": "M-7"});
         let (status, created) = app
-            .call("opal", &format!("/v1/workflows/{workflow}/cases"), Some(input))
+            .call(
+                "opal",
+                &format!("/v1/workflows/{workflow}/cases"),
+                Some(input),
+            )
             .await;
         assert_eq!(status, StatusCode::CREATED, "{created}");
         let case_id = created["case_id"].as_str().unwrap().to_string();
 
         let task = app.open_task(&case_id).await;
         assert_eq!(task["step"], gated, "{workflow}: {task:#}");
-        let kind = if expected.is_some() { "action" } else { "outcome" };
+        let kind = if expected.is_some() {
+            "action"
+        } else {
+            "outcome"
+        };
         assert_eq!(task["kind"], kind, "{workflow}: {task:#}");
         assert_eq!(
             task["detail"]["proposals"]["classify"]["output"]["label"], "spam",
@@ -249,7 +267,12 @@ async fn every_shape_of_ai_influence_waits_for_a_person_in_phase_1() {
         assert_eq!(status, StatusCode::OK, "{workflow}: {body}");
         let case = app.case_in(&case_id, "completed").await;
         assert_eq!(case["outcome"], outcome, "{workflow}: {case:#}");
-        let sent: Vec<Value> = received.lock().unwrap().iter().map(|(_, b)| b.clone()).collect();
+        let sent: Vec<Value> = received
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, b)| b.clone())
+            .collect();
         assert_eq!(sent, expected.into_iter().collect::<Vec<_>>(), "{workflow}");
     }
 
@@ -284,7 +307,8 @@ async fn a_rejected_outcome_raises_an_exception_and_a_reviewed_one_is_evidence()
     let (callback, received) = downstream().await;
     let mut reviewed = 0;
     for decision in ["reject", "approve"] {
-        let input = json!({"answer": "{\"label\": \"ham\"}", "callback": callback, "mail_id": "M-8"});
+        let input =
+            json!({"answer": "{\"label\": \"ham\"}", "callback": callback, "mail_id": "M-8"});
         let (_, created) = app
             .call("opal", "/v1/workflows/ai-end/cases", Some(input))
             .await;
@@ -296,10 +320,18 @@ async fn a_rejected_outcome_raises_an_exception_and_a_reviewed_one_is_evidence()
             _ => json!({"decision": "approve"}),
         };
         let (status, answer) = app
-            .call("ann", &format!("/v1/tasks/{}/decision", task["id"].as_str().unwrap()), Some(body))
+            .call(
+                "ann",
+                &format!("/v1/tasks/{}/decision", task["id"].as_str().unwrap()),
+                Some(body),
+            )
             .await;
         assert_eq!(status, StatusCode::OK, "{answer}");
-        let wanted = if decision == "reject" { "exception" } else { "completed" };
+        let wanted = if decision == "reject" {
+            "exception"
+        } else {
+            "completed"
+        };
         let case = app.case_in(&case_id, wanted).await;
         if decision == "reject" {
             assert!(case["outcome"].is_null(), "{case:#}");
