@@ -466,7 +466,10 @@ fn check_explain_prints_why_each_action_and_end_is_gated() {
         stdout.contains("quarantine (end)  gated: an operation of classify\n      classify → route (switch) → quarantine\n"),
         "{stdout}"
     );
-    assert!(stdout.contains("classify → route (switch) → deliver"), "{stdout}");
+    assert!(
+        stdout.contains("classify → route (switch) → deliver"),
+        "{stdout}"
+    );
     let (code, stdout, _) = keel(&["check", "--json", "--explain", triage.to_str().unwrap()]);
     assert_eq!(code, 0);
     let report: Value = serde_json::from_str(&stdout).unwrap();
