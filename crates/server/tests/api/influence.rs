@@ -353,3 +353,50 @@ async fn a_rejected_outcome_raises_an_exception_and_a_reviewed_one_is_evidence()
     assert_eq!(verdicts.len(), reviewed);
     assert_eq!(verdicts, ["rejected", "agree"]);
 }
+
+#[tokio::test]
+async fn a_step_declared_ungated_runs_alone_and_the_deployment_journals_why() {
+    let app = setup().await;
+    let rest = shapes()[0].1.replace(
+        "body: { verdict: \"${ data.verdict }\" } }",
+        "body: { verdict: \"${ data.verdict }\" }, trust: { gate: none, reason: \"the verdict only tags the mail\" } }",
+    );
+    assert!(rest.contains("gate: none"));
+    let source = shape("copy-ungated", &rest);
+    app.engine
+        .deploy_source(&source, "copy-ungated.yaml")
+        .await
+        .unwrap();
+    let (callback, received) = downstream().await;
+    let input = json!({"answer": "{\"label\": \"spam\"}", "callback": callback, "mail_id": "M-9"});
+    let (_, created) = app
+        .call("opal", "/v1/workflows/copy-ungated/cases", Some(input))
+        .await;
+    let case_id = created["case_id"].as_str().unwrap().to_string();
+    app.case_in(&case_id, "completed").await;
+    let sent: Vec<Value> = received
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, b)| b.clone())
+        .collect();
+    assert_eq!(sent, [json!({"verdict": "spam"})]);
+    let rows = app.engine.store().journal_after(0, 10_000).await.unwrap();
+    let deployed: Value = rows
+        .iter()
+        .filter(|r| r.kind == "workflow.deployed")
+        .map(|r| serde_json::from_str::<Value>(&r.data).unwrap())
+        .find(|d| d["workflow"] == "copy-ungated")
+        .unwrap();
+    assert_eq!(
+        deployed["ungated"],
+        json!([{ "step": "act_copy", "kind": "action", "reason": "the verdict only tags the mail",
+            "ai_steps": ["classify"], "paths": ["classify → copy.verdict → act_copy.body.verdict"] }]),
+        "{deployed:#}"
+    );
+    let (_, operations) = app.call("ann", "/v1/trust", None).await;
+    assert!(
+        !operations.to_string().contains("copy-ungated"),
+        "an ungated step is no operation: {operations}"
+    );
+}
