@@ -880,42 +880,10 @@ impl<'w> Run<'w> {
                 );
                 Flow::Goto(next)
             }
-            StepKind::Action(action) => {
-                let approved = state
-                    .task
-                    .as_ref()
-                    .is_some_and(|t| t.step == step.id && t.approved);
-                let task_open = state.task.as_ref().is_some_and(|t| t.step == step.id);
-                let needs_task = crate::gate::is_operation(action)
-                    && !approved
-                    && (task_open || self.gate(state, step, action));
-                if needs_task {
-                    let preview = match render_request(
-                        &self.activation(state),
-                        step,
-                        action,
-                        0,
-                        String::new(),
-                    ) {
-                        Ok(request) => {
-                            json!({"method": request.method, "url": request.url, "body": request.body})
-                        }
-                        Err(message) => json!({"unrenderable": message}),
-                    };
-                    let title = format!("Approve action `{}` using AI output", step.id);
-                    self.open_task(
-                        state,
-                        step,
-                        &action.gate,
-                        "action",
-                        title,
-                        action.uses_ai.clone(),
-                        preview,
-                    )
-                } else {
-                    self.action(state, step, action)
-                }
-            }
+            StepKind::Action(action) => match self.hold_for_gate(state, step) {
+                Some(flow) => flow,
+                None => self.action(state, step, action),
+            },
             StepKind::Approval(approval) => self.open_task(
                 state,
                 step,
@@ -928,6 +896,11 @@ impl<'w> Run<'w> {
             StepKind::Ai(ai) => self.ai(state, step, ai),
             StepKind::Wait(wait) => self.wait(state, step, wait),
             StepKind::End(end) => {
+                if let Some(flow) = self.hold_for_gate(state, step) {
+                    return flow;
+                }
+                state.task = None;
+                state.gate = None;
                 state.status = Status::Completed;
                 state.outcome = Some(end.outcome.clone());
                 state.step = None;
@@ -1468,14 +1441,73 @@ impl<'w> Run<'w> {
         Flow::Stop(wake.map_or(Command::Stop, |until_ms| Command::Sleep { until_ms }))
     }
 
-    /// Runs the trust gate for an operation's action once per visit; returns whether it
-    /// waits for a person. An auto-approved action that is sampled opens a review task that
-    /// does not hold the case (`task.created`, kind `review`), decided later as evidence.
+    /// Holds the case at an operation (an action or `end` that AI influences) while the gate
+    /// wants a person: opens the task, or keeps waiting on it. `None` when it may go ahead: it
+    /// is no operation, its task was approved, or the gate let it run.
+    fn hold_for_gate(&mut self, state: &mut CaseState, step: &Step) -> Option<Flow> {
+        let operation = step.operation()?;
+        let this_step = |t: &crate::gate::TaskProgress| t.step == step.id;
+        if state
+            .task
+            .as_ref()
+            .is_some_and(|t| this_step(t) && t.approved)
+        {
+            return None;
+        }
+        let task_open = state.task.as_ref().is_some_and(this_step);
+        if !task_open && !self.gate(state, step, operation) {
+            return None;
+        }
+        let preview = self.preview(state, step);
+        let (kind, title) = match &step.kind {
+            StepKind::End(end) => (
+                "outcome",
+                format!(
+                    "Confirm the outcome `{}` decided with AI output",
+                    end.outcome
+                ),
+            ),
+            _ => (
+                "action",
+                format!("Approve action `{}` using AI output", step.id),
+            ),
+        };
+        Some(self.open_task(
+            state,
+            step,
+            operation.gate,
+            kind,
+            title,
+            operation.uses_ai.to_vec(),
+            preview,
+        ))
+    }
+
+    /// What a person sees of an operation: the rendered request of an action, the outcome
+    /// of an `end`.
+    fn preview(&self, state: &CaseState, step: &Step) -> Value {
+        match &step.kind {
+            StepKind::Action(action) => {
+                match render_request(&self.activation(state), step, action, 0, String::new()) {
+                    Ok(request) => {
+                        json!({"method": request.method, "url": request.url, "body": request.body})
+                    }
+                    Err(message) => json!({"unrenderable": message}),
+                }
+            }
+            StepKind::End(end) => json!({"outcome": end.outcome}),
+            _ => Value::Null,
+        }
+    }
+
+    /// Runs the trust gate for an operation once per visit; returns whether it waits for a
+    /// person. An automatic one that is sampled opens a review task that does not hold the
+    /// case (`task.created`, kind `review`), decided later as evidence.
     fn gate(
         &mut self,
         state: &mut CaseState,
         step: &Step,
-        action: &crate::workflow::Action,
+        operation: crate::workflow::Operation<'_>,
     ) -> bool {
         if let Some(record) = state.gate.as_ref().filter(|g| g.step == step.id) {
             return record.decision == "task";
@@ -1484,14 +1516,19 @@ impl<'w> Run<'w> {
             .phases
             .get(&step.id)
             .copied()
-            .unwrap_or(action.trust.phase);
-        let decision =
-            crate::gate::decide(action, phase, &self.activation(state), &state.id, &step.id);
-        let operation = format!("{}/{}", self.workflow.name, step.id);
+            .unwrap_or(operation.trust.phase);
+        let decision = crate::gate::decide(
+            operation.trust,
+            phase,
+            &self.activation(state),
+            &state.id,
+            &step.id,
+        );
+        let name = format!("{}/{}", self.workflow.name, step.id);
         self.emit(
             "trust.gate",
             Some(step.id.clone()),
-            json!({ "operation": operation, "phase": phase, "decision": decision.decision,
+            json!({ "operation": name, "phase": phase, "decision": decision.decision,
                 "reason": decision.reason, "review_sampled": decision.review_sampled,
                 "review_rate": decision.review_rate }),
         );
@@ -1506,23 +1543,21 @@ impl<'w> Run<'w> {
             return true;
         }
         if decision.review_sampled {
-            let proposals = self.proposals(state, &action.uses_ai);
-            let preview =
-                match render_request(&self.activation(state), step, action, 0, String::new()) {
-                    Ok(request) => {
-                        json!({"method": request.method, "url": request.url, "body": request.body})
-                    }
-                    Err(message) => json!({"unrenderable": message}),
-                };
+            let proposals = self.proposals(state, operation.uses_ai);
+            let preview = self.preview(state, step);
+            let what = match &step.kind {
+                StepKind::End(_) => "outcome",
+                _ => "action",
+            };
             self.emit(
                 "task.created",
                 Some(step.id.clone()),
                 json!({
                     "task_id": format!("{}.{}.review", state.id, step.id), "kind": "review",
-                    "title": format!("Review the automatic action `{}` (phase {phase})", step.id),
-                    "required": 1, "roles": action.gate.roles, "amount": null, "due_ms": null,
+                    "title": format!("Review the automatic {what} `{}` (phase {phase})", step.id),
+                    "required": 1, "roles": operation.gate.roles, "amount": null, "due_ms": null,
                     "proposals": proposals, "action": preview, "submitted_by": state.submitted_by,
-                    "operation": operation, "phase": phase, "ai_steps": action.uses_ai,
+                    "operation": name, "phase": phase, "ai_steps": operation.uses_ai,
                 }),
             );
         }
@@ -1554,7 +1589,7 @@ impl<'w> Run<'w> {
         verdict: &str,
         by: &[&str],
     ) {
-        if task.kind != "action" || task.ai_steps.is_empty() {
+        if task.kind == "approval" || task.ai_steps.is_empty() {
             return;
         }
         let proposals = self.proposals(state, &task.ai_steps);

@@ -106,6 +106,12 @@ impl Expr {
         &self.source
     }
 
+    /// The parsed expression (macros expanded), for static analysis such as
+    /// `workflow::influence`.
+    pub(crate) fn ast(&self) -> &IdedExpr {
+        self.program.expression()
+    }
+
     /// Top-level identifiers the expression references (sorted, without duplicates), excluding
     /// variables bound by comprehensions such as `all(x, …)`.
     pub fn variables(&self) -> Vec<String> {

@@ -4,21 +4,22 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::trust::GateDecision;
-use crate::workflow::{Action, JsonTemplate, Step, StepKind, Template, TemplatePart};
+use crate::trust::{GateDecision, TrustConfig};
+use crate::workflow::Action;
 
-/// Whether an action is an operation under progressive trust: it uses an AI proposal.
+/// Whether an action is an operation under progressive trust: AI output influences it (by data
+/// or control, `workflow::influence`) and it is not declared ungated (`trust.gate: none`).
 pub fn is_operation(action: &Action) -> bool {
-    !action.uses_ai.is_empty()
+    !action.uses_ai.is_empty() && action.trust.ungated.is_none()
 }
 
-/// The gate: whether an operation's action at `phase` waits for a person or runs, and if it
+/// The gate: whether an operation (an action or an `end`, configured by `trust`) at `phase` waits for a person or runs, and if it
 /// runs, whether it is sampled for post-hoc review. Hard limits force a person in every
 /// phase; phase 1 always asks; phase 2 runs only where the policy holds; phases 3 and 4 run.
 /// An expression that fails to evaluate falls to a person. Sampling is reproducible: a hash
 /// of the case id and step (`keel_tuning::trust::sample_review`), at the phase's rate.
 pub fn decide(
-    action: &Action,
+    trust: &TrustConfig,
     phase: u8,
     activation: &crate::expr::Activation,
     case_id: &str,
@@ -31,7 +32,7 @@ pub fn decide(
         review_sampled: false,
         review_rate: 1.0,
     };
-    if let Some(limits) = &action.trust.hard_limits {
+    if let Some(limits) = &trust.hard_limits {
         match limits.eval_bool(activation) {
             Ok(true) => return task("hard_limit"),
             Ok(false) => {}
@@ -40,7 +41,7 @@ pub fn decide(
     }
     let reason = match phase {
         0 | 1 => return task("phase_1"),
-        2 => match &action.trust.policy {
+        2 => match &trust.policy {
             None => return task("no_policy"),
             Some(policy) => match policy.eval_bool(activation) {
                 Ok(true) => "policy_true",
@@ -51,7 +52,7 @@ pub fn decide(
         3 => "phase_3",
         _ => "phase_4",
     };
-    let rate = action.trust.review_rates.of(phase);
+    let rate = trust.review_rates.of(phase);
     GateDecision {
         decision: "auto",
         reason: reason.to_string(),
@@ -59,72 +60,6 @@ pub fn decide(
         review_sampled: keel_tuning::trust::sample_review(&format!("{case_id}/{step_id}"), rate),
         review_rate: rate,
     }
-}
-
-/// Fills `uses_ai` of every action: the `ai` steps whose `data.<into>` its templates read.
-pub fn mark_ai_actions(steps: &mut [Step]) {
-    let ai_outputs: Vec<(String, String)> = steps
-        .iter()
-        .filter_map(|step| match &step.kind {
-            StepKind::Ai(ai) => Some((step.id.clone(), ai.into.clone())),
-            _ => None,
-        })
-        .collect();
-    for step in steps.iter_mut() {
-        let StepKind::Action(action) = &mut step.kind else {
-            continue;
-        };
-        let mut sources = Vec::new();
-        template_sources(&action.url, &mut sources);
-        for header in action.headers.values() {
-            template_sources(header, &mut sources);
-        }
-        if let Some(body) = &action.body {
-            json_sources(body, &mut sources);
-        }
-        action.uses_ai = ai_outputs
-            .iter()
-            .filter(|(_, into)| sources.iter().any(|source| reads_data(source, into)))
-            .map(|(id, _)| id.clone())
-            .collect();
-    }
-}
-
-fn template_sources(template: &Template, out: &mut Vec<String>) {
-    for part in &template.parts {
-        if let TemplatePart::Hole(expr) = part {
-            out.push(expr.source().to_string());
-        }
-    }
-}
-
-fn json_sources(template: &JsonTemplate, out: &mut Vec<String>) {
-    match template {
-        JsonTemplate::Literal(_) => {}
-        JsonTemplate::String(t) => template_sources(t, out),
-        JsonTemplate::Array(items) => items.iter().for_each(|i| json_sources(i, out)),
-        JsonTemplate::Object(fields) => fields.iter().for_each(|(_, v)| json_sources(v, out)),
-    }
-}
-
-/// Whether CEL `source` reads `data.<name>` (or `data["<name>"]`), as a whole identifier.
-fn reads_data(source: &str, name: &str) -> bool {
-    let dotted = format!("data.{name}");
-    let indexed = [format!("data[\"{name}\"]"), format!("data['{name}']")];
-    if indexed.iter().any(|i| source.contains(i.as_str())) {
-        return true;
-    }
-    source.match_indices(&dotted).any(|(at, _)| {
-        let before_ok = source[..at]
-            .chars()
-            .next_back()
-            .is_none_or(|c| !(c.is_alphanumeric() || c == '_' || c == '.'));
-        let after_ok = source[at + dotted.len()..]
-            .chars()
-            .next()
-            .is_none_or(|c| !(c.is_alphanumeric() || c == '_'));
-        before_ok && after_ok
-    })
 }
 
 /// Who is deciding a task.
@@ -368,15 +303,5 @@ mod tests {
             reason: "no".into(),
         };
         assert!(check_decision(&t, &who("bob", &["reviewer"], None), &reject, Some("bob")).is_ok());
-    }
-
-    #[test]
-    fn reads_data_matches_whole_names_only() {
-        assert!(reads_data("data.triage.output.label", "triage"));
-        assert!(reads_data("string(data.triage)", "triage"));
-        assert!(reads_data("data[\"triage\"].output", "triage"));
-        assert!(!reads_data("data.triage2.output", "triage"));
-        assert!(!reads_data("input.data.triage", "triage"));
-        assert!(!reads_data("mydata.triage", "triage"));
     }
 }

@@ -61,6 +61,25 @@ pub fn check(source: &str) -> Vec<TemplateProblem> {
         .collect()
 }
 
+/// The top-level `data` keys a prompt template reads (`data.classify…` reads `classify`), or
+/// `None` when it reads `data` in a way that names no key (`data[x]`, `for k in data`) or
+/// does not parse: then it may read any key.
+pub fn data_reads(source: &str) -> Option<Vec<String>> {
+    let env = environment();
+    let template = env.template_from_str(source).ok()?;
+    let mut keys = Vec::new();
+    for name in template.undeclared_variables(true) {
+        let mut segments = name.split('.');
+        if segments.next() != Some("data") {
+            continue;
+        }
+        keys.push(segments.next()?.to_string());
+    }
+    keys.sort();
+    keys.dedup();
+    Some(keys)
+}
+
 /// Renders `source` with the case's values.
 pub fn render(
     source: &str,

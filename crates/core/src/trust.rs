@@ -205,6 +205,9 @@ pub struct TrustConfig {
     /// Roles that may approve a promotion.
     pub approvers: Vec<String>,
     pub changed_version_phase: ChangedVersionPhase,
+    /// `gate: none` with its `reason`: the author declares in writing that this step runs
+    /// without the gate although AI influences it (`keel check` warns; deploys journal it).
+    pub ungated: Option<String>,
 }
 
 impl Default for TrustConfig {
@@ -219,6 +222,7 @@ impl Default for TrustConfig {
             demotion: Demotion::default(),
             approvers: vec!["governor".to_string()],
             changed_version_phase: ChangedVersionPhase::Down,
+            ungated: None,
         }
     }
 }
@@ -239,7 +243,7 @@ impl TrustConfig {
         let Value::Object(fields) = value else {
             return Err("`trust` must be a mapping".into());
         };
-        const KNOWN: [&str; 9] = [
+        const KNOWN: [&str; 11] = [
             "phase",
             "policy",
             "hard_limits",
@@ -249,6 +253,8 @@ impl TrustConfig {
             "demotion",
             "approvers",
             "changed_version_phase",
+            "gate",
+            "reason",
         ];
         if let Some(unknown) = fields.keys().find(|k| !KNOWN.contains(&k.as_str())) {
             return Err(format!(
@@ -256,7 +262,10 @@ impl TrustConfig {
                 KNOWN.join(", ")
             ));
         }
-        let mut config = TrustConfig::default();
+        let mut config = TrustConfig {
+            ungated: ungated_reason(fields)?,
+            ..TrustConfig::default()
+        };
         if let Some(phase) = fields.get("phase") {
             config.phase = phase_number(phase).ok_or("`trust.phase` is 1, 2, 3 or 4")?;
         }
@@ -323,6 +332,26 @@ impl TrustConfig {
             };
         }
         Ok(config)
+    }
+}
+
+/// `gate: none` and its non-empty `reason` (`Some`), or neither (`None`).
+fn ungated_reason(fields: &serde_json::Map<String, Value>) -> Result<Option<String>, String> {
+    let reason = match fields.get("reason") {
+        None => None,
+        Some(Value::String(text)) => Some(text.trim().to_string()),
+        Some(_) => return Err("`trust.reason` must be text".into()),
+    };
+    match (fields.get("gate"), reason) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => Err("`trust.reason` explains `gate: none`; give both or neither".into()),
+        (Some(Value::String(gate)), Some(reason)) if gate == "none" && !reason.is_empty() => {
+            Ok(Some(reason))
+        }
+        (Some(Value::String(gate)), _) if gate == "none" => Err(
+            "`trust: { gate: none }` needs a non-empty `reason`: say in writing why this step may run without a person".into(),
+        ),
+        (Some(_), _) => Err("`trust.gate` can only be `none` (a deliberately ungated step)".into()),
     }
 }
 

@@ -154,14 +154,18 @@ impl Registry {
         now_ms: i64,
     ) -> Result<(String, i64, bool)> {
         let name = definition.name.clone();
+        let ungated = ungated_operations(&definition);
         let announce = |version_no: i64| {
-            let data = serde_json::json!({
+            let mut data = serde_json::json!({
                 "workflow": name,
                 "version_no": version_no,
                 "label": definition.version,
                 "source_sha256": definition.source_sha256,
                 "file": file,
             });
+            if !ungated.is_empty() {
+                data["ungated"] = serde_json::Value::Array(ungated.clone());
+            }
             let (data, data_sha256) = crate::canonical_data(&data);
             keel_store::NewEntry {
                 at: crate::rfc3339_ms(now_ms),
@@ -197,4 +201,25 @@ pub fn render_all(diagnostics: &[Diagnostic], source: &str) -> String {
         .map(|d| d.render(source))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// The change record's list of steps that AI influences and that the version declares
+/// ungated (`trust: { gate: none, reason }`): each with its reason and influence paths.
+fn ungated_operations(workflow: &Workflow) -> Vec<serde_json::Value> {
+    workflow
+        .steps
+        .iter()
+        .filter_map(|step| {
+            let parts = step.gate_parts()?;
+            let reason = parts.trust.ungated.as_ref()?;
+            if parts.uses_ai.is_empty() {
+                return None;
+            }
+            let paths: Vec<String> = parts.influence.iter().map(|i| i.describe()).collect();
+            Some(
+                serde_json::json!({ "step": step.id, "kind": step.kind.keyword(),
+                "reason": reason, "ai_steps": parts.uses_ai, "paths": paths }),
+            )
+        })
+        .collect()
 }

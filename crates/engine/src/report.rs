@@ -792,15 +792,13 @@ fn cases_per_workflow(cases: &[CaseCountRow]) -> BTreeMap<String, i64> {
     out
 }
 
-/// Every operation of the latest versions: (workflow, action step, its `ai` steps).
+/// Every operation of the latest versions: (workflow, action or end step, its `ai` steps).
 fn operations_of(sources: &Sources<'_>) -> Vec<(String, String, Vec<String>)> {
     let mut out = Vec::new();
     for (name, workflow) in &sources.workflows {
         for step in &workflow.steps {
-            if let StepKind::Action(action) = &step.kind {
-                if keel_core::gate::is_operation(action) {
-                    out.push((name.clone(), step.id.clone(), action.uses_ai.clone()));
-                }
+            if let Some(operation) = step.operation() {
+                out.push((name.clone(), step.id.clone(), operation.uses_ai.to_vec()));
             }
         }
     }
@@ -1623,10 +1621,8 @@ fn trust_config_of<'s>(
         .workflows
         .get(workflow)
         .and_then(|w| w.steps.iter().find(|s| s.id == step))
-        .and_then(|s| match &s.kind {
-            StepKind::Action(action) => Some(action.trust.as_ref()),
-            _ => None,
-        })
+        .and_then(|s| s.gate_parts())
+        .map(|parts| parts.trust)
 }
 
 fn window_text(window: keel_core::trust::EvidenceWindow) -> String {

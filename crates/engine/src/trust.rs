@@ -168,18 +168,15 @@ pub(crate) async fn check_critical(inner: &Inner) -> Result<Vec<String>> {
     Ok(demoted)
 }
 
-/// The operations of `workflow`: its actions that use AI output, with their configuration.
+/// The operations of `workflow`: its actions and ends that AI output influences (and that
+/// are not declared ungated), with their configuration.
 fn operations(workflow: &Workflow) -> Vec<(String, &TrustConfig, Vec<String>)> {
     workflow
         .steps
         .iter()
-        .filter_map(|step| match &step.kind {
-            StepKind::Action(action) if keel_core::gate::is_operation(action) => Some((
-                step.id.clone(),
-                action.trust.as_ref(),
-                action.uses_ai.clone(),
-            )),
-            _ => None,
+        .filter_map(|step| {
+            let operation = step.operation()?;
+            Some((step.id.clone(), operation.trust, operation.uses_ai.to_vec()))
         })
         .collect()
 }
@@ -189,10 +186,8 @@ fn trust_config<'w>(workflow: &'w Workflow, step: &str) -> Option<&'w TrustConfi
         .steps
         .iter()
         .find(|s| s.id == step)
-        .and_then(|s| match &s.kind {
-            StepKind::Action(action) => Some(action.trust.as_ref()),
-            _ => None,
-        })
+        .and_then(|s| s.gate_parts())
+        .map(|parts| parts.trust)
 }
 
 /// SHA-256 of what change control compares for one operation.

@@ -23,6 +23,10 @@ pub struct CheckArgs {
     /// Print diagnostics as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Also print, for every action and end, which `ai` steps influence it and by which path
+    /// (why it is gated), e.g. `classify → route (switch) → delete_mail`.
+    #[arg(long)]
+    pub explain: bool,
 }
 
 pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
@@ -31,6 +35,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         collect(path, &mut files)?;
     }
     let mut all: Vec<Diagnostic> = Vec::new();
+    let mut explained: Vec<serde_json::Value> = Vec::new();
     let mut checked = 0;
     let config = match crate::serve::load_config(args.config.as_deref()) {
         Ok(config) => {
@@ -82,6 +87,16 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         if let (Some((config_path, config)), Some(parsed)) = (&config, &checked_file.workflow) {
             diagnostics.extend(undeclared_models(file, parsed, config_path, config));
         }
+        if let (true, Some(parsed)) = (args.explain, &checked_file.workflow) {
+            let operations = explain(parsed);
+            if !args.json {
+                print!("{}", render_explanation(file, parsed, &operations));
+            }
+            explained.extend(operations.into_iter().map(|mut operation| {
+                operation["file"] = serde_json::json!(file.display().to_string());
+                operation
+            }));
+        }
         if !args.json {
             let source = std::fs::read_to_string(file).unwrap_or_default();
             for diagnostic in &diagnostics {
@@ -96,7 +111,10 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         .count();
     let warnings = all.len() - errors;
     if args.json {
-        let report = serde_json::json!({ "files": checked, "errors": errors, "warnings": warnings, "diagnostics": all });
+        let mut report = serde_json::json!({ "files": checked, "errors": errors, "warnings": warnings, "diagnostics": all });
+        if args.explain {
+            report["operations"] = serde_json::Value::Array(explained);
+        }
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else if errors == 0 {
         eprintln!("checked {checked} file(s): no errors, {warnings} warning(s)");
@@ -108,6 +126,73 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Every action and end of `workflow` with the `ai` steps that influence it, each path, and
+/// whether the trust gate holds it (`gated`) or the workflow declared it ungated.
+fn explain(workflow: &workflow::Workflow) -> Vec<serde_json::Value> {
+    workflow
+        .steps
+        .iter()
+        .filter_map(|step| {
+            let parts = step.gate_parts()?;
+            let paths: Vec<serde_json::Value> = parts
+                .influence
+                .iter()
+                .map(|i| serde_json::json!({ "ai_step": i.ai_step, "path": i.path, "text": i.describe() }))
+                .collect();
+            Some(serde_json::json!({
+                "workflow": workflow.name, "step": step.id, "kind": step.kind.keyword(),
+                "ai_steps": parts.uses_ai, "gated": parts.is_gated(),
+                "ungated_reason": parts.trust.ungated, "paths": paths,
+            }))
+        })
+        .collect()
+}
+
+/// `explain`'s result for people: one line per action and end, its paths indented below.
+fn render_explanation(
+    file: &Path,
+    workflow: &workflow::Workflow,
+    operations: &[serde_json::Value],
+) -> String {
+    let mut out = format!("{} (workflow `{}`)\n", file.display(), workflow.name);
+    let width = operations
+        .iter()
+        .map(|o| {
+            o["step"].as_str().unwrap_or_default().len()
+                + o["kind"].as_str().unwrap_or_default().len()
+                + 3
+        })
+        .max()
+        .unwrap_or(0);
+    for operation in operations {
+        let label = format!(
+            "{} ({})",
+            operation["step"].as_str().unwrap_or_default(),
+            operation["kind"].as_str().unwrap_or_default()
+        );
+        let ai_steps: Vec<&str> = operation["ai_steps"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|s| s.as_str()).collect())
+            .unwrap_or_default();
+        let verdict = match (ai_steps.is_empty(), operation["ungated_reason"].as_str()) {
+            (true, _) => "not influenced by AI: runs without the gate".to_string(),
+            (false, Some(reason)) => format!(
+                "influenced by {}, declared ungated: {reason}",
+                ai_steps.join(", ")
+            ),
+            (false, None) => format!("gated: an operation of {}", ai_steps.join(", ")),
+        };
+        out.push_str(&format!("  {label:<width$}  {verdict}\n"));
+        for path in operation["paths"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "      {}\n",
+                path["text"].as_str().unwrap_or_default()
+            ));
+        }
+    }
+    out
 }
 
 fn collect(path: &Path, files: &mut Vec<PathBuf>) -> anyhow::Result<()> {

@@ -546,6 +546,33 @@ fn check_reports_errors_with_positions_and_json() {
     assert_eq!(code, 0, "the bundled workflows must check: {stderr}");
 }
 
+#[test]
+fn check_explain_prints_why_each_action_and_end_is_gated() {
+    let triage = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../workflows/email-triage.yaml");
+    let (code, stdout, stderr) = keel(&["check", "--explain", triage.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("quarantine (end)  gated: an operation of classify\n      classify → route (switch) → quarantine\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("classify → route (switch) → deliver"),
+        "{stdout}"
+    );
+    let (code, stdout, _) = keel(&["check", "--json", "--explain", triage.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    let operations = report["operations"].as_array().unwrap();
+    assert_eq!(operations.len(), 2, "{report:#}");
+    assert_eq!(operations[0]["step"], "quarantine");
+    assert_eq!(operations[0]["gated"], true);
+    assert_eq!(operations[0]["ai_steps"], serde_json::json!(["classify"]));
+    assert_eq!(
+        operations[0]["paths"][0]["path"],
+        serde_json::json!(["classify", "route (switch)", "quarantine"])
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_deploys_a_changed_workflow_as_a_new_version() {
     let dir = tempfile::tempdir().unwrap();
@@ -890,10 +917,11 @@ steps:
       - when: data.triage.output.label == 'spam'
         goto: junk
       - default: inbox
+  # Outcomes chosen by the AI are operations; this test is about the learner.
   - id: junk
-    end: { outcome: junk }
+    end: { outcome: junk, trust: { gate: none, reason: "a test of the learner" } }
   - id: inbox
-    end: { outcome: inbox }
+    end: { outcome: inbox, trust: { gate: none, reason: "a test of the learner" } }
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

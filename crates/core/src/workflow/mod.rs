@@ -4,6 +4,7 @@
 pub(crate) mod diagnostic;
 mod duration;
 mod graph;
+pub(crate) mod influence;
 pub mod model;
 pub mod parser;
 mod steps;

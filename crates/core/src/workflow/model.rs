@@ -189,10 +189,12 @@ pub struct Action {
     pub response_schema: Option<Schema>,
     /// The response `{status, body}` is stored at `data.<into>`; defaults to the step id.
     pub into: String,
-    /// The `ai` steps whose proposals this action uses (its templates read `data.<their into>`),
-    /// found by the parser. Such an action is gated: it waits for the oversight its trust level
-    /// demands (`crate::gate`).
+    /// The `ai` steps whose output influences this action, by data or by control, in step
+    /// order (`workflow::influence`). Such an action is an operation: it waits for the
+    /// oversight its trust level demands (`crate::gate`), unless `trust.gate: none`.
     pub uses_ai: Vec<String>,
+    /// How each of `uses_ai` reaches the action (one entry per distinct path).
+    pub influence: Vec<Influence>,
     /// How a person approves it when gated (`approval:` on the action; defaults otherwise).
     pub gate: Gate,
     /// Progressive trust of this operation (`trust:` on the action; safe defaults otherwise).
@@ -378,10 +380,78 @@ pub enum Wait {
     },
 }
 
-/// `end:` — the case finishes with this outcome.
+/// `end:` — the case finishes with this outcome. An `end` that AI output decides (reached
+/// only through a branch an `ai` step influences) is an operation like an action: a person
+/// confirms the outcome in phase 1.
 #[derive(Debug, Clone)]
 pub struct End {
     pub outcome: String,
+    /// The `ai` steps that decide whether the case ends here (`workflow::influence`).
+    pub uses_ai: Vec<String>,
+    /// How each of `uses_ai` reaches this end.
+    pub influence: Vec<Influence>,
+    /// Who confirms the outcome when it is gated (`approval:` on the end).
+    pub gate: Gate,
+    /// Progressive trust of this operation (`trust:` on the end).
+    pub trust: Box<crate::trust::TrustConfig>,
+}
+
+/// One way an `ai` step's output reaches an operation: the chain of steps it flows through,
+/// e.g. `["classify", "copy.verdict", "act_copy.body"]` (data) or `["classify",
+/// "route (switch)", "delete_mail"]` (control).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Influence {
+    pub ai_step: String,
+    pub path: Vec<String>,
+}
+
+impl Influence {
+    /// The path as one line: `classify → copy.verdict → act_copy.body`.
+    pub fn describe(&self) -> String {
+        self.path.join(" → ")
+    }
+}
+
+/// What the trust gate works from at an `action` or `end` step.
+#[derive(Debug, Clone, Copy)]
+pub struct Operation<'s> {
+    pub uses_ai: &'s [String],
+    pub influence: &'s [Influence],
+    pub gate: &'s Gate,
+    pub trust: &'s crate::trust::TrustConfig,
+}
+
+impl Operation<'_> {
+    /// AI influences the step and it is not declared ungated (`trust: { gate: none }`).
+    pub fn is_gated(&self) -> bool {
+        !self.uses_ai.is_empty() && self.trust.ungated.is_none()
+    }
+}
+
+impl Step {
+    /// The gate's parts of an `action` or `end`, whether or not AI influences it.
+    pub fn gate_parts(&self) -> Option<Operation<'_>> {
+        match &self.kind {
+            StepKind::Action(action) => Some(Operation {
+                uses_ai: &action.uses_ai,
+                influence: &action.influence,
+                gate: &action.gate,
+                trust: &action.trust,
+            }),
+            StepKind::End(end) => Some(Operation {
+                uses_ai: &end.uses_ai,
+                influence: &end.influence,
+                gate: &end.gate,
+                trust: &end.trust,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The step as an operation under progressive trust, if it is one.
+    pub fn operation(&self) -> Option<Operation<'_>> {
+        self.gate_parts().filter(Operation::is_gated)
+    }
 }
 
 impl Default for RetryPolicy {

@@ -130,6 +130,7 @@ pub const CODES: &[&str] = &[
     "field-not-applicable",
     "invalid-calendar",
     "missing-calendar",
+    "ungated-operation",
 ];
 
 const TOP_FIELDS: &[&str] = &[
@@ -189,6 +190,7 @@ pub fn check_str(source: &str, file: &str, base_dir: Option<&Path>) -> Checked {
         base_dir,
         diagnostics: Vec::new(),
         extra_variables: &[],
+        ungated: Vec::new(),
     };
     let workflow = checker.workflow();
     let mut diagnostics = checker.diagnostics;
@@ -335,7 +337,8 @@ impl Checker<'_> {
             .get("steps")
             .and_then(|n| self.steps(n))
             .map(|mut steps| {
-                crate::gate::mark_ai_actions(&mut steps);
+                super::influence::analyse(&mut steps);
+                self.warn_ungated(&steps);
                 steps
             });
         if let (Some(None), Some(steps), Some(span)) = (&calendar, &steps, fields.key_span("steps"))
@@ -462,6 +465,40 @@ impl Checker<'_> {
                     "e.g. `input: { schema: { type: object } }`".to_string(),
                 );
                 None
+            }
+        }
+    }
+
+    /// A warning for every `trust: { gate: none }`: AI influences the step and it runs without
+    /// a person (with the written reason), or nothing influences it and the declaration is moot.
+    fn warn_ungated(&mut self, steps: &[super::model::Step]) {
+        for (id, span) in std::mem::take(&mut self.ungated) {
+            let Some(parts) = steps
+                .iter()
+                .find(|s| s.id == id)
+                .and_then(|s| s.gate_parts())
+            else {
+                continue;
+            };
+            let reason = parts.trust.ungated.clone().unwrap_or_default();
+            match parts.influence.first() {
+                Some(influence) => self.warning(
+                    "ungated-operation",
+                    span,
+                    format!(
+                        "step `{id}` is influenced by AI ({}) and runs without the trust gate: {reason}",
+                        influence.describe()
+                    ),
+                    "every deployment journals this; remove `gate: none` to have people oversee it"
+                        .to_string(),
+                ),
+                None => self.warning(
+                    "ignored-field",
+                    span,
+                    format!("`gate: none` on step `{id}`, which no `ai` step influences"),
+                    "the step never waits for a person anyway; remove `gate` and `reason`"
+                        .to_string(),
+                ),
             }
         }
     }

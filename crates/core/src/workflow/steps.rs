@@ -152,7 +152,7 @@ impl Checker<'_> {
             "approval" => self
                 .approval(body, key, &label, &id, &mut draft.targets)
                 .map(StepKind::Approval),
-            _ => self.end(body, key, &label).map(StepKind::End),
+            _ => self.end(body, key, &label, &id).map(StepKind::End),
         };
         if self.error_count() == errors_before {
             draft.kind = kind;
@@ -594,36 +594,8 @@ impl Checker<'_> {
             "trust",
         ];
         let fields = self.fields(node, &what, key, &allowed, &["url"])?;
-        let trust = match fields.get("trust") {
-            None => Some(Box::default()),
-            Some(n) => match self
-                .json(n)
-                .map(|json| crate::trust::TrustConfig::from_json(&json))
-            {
-                Some(Ok(config)) => Some(Box::new(config)),
-                Some(Err(message)) => {
-                    self.error(
-                        "invalid-value",
-                        n.span,
-                        message,
-                        "see the `trust:` format in keel_core::trust".to_string(),
-                    );
-                    None
-                }
-                None => None,
-            },
-        };
-        let gate = match fields.get("approval") {
-            None => Some(Gate::default()),
-            Some(n) => self
-                .gate(
-                    n,
-                    fields.key_span("approval").unwrap_or(key),
-                    "`approval` of the action",
-                    &[],
-                )
-                .map(|(gate, _)| gate),
-        };
+        let trust = self.trust_block(&fields, id);
+        let gate = self.operation_gate(&fields, key, "`approval` of the action");
         let method = match fields.get("method") {
             None => Some(HttpMethod::Get),
             Some(n) => self.method(n),
@@ -663,6 +635,7 @@ impl Checker<'_> {
             response_schema: response_schema?,
             into: into?,
             uses_ai: Vec::new(),
+            influence: Vec::new(),
             gate: gate?,
             trust: trust?,
         })
@@ -1318,21 +1291,79 @@ impl Checker<'_> {
         }
     }
 
-    fn end(&mut self, node: &Node, key: Span, label: &str) -> Option<End> {
-        let outcome_node = if node.as_str().is_some() {
-            node
-        } else {
-            let fields = self.fields(
-                node,
-                &format!("`end` of {label}"),
-                key,
-                &["outcome"],
-                &["outcome"],
-            )?;
-            fields.get("outcome")?
+    fn end(&mut self, node: &Node, key: Span, label: &str, id: &str) -> Option<End> {
+        let mut end = End {
+            outcome: String::new(),
+            uses_ai: Vec::new(),
+            influence: Vec::new(),
+            gate: Gate::default(),
+            trust: Box::default(),
         };
-        let outcome = self.name(outcome_node, "outcome", "invalid-name")?;
-        Some(End { outcome })
+        if node.as_str().is_some() {
+            end.outcome = self.name(node, "outcome", "invalid-name")?;
+            return Some(end);
+        }
+        let fields = self.fields(
+            node,
+            &format!("`end` of {label}"),
+            key,
+            &["outcome", "approval", "trust"],
+            &["outcome"],
+        )?;
+        let outcome = fields
+            .get("outcome")
+            .and_then(|n| self.name(n, "outcome", "invalid-name"));
+        let trust = self.trust_block(&fields, id);
+        let gate = self.operation_gate(&fields, key, "`approval` of the end");
+        end.outcome = outcome?;
+        end.trust = trust?;
+        end.gate = gate?;
+        Some(end)
+    }
+
+    /// `trust:` of an action or end (safe defaults without one). A `gate: none` is remembered
+    /// with its position: the parser warns about it once it knows what influences the step.
+    fn trust_block(
+        &mut self,
+        fields: &super::values::Fields,
+        id: &str,
+    ) -> Option<Box<crate::trust::TrustConfig>> {
+        let Some(node) = fields.get("trust") else {
+            return Some(Box::default());
+        };
+        match crate::trust::TrustConfig::from_json(&self.json(node)?) {
+            Ok(config) => {
+                if config.ungated.is_some() {
+                    let span = fields.key_span("trust").unwrap_or(node.span);
+                    self.ungated.push((id.to_string(), span));
+                }
+                Some(Box::new(config))
+            }
+            Err(message) => {
+                self.error(
+                    "invalid-value",
+                    node.span,
+                    message,
+                    "see the `trust:` format in keel_core::trust".to_string(),
+                );
+                None
+            }
+        }
+    }
+
+    /// `approval:` of an action or end: who confirms it when the trust gate asks a person.
+    fn operation_gate(
+        &mut self,
+        fields: &super::values::Fields,
+        key: Span,
+        what: &str,
+    ) -> Option<Gate> {
+        match fields.get("approval") {
+            None => Some(Gate::default()),
+            Some(n) => self
+                .gate(n, fields.key_span("approval").unwrap_or(key), what, &[])
+                .map(|(gate, _)| gate),
+        }
     }
 }
 

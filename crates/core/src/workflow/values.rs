@@ -26,6 +26,8 @@ pub(crate) struct Checker<'a> {
     /// Variables expressions may use besides [`VARIABLES`], while checking one field (an `ai`
     /// step's `checks` see `output`; `accept_when` also sees `confidence`, `cost`, `tier`).
     pub extra_variables: &'static [&'static str],
+    /// Steps declared `trust: { gate: none }`, with the position of their `trust` key.
+    pub ungated: Vec<(String, Span)>,
 }
 
 /// How an expression's value is used: conditions must be bools.
