@@ -1335,3 +1335,27 @@ async fn forward_stream(
         .await;
     error.into_response()
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // Test code: a panic is a failure report.
+mod tests {
+    use super::*;
+
+    /// Every bound of the gateway (requests in flight, buffered bodies, the journal queue)
+    /// refuses with this answer: what OpenAI clients retry on.
+    #[test]
+    fn an_overload_is_a_503_in_openai_shape_with_retry_after() {
+        let error = GatewayError::overloaded("the journal of gateway calls is behind");
+        let body = error.body();
+        assert_eq!(body["error"]["type"], "server_error");
+        assert_eq!(body["error"]["code"], "overloaded");
+        assert!(body["error"]["param"].is_null());
+        assert!(body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("the journal of gateway calls is behind; nothing was done"));
+        let response = error.into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+    }
+}
