@@ -22,10 +22,12 @@ fuzz_target!(|bytes: &[u8]| {
     let _ = expr.is_obviously_non_bool();
     let value: Value = serde_json::from_slice(json).unwrap_or(Value::Null);
     let (input, data) = match &value {
-        Value::Object(members) if members.contains_key("input") || members.contains_key("data") => (
-            members.get("input").cloned().unwrap_or(Value::Null),
-            members.get("data").cloned().unwrap_or(Value::Null),
-        ),
+        Value::Object(members) if members.contains_key("input") || members.contains_key("data") => {
+            (
+                members.get("input").cloned().unwrap_or(Value::Null),
+                members.get("data").cloned().unwrap_or(Value::Null),
+            )
+        }
         _ => (value.clone(), value.clone()),
     };
     let now = chrono::DateTime::from_timestamp(1_796_000_000, 0).unwrap_or_default();

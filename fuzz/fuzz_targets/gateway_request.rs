@@ -20,7 +20,10 @@ fuzz_target!(|bytes: &[u8]| {
             assert!(error["message"].is_string(), "{error}");
             assert!(error["type"].is_string(), "{error}");
             assert!(error["code"].is_string(), "{error}");
-            assert!(matches!(error["param"], Value::Null | Value::String(_)), "{error}");
+            assert!(
+                matches!(error["param"], Value::Null | Value::String(_)),
+                "{error}"
+            );
         }
     }
 });

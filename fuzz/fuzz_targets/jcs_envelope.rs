@@ -105,7 +105,10 @@ fn check_envelope(envelope: &Envelope) {
             Ok(back) => back,
             Err(error) => panic!("the canonical envelope does not parse back: {error}"),
         };
-        assert_eq!(&back, envelope, "the canonical envelope does not round-trip");
+        assert_eq!(
+            &back, envelope,
+            "the canonical envelope does not round-trip"
+        );
     }
 }
 

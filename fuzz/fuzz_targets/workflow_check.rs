@@ -16,7 +16,10 @@ fuzz_target!(|bytes: &[u8]| {
         "a workflow was refused without an error diagnostic"
     );
     for diagnostic in &checked.diagnostics {
-        assert!(diagnostic.line >= 1 && diagnostic.column >= 1, "{diagnostic:?}");
+        assert!(
+            diagnostic.line >= 1 && diagnostic.column >= 1,
+            "{diagnostic:?}"
+        );
         let _ = diagnostic.render(source);
     }
 });

@@ -289,7 +289,10 @@ mod tests {
         handle
             .record(Vec::new(), Some(entry(MAX_QUEUED_BYTES)))
             .await;
-        assert!(!handle.has_room(), "one huge entry must fill the byte bound");
+        assert!(
+            !handle.has_room(),
+            "one huge entry must fill the byte bound"
+        );
         let Some(Message::Record(calls, entry, _)) = rx.recv().await else {
             panic!("the record must be queued");
         };

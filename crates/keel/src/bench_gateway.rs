@@ -137,7 +137,12 @@ impl Child {
 
 /// Samples the resident set size of `pid` every 100 ms until the returned sender is dropped or
 /// used; the task's result is the highest VmRSS seen, in KiB.
-fn sample_rss(pid: u32) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<u64>) {
+fn sample_rss(
+    pid: u32,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<u64>,
+) {
     let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
     let sampler = tokio::spawn(async move {
         let mut highest = 0;

@@ -163,7 +163,10 @@ mod tests {
         let _first_client = TcpStream::connect(address).await.unwrap();
         let (first, _) = limited.accept().await;
         let mut second = TcpStream::connect(address).await.unwrap();
-        second.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").await.unwrap();
+        second
+            .write_all(b"GET /healthz HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
         // The refused connection is never handed out; accept waits for a third one.
         let third = tokio::spawn(async move { limited.accept().await });
         let mut answer = String::new();

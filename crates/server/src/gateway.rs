@@ -790,9 +790,13 @@ fn admit(state: &AppState, headers: &HeaderMap) -> Result<Admission, GatewayErro
         .min(state.max_body_bytes)
         .div_ceil(BODY_BUDGET_UNIT_BYTES)
         .clamp(1, MAX_BUFFERED_BODY_BYTES / BODY_BUDGET_UNIT_BYTES);
-    let body = u32::try_from(units)
-        .ok()
-        .and_then(|units| state.gateway_body_budget.clone().try_acquire_many_owned(units).ok());
+    let body = u32::try_from(units).ok().and_then(|units| {
+        state
+            .gateway_body_budget
+            .clone()
+            .try_acquire_many_owned(units)
+            .ok()
+    });
     let Some(body) = body else {
         return Err(GatewayError::overloaded(
             "the gateway holds as many request bodies as it buffers at once",
