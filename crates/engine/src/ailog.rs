@@ -2,15 +2,27 @@
 //! reports read), plus a journal entry for calls that belong to no case (the gateway's).
 //!
 //! Writes are batched by one task off the request path, so a gateway response never waits
-//! for an fsync. The queue is bounded: when the database falls behind, callers wait for room
-//! (back-pressure) rather than records being dropped. On shutdown the queue is drained.
+//! for an fsync. The queue is bounded twice, in records ([`QUEUE`]) and in bytes
+//! ([`MAX_QUEUED_BYTES`]). The gateway asks [`Handle::has_room`] before it calls a model and
+//! refuses new calls (503) once a quarter of either bound is left, so the calls already in
+//! flight still find room; a record that finds the queue full waits for room (back-pressure)
+//! rather than being dropped. On shutdown the queue is drained.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use keel_store::{AiCallRow, NewEntry, Store};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-/// Records waiting to be written.
+/// Records waiting to be written, at most.
 const QUEUE: usize = 16_384;
+/// Bytes of journal data (and call rows, counted at [`ROW_BYTES`] each) waiting to be written
+/// before new gateway calls are refused. Unredacted gateway entries carry the whole prompt, so
+/// a count alone would not bound memory.
+pub(crate) const MAX_QUEUED_BYTES: usize = 32 * 1024 * 1024;
+/// What one `ai_calls` row is counted as in [`MAX_QUEUED_BYTES`].
+const ROW_BYTES: usize = 256;
 /// Records per transaction at most.
 const MAX_BATCH: usize = 2_000;
 
@@ -29,10 +41,26 @@ pub(crate) enum Message {
 #[derive(Clone)]
 pub(crate) struct Handle {
     tx: mpsc::Sender<Message>,
+    /// Bytes queued and not yet written (see [`MAX_QUEUED_BYTES`]).
+    queued_bytes: Arc<AtomicUsize>,
+}
+
+/// The bytes a record holds while it waits in the queue.
+fn weight(calls: &[AiCallRow], entry: Option<&NewEntry>) -> usize {
+    calls.len() * ROW_BYTES + entry.map_or(0, |entry| entry.data.len() + ROW_BYTES)
 }
 
 impl Handle {
+    /// True while the queue has room for new calls: more than a quarter of its records and of
+    /// its bytes free. The rest is kept for the calls already in flight.
+    pub fn has_room(&self) -> bool {
+        self.tx.capacity() > QUEUE / 4
+            && self.queued_bytes.load(Ordering::Relaxed) < MAX_QUEUED_BYTES / 4 * 3
+    }
+
     pub async fn record(&self, calls: Vec<AiCallRow>, entry: Option<NewEntry>) {
+        self.queued_bytes
+            .fetch_add(weight(&calls, entry.as_ref()), Ordering::Relaxed);
         if self
             .tx
             .send(Message::Record(calls, entry, None))
@@ -46,6 +74,8 @@ impl Handle {
     /// Like `record`, but returns only once the records are committed (group commit: every
     /// record queued meanwhile shares the transaction).
     pub async fn record_durably(&self, calls: Vec<AiCallRow>, entry: Option<NewEntry>) {
+        self.queued_bytes
+            .fetch_add(weight(&calls, entry.as_ref()), Ordering::Relaxed);
         let (reply, wait) = oneshot::channel();
         if self
             .tx
@@ -69,10 +99,15 @@ impl Handle {
 
 pub(crate) fn spawn(store: Store) -> (Handle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(QUEUE);
-    (Handle { tx }, tokio::spawn(run(store, rx)))
+    let queued_bytes = Arc::new(AtomicUsize::new(0));
+    let handle = Handle {
+        tx,
+        queued_bytes: queued_bytes.clone(),
+    };
+    (handle, tokio::spawn(run(store, rx, queued_bytes)))
 }
 
-async fn run(store: Store, mut rx: mpsc::Receiver<Message>) {
+async fn run(store: Store, mut rx: mpsc::Receiver<Message>, queued_bytes: Arc<AtomicUsize>) {
     let mut calls = Vec::new();
     let mut entries = Vec::new();
     let mut waiting = Vec::new();
@@ -92,8 +127,17 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Message>) {
             }
         }
         write(&store, &calls, &entries).await;
+        let written = weight(&calls, None)
+            + entries
+                .iter()
+                .map(|entry| weight(&[], Some(entry)))
+                .sum::<usize>();
+        queued_bytes.fetch_sub(written, Ordering::Relaxed);
         calls.clear();
         entries.clear();
+        // A burst may have grown the batches to MAX_BATCH records: give that memory back.
+        calls.shrink_to(MAX_BATCH / 8);
+        entries.shrink_to(MAX_BATCH / 8);
         for reply in waiting.drain(..) {
             let _ = reply.send(());
         }
@@ -194,4 +238,66 @@ pub(crate) fn rows_of_cascade(
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // Test code: a panic is a failure report.
+mod tests {
+    use super::*;
+
+    fn handle() -> (Handle, mpsc::Receiver<Message>) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let handle = Handle {
+            tx,
+            queued_bytes: Arc::new(AtomicUsize::new(0)),
+        };
+        (handle, rx)
+    }
+
+    fn entry(data_bytes: usize) -> NewEntry {
+        NewEntry {
+            at: "2026-12-07T00:00:00.000Z".into(),
+            kind: "ai.call".into(),
+            actor_type: "token".into(),
+            actor_id: "app".into(),
+            case_id: None,
+            workflow: None,
+            step: None,
+            data: "x".repeat(data_bytes),
+            data_sha256: String::new(),
+        }
+    }
+
+    /// With the writer stalled, the queue stops admitting calls while a quarter of it is still
+    /// free for the calls in flight, and never holds more than its bound.
+    #[tokio::test]
+    async fn a_stalled_queue_refuses_new_calls_before_it_is_full() {
+        let (handle, rx) = handle();
+        let mut admitted = 0;
+        while handle.has_room() {
+            handle.record(Vec::new(), Some(entry(100))).await;
+            admitted += 1;
+            assert!(admitted <= QUEUE, "the queue admitted more than its bound");
+        }
+        assert_eq!(admitted, QUEUE - QUEUE / 4);
+        assert_eq!(rx.len(), admitted);
+    }
+
+    #[tokio::test]
+    async fn queued_bytes_bound_the_queue_and_writing_frees_them() {
+        let (handle, mut rx) = handle();
+        handle
+            .record(Vec::new(), Some(entry(MAX_QUEUED_BYTES)))
+            .await;
+        assert!(
+            !handle.has_room(),
+            "one huge entry must fill the byte bound"
+        );
+        let Some(Message::Record(calls, entry, _)) = rx.recv().await else {
+            panic!("the record must be queued");
+        };
+        let written = weight(&calls, entry.as_ref());
+        handle.queued_bytes.fetch_sub(written, Ordering::Relaxed);
+        assert!(handle.has_room());
+    }
 }

@@ -643,6 +643,12 @@ impl Engine {
         self.inner.ai_log.record(calls, entry).await;
     }
 
+    /// False when the background queue of model-call records is near its bound (records or
+    /// bytes): the gateway then refuses new calls with 503 rather than letting it grow.
+    pub fn ai_call_log_has_room(&self) -> bool {
+        self.inner.ai_log.has_room()
+    }
+
     /// Like [`Engine::record_ai_calls`], but returns once they are committed.
     pub async fn record_ai_calls_durably(
         &self,

@@ -40,6 +40,10 @@ pub struct GatewayArgs {
     /// Milliseconds the mock upstream waits before answering.
     #[arg(long, default_value_t = 0)]
     pub upstream_delay_ms: u64,
+    /// Seconds to wait after the overload stage (the search for the highest rate) before
+    /// reading Keel's resident memory again: memory freed after a load should return to the OS.
+    #[arg(long, default_value_t = 60)]
+    pub settle_seconds: u64,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -129,6 +133,28 @@ impl Child {
     fn pid(&self) -> Option<u32> {
         self.0.id()
     }
+}
+
+/// Samples the resident set size of `pid` every 100 ms until the returned sender is dropped or
+/// used; the task's result is the highest VmRSS seen, in KiB.
+fn sample_rss(
+    pid: u32,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<u64>,
+) {
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let sampler = tokio::spawn(async move {
+        let mut highest = 0;
+        loop {
+            highest = highest.max(rss_kib(pid).1);
+            tokio::select! {
+                _ = &mut stopped => return highest.max(rss_kib(pid).1),
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+    });
+    (stop, sampler)
 }
 
 /// (peak, current) resident set size of `pid` in KiB.
@@ -450,6 +476,8 @@ pub async fn bench_gateway(args: &GatewayArgs) -> anyhow::Result<crate::bench::F
         round3(fixed_peak_kib as f64 / 1024.0),
         "MiB",
     );
+    // The overload stage: the search for the highest rate ends at a rate Keel cannot sustain.
+    let sampler = keel.pid().map(sample_rss);
     if args.find_max {
         let mut rate = args.rates.iter().copied().max().unwrap_or(1000) * 2;
         while rate <= 64_000 {
@@ -471,7 +499,19 @@ pub async fn bench_gateway(args: &GatewayArgs) -> anyhow::Result<crate::bench::F
         }
     }
     figures.add("keel_highest_rate_sustained", highest, "req/s");
+    let overload_peak_kib = match sampler {
+        Some((stop, sampler)) => {
+            let _ = stop.send(());
+            sampler.await.unwrap_or(0)
+        }
+        None => 0,
+    };
     let (peak_kib, current_kib) = keel.pid().map(rss_kib).unwrap_or((0, 0));
+    figures.add(
+        "keel_rss_peak_mib_during_overload",
+        round3(overload_peak_kib as f64 / 1024.0),
+        "MiB",
+    );
     figures.add(
         "keel_peak_rss_mib_overall",
         round3(peak_kib as f64 / 1024.0),
@@ -482,6 +522,15 @@ pub async fn bench_gateway(args: &GatewayArgs) -> anyhow::Result<crate::bench::F
         round3(current_kib as f64 / 1024.0),
         "MiB",
     );
+    if args.settle_seconds > 0 {
+        tokio::time::sleep(Duration::from_secs(args.settle_seconds)).await;
+        let (_, settled_kib) = keel.pid().map(rss_kib).unwrap_or((0, 0));
+        figures.add(
+            &format!("keel_rss_mib_{}s_after_overload", args.settle_seconds),
+            round3(settled_kib as f64 / 1024.0),
+            "MiB",
+        );
+    }
     // Stop Keel (SIGKILL: what was acknowledged must already be recorded or queued) and
     // count what reached the journal.
     drop(keel);

@@ -1,6 +1,7 @@
 //! `keel`: the command line. Parses arguments and wires the libraries together; behaviour
 //! lives in the libraries. Data that users pipe goes to stdout, everything else to stderr.
 
+mod allocator;
 mod audit;
 mod bench;
 mod bench_gateway;
@@ -145,6 +146,7 @@ impl DataArgs {
 }
 
 fn main() -> ExitCode {
+    allocator::configure();
     let cli = Cli::parse();
     init_logging(&cli.log, cli.log_json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

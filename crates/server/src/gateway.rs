@@ -21,7 +21,7 @@ use std::convert::Infallible;
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{FromRequest, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use keel_ai::budget::to_nano;
@@ -132,6 +132,17 @@ impl GatewayError {
         }
     }
 
+    /// 503 `overloaded`; the response carries `Retry-After`.
+    fn overloaded(reason: &str) -> GatewayError {
+        GatewayError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: format!("{reason}; nothing was done, retry after a second"),
+            kind: "server_error",
+            code: "overloaded",
+            param: None,
+        }
+    }
+
     fn body(&self) -> Value {
         json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}})
     }
@@ -177,6 +188,11 @@ impl IntoResponse for GatewayError {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"keel\""),
             );
+        }
+        if self.code == "overloaded" {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
     }
@@ -299,6 +315,15 @@ enum AnswerCheck {
     None,
     JsonObject,
     Schema(Box<Schema>),
+}
+
+/// Parses a chat-completions body exactly as `POST /v1/chat/completions` does, without serving
+/// it, then checks `answer` against the request's `response_format`: the problems found (empty
+/// when it passes), or the status and OpenAI error body the caller would get. Pure; it is the
+/// entry point of the gateway's fuzz target (`fuzz/fuzz_targets/gateway_request.rs`).
+pub fn parse_chat_request(body: &[u8], answer: &str) -> Result<Vec<String>, (u16, Value)> {
+    let parsed = parse(body).map_err(|error| (error.status.as_u16(), error.body()))?;
+    Ok(problems(&parsed.check, answer))
 }
 
 fn parse(body: &[u8]) -> Result<Parsed, GatewayError> {
@@ -718,25 +743,20 @@ impl Log {
 pub(crate) async fn chat_completions(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    request: Request,
 ) -> Response {
-    let Ok(permit) = state.gateway_permits.clone().try_acquire_owned() else {
-        let mut response = GatewayError {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            message: "the gateway is at its limit of requests in flight ([gateway] max_in_flight); retry shortly".into(),
-            kind: "server_error",
-            code: "overloaded",
-            param: None,
-        }
-        .into_response();
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return response;
+    // Admission comes before the body is read, so that an overload costs no buffered bodies.
+    let permit = match admit(&state, &headers) {
+        Ok(permit) => permit,
+        Err(refusal) => return refusal.into_response(),
     };
     let caller = match authorize(&state, &headers).await {
         Ok(caller) => caller,
         Err(error) => return error.into_response(),
+    };
+    let body = match Bytes::from_request(request, &state).await {
+        Ok(body) => body,
+        Err(rejection) => return rejection.into_response(),
     };
     let parsed = match parse(&body) {
         Ok(parsed) => parsed,
@@ -778,6 +798,62 @@ pub(crate) async fn chat_completions(
         drop(permit);
         response
     }
+}
+
+/// Bytes of request bodies the gateway holds at once over all its requests in flight. A
+/// request reserves its `Content-Length` (the largest body allowed when it sends none) before
+/// its body is read and keeps it until it is answered; beyond the bound, 503 at once.
+pub(crate) const MAX_BUFFERED_BODY_BYTES: usize = 32 * 1024 * 1024;
+
+/// Units of the body budget semaphore ([`crate::AppState::gateway_body_budget`]).
+pub(crate) const BODY_BUDGET_UNIT_BYTES: usize = 1024;
+
+/// A request's place in the gateway: one of `[gateway] max_in_flight`, and its body's share
+/// of [`MAX_BUFFERED_BODY_BYTES`]. Both are given back when it is dropped.
+pub(crate) struct Admission {
+    _in_flight: tokio::sync::OwnedSemaphorePermit,
+    _body: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Admits a request or refuses it with 503 `overloaded` and `Retry-After`: at the limit of
+/// requests in flight, of buffered body bytes, or when the journal queue is near its bound.
+fn admit(state: &AppState, headers: &HeaderMap) -> Result<Admission, GatewayError> {
+    let Ok(in_flight) = state.gateway_permits.clone().try_acquire_owned() else {
+        return Err(GatewayError::overloaded(
+            "the gateway is at its limit of requests in flight ([gateway] max_in_flight)",
+        ));
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<usize>().ok())
+        .unwrap_or(state.max_body_bytes);
+    // A body over the limit is refused with 413 when it is read; it reserves only the limit.
+    let units = declared
+        .min(state.max_body_bytes)
+        .div_ceil(BODY_BUDGET_UNIT_BYTES)
+        .clamp(1, MAX_BUFFERED_BODY_BYTES / BODY_BUDGET_UNIT_BYTES);
+    let body = u32::try_from(units).ok().and_then(|units| {
+        state
+            .gateway_body_budget
+            .clone()
+            .try_acquire_many_owned(units)
+            .ok()
+    });
+    let Some(body) = body else {
+        return Err(GatewayError::overloaded(
+            "the gateway holds as many request bodies as it buffers at once",
+        ));
+    };
+    if !state.engine.ai_call_log_has_room() {
+        return Err(GatewayError::overloaded(
+            "the journal of gateway calls is behind (its queue is near its bound)",
+        ));
+    }
+    Ok(Admission {
+        _in_flight: in_flight,
+        _body: body,
+    })
 }
 
 /// The models a requested name stands for, in fallback order.
@@ -1117,7 +1193,7 @@ async fn forward_stream(
     parsed: Parsed,
     route: Vec<ModelConfig>,
     mut log: Log,
-    permit: tokio::sync::OwnedSemaphorePermit,
+    permit: Admission,
 ) -> Response {
     let date = rfc3339_date(log.started_ms);
     let mut failure = Failure::Provider("no model could be tried".into(), "no_model");
@@ -1305,4 +1381,28 @@ async fn forward_stream(
     log.finish(&engine, &runtime, &parsed.request, End::failed(code))
         .await;
     error.into_response()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // Test code: a panic is a failure report.
+mod tests {
+    use super::*;
+
+    /// Every bound of the gateway (requests in flight, buffered bodies, the journal queue)
+    /// refuses with this answer: what OpenAI clients retry on.
+    #[test]
+    fn an_overload_is_a_503_in_openai_shape_with_retry_after() {
+        let error = GatewayError::overloaded("the journal of gateway calls is behind");
+        let body = error.body();
+        assert_eq!(body["error"]["type"], "server_error");
+        assert_eq!(body["error"]["code"], "overloaded");
+        assert!(body["error"]["param"].is_null());
+        assert!(body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("the journal of gateway calls is behind; nothing was done"));
+        let response = error.into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+    }
 }

@@ -9,6 +9,7 @@
 mod audit;
 mod auth;
 mod cases;
+mod connections;
 mod drift;
 mod exceptions;
 mod extract;
@@ -41,6 +42,7 @@ use tower_http::LatencyUnit;
 use tracing::Level;
 use utoipa_swagger_ui::SwaggerUi;
 
+pub use gateway::parse_chat_request;
 pub use openapi::ApiDoc;
 pub use routes::{Access, DeclaredRoute, Rule};
 
@@ -56,7 +58,13 @@ pub struct ServerOptions {
     pub authorizer: Option<std::sync::Arc<keel_engine::authz::Authorizer>>,
     /// A secret that may read `/metrics` without a user token (Prometheus scrapers).
     pub metrics_token: Option<String>,
+    /// Connections open at once, at most; a connection beyond it is answered 503 with
+    /// `Retry-After` and closed. Each open connection holds buffers, so this bounds memory.
+    pub max_connections: usize,
 }
+
+/// Default of [`ServerOptions::max_connections`].
+pub const MAX_CONNECTIONS: usize = 1024;
 
 impl Default for ServerOptions {
     fn default() -> Self {
@@ -65,6 +73,7 @@ impl Default for ServerOptions {
             sandbox: false,
             authorizer: None,
             metrics_token: None,
+            max_connections: MAX_CONNECTIONS,
         }
     }
 }
@@ -77,6 +86,10 @@ pub(crate) struct AppState {
     pub openapi_json: Bytes,
     /// Gateway chat requests in flight (`[gateway] max_in_flight`); beyond it, 503 at once.
     pub gateway_permits: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Body bytes the gateway buffers at once, in KiB ([`gateway::MAX_BUFFERED_BODY_BYTES`]).
+    pub gateway_body_budget: std::sync::Arc<tokio::sync::Semaphore>,
+    /// `ServerOptions::max_body_bytes`.
+    pub max_body_bytes: usize,
     /// Who may do what (Cedar); `None` only if the built-in policies failed to load (then
     /// every guarded request is denied).
     pub authorizer: Option<std::sync::Arc<keel_engine::authz::Authorizer>>,
@@ -98,6 +111,10 @@ pub fn router(engine: Engine, options: ServerOptions) -> Router {
         engine,
         openapi_json: openapi::document_bytes(&table.routes()),
         gateway_permits: std::sync::Arc::new(tokio::sync::Semaphore::new(gateway_in_flight)),
+        gateway_body_budget: std::sync::Arc::new(tokio::sync::Semaphore::new(
+            gateway::MAX_BUFFERED_BODY_BYTES / gateway::BODY_BUDGET_UNIT_BYTES,
+        )),
+        max_body_bytes: options.max_body_bytes,
         authorizer: options.authorizer.clone().or_else(|| {
             match keel_engine::authz::Authorizer::built_in() {
                 Ok(authorizer) => Some(std::sync::Arc::new(authorizer)),
@@ -245,6 +262,7 @@ pub async fn serve(
     if let Ok(address) = listener.local_addr() {
         tracing::info!(%address, "serving the HTTP API");
     }
+    let listener = connections::LimitedListener::new(listener, options.max_connections);
     axum::serve(listener, router(engine, options))
         .with_graceful_shutdown(shutdown)
         .await
