@@ -221,10 +221,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let runtime = match config {
         Some((path, config)) => {
             tracing::info!(config = %path.display(), models = config.models.len(), "models configured");
-            let runtime = Arc::new(keel_ai::cascade::Runtime::new(
-                config,
-                reqwest::Client::new(),
-            ));
+            let runtime = Arc::new(keel_ai::cascade::Runtime::new(config, provider_http()?));
             Some(runtime)
         }
         None => {
@@ -399,4 +396,20 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = interrupt.await;
+}
+
+/// Most idle connections kept open to one model provider once a burst is over.
+const PROVIDER_IDLE_CONNECTIONS_PER_HOST: usize = 64;
+/// How long an idle provider connection is kept.
+const PROVIDER_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// The HTTP client for model providers. Its pool is bounded: after a burst of a thousand
+/// concurrent calls, an unbounded pool kept every connection and its buffers for 90 s, which
+/// held the gateway's memory up long after the load had gone.
+fn provider_http() -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(PROVIDER_IDLE_CONNECTIONS_PER_HOST)
+        .pool_idle_timeout(PROVIDER_IDLE_TIMEOUT)
+        .build()
+        .context("cannot build the HTTP client for model providers")
 }
