@@ -16,8 +16,6 @@ use crate::AppState;
 
 /// Statuses a delivery can have.
 const STATUSES: &[&str] = &["pending", "delivered", "failed"];
-/// Most deliveries one page returns.
-const MAX_LIMIT: i64 = 1_000;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -112,13 +110,7 @@ pub async fn list_deliveries(
             ));
         }
     }
-    let limit = query.limit.unwrap_or(50);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(Problem::new(
-            Kind::InvalidParameter,
-            format!("`limit` is 1 to {MAX_LIMIT}, not {limit}"),
-        ));
-    }
+    let limit = crate::cases::page_limit(query.limit)?;
     let filter = WebhookDeliveryFilter {
         endpoint: query.endpoint,
         status: query.status,
