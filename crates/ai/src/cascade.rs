@@ -116,7 +116,8 @@ pub struct Runtime {
     config: Config,
     clients: BTreeMap<String, ProviderClient>,
     /// By `workflow/step`.
-    learners: RwLock<BTreeMap<String, Arc<Learner>>>,
+    /// Each step's serving learner and its stored version (0: not from the store).
+    learners: RwLock<BTreeMap<String, (Arc<Learner>, i64)>>,
     budgets: Budgets,
     cache: Cache,
     /// Fitted confidence calibrators by (`workflow/step`, model): where one exists, the
@@ -216,12 +217,19 @@ impl Runtime {
 
     /// Replaces the learner of `workflow/step` (after training or loading from the store).
     pub fn set_learner(&self, workflow: &str, step: &str, learner: Learner) {
+        self.set_learner_version(workflow, step, learner, 0);
+    }
+
+    /// Makes stored `version` the serving learner of `workflow/step`: its proposals carry
+    /// `learner_version`, so reviews are counted per version.
+    pub fn set_learner_version(&self, workflow: &str, step: &str, learner: Learner, version: i64) {
         if let Ok(mut learners) = self.learners.write() {
-            learners.insert(learner_key(workflow, step), Arc::new(learner));
+            learners.insert(learner_key(workflow, step), (Arc::new(learner), version));
         }
     }
 
-    fn learner(&self, workflow: &str, step: &str) -> Option<Arc<Learner>> {
+    /// The serving learner of `workflow/step` and its stored version.
+    pub fn learner_version(&self, workflow: &str, step: &str) -> Option<(Arc<Learner>, i64)> {
         self.learners
             .read()
             .ok()?
@@ -309,7 +317,14 @@ impl Runtime {
                 attempt["calibrator"] = json!(calibrator.kind());
             }
             if accepted == Ok(true) {
+                let learner_version = attempts
+                    .get(answer.attempt)
+                    .and_then(|a| a.get("learner_version"))
+                    .cloned();
                 let mut record = record(&path, attempts, cost_usd, cost_known);
+                if let Some(version) = learner_version.filter(|v| v.as_i64() > Some(0)) {
+                    record["learner_version"] = version;
+                }
                 if let Some(calibrator) = &calibrator {
                     record["raw_confidence"] = json!(raw_confidence);
                     record["calibrator"] = json!(calibrator.kind());
@@ -368,9 +383,10 @@ impl Runtime {
                 "message": "the local learner only serves classify tasks"}));
             return None;
         };
-        let prediction = self
-            .learner(&context.workflow, &context.step)
-            .and_then(|learner| learner.predict_within(&context.prompt, labels));
+        let serving = self.learner_version(&context.workflow, &context.step);
+        let version = serving.as_ref().map_or(0, |(_, v)| *v);
+        let prediction =
+            serving.and_then(|(learner, _)| learner.predict_within(&context.prompt, labels));
         self.tell(&ModelCall {
             model,
             request: None,
@@ -397,7 +413,7 @@ impl Runtime {
         attempts.push(
             json!({"tier": tier, "model": model.name, "provider": "local", "output": output,
             "confidence": prediction.probability, "confidence_method": "learner", "cost_usd": 0.0,
-            "latency_us": latency_us, "problems": problems}),
+            "latency_us": latency_us, "problems": problems, "learner_version": version}),
         );
         problems.is_empty().then_some(Answer {
             output,

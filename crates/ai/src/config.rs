@@ -21,6 +21,56 @@ pub struct Config {
     pub gateway: GatewayConfig,
     /// Outbound webhooks (`[[webhooks]]`), in file order.
     pub webhooks: Vec<WebhookConfig>,
+    /// `[change_control]`: whether a version that changes what decides waits for a governor.
+    pub change_control: ChangeControlConfig,
+    /// `[learning]`: how learners learn from people's decisions and test challengers.
+    pub learning: LearningConfig,
+}
+
+/// `[change_control] review = "required" | "off"`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangeControlConfig {
+    /// `true` (default): a workflow version that changes an operation waits for a governor
+    /// who is not its author. `false` only for a deployment with no governor (one person
+    /// trying Keel); the monthly review then says that changes were not reviewed.
+    pub review: bool,
+}
+
+impl Default for ChangeControlConfig {
+    fn default() -> Self {
+        ChangeControlConfig { review: true }
+    }
+}
+
+/// `[learning]`: see `keel_engine::learn::LearningOptions` for what each value does.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LearningConfig {
+    pub from_reviews: bool,
+    /// `WORKFLOW/STEP` of steps that do not learn from reviews (`[learning.steps."W/S"]
+    /// from_reviews = false`).
+    pub from_reviews_off: std::collections::BTreeSet<String>,
+    pub batch: usize,
+    pub holdout: u64,
+    pub margin: f64,
+    pub alpha: f64,
+    pub min_evaluation: usize,
+    /// `challenger_test = "on"` (default) or `"off"`.
+    pub challenger_test: bool,
+}
+
+impl Default for LearningConfig {
+    fn default() -> Self {
+        LearningConfig {
+            from_reviews: true,
+            from_reviews_off: std::collections::BTreeSet::new(),
+            batch: 20,
+            holdout: 5,
+            margin: 0.02,
+            alpha: 0.05,
+            min_evaluation: 30,
+            challenger_test: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -284,6 +334,18 @@ impl Config {
             config.gateway.aliases.insert(alias, targets);
         }
         config.webhooks = check_webhooks(raw.webhooks, &mut errors);
+        if let Some(change) = raw.change_control {
+            match change.review.as_deref() {
+                None | Some("required") => {}
+                Some("off") => config.change_control.review = false,
+                Some(other) => errors.push(format!(
+                    "[change_control] review is {other:?}; it is \"required\" (the default) or \"off\""
+                )),
+            }
+        }
+        if let Some(learning) = raw.learning {
+            config.learning = check_learning(learning, &mut errors);
+        }
         if errors.is_empty() {
             Ok(config)
         } else {
@@ -459,6 +521,63 @@ fn check_budgets(raw: Option<raw::Budgets>, errors: &mut Vec<String>) -> Budgets
     }
 }
 
+fn check_learning(raw: raw::Learning, errors: &mut Vec<String>) -> LearningConfig {
+    let mut config = LearningConfig::default();
+    if let Some(on) = raw.from_reviews {
+        config.from_reviews = on;
+    }
+    match raw.batch {
+        None => {}
+        Some(n) if (1..=1_000).contains(&n) => config.batch = n,
+        Some(n) => errors.push(format!(
+            "[learning] batch is {n}; it must be from 1 to 1000 (default 20)"
+        )),
+    }
+    match raw.holdout {
+        None => {}
+        Some(n) if (2..=100).contains(&n) => config.holdout = n,
+        Some(n) => errors.push(format!("[learning] holdout is {n}; it must be from 2 to 100 (one reviewed case in `holdout` is kept for tests; default 5)")),
+    }
+    match raw.margin {
+        None => {}
+        Some(m) if (0.0..0.5).contains(&m) => config.margin = m,
+        Some(m) => errors.push(format!(
+            "[learning] margin is {m}; it must be at least 0 and below 0.5 (default 0.02)"
+        )),
+    }
+    match raw.alpha {
+        None => {}
+        Some(a) if a > 0.0 && a <= 0.2 => config.alpha = a,
+        Some(a) => errors.push(format!(
+            "[learning] alpha is {a}; it must be above 0 and at most 0.2 (default 0.05)"
+        )),
+    }
+    match raw.min_evaluation {
+        None => {}
+        Some(n) if (10..=100_000).contains(&n) => config.min_evaluation = n,
+        Some(n) => errors.push(format!(
+            "[learning] min_evaluation is {n}; it must be from 10 to 100000 (default 30)"
+        )),
+    }
+    match raw.challenger_test.as_deref() {
+        None | Some("on") => {}
+        Some("off") => config.challenger_test = false,
+        Some(other) => errors.push(format!(
+            "[learning] challenger_test is {other:?}; it is \"on\" (the default) or \"off\""
+        )),
+    }
+    for (key, step) in raw.steps {
+        if key.split('/').count() != 2 {
+            errors.push(format!(
+                "[learning.steps.\"{key}\"]: name a step as \"WORKFLOW/STEP\""
+            ));
+        } else if step.from_reviews == Some(false) {
+            config.from_reviews_off.insert(key);
+        }
+    }
+    config
+}
+
 fn check_webhooks(raw: Vec<raw::Webhook>, errors: &mut Vec<String>) -> Vec<WebhookConfig> {
     let mut checked: Vec<WebhookConfig> = Vec::new();
     for webhook in raw {
@@ -576,6 +695,34 @@ mod raw {
         pub gateway: Option<Gateway>,
         #[serde(default)]
         pub webhooks: Vec<Webhook>,
+        pub change_control: Option<ChangeControl>,
+        pub learning: Option<Learning>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct ChangeControl {
+        pub review: Option<String>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Learning {
+        pub from_reviews: Option<bool>,
+        pub batch: Option<usize>,
+        pub holdout: Option<u64>,
+        pub margin: Option<f64>,
+        pub alpha: Option<f64>,
+        pub min_evaluation: Option<usize>,
+        pub challenger_test: Option<String>,
+        #[serde(default)]
+        pub steps: BTreeMap<String, LearningStep>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct LearningStep {
+        pub from_reviews: Option<bool>,
     }
 
     #[derive(Debug, Deserialize)]

@@ -1151,6 +1151,10 @@ impl<'w> Run<'w> {
                     "model": model,
                     "tier": tier,
                 });
+                if let Some(version) = record.get("learner_version") {
+                    // Which stored learner version proposed it: accuracy is counted per version.
+                    proposal["learner_version"] = version.clone();
+                }
                 // What the step's calls cost (null when a provider gave no usage): evidence
                 // for trust ties each review to it.
                 if let Value::Object(fields) = &mut proposal {
@@ -1525,13 +1529,19 @@ impl<'w> Run<'w> {
             &step.id,
         );
         let name = format!("{}/{}", self.workflow.name, step.id);
-        self.emit(
-            "trust.gate",
-            Some(step.id.clone()),
-            json!({ "operation": name, "phase": phase, "decision": decision.decision,
-                "reason": decision.reason, "review_sampled": decision.review_sampled,
-                "review_rate": decision.review_rate }),
-        );
+        let mut gate_data = json!({ "operation": name, "phase": phase, "decision": decision.decision,
+            "reason": decision.reason, "review_sampled": decision.review_sampled,
+            "review_rate": decision.review_rate });
+        if !decision.needs_task() {
+            // What an automatic decision let through, as it was at the gate: a demotion turns
+            // the unreviewed ones into retro-review tasks from this record.
+            gate_data["proposals"] = Value::Object(self.proposals(state, operation.uses_ai));
+            gate_data["action"] = self.preview(state, step);
+            gate_data["ai_steps"] = json!(operation.uses_ai);
+            gate_data["roles"] = json!(operation.gate.roles);
+            gate_data["submitted_by"] = json!(state.submitted_by);
+        }
+        self.emit("trust.gate", Some(step.id.clone()), gate_data);
         state.gate = Some(GateRecord {
             step: step.id.clone(),
             decision: decision.decision.to_string(),
@@ -1621,7 +1631,8 @@ impl<'w> Run<'w> {
                 "task_id": task.id, "source": "pre", "verdict": verdict, "phase": phase,
                 "by": by, "model": first["model"], "confidence": raw_confidence,
                 "confidence_method": first["confidence_method"], "cost_usd": first["cost_usd"],
-                "ai_step": ai_step, "proposed_label": proposed_label, "final_label": final_label }),
+                "ai_step": ai_step, "proposed_label": proposed_label, "final_label": final_label,
+                "learner_version": first.get("learner_version") }),
         );
     }
 

@@ -1,23 +1,83 @@
-//! The local learners' life in the store: every update batch (a `keel learner train` run, a
-//! batch posted to the API, a person's label for a case) becomes a new stored version with a
-//! journal entry in the same transaction, and the AI runtime answers with the latest one.
+//! The local learners' life in the store. Every update batch — a `keel learner train` run, a
+//! batch posted to the API, a person's label for a case, or a batch of people's review
+//! decisions — becomes a new stored version with a journal entry in the same transaction. A
+//! new version is a **challenger**: it serves no case until it is evaluated on the step's
+//! reviewed outcomes that no version of the learner trained on and shown non-inferior to the
+//! serving version (`keel_tuning::noninferiority`: paired, margin and α from
+//! [`LearningOptions`]); then it is promoted (`learner.promoted`, evidence attached) and the AI
+//! runtime answers with it. A challenger that fails is kept, never served (`learner.failed`),
+//! and the next batch builds on the serving version instead. A challenger waits while fewer
+//! than `min_evaluation` reviewed outcomes exist. An operator may force a version only as a
+//! change a governor approves (`learner.force_requested`, then `learner.promoted` with
+//! `forced` or `learner.force_rejected`).
 //!
-//! The engine keeps its own copy of each learner it updates (the runtime's copy is private to
-//! it) and serialises the updates of one learner with a mutex, so two concurrent batches are
-//! applied one after the other and neither is lost. Before each update the copy is compared
-//! with the latest stored version and reloaded when something else (a `keel learner train`
-//! run) stored a newer one.
+//! **People's decisions teach**: each pass (the trust evaluator's, or
+//! [`Engine::learn_once`]) reads the step's reviewed outcomes (agreements and corrections with
+//! a final label) after a durable cursor (`meta` key `learn-from-reviews/WORKFLOW/STEP`,
+//! moved in the transaction that stores the batch) and, once `batch` of them are teachable,
+//! learns them as one challenger. One reviewed case in `holdout` (chosen by a hash of the case
+//! id, so every node agrees) is never taught: those cases are the evaluation set that keeps
+//! growing as people work. A per-step switch turns teaching off.
+//!
+//! The engine keeps its own copy of each learner's newest non-failed version (the lineage new
+//! batches build on) and serialises the updates of one learner with a mutex, so two
+//! concurrent batches are applied one after the other and neither is lost. Before each update
+//! the copy is compared with the store and reloaded when something else (another node, a
+//! `keel learner train` run) stored a newer version.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use keel_ai::learner::Learner;
 use keel_core::case::CaseState;
 use keel_core::workflow::{AiTask, StepKind};
-use keel_store::{NewEntry, Store};
+use keel_store::{LearnerStatusChange, NewEntry, NewLearner, Store};
+use keel_tuning::noninferiority;
 use serde_json::{json, Value};
 
-use crate::{canonical_data, rfc3339_ms, Engine};
+use crate::tokens::Caller;
+use crate::{canonical_data, rfc3339_ms, Engine, Inner};
+
+/// How learners learn from people's decisions and how a challenger is tested (`[learning]`
+/// of `keel.toml`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LearningOptions {
+    /// People's approvals and corrections of `classify` proposals teach the step's learner.
+    pub from_reviews: bool,
+    /// Steps (`WORKFLOW/STEP`) that do not learn from reviews whatever `from_reviews` says.
+    pub from_reviews_off: BTreeSet<String>,
+    /// Teachable reviewed outcomes per batch (each batch is one challenger).
+    pub batch: usize,
+    /// One reviewed case in this many is kept for evaluation and never taught.
+    pub holdout: u64,
+    /// A challenger may be at most this much less accurate than the serving version.
+    pub margin: f64,
+    /// The test's error rate: the chance of promoting a challenger worse than the margin.
+    pub alpha: f64,
+    /// Reviewed outcomes a challenger needs before it is tested (it waits until then).
+    pub min_evaluation: usize,
+    /// At most this many (the newest) reviewed outcomes are used in a test.
+    pub max_evaluation: usize,
+    /// `false` only where a deployment opts out (one person trying Keel): every version
+    /// serves at once, and its entry says the test was off.
+    pub test: bool,
+}
+
+impl Default for LearningOptions {
+    fn default() -> Self {
+        LearningOptions {
+            from_reviews: true,
+            from_reviews_off: BTreeSet::new(),
+            batch: 20,
+            holdout: 5,
+            margin: 0.02,
+            alpha: 0.05,
+            min_evaluation: 30,
+            max_evaluation: 2_000,
+            test: true,
+        }
+    }
+}
 
 /// Examples accepted in one batch; a larger batch is refused (split it).
 pub const MAX_EXAMPLES_PER_BATCH: usize = 1_000;
@@ -73,6 +133,9 @@ pub enum Error {
     CorruptState(String),
     #[error(transparent)]
     Store(#[from] keel_store::Error),
+    /// Another node stored the same batch of reviews first.
+    #[error("another node learnt this batch first")]
+    Moved,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -85,12 +148,15 @@ pub enum Example {
 }
 
 /// What an update stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Learned {
     /// The new stored version (1, 2, …).
     pub version: i64,
     /// Examples the learner has learnt from over its whole life.
     pub examples: u64,
+    /// Where the version stands after its test: `serving`, `failed`, or `challenger` (it
+    /// waits for enough reviewed outcomes).
+    pub status: String,
 }
 
 /// The latest stored version of a learner, without its model bytes.
@@ -98,7 +164,11 @@ pub struct Learned {
 pub struct LearnerSummary {
     pub workflow: String,
     pub step: String,
+    /// The newest stored version and its status.
     pub version: i64,
+    pub status: String,
+    /// The version the AI runtime answers with (`None`: none serves yet).
+    pub serving_version: Option<i64>,
     pub examples: i64,
     /// What the version was learnt from: `file`, `cli:FILE`, `api`, `case:ID`.
     pub source: String,
@@ -119,6 +189,14 @@ impl Actor {
             actor_id: "engine".into(),
         }
     }
+
+    /// The person or token behind an API call.
+    pub fn caller(caller: &Caller) -> Actor {
+        Actor {
+            actor_type: "user".into(),
+            actor_id: caller.subject.clone(),
+        }
+    }
 }
 
 /// A learner version about to be stored.
@@ -126,7 +204,7 @@ pub struct NewVersion<'a> {
     pub workflow: &'a str,
     pub step: &'a str,
     pub learner: &'a Learner,
-    /// The journal entry's kind: `learner.trained`, `learner.updated`, `learner.imported`.
+    /// The journal entry's kind: `learner.challenger` (the rule), `learner.imported`.
     pub kind: &'a str,
     pub source: &'a str,
     /// Examples in this batch.
@@ -135,11 +213,23 @@ pub struct NewVersion<'a> {
     pub extra: Value,
     pub actor: Actor,
     pub now_ms: i64,
+    /// The texts of the batch: their hashes are stored, so evaluations leave them out.
+    pub texts: Vec<&'a str>,
+    /// `challenger`, or `serving` where the test is off.
+    pub status: &'a str,
+    /// A `meta` cursor moved in the same transaction: (key, old value, new value).
+    pub cursor: Option<(String, Option<String>, String)>,
+}
+
+/// SHA-256 (hex) of a text, as `learner_trained` keeps it.
+fn text_sha256(text: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
 }
 
 /// Stores `new.learner` as the next version of its learner with its journal entry, in one
-/// transaction; returns the version.
-pub async fn save_version(store: &Store, new: NewVersion<'_>) -> Result<i64> {
+/// transaction; returns the version (`None`: the cursor had moved, nothing was stored).
+pub async fn save_version(store: &Store, new: NewVersion<'_>) -> Result<Option<i64>> {
     let model = new.learner.to_bytes();
     let model_sha256 = {
         use sha2::Digest;
@@ -154,6 +244,7 @@ pub async fn save_version(store: &Store, new: NewVersion<'_>) -> Result<i64> {
             "examples": examples,
             "batch": new.batch,
             "source": new.source,
+            "status": new.status,
             "classes": new.learner.classes(),
             "model_sha256": model_sha256,
             "model_bytes": model.len(),
@@ -163,65 +254,101 @@ pub async fn save_version(store: &Store, new: NewVersion<'_>) -> Result<i64> {
         }
         learner_entry(&new, &data)
     };
+    let trained: Vec<String> = new.texts.iter().map(|t| text_sha256(t)).collect();
+    let cursor = new
+        .cursor
+        .as_ref()
+        .map(|(key, old, value)| (key.as_str(), old.as_deref(), value.as_str()));
     Ok(store
         .save_learner(
-            new.workflow,
-            new.step,
-            &model,
-            examples,
-            new.source,
-            new.now_ms,
+            &NewLearner {
+                workflow: new.workflow,
+                step: new.step,
+                model: &model,
+                examples,
+                source: new.source,
+                now_ms: new.now_ms,
+                status: new.status,
+                trained: &trained,
+                cursor,
+            },
             &announce,
         )
         .await?)
 }
 
 fn learner_entry(new: &NewVersion<'_>, data: &Value) -> NewEntry {
+    plain_entry(
+        new.now_ms,
+        new.kind,
+        &new.actor,
+        new.workflow,
+        new.step,
+        data,
+    )
+}
+
+fn plain_entry(
+    now_ms: i64,
+    kind: &str,
+    actor: &Actor,
+    workflow: &str,
+    step: &str,
+    data: &Value,
+) -> NewEntry {
     let (data, data_sha256) = canonical_data(data);
     NewEntry {
-        at: rfc3339_ms(new.now_ms),
-        kind: new.kind.to_string(),
-        actor_type: new.actor.actor_type.clone(),
-        actor_id: new.actor.actor_id.clone(),
+        at: rfc3339_ms(now_ms),
+        kind: kind.to_string(),
+        actor_type: actor.actor_type.clone(),
+        actor_id: actor.actor_id.clone(),
         case_id: None,
-        workflow: Some(new.workflow.to_string()),
-        step: Some(new.step.to_string()),
+        workflow: Some(workflow.to_string()),
+        step: Some(step.to_string()),
         data,
         data_sha256,
     }
 }
 
-/// The latest stored version of `workflow/step` and its learner, if any is stored.
-pub async fn latest(store: &Store, workflow: &str, step: &str) -> Result<Option<(i64, Learner)>> {
-    let row = store
-        .latest_learners()
-        .await?
-        .into_iter()
-        .find(|row| row.workflow == workflow && row.step == step);
-    let Some(row) = row else {
-        return Ok(None);
-    };
-    let learner = Learner::from_bytes(&row.model).map_err(|source| Error::CorruptModel {
-        workflow: workflow.to_string(),
-        step: step.to_string(),
+fn load(row: &keel_store::LearnerRow) -> Result<Learner> {
+    Learner::from_bytes(&row.model).map_err(|source| Error::CorruptModel {
+        workflow: row.workflow.clone(),
+        step: row.step.clone(),
         version: row.version,
         source,
-    })?;
-    Ok(Some((row.version, learner)))
+    })
 }
 
-/// Loads the latest stored version of every learner into `runtime`; returns how many loaded.
+/// The newest stored version of `workflow/step` that did not fail its test, and its learner:
+/// what the next batch builds on.
+pub async fn latest(store: &Store, workflow: &str, step: &str) -> Result<Option<(i64, Learner)>> {
+    let Some(version) = store
+        .learner_versions(workflow, step)
+        .await?
+        .into_iter()
+        .find(|row| row.status != "failed")
+        .map(|row| row.version)
+    else {
+        return Ok(None);
+    };
+    match store.learner_model(workflow, step, version).await? {
+        Some(row) => Ok(Some((version, load(&row)?))),
+        None => Ok(None),
+    }
+}
+
+/// Loads the serving version of every learner into `runtime`; returns how many loaded.
 /// A version that does not load is logged and skipped: its step falls through to the next tier.
 pub async fn load_into_runtime(
     store: &Store,
     runtime: &keel_ai::cascade::Runtime,
 ) -> keel_store::Result<usize> {
     let mut loaded = 0;
-    for row in store.latest_learners().await? {
+    for row in store.serving_learners().await? {
         match Learner::from_bytes(&row.model) {
             Ok(learner) => {
                 tracing::info!(workflow = %row.workflow, step = %row.step, version = row.version, examples = row.examples, "learner loaded");
-                runtime.set_learner(&row.workflow, &row.step, learner);
+                runtime.set_learner_version(&row.workflow, &row.step, learner, row.version);
                 loaded += 1;
             }
             Err(error) => tracing::error!(
@@ -258,11 +385,48 @@ impl Learners {
     }
 }
 
+/// What testing one challenger did.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Evaluation {
+    pub workflow: String,
+    pub step: String,
+    pub version: i64,
+    /// `promoted`, `failed`, or `waiting` (too few reviewed outcomes yet).
+    pub result: String,
+    pub evidence: Value,
+}
+
+/// Why a force request or a governor's decision on it was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ForceError {
+    #[error(
+        "learner `{workflow}/{step}` has no version {version}; `keel learner versions` lists them"
+    )]
+    UnknownVersion {
+        workflow: String,
+        step: String,
+        version: i64,
+    },
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Whether case `case_id` is kept for evaluation (never taught from reviews).
+pub fn is_holdout(case_id: &str, holdout: u64) -> bool {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(case_id.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    holdout > 0 && u64::from_be_bytes(first) % holdout == 0
+}
+
 impl Engine {
     /// Learns one batch of labelled texts for the `classify` step `workflow/step`: applies it to
-    /// the current learner (a new one when none is stored), stores the result as a new version
-    /// with a `learner.updated` journal entry, and makes the AI runtime answer with it.
-    /// Batches for the same learner are applied one after the other.
+    /// the newest non-failed version (a new learner when none is stored), stores the result as
+    /// a challenger with a `learner.challenger` entry, and tests it at once (see the module
+    /// docs). Batches for the same learner are applied one after the other.
     pub async fn learn(
         &self,
         workflow: &str,
@@ -272,17 +436,19 @@ impl Engine {
     ) -> Result<Learned> {
         let labels = self.classify_labels(workflow, step)?;
         check_batch(workflow, step, &labels, &examples)?;
-        self.apply(workflow, step, &examples, source).await
+        self.apply(workflow, step, &examples, source, Actor::engine(), None)
+            .await
     }
 
     /// [`Engine::learn`] for examples that are texts or cases (whose rendered prompts are the
-    /// texts). Everything is checked before anything is learnt.
+    /// texts), on behalf of `actor`. Everything is checked before anything is learnt.
     pub async fn learn_examples(
         &self,
         workflow: &str,
         step: &str,
         examples: Vec<Example>,
         source: &str,
+        actor: Actor,
     ) -> Result<Learned> {
         let labels = self.classify_labels(workflow, step)?;
         if examples.len() > MAX_EXAMPLES_PER_BATCH {
@@ -309,7 +475,8 @@ impl Engine {
             }
         }
         check_batch(workflow, step, &labels, &texts)?;
-        self.apply(workflow, step, &texts, source).await
+        self.apply(workflow, step, &texts, source, actor, None)
+            .await
     }
 
     /// Learns the labelled outcome of a case: the text is the prompt its `step` rendered, the
@@ -340,8 +507,16 @@ impl Engine {
         }
     }
 
-    /// The latest stored version of every learner.
+    /// The newest stored version of every learner, with the version serving now.
     pub async fn learners(&self) -> Result<Vec<LearnerSummary>> {
+        let serving: HashMap<(String, String), i64> = self
+            .inner
+            .store
+            .serving_learners()
+            .await?
+            .into_iter()
+            .map(|row| ((row.workflow, row.step), row.version))
+            .collect();
         Ok(self
             .inner
             .store
@@ -349,9 +524,13 @@ impl Engine {
             .await?
             .into_iter()
             .map(|row| LearnerSummary {
+                serving_version: serving
+                    .get(&(row.workflow.clone(), row.step.clone()))
+                    .copied(),
                 workflow: row.workflow,
                 step: row.step,
                 version: row.version,
+                status: row.status,
                 examples: row.examples,
                 source: row.source,
                 created_at_ms: row.created_at_ms,
@@ -359,7 +538,16 @@ impl Engine {
             .collect())
     }
 
-    /// The labels of the `classify` step `workflow/step` in the workflow's latest version.
+    /// Every stored version of one learner, newest first (no model bytes).
+    pub async fn learner_versions(
+        &self,
+        workflow: &str,
+        step: &str,
+    ) -> Result<Vec<keel_store::LearnerRow>> {
+        Ok(self.inner.store.learner_versions(workflow, step).await?)
+    }
+
+    /// The labels of the `classify` step `workflow/step` in the workflow's serving version.
     pub fn classify_labels(&self, workflow: &str, step: &str) -> Result<Vec<String>> {
         let (_, definition) = self
             .inner
@@ -385,57 +573,597 @@ impl Engine {
         })
     }
 
-    /// Applies a checked batch under the learner's lock, stores it and swaps it in.
+    /// One learning pass now: people's reviews become challengers where enough are
+    /// teachable, then every waiting challenger is tested.
+    pub async fn learn_once(&self) -> Result<Vec<Evaluation>> {
+        learn_from_reviews(self).await?;
+        self.test_challengers().await
+    }
+
+    /// Tests every challenger that waits (oldest first per learner).
+    pub async fn test_challengers(&self) -> Result<Vec<Evaluation>> {
+        let mut done = Vec::new();
+        for (workflow, step) in self.inner.store.learners_with_challengers().await? {
+            done.extend(self.test_learner(&workflow, &step).await?);
+        }
+        Ok(done)
+    }
+
+    /// Tests the challengers of one learner, oldest first, under the learner's lock.
+    async fn test_learner(&self, workflow: &str, step: &str) -> Result<Vec<Evaluation>> {
+        let slot = self.inner.learners.slot(workflow, step);
+        let _guard = slot.lock().await;
+        let mut done = Vec::new();
+        let mut challengers: Vec<i64> = self
+            .inner
+            .store
+            .learner_versions(workflow, step)
+            .await?
+            .into_iter()
+            .filter(|row| row.status == "challenger")
+            .map(|row| row.version)
+            .collect();
+        challengers.sort_unstable();
+        let Ok(labels) = self.classify_labels(workflow, step) else {
+            return Ok(done); // the workflow no longer has this step: nothing to test against
+        };
+        let mut set: Option<Vec<(String, String)>> = None;
+        for version in challengers {
+            if set.is_none() {
+                set = Some(self.evaluation_set(workflow, step).await?);
+            }
+            let examples = set.as_deref().unwrap_or_default();
+            let evaluation = self
+                .test_one(workflow, step, version, &labels, examples)
+                .await?;
+            let stop = evaluation.result == "waiting";
+            done.push(evaluation);
+            if stop {
+                break; // a newer challenger would wait for the same outcomes
+            }
+        }
+        Ok(done)
+    }
+
+    /// The step's reviewed outcomes that no version trained on: (text, label), newest first.
+    async fn evaluation_set(&self, workflow: &str, step: &str) -> Result<Vec<(String, String)>> {
+        let options = &self.inner.options.learning;
+        let trained: HashSet<String> = self
+            .inner
+            .store
+            .learner_trained(workflow, step)
+            .await?
+            .into_iter()
+            .collect();
+        let rows = self
+            .inner
+            .store
+            .newest_labelled_outcomes(
+                &format!("{workflow}/{step}"),
+                i64::try_from(options.max_evaluation * 2).unwrap_or(i64::MAX),
+            )
+            .await?;
+        let mut seen = HashSet::new();
+        let mut set = Vec::new();
+        for (_, case_id, label) in rows {
+            if set.len() >= options.max_evaluation || !seen.insert(case_id.clone()) {
+                continue;
+            }
+            let Ok((_, text)) = self.case_prompt(&case_id, step).await else {
+                continue;
+            };
+            if !trained.contains(&text_sha256(&text)) {
+                set.push((text, label));
+            }
+        }
+        Ok(set)
+    }
+
+    async fn test_one(
+        &self,
+        workflow: &str,
+        step: &str,
+        version: i64,
+        labels: &[String],
+        examples: &[(String, String)],
+    ) -> Result<Evaluation> {
+        let options = &self.inner.options.learning;
+        let store = &self.inner.store;
+        let evaluation = |result: &str, evidence: Value| Evaluation {
+            workflow: workflow.to_string(),
+            step: step.to_string(),
+            version,
+            result: result.to_string(),
+            evidence,
+        };
+        if examples.len() < options.min_evaluation {
+            return Ok(evaluation(
+                "waiting",
+                json!({ "reviewed_outcomes": examples.len(), "needed": options.min_evaluation }),
+            ));
+        }
+        let Some(row) = store.learner_model(workflow, step, version).await? else {
+            return Ok(evaluation("waiting", json!({ "missing": version })));
+        };
+        let challenger = load(&row)?;
+        let serving_row = store
+            .serving_learners()
+            .await?
+            .into_iter()
+            .find(|r| r.workflow == workflow && r.step == step);
+        let serving = serving_row.as_ref().map(load).transpose()?;
+        let right = |learner: Option<&Learner>, text: &str, label: &str| {
+            learner
+                .and_then(|l| l.predict_within(text, labels))
+                .is_some_and(|p| p.label == label)
+        };
+        let pairs: Vec<(bool, bool)> = examples
+            .iter()
+            .map(|(text, label)| {
+                (
+                    right(Some(&challenger), text, label),
+                    right(serving.as_ref(), text, label),
+                )
+            })
+            .collect();
+        let result = noninferiority::test(pairs, options.margin, options.alpha)
+            .map_err(|e| Error::CorruptState(format!("learning options: {e}")))?;
+        let evidence = json!({
+            "test": noninferiority::TEST_NAME, "margin": result.margin, "alpha": result.alpha,
+            "n": result.n, "challenger_accuracy": result.challenger_accuracy,
+            "serving_accuracy": result.serving_accuracy, "difference": result.difference,
+            "lower_bound": result.lower_bound, "challenger_only": result.challenger_only,
+            "serving_only": result.serving_only,
+        });
+        let previous = serving_row.as_ref().map(|r| r.version);
+        let (status, kind, word) = if result.non_inferior {
+            ("serving", "learner.promoted", "promoted")
+        } else {
+            ("failed", "learner.failed", "failed")
+        };
+        let now = self.now_ms();
+        let entry = plain_entry(
+            now,
+            kind,
+            &Actor {
+                actor_type: "system".into(),
+                actor_id: "learning".into(),
+            },
+            workflow,
+            step,
+            &json!({ "workflow": workflow, "step": step, "version": version,
+                "previous_version": previous, "evidence": evidence }),
+        );
+        let took = store
+            .set_learner_status(
+                &LearnerStatusChange {
+                    workflow,
+                    step,
+                    version,
+                    expected: "challenger",
+                    status,
+                    evidence: &evidence.to_string(),
+                    now_ms: now,
+                },
+                &entry,
+            )
+            .await?;
+        if took {
+            self.inner.journal_written.notify_one();
+            if result.non_inferior {
+                self.serve(workflow, step, version, challenger);
+            }
+            tracing::info!(
+                workflow,
+                step,
+                version,
+                result = word,
+                n = result.n,
+                difference = result.difference,
+                lower_bound = result.lower_bound,
+                "learner challenger tested"
+            );
+        }
+        Ok(evaluation(word, evidence))
+    }
+
+    /// Makes `learner` (stored `version`) the one the AI runtime answers with.
+    fn serve(&self, workflow: &str, step: &str, version: i64, learner: Learner) {
+        if let Some(runtime) = &self.inner.options.ai {
+            runtime.set_learner_version(workflow, step, learner, version);
+        }
+    }
+
+    /// An operator's request to serve `version` without its test: recorded, and served only
+    /// when a governor who is not the requester approves it.
+    pub async fn learner_force(
+        &self,
+        workflow: &str,
+        step: &str,
+        version: i64,
+        caller: &Caller,
+        reason: &str,
+    ) -> Result<std::result::Result<Value, ForceError>> {
+        let Some(row) = self
+            .inner
+            .store
+            .learner_model(workflow, step, version)
+            .await?
+        else {
+            return Ok(Err(ForceError::UnknownVersion {
+                workflow: workflow.to_string(),
+                step: step.to_string(),
+                version,
+            }));
+        };
+        if !caller
+            .roles
+            .iter()
+            .any(|r| matches!(r.as_str(), "operator" | "admin" | "governor"))
+        {
+            return Ok(Err(ForceError::Forbidden(format!(
+                "asking to serve a learner version needs the role operator, governor or admin; `{}` has {:?}",
+                caller.subject, caller.roles
+            ))));
+        }
+        if reason.trim().is_empty() {
+            return Ok(Err(ForceError::Invalid("give a --reason".into())));
+        }
+        if row.status == "serving" {
+            return Ok(Err(ForceError::Invalid(format!(
+                "version {version} serves already"
+            ))));
+        }
+        if row.requested_by.is_some() {
+            return Ok(Err(ForceError::Invalid(format!(
+                "version {version} has a request open already; a governor approves or rejects it"
+            ))));
+        }
+        let data = json!({ "workflow": workflow, "step": step, "version": version,
+            "status": row.status, "by": caller.subject, "reason": reason });
+        let entry = plain_entry(
+            self.now_ms(),
+            "learner.force_requested",
+            &Actor::caller(caller),
+            workflow,
+            step,
+            &data,
+        );
+        let took = self
+            .inner
+            .store
+            .set_learner_request(workflow, step, version, Some(&caller.subject), &entry)
+            .await?;
+        if !took {
+            return Ok(Err(ForceError::Invalid(format!(
+                "version {version} changed meanwhile; look again with `keel learner versions`"
+            ))));
+        }
+        self.inner.journal_written.notify_one();
+        Ok(Ok(data))
+    }
+
+    /// A governor's decision on a request to serve `version` without its test.
+    pub async fn learner_decide_force(
+        &self,
+        workflow: &str,
+        step: &str,
+        version: i64,
+        caller: &Caller,
+        approve: bool,
+        reason: &str,
+    ) -> Result<std::result::Result<Value, ForceError>> {
+        let slot = self.inner.learners.slot(workflow, step);
+        let _guard = slot.lock().await;
+        let Some(row) = self
+            .inner
+            .store
+            .learner_model(workflow, step, version)
+            .await?
+        else {
+            return Ok(Err(ForceError::UnknownVersion {
+                workflow: workflow.to_string(),
+                step: step.to_string(),
+                version,
+            }));
+        };
+        let Some(requested_by) = row.requested_by.clone() else {
+            return Ok(Err(ForceError::Invalid(format!(
+                "nobody asked to serve version {version}: `keel learner force` asks first"
+            ))));
+        };
+        let approvers = self.step_approvers(workflow, step);
+        if !caller
+            .roles
+            .iter()
+            .any(|r| approvers.contains(r) || r == "admin")
+        {
+            return Ok(Err(ForceError::Forbidden(format!(
+                "deciding on a learner version needs one of the roles {approvers:?} (the approvers of the operations this step decides); `{}` has {:?}",
+                caller.subject, caller.roles
+            ))));
+        }
+        if approve && requested_by == caller.subject {
+            return Ok(Err(ForceError::Forbidden(format!(
+                "`{}` asked for this version; another governor must approve it",
+                caller.subject
+            ))));
+        }
+        if reason.trim().is_empty() {
+            return Ok(Err(ForceError::Invalid("give a --reason".into())));
+        }
+        let now = self.now_ms();
+        let actor = Actor::caller(caller);
+        if !approve {
+            let data = json!({ "workflow": workflow, "step": step, "version": version,
+                "requested_by": requested_by, "by": caller.subject, "reason": reason });
+            let entry = plain_entry(now, "learner.force_rejected", &actor, workflow, step, &data);
+            self.inner
+                .store
+                .set_learner_request(workflow, step, version, None, &entry)
+                .await?;
+            self.inner.journal_written.notify_one();
+            return Ok(Ok(data));
+        }
+        let previous = self
+            .inner
+            .store
+            .serving_learners()
+            .await?
+            .into_iter()
+            .find(|r| r.workflow == workflow && r.step == step)
+            .map(|r| r.version);
+        let evidence = json!({ "forced": true, "requested_by": requested_by,
+            "approved_by": caller.subject, "reason": reason, "previous_status": row.status });
+        let data = json!({ "workflow": workflow, "step": step, "version": version,
+            "previous_version": previous, "forced": true, "requested_by": requested_by,
+            "approved_by": caller.subject, "reason": reason, "evidence": evidence });
+        let entry = plain_entry(now, "learner.promoted", &actor, workflow, step, &data);
+        let took = self
+            .inner
+            .store
+            .set_learner_status(
+                &LearnerStatusChange {
+                    workflow,
+                    step,
+                    version,
+                    expected: &row.status,
+                    status: "serving",
+                    evidence: &evidence.to_string(),
+                    now_ms: now,
+                },
+                &entry,
+            )
+            .await?;
+        if !took {
+            return Ok(Err(ForceError::Invalid(format!(
+                "version {version} changed meanwhile; look again with `keel learner versions`"
+            ))));
+        }
+        self.inner.journal_written.notify_one();
+        self.serve(workflow, step, version, load(&row)?);
+        Ok(Ok(data))
+    }
+
+    /// The approver roles of the operations that `workflow/step` (an `ai` step) influences.
+    fn step_approvers(&self, workflow: &str, step: &str) -> Vec<String> {
+        let mut roles: Vec<String> = self
+            .inner
+            .registry
+            .latest(workflow)
+            .map(|(_, definition)| {
+                definition
+                    .steps
+                    .iter()
+                    .filter_map(|s| s.operation())
+                    .filter(|op| op.uses_ai.iter().any(|a| a == step))
+                    .flat_map(|op| op.trust.approvers.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if roles.is_empty() {
+            roles.push("governor".into());
+        }
+        roles.sort();
+        roles.dedup();
+        roles
+    }
+
+    /// Applies a checked batch under the learner's lock, stores it as a challenger (or as the
+    /// serving version where the test is off) and tests it.
     async fn apply(
         &self,
         workflow: &str,
         step: &str,
         examples: &[(String, String)],
         source: &str,
+        actor: Actor,
+        cursor: Option<(String, Option<String>, String)>,
     ) -> Result<Learned> {
         let store = &self.inner.store;
-        let slot = self.inner.learners.slot(workflow, step);
-        let mut copy = slot.lock().await;
-        let stored = store
-            .learner_versions(workflow, step)
-            .await?
-            .first()
-            .map(|row| row.version);
-        if copy.as_ref().map(|c| c.version) != stored {
-            *copy = latest(store, workflow, step)
+        let test = self.inner.options.learning.test;
+        let learned = {
+            let slot = self.inner.learners.slot(workflow, step);
+            let mut copy = slot.lock().await;
+            let base = store
+                .learner_versions(workflow, step)
                 .await?
-                .map(|(version, learner)| Current { version, learner });
-        }
-        let mut learner = copy
-            .as_ref()
-            .map_or_else(Learner::default, |c| c.learner.clone());
-        learner.update_batch(examples)?;
-        let version = save_version(
-            store,
-            NewVersion {
-                workflow,
-                step,
-                learner: &learner,
-                kind: "learner.updated",
-                source,
-                batch: examples.len(),
-                extra: Value::Null,
-                actor: Actor::engine(),
-                now_ms: self.now_ms(),
-            },
-        )
-        .await?;
-        self.inner.journal_written.notify_one();
-        let learned = Learned {
-            version,
-            examples: learner.examples_seen(),
+                .into_iter()
+                .find(|row| row.status != "failed")
+                .map(|row| row.version);
+            if copy.as_ref().map(|c| c.version) != base {
+                *copy = latest(store, workflow, step)
+                    .await?
+                    .map(|(version, learner)| Current { version, learner });
+            }
+            let mut learner = copy
+                .as_ref()
+                .map_or_else(Learner::default, |c| c.learner.clone());
+            learner.update_batch(examples)?;
+            let status = if test { "challenger" } else { "serving" };
+            let Some(version) = save_version(
+                store,
+                NewVersion {
+                    workflow,
+                    step,
+                    learner: &learner,
+                    kind: "learner.challenger",
+                    source,
+                    batch: examples.len(),
+                    extra: if test {
+                        json!({ "built_on": copy.as_ref().map(|c| c.version) })
+                    } else {
+                        json!({ "built_on": copy.as_ref().map(|c| c.version), "test": "off" })
+                    },
+                    actor,
+                    now_ms: self.now_ms(),
+                    texts: examples.iter().map(|(t, _)| t.as_str()).collect(),
+                    status,
+                    cursor,
+                },
+            )
+            .await?
+            else {
+                return Err(Error::Moved);
+            };
+            self.inner.journal_written.notify_one();
+            if !test {
+                self.serve(workflow, step, version, learner.clone());
+            }
+            let examples_seen = learner.examples_seen();
+            *copy = Some(Current { version, learner });
+            Learned {
+                version,
+                examples: examples_seen,
+                status: status.to_string(),
+            }
         };
-        if let Some(runtime) = &self.inner.options.ai {
-            runtime.set_learner(workflow, step, learner.clone());
+        if !test {
+            return Ok(learned);
         }
-        *copy = Some(Current { version, learner });
-        Ok(learned)
+        let status = self
+            .test_learner(workflow, step)
+            .await?
+            .into_iter()
+            .find(|e| e.version == learned.version)
+            .map_or_else(
+                || "challenger".to_string(),
+                |e| match e.result.as_str() {
+                    "promoted" => "serving".to_string(),
+                    "failed" => "failed".to_string(),
+                    _ => "challenger".to_string(),
+                },
+            );
+        Ok(Learned { status, ..learned })
     }
+}
+
+/// The `classify` steps that may learn from reviews: (workflow, step), for steps whose route
+/// has a local learner tier.
+fn teachable_steps(inner: &Inner) -> Vec<(String, String)> {
+    let options = &inner.options.learning;
+    let Some(runtime) = &inner.options.ai else {
+        return Vec::new();
+    };
+    if !options.from_reviews {
+        return Vec::new();
+    }
+    let mut steps = Vec::new();
+    for (name, _, _) in inner.registry.list() {
+        let Some((_, definition)) = inner.registry.latest(&name) else {
+            continue;
+        };
+        for step in &definition.steps {
+            let StepKind::Ai(ai) = &step.kind else {
+                continue;
+            };
+            let local = ai.route.iter().any(|tier| {
+                runtime
+                    .config()
+                    .model(&tier.model)
+                    .is_ok_and(|m| m.provider == keel_ai::config::ProviderKind::Local)
+            });
+            let key = format!("{name}/{}", step.id);
+            if matches!(ai.task, AiTask::Classify { .. })
+                && local
+                && !options.from_reviews_off.contains(&key)
+            {
+                steps.push((name.clone(), step.id.clone()));
+            }
+        }
+    }
+    steps
+}
+
+/// People's reviewed outcomes become challengers, one batch at a time per step.
+async fn learn_from_reviews(engine: &Engine) -> Result<()> {
+    let inner = &engine.inner;
+    let options = inner.options.learning.clone();
+    for (workflow, step) in teachable_steps(inner) {
+        let key = format!("learn-from-reviews/{workflow}/{step}");
+        loop {
+            let old = inner.store.meta(&key).await?;
+            let after: i64 = old.as_deref().and_then(|v| v.parse().ok()).unwrap_or(0);
+            let rows = inner
+                .store
+                .labelled_outcomes(
+                    &format!("{workflow}/{step}"),
+                    after,
+                    MAX_EXAMPLES_PER_BATCH as i64,
+                )
+                .await?;
+            let mut seen = HashSet::new();
+            let mut batch = Vec::new();
+            let mut last = after;
+            let mut cases = Vec::new();
+            for (id, case_id, label) in rows {
+                if batch.len() >= options.batch {
+                    break;
+                }
+                last = id;
+                if is_holdout(&case_id, options.holdout) || !seen.insert(case_id.clone()) {
+                    continue;
+                }
+                let Ok((_, text)) = engine.case_prompt(&case_id, &step).await else {
+                    continue;
+                };
+                cases.push(case_id);
+                batch.push((text, label));
+            }
+            if batch.len() < options.batch.max(1) {
+                break; // wait for more decisions; the cursor stays
+            }
+            let Ok(labels) = engine.classify_labels(&workflow, &step) else {
+                break;
+            };
+            batch.retain(|(_, label)| labels.contains(label));
+            if batch.is_empty() {
+                break;
+            }
+            let source = format!("reviews:{}..{last}", after + 1);
+            let cursor = Some((key.clone(), old, last.to_string()));
+            match engine
+                .apply(
+                    &workflow,
+                    &step,
+                    &batch,
+                    &source,
+                    Actor {
+                        actor_type: "system".into(),
+                        actor_id: "learning-from-reviews".into(),
+                    },
+                    cursor,
+                )
+                .await
+            {
+                Ok(learned) => tracing::info!(workflow, step, version = learned.version,
+                    examples = batch.len(), status = %learned.status, "people's decisions taught the learner"),
+                Err(Error::Moved) => break, // another node took this batch
+                Err(error) => return Err(error),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Bounds and labels of a batch of texts, before anything is learnt.

@@ -11,15 +11,17 @@ mod ailog;
 pub mod audit;
 pub mod authz;
 pub mod calibration;
+pub mod change;
 mod clock;
 mod committer;
 pub mod desk;
 pub mod drift;
 pub mod exceptions;
 pub mod learn;
-mod registry;
+pub mod registry;
 pub mod report;
 pub mod report_render;
+pub mod retro;
 pub mod sequencer;
 pub mod tasks;
 pub mod telemetry;
@@ -135,6 +137,11 @@ pub struct Options {
     pub trust_interval: Duration,
     /// How often monitored features are observed and tested for drift.
     pub drift_interval: Duration,
+    /// Whether a workflow version that changes what decides waits for a governor's approval
+    /// (`[change_control] review` of `keel.toml`; on unless a deployment opts out).
+    pub change_review: bool,
+    /// How learners learn from people's decisions and how challengers are tested.
+    pub learning: learn::LearningOptions,
 }
 
 impl Default for Options {
@@ -153,6 +160,8 @@ impl Default for Options {
             telemetry: telemetry::Options::default(),
             trust_interval: Duration::from_secs(10),
             drift_interval: Duration::from_secs(60),
+            change_review: true,
+            learning: learn::LearningOptions::default(),
         }
     }
 }
@@ -211,7 +220,7 @@ pub(crate) struct Inner {
 #[derive(Clone)]
 pub struct Engine {
     pub(crate) inner: Arc<Inner>,
-    tasks: Arc<tokio::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    pub(crate) tasks: Arc<tokio::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
 impl Engine {
@@ -334,22 +343,49 @@ impl Engine {
         let report = self
             .inner
             .registry
-            .deploy_dir(&self.inner.store, dir, self.now_ms())
+            .deploy_dir(
+                &self.inner.store,
+                dir,
+                self.now_ms(),
+                self.inner.options.change_review,
+            )
             .await?;
-        for (name, _, _) in &report.deployed {
-            trust::on_deploy(&self.inner, name).await?;
+        for deployed in &report.deployed {
+            if deployed.status == registry::Status::Active {
+                trust::on_deploy(&self.inner, &deployed.name, None).await?;
+            } else if deployed.status == registry::Status::Pending && deployed.new {
+                tracing::warn!(workflow = %deployed.name, version = deployed.version_no,
+                    "the version changes what decides and waits for a governor: `keel workflow approve {} {} --reason …`; cases keep running on the version serving now",
+                    deployed.name, deployed.version_no);
+            }
         }
         Ok(report)
     }
 
-    /// Deploys one workflow from source text (tests, benchmarks).
+    /// Deploys one workflow from source text (tests, benchmarks): (name, version number).
+    /// A version that changes what decides is pending (see [`Engine::deploy`]).
     pub async fn deploy_source(&self, source: &str, file: &str) -> Result<(String, i64)> {
+        let deployed = self.deploy(source, file).await?;
+        Ok((deployed.name, deployed.version_no))
+    }
+
+    /// Deploys one workflow from source text and says how it entered service: `active`, or
+    /// `pending` when it changes what decides and the deployment requires review.
+    pub async fn deploy(&self, source: &str, file: &str) -> Result<registry::Deployed> {
         let deployed = self
             .inner
             .registry
-            .deploy_source(&self.inner.store, source, file, self.now_ms())
+            .deploy_source(
+                &self.inner.store,
+                source,
+                file,
+                self.now_ms(),
+                self.inner.options.change_review,
+            )
             .await?;
-        trust::on_deploy(&self.inner, &deployed.0).await?;
+        if deployed.status == registry::Status::Active {
+            trust::on_deploy(&self.inner, &deployed.name, None).await?;
+        }
         Ok(deployed)
     }
 

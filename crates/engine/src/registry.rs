@@ -1,5 +1,13 @@
 //! Deployed workflow versions, parsed once and shared. A running case stays on the version
-//! it started with; new cases take the latest version of a name.
+//! it started with; new cases take the latest *active* version of a name.
+//!
+//! Change control lives here: a version that changes what decides — an operation's prompt,
+//! system prompt, route, labels, output schema, trust policy, hard limits or starting phase,
+//! an operation that is new above phase 1, or one that stops being gated — deploys as
+//! `pending` when the deployment requires review (the default): cases keep running on the
+//! version serving before it until a governor who is not its author approves it
+//! (`Engine::decide_workflow`); a rejected version never runs. What changed, per operation,
+//! is stored with the version and journaled in `workflow.deployed`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -10,18 +18,66 @@ use keel_store::Store;
 
 use crate::{Error, Result};
 
+/// Where a version stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// New cases may run it (the newest active version serves).
+    Active,
+    /// It changes what decides and waits for a governor's approval.
+    Pending,
+    /// A governor rejected it: it never runs.
+    Rejected,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Active => "active",
+            Status::Pending => "pending",
+            Status::Rejected => "rejected",
+        }
+    }
+
+    fn parse(text: &str) -> Status {
+        match text {
+            "pending" => Status::Pending,
+            "rejected" => Status::Rejected,
+            _ => Status::Active,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Version {
+    definition: Arc<Workflow>,
+    status: Status,
+}
+
 #[derive(Default)]
 pub struct Registry {
-    versions: RwLock<BTreeMap<(String, i64), Arc<Workflow>>>,
+    versions: RwLock<BTreeMap<(String, i64), Version>>,
 }
 
 /// What `deploy_dir` did.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct DeployReport {
-    /// (name, version number, new?) per deployed file.
-    pub deployed: Vec<(String, i64, bool)>,
+    /// Each deployed file's version.
+    pub deployed: Vec<Deployed>,
     /// Files that did not pass `keel check`, with their rendered diagnostics.
     pub rejected: Vec<(String, String)>,
+}
+
+/// One deployed version.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Deployed {
+    pub name: String,
+    pub version_no: i64,
+    /// False when the file was already the latest version.
+    pub new: bool,
+    pub status: Status,
+    /// What changed per operation against the serving version (`{operation, what}`).
+    pub changes: Vec<serde_json::Value>,
 }
 
 impl Registry {
@@ -31,7 +87,12 @@ impl Registry {
         for row in store.workflow_versions().await? {
             let base = Path::new(&row.file).parent().map(Path::to_path_buf);
             match workflow::parse_str(&row.source, &row.file, base.as_deref()) {
-                Ok(definition) => registry.insert(row.name, row.version_no, definition),
+                Ok(definition) => registry.insert(
+                    row.name,
+                    row.version_no,
+                    definition,
+                    Status::parse(&row.status),
+                ),
                 Err(diagnostics) => tracing::warn!(
                     workflow = %row.name,
                     version = row.version_no,
@@ -43,47 +104,85 @@ impl Registry {
         Ok(registry)
     }
 
-    fn insert(&self, name: String, version_no: i64, definition: Workflow) {
+    fn insert(&self, name: String, version_no: i64, definition: Workflow, status: Status) {
         if let Ok(mut versions) = self.versions.write() {
-            versions.insert((name, version_no), Arc::new(definition));
+            versions.insert(
+                (name, version_no),
+                Version {
+                    definition: Arc::new(definition),
+                    status,
+                },
+            );
         }
     }
 
+    /// Records a governor's decision on this node's copy.
+    pub(crate) fn set_status(&self, name: &str, version_no: i64, status: Status) {
+        if let Ok(mut versions) = self.versions.write() {
+            if let Some(version) = versions.get_mut(&(name.to_string(), version_no)) {
+                version.status = status;
+            }
+        }
+    }
+
+    /// Any stored version, whatever its status (a running case's own version).
     pub fn version(&self, name: &str, version_no: i64) -> Option<Arc<Workflow>> {
         self.versions
             .read()
             .ok()?
             .get(&(name.to_string(), version_no))
-            .cloned()
+            .map(|v| v.definition.clone())
     }
 
-    /// The newest version of `name`.
+    /// A version's status.
+    pub fn status(&self, name: &str, version_no: i64) -> Option<Status> {
+        self.versions
+            .read()
+            .ok()?
+            .get(&(name.to_string(), version_no))
+            .map(|v| v.status)
+    }
+
+    /// The version serving new cases: the newest active one.
     pub fn latest(&self, name: &str) -> Option<(i64, Arc<Workflow>)> {
         let versions = self.versions.read().ok()?;
         versions
             .range((name.to_string(), i64::MIN)..=(name.to_string(), i64::MAX))
-            .next_back()
-            .map(|((_, version_no), definition)| (*version_no, definition.clone()))
+            .rev()
+            .find(|(_, v)| v.status == Status::Active)
+            .map(|((_, version_no), v)| (*version_no, v.definition.clone()))
     }
 
-    /// The newest version of `name` that has a `monitor:` section.
+    /// The newest version of `name`, whatever its status.
+    pub fn newest(&self, name: &str) -> Option<(i64, Arc<Workflow>, Status)> {
+        let versions = self.versions.read().ok()?;
+        versions
+            .range((name.to_string(), i64::MIN)..=(name.to_string(), i64::MAX))
+            .next_back()
+            .map(|((_, version_no), v)| (*version_no, v.definition.clone(), v.status))
+    }
+
+    /// The newest active version of `name` that has a `monitor:` section.
     pub fn latest_monitored(&self, name: &str) -> Option<(i64, Arc<Workflow>)> {
         let versions = self.versions.read().ok()?;
         versions
             .range((name.to_string(), i64::MIN)..=(name.to_string(), i64::MAX))
             .rev()
-            .find(|(_, definition)| definition.monitor.is_some())
-            .map(|((_, version_no), definition)| (*version_no, definition.clone()))
+            .filter(|(_, v)| v.status == Status::Active)
+            .find(|(_, v)| v.definition.monitor.is_some())
+            .map(|((_, version_no), v)| (*version_no, v.definition.clone()))
     }
 
-    /// (name, latest version number, label) of every workflow.
+    /// (name, serving version number, label) of every workflow with an active version.
     pub fn list(&self) -> Vec<(String, i64, String)> {
         let Ok(versions) = self.versions.read() else {
             return Vec::new();
         };
         let mut latest: BTreeMap<String, (i64, String)> = BTreeMap::new();
-        for ((name, version_no), definition) in versions.iter() {
-            latest.insert(name.clone(), (*version_no, definition.version.clone()));
+        for ((name, version_no), v) in versions.iter() {
+            if v.status == Status::Active {
+                latest.insert(name.clone(), (*version_no, v.definition.version.clone()));
+            }
         }
         latest
             .into_iter()
@@ -91,7 +190,25 @@ impl Registry {
             .collect()
     }
 
-    pub async fn deploy_dir(&self, store: &Store, dir: &Path, now_ms: i64) -> Result<DeployReport> {
+    /// Every pending version: (name, version number).
+    pub fn pending(&self) -> Vec<(String, i64)> {
+        let Ok(versions) = self.versions.read() else {
+            return Vec::new();
+        };
+        versions
+            .iter()
+            .filter(|(_, v)| v.status == Status::Pending)
+            .map(|((name, version_no), _)| (name.clone(), *version_no))
+            .collect()
+    }
+
+    pub async fn deploy_dir(
+        &self,
+        store: &Store,
+        dir: &Path,
+        now_ms: i64,
+        review: bool,
+    ) -> Result<DeployReport> {
         let mut files: Vec<_> = std::fs::read_dir(dir)
             .map_err(|error| {
                 Error::Io(format!(
@@ -115,10 +232,10 @@ impl Registry {
             let file = path.display().to_string();
             match workflow::parse_file(&path) {
                 Ok(definition) => {
-                    let (name, version_no, new) = self
-                        .record(store, definition, &source, &file, now_ms)
+                    let deployed = self
+                        .record(store, definition, &source, &file, now_ms, review)
                         .await?;
-                    report.deployed.push((name, version_no, new));
+                    report.deployed.push(deployed);
                 }
                 Err(diagnostics) => report
                     .rejected
@@ -134,15 +251,16 @@ impl Registry {
         source: &str,
         file: &str,
         now_ms: i64,
-    ) -> Result<(String, i64)> {
+        review: bool,
+    ) -> Result<Deployed> {
         let definition = workflow::parse_str(source, file, None).map_err(|diagnostics| {
             Error::Io(format!(
                 "the workflow does not check:\n{}",
                 render_all(&diagnostics, source)
             ))
         })?;
-        let (name, version_no, _) = self.record(store, definition, source, file, now_ms).await?;
-        Ok((name, version_no))
+        self.record(store, definition, source, file, now_ms, review)
+            .await
     }
 
     async fn record(
@@ -152,9 +270,19 @@ impl Registry {
         source: &str,
         file: &str,
         now_ms: i64,
-    ) -> Result<(String, i64, bool)> {
+        review: bool,
+    ) -> Result<Deployed> {
         let name = definition.name.clone();
         let ungated = ungated_operations(&definition);
+        let serving = self.latest(&name);
+        let changes =
+            crate::trust::operation_changes(serving.as_ref().map(|(_, w)| w.as_ref()), &definition);
+        let status = if review && !changes.is_empty() {
+            Status::Pending
+        } else {
+            Status::Active
+        };
+        let author = definition.change.as_ref().map(|c| c.author.clone());
         let announce = |version_no: i64| {
             let mut data = serde_json::json!({
                 "workflow": name,
@@ -162,6 +290,11 @@ impl Registry {
                 "label": definition.version,
                 "source_sha256": definition.source_sha256,
                 "file": file,
+                "status": status.as_str(),
+                "review": if review { "required" } else { "off" },
+                "changes": changes,
+                "author": author,
+                "serving_version": serving.as_ref().map(|(v, _)| *v),
             });
             if !ungated.is_empty() {
                 data["ungated"] = serde_json::Value::Array(ungated.clone());
@@ -179,19 +312,42 @@ impl Registry {
                 data_sha256,
             }
         };
+        let changes_text = serde_json::Value::Array(changes.clone()).to_string();
         let (version_no, new) = store
             .deploy_workflow(
-                &name,
-                &definition.version,
-                source,
-                &definition.source_sha256,
-                file,
-                now_ms,
+                &keel_store::NewWorkflowVersion {
+                    name: &name,
+                    label: &definition.version,
+                    source,
+                    sha256: &definition.source_sha256,
+                    file,
+                    now_ms,
+                    status: status.as_str(),
+                    author: author.as_deref(),
+                    changes: &changes_text,
+                },
                 &announce,
             )
             .await?;
-        self.insert(name.clone(), version_no, definition);
-        Ok((name, version_no, new))
+        if !new {
+            // The file is the newest stored version already: it keeps the status it has.
+            let status = self.status(&name, version_no).unwrap_or(status);
+            return Ok(Deployed {
+                name,
+                version_no,
+                new,
+                status,
+                changes: Vec::new(),
+            });
+        }
+        self.insert(name.clone(), version_no, definition, status);
+        Ok(Deployed {
+            name,
+            version_no,
+            new,
+            status,
+            changes,
+        })
     }
 }
 

@@ -60,7 +60,7 @@ impl Engine {
         if task.status != "open" {
             return Ok(Err(DecisionError::Closed(task.status)));
         }
-        if task.kind == "review" {
+        if task.kind == "review" || task.kind == crate::retro::RETRO_KIND {
             return self.decide_review(&task, caller, &decision).await;
         }
         let decider = Decider {

@@ -125,6 +125,14 @@ pub(crate) async fn run(inner: Arc<Inner>) {
         if let Err(error) = evaluate(&inner).await {
             tracing::warn!(%error, "trust evaluation failed; retrying");
         }
+        // People's decisions teach the learners; challengers are tested.
+        let engine = Engine {
+            inner: inner.clone(),
+            tasks: Arc::default(),
+        };
+        if let Err(error) = engine.learn_once().await {
+            tracing::warn!(%error, "learning from reviews failed; retrying");
+        }
         // Calibrators change slowly; refitting looks over every review, so at most every
         // `REFIT_INTERVAL_MS`.
         let now = inner.clock.now_ms();
@@ -209,6 +217,108 @@ fn config_sha256(workflow: &Workflow, config: &TrustConfig, ai_steps: &[String])
     sha
 }
 
+/// The parts of one operation that change control compares, by name: what a change to it
+/// is called in `workflow.deployed` and `workflow.approved`.
+fn operation_parts(
+    workflow: &Workflow,
+    config: &TrustConfig,
+    ai_steps: &[String],
+) -> std::collections::BTreeMap<&'static str, Value> {
+    let mut parts = std::collections::BTreeMap::new();
+    let fingerprint = config.fingerprint();
+    parts.insert("policy", fingerprint["policy"].clone());
+    parts.insert("hard_limits", fingerprint["hard_limits"].clone());
+    parts.insert("starting_phase", fingerprint["phase"].clone());
+    parts.insert(
+        "trust_settings",
+        json!({
+            "review_rates": serde_json::to_value(config.review_rates).unwrap_or(Value::Null),
+            "promotion": serde_json::to_value(config.promotion).unwrap_or(Value::Null),
+            "demotion": serde_json::to_value(config.demotion).unwrap_or(Value::Null),
+            "approvers": config.approvers,
+            "critical": config.critical.as_ref().map(|e| e.source()),
+        }),
+    );
+    let mut prompt = Vec::new();
+    let mut system = Vec::new();
+    let mut route = Vec::new();
+    let mut output = Vec::new();
+    for step in ai_steps
+        .iter()
+        .filter_map(|id| workflow.steps.iter().find(|s| &s.id == id))
+    {
+        if let StepKind::Ai(ai) = &step.kind {
+            prompt.push(json!([step.id, ai.prompt.sha256]));
+            system.push(json!([
+                step.id,
+                ai.system.as_ref().map(|p| p.sha256.clone())
+            ]));
+            route.push(json!([
+                step.id,
+                ai.route
+                    .iter()
+                    .map(|t| json!([t.model, t.accept_when.as_ref().map(|e| e.source())]))
+                    .collect::<Vec<_>>()
+            ]));
+            output.push(json!([
+                step.id,
+                ai.task.keyword(),
+                ai.output_schema.json().to_string()
+            ]));
+        }
+    }
+    parts.insert("ai_steps", json!(ai_steps));
+    parts.insert("prompt", json!(prompt));
+    parts.insert("system_prompt", json!(system));
+    parts.insert("route", json!(route));
+    parts.insert("output_schema", json!(output));
+    parts
+}
+
+/// What a new version changes in what decides, per operation, against the version serving
+/// now (`None`: the first version): `[{operation, what: [part, …]}]`. An operation that is
+/// new counts only when it starts above phase 1 (a person approves everything in phase 1);
+/// one that is no longer an operation (ungated, or no longer using AI) counts as `removed`.
+pub(crate) fn operation_changes(serving: Option<&Workflow>, new: &Workflow) -> Vec<Value> {
+    let old_ops: HashMap<String, (&TrustConfig, Vec<String>)> = serving
+        .map(|w| {
+            operations(w)
+                .into_iter()
+                .map(|(step, config, ai)| (step, (config, ai)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut changes = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (step, config, ai_steps) in operations(new) {
+        let operation = format!("{}/{step}", new.name);
+        let new_parts = operation_parts(new, config, &ai_steps);
+        let what: Vec<&str> = match (serving, old_ops.get(&step)) {
+            (Some(old_workflow), Some((old_config, old_ai))) => {
+                let old_parts = operation_parts(old_workflow, old_config, old_ai);
+                new_parts
+                    .iter()
+                    .filter(|(part, value)| old_parts.get(*part) != Some(value))
+                    .map(|(part, _)| *part)
+                    .collect()
+            }
+            _ if config.phase > 1 => vec!["new_operation_above_phase_1"],
+            _ => Vec::new(),
+        };
+        seen.insert(step.clone());
+        if !what.is_empty() {
+            changes.push(json!({ "operation": operation, "what": what }));
+        }
+    }
+    if let Some(old_workflow) = serving {
+        for step in old_ops.keys().filter(|step| !seen.contains(*step)) {
+            changes.push(json!({ "operation": format!("{}/{step}", old_workflow.name), "what": ["removed"] }));
+        }
+    }
+    changes.sort_by(|a, b| a["operation"].as_str().cmp(&b["operation"].as_str()));
+    changes
+}
+
 fn entry(
     inner: &Inner,
     kind: &str,
@@ -234,7 +344,9 @@ fn entry(
 
 /// Change control for the latest version of `name`: creates new operations at their
 /// starting phase and moves changed ones to their `changed_version_phase`.
-pub(crate) async fn on_deploy(inner: &Inner, name: &str) -> Result<()> {
+/// `approver` is the governor who approved the version in Keel (`None`: it needed no
+/// approval, or the deployment does not require review).
+pub(crate) async fn on_deploy(inner: &Inner, name: &str, approver: Option<&str>) -> Result<()> {
     let Some((version, workflow)) = inner.registry.latest(name) else {
         return Ok(());
     };
@@ -244,7 +356,7 @@ pub(crate) async fn on_deploy(inner: &Inner, name: &str) -> Result<()> {
         let sha = config_sha256(&workflow, config, &ai_steps);
         let existing = inner.store.trust_operation(&operation).await?;
         let author = workflow.change.as_ref().map(|c| c.author.clone());
-        let approver = workflow.change.as_ref().and_then(|c| c.approved_by.clone());
+        let approver = approver.map(str::to_string);
         let reference = workflow.change.as_ref().and_then(|c| c.reference.clone());
         match existing {
             None => {
@@ -684,6 +796,7 @@ pub(crate) async fn demote(
     reason: &str,
     evidence: Value,
 ) -> Result<bool> {
+    let retro = crate::retro::plan(inner, row).await?;
     let change = PhaseChange {
         operation: row.operation.clone(),
         workflow: row.workflow.clone(),
@@ -695,8 +808,11 @@ pub(crate) async fn demote(
         workflow_version: None,
         config_sha256: None,
     };
+    let opened = retro.entries.len();
     let data = json!({ "operation": row.operation, "from_phase": row.phase, "to_phase": to,
-        "trigger": trigger, "by": actor_id, "reason": reason, "evidence": evidence });
+        "trigger": trigger, "by": actor_id, "reason": reason, "evidence": evidence,
+        "retro_reviews": opened, "retro_reviews_not_opened": retro.found - opened,
+        "since": rfc3339_ms(retro.since_ms) });
     let e = entry(
         inner,
         "trust.demoted",
@@ -706,10 +822,13 @@ pub(crate) async fn demote(
         &row.step,
         data,
     );
-    let took = inner.store.trust_set_phase(&change, &e).await?;
+    let mut entries = Vec::with_capacity(1 + opened);
+    entries.push(e);
+    entries.extend(retro.entries);
+    let took = inner.store.trust_set_phase_with(&change, &entries).await?;
     if took {
         inner.trust.set(&row.workflow, &row.step, to);
-        tracing::warn!(operation = %row.operation, from = row.phase, to, trigger, "trust withdrawn");
+        tracing::warn!(operation = %row.operation, from = row.phase, to, trigger, retro_reviews = opened, "trust withdrawn");
     }
     Ok(took)
 }
@@ -1090,6 +1209,13 @@ impl Engine {
                 data_sha256,
             }
         };
+        // A retro review looks at an action taken before a demotion; a post-hoc one at an
+        // action sampled when it was taken.
+        let review_source = if task.kind == crate::retro::RETRO_KIND {
+            "retro"
+        } else {
+            "post"
+        };
         let note = match decision {
             TaskDecision::Approve { comment } | TaskDecision::Correct { comment, .. } => {
                 comment.clone()
@@ -1103,11 +1229,11 @@ impl Engine {
             ),
             case_entry(
                 "outcome.reviewed",
-                json!({ "operation": operation, "task_id": task.id, "source": "post",
+                json!({ "operation": operation, "task_id": task.id, "source": review_source,
                 "verdict": verdict, "phase": phase, "by": [caller.subject], "model": first["model"],
                 "confidence": raw_confidence, "confidence_method": first["confidence_method"],
                 "cost_usd": first["cost_usd"], "ai_step": ai_step, "proposed_label": proposed_label,
-                "final_label": final_label }),
+                "final_label": final_label, "learner_version": first.get("learner_version") }),
             ),
         ];
         if let TaskDecision::Correct { output, .. } = decision {

@@ -32,8 +32,16 @@ pub enum LearnerCommand {
     /// Evaluate the latest stored version of WORKFLOW's STEP learner on a labelled JSONL file:
     /// accuracy, log-loss and the confusion matrix.
     Eval(EvalArgs),
-    /// List the stored versions of WORKFLOW's STEP learner, newest first.
+    /// List the stored versions of WORKFLOW's STEP learner, newest first, with their status:
+    /// challenger (waits for its test), serving, retired, failed (kept, never served).
     Versions(VersionsArgs),
+    /// Ask to serve VERSION without its test (an operator, over the API): it serves only
+    /// when a governor who did not ask approves (`keel learner approve`).
+    Force(crate::learner_change::ForceArgs),
+    /// Approve a request to serve a version without its test (a governor who did not ask).
+    Approve(crate::learner_change::ForceArgs),
+    /// Reject a request to serve a version without its test.
+    Reject(crate::learner_change::ForceArgs),
 }
 
 #[derive(Args, Debug)]
@@ -92,6 +100,9 @@ pub async fn run(command: LearnerCommand) -> anyhow::Result<ExitCode> {
         LearnerCommand::Train(args) => train(&args).await,
         LearnerCommand::Eval(args) => eval(&args).await,
         LearnerCommand::Versions(args) => versions(&args).await,
+        LearnerCommand::Force(args) => crate::learner_change::run("force", &args).await,
+        LearnerCommand::Approve(args) => crate::learner_change::run("approve", &args).await,
+        LearnerCommand::Reject(args) => crate::learner_change::run("reject", &args).await,
     }
 }
 
@@ -196,6 +207,7 @@ pub async fn import_file(
     }
     let learner =
         Learner::from_bytes(&bytes).with_context(|| format!("cannot load {}", path.display()))?;
+    // A file learner served before learners moved into the database: it keeps serving.
     let version = learn::save_version(
         store,
         NewVersion {
@@ -208,9 +220,13 @@ pub async fn import_file(
             extra: json!({"file": path.display().to_string()}),
             actor,
             now_ms: now_ms(),
+            texts: Vec::new(),
+            status: "serving",
+            cursor: None,
         },
     )
-    .await?;
+    .await?
+    .context("the learner was stored meanwhile")?;
     tracing::info!(file = %path.display(), workflow, step, version, "learner file imported into the store");
     Ok(Some((version, learner)))
 }
@@ -290,15 +306,19 @@ async fn train(args: &TrainArgs) -> anyhow::Result<ExitCode> {
             workflow: &args.workflow,
             step: &args.step,
             learner: &learner,
-            kind: "learner.trained",
+            kind: "learner.challenger",
             source: &source,
             batch: examples.len(),
-            extra: json!({"training_accuracy": accuracy}),
+            extra: json!({"training_accuracy": accuracy, "built_on": previous_version}),
             actor: cli_actor(),
             now_ms: now_ms(),
+            texts: examples.iter().map(|(text, _)| text.as_str()).collect(),
+            status: "challenger",
+            cursor: None,
         },
     )
-    .await?;
+    .await?
+    .context("the learner was stored meanwhile")?;
     store.close().await;
     if args.json {
         let report = json!({
@@ -324,7 +344,7 @@ async fn train(args: &TrainArgs) -> anyhow::Result<ExitCode> {
         println!("classes            {}", learner.classes().join(", "));
         println!("training accuracy  {accuracy:.4}");
         eprintln!(
-            "a running `keel serve` loads stored learners at start: restart it to use this version"
+            "stored as a challenger: a running `keel serve` tests it against the serving version on reviewed outcomes it did not train on, and serves it only if it is non-inferior (`keel learner versions` shows the result)"
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -403,6 +423,9 @@ async fn versions(args: &VersionsArgs) -> anyhow::Result<ExitCode> {
             .map(|row| {
                 json!({
                     "version": row.version,
+                    "status": row.status,
+                    "requested_by": row.requested_by,
+                    "evidence": serde_json::from_str::<serde_json::Value>(&row.evidence).unwrap_or_default(),
                     "examples": row.examples,
                     "source": row.source,
                     "created_at": keel_engine::rfc3339_ms(row.created_at_ms),
@@ -420,10 +443,15 @@ async fn versions(args: &VersionsArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let mut table = Table::new(&[">VERSION", ">EXAMPLES", "CREATED AT", "SOURCE"]);
+    let mut table = Table::new(&[">VERSION", "STATUS", ">EXAMPLES", "CREATED AT", "SOURCE"]);
     for row in &rows {
+        let status = match &row.requested_by {
+            Some(by) => format!("{} (force asked by {by})", row.status),
+            None => row.status.clone(),
+        };
         table.row([
             row.version.to_string(),
+            status,
             row.examples.to_string(),
             keel_engine::rfc3339_ms(row.created_at_ms),
             row.source.clone(),

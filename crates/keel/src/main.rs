@@ -13,6 +13,7 @@ mod client;
 mod drift;
 mod exceptions;
 mod learner;
+mod learner_change;
 mod people;
 mod report;
 mod serve;
@@ -20,6 +21,7 @@ mod table;
 mod token;
 mod trust;
 mod webhooks;
+mod workflow;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -77,6 +79,12 @@ enum Command {
     Learner {
         #[command(subcommand)]
         command: learner::LearnerCommand,
+    },
+    /// Change control: a workflow's versions, and governors' approval or rejection of a
+    /// pending one (`keel workflow versions|approve|reject`).
+    Workflow {
+        #[command(subcommand)]
+        command: workflow::WorkflowCommand,
     },
     /// Users with roles and approval limits (`keel user add|list|disable`).
     User {
@@ -169,6 +177,7 @@ fn main() -> ExitCode {
             Command::Audit { command } => audit::run(command).await,
             Command::Learner { command } => learner::run(command).await,
             Command::Token { command } => token::run(command).await,
+            Command::Workflow { command } => workflow::run(command).await,
             Command::User { command } => people::user(command).await,
             Command::Tasks(args) => people::tasks(args).await,
             Command::Task { command } => people::task(command).await,

@@ -76,6 +76,10 @@ pub struct TasksArgs {
     /// Only tasks the roles working this exception-desk queue may decide (`keel exceptions queues`).
     #[arg(long)]
     pub queue: Option<String>,
+    /// Only tasks of this kind: approval, action, outcome, review (post-hoc) or retro_review
+    /// (what a demoted operation did on its own since its last good evidence; newest first).
+    #[arg(long)]
+    pub kind: Option<String>,
     #[arg(long, default_value_t = 50)]
     pub limit: u32,
     #[command(flatten)]
@@ -235,6 +239,9 @@ pub async fn tasks(args: TasksArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(queue) = &args.queue {
         path.push_str(&format!("&queue={queue}"));
+    }
+    if let Some(kind) = &args.kind {
+        path.push_str(&format!("&kind={kind}"));
     }
     let body = request(reqwest::Method::GET, &path, None, &args.token, &args.server).await?;
     if args.server.json {

@@ -89,8 +89,23 @@ pub async fn start_engine(
     let store = keel_store::Store::open(&url)
         .await
         .with_context(|| format!("cannot open the database {url}"))?;
+    let (change_review, learning) = ai.as_ref().map_or_else(
+        || (true, keel_engine::learn::LearningOptions::default()),
+        |runtime| {
+            let config = runtime.config();
+            (
+                config.change_control.review,
+                learning_options(&config.learning),
+            )
+        },
+    );
+    if !change_review {
+        tracing::warn!("[change_control] review = \"off\" in keel.toml: workflow versions that change what decides go live without a governor's approval (the monthly review says so)");
+    }
     let options = Options {
         node_id: node_id(&data.data_dir)?,
+        change_review,
+        learning,
         lease,
         max_in_flight,
         data_dir: data.data_dir.clone(),
@@ -105,6 +120,23 @@ pub async fn start_engine(
     };
     let engine = Engine::start(store, options, Arc::new(SystemClock)).await?;
     Ok((engine, lock))
+}
+
+/// The engine's learning options from `[learning]` of keel.toml.
+fn learning_options(
+    config: &keel_ai::config::LearningConfig,
+) -> keel_engine::learn::LearningOptions {
+    keel_engine::learn::LearningOptions {
+        from_reviews: config.from_reviews,
+        from_reviews_off: config.from_reviews_off.clone(),
+        batch: config.batch,
+        holdout: config.holdout,
+        margin: config.margin,
+        alpha: config.alpha,
+        min_evaluation: config.min_evaluation,
+        test: config.challenger_test,
+        ..keel_engine::learn::LearningOptions::default()
+    }
 }
 
 /// One `keel serve` per SQLite data directory: a second one would fight over leases.
@@ -351,9 +383,19 @@ async fn import_learner_files(engine: &Engine, data_dir: &Path) {
 /// Deploys every workflow file in `dir`: changed files become new versions.
 async fn deploy(engine: &Engine, dir: &Path) -> anyhow::Result<()> {
     let report = engine.deploy_dir(dir).await?;
-    for (name, version, new) in &report.deployed {
-        let state = if *new { "deployed" } else { "unchanged" };
-        tracing::info!(workflow = %name, version, "{state}");
+    for deployed in &report.deployed {
+        let state = if deployed.new {
+            "deployed"
+        } else {
+            "unchanged"
+        };
+        let (name, version) = (&deployed.name, deployed.version_no);
+        if deployed.status == keel_engine::registry::Status::Pending {
+            tracing::warn!(workflow = %name, version, changes = %serde_json::Value::Array(deployed.changes.clone()),
+                "{state}, pending: it changes what decides; cases keep running on the serving version until a governor who is not its author runs `keel workflow approve {name} {version} --reason …`");
+        } else {
+            tracing::info!(workflow = %name, version, status = deployed.status.as_str(), "{state}");
+        }
     }
     for (file, diagnostics) in &report.rejected {
         eprintln!("{diagnostics}");

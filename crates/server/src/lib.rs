@@ -206,6 +206,9 @@ fn v1_routes(routes: routes::Routes) -> routes::Routes {
     routes
         .get("/v1/workflows", workflows::list_workflows, A::system("read_workflows"))
         .post("/v1/workflows/{name}/cases", cases::submit_case, A::on("submit_case", "Workflow", "name"))
+        .get("/v1/workflows/{name}/versions", workflows::list_versions, A::on("read_workflows", "Workflow", "name"))
+        .post("/v1/workflows/{name}/versions/{version}/approve", workflows::approve_version, A::on("govern_trust", "Workflow", "name"))
+        .post("/v1/workflows/{name}/versions/{version}/reject", workflows::reject_version, A::on("govern_trust", "Workflow", "name"))
         .get("/v1/cases", cases::list_cases, A::system("list_cases"))
         .get("/v1/cases/{id}", cases::get_case, A::on("read_case", "Case", "id"))
         .post("/v1/cases/{id}/signals/{name}", cases::signal_case, A::on("signal_case", "Case", "id"))
@@ -236,6 +239,10 @@ fn v1_routes(routes: routes::Routes) -> routes::Routes {
         .get("/v1/webhooks/deliveries/{id}", webhooks::get_delivery, A::system("read_webhooks"))
         .get("/v1/learners", learners::list_learners, A::system("read_learners"))
         .post("/v1/learners/{workflow}/{step}/examples", learners::add_examples, A::on("teach_learner", "Workflow", "workflow"))
+        .get("/v1/learners/{workflow}/{step}/versions", learners::list_versions, A::system("read_learners"))
+        .post("/v1/learners/{workflow}/{step}/versions/{version}/force", learners::force_version, A::on("teach_learner", "Workflow", "workflow"))
+        .post("/v1/learners/{workflow}/{step}/versions/{version}/approve", learners::approve_version, A::on("govern_trust", "Workflow", "workflow"))
+        .post("/v1/learners/{workflow}/{step}/versions/{version}/reject", learners::reject_version, A::on("govern_trust", "Workflow", "workflow"))
 }
 
 /// One span per request, named by its route so that logs group by endpoint.

@@ -58,6 +58,8 @@ pub enum Kind {
     TaskClosed,
     UnknownException,
     UnknownOperation,
+    /// No such workflow or learner version.
+    UnknownVersion,
     TrustForbidden,
     InvalidTrustChange,
     /// The exception is already resolved.
@@ -100,6 +102,7 @@ impl Kind {
             Kind::TaskClosed => "task-closed",
             Kind::UnknownException => "unknown-exception",
             Kind::UnknownOperation => "unknown-operation",
+            Kind::UnknownVersion => "unknown-version",
             Kind::TrustForbidden => "trust-forbidden",
             Kind::InvalidTrustChange => "invalid-trust-change",
             Kind::ExceptionClosed => "exception-closed",
@@ -137,6 +140,7 @@ impl Kind {
             Kind::TaskClosed => "The task is already decided",
             Kind::UnknownException => "No such exception",
             Kind::UnknownOperation => "No such operation",
+            Kind::UnknownVersion => "No such version",
             Kind::TrustForbidden => "Not allowed to change this operation's trust",
             Kind::InvalidTrustChange => "The trust change cannot be made",
             Kind::ExceptionClosed => "The exception is already resolved",
@@ -170,7 +174,7 @@ impl Kind {
             Kind::UnknownTask => StatusCode::NOT_FOUND,
             Kind::TaskClosed => StatusCode::CONFLICT,
             Kind::UnknownException => StatusCode::NOT_FOUND,
-            Kind::UnknownOperation => StatusCode::NOT_FOUND,
+            Kind::UnknownOperation | Kind::UnknownVersion => StatusCode::NOT_FOUND,
             Kind::TrustForbidden => StatusCode::FORBIDDEN,
             Kind::InvalidTrustChange => StatusCode::UNPROCESSABLE_ENTITY,
             Kind::ExceptionClosed => StatusCode::CONFLICT,

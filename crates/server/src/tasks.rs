@@ -27,6 +27,9 @@ pub struct TaskQuery {
     pub mine: bool,
     /// Only tasks that the roles working this exception-desk queue may decide.
     pub queue: Option<String>,
+    /// Only tasks of this kind: `approval`, `action` (an AI-influenced action), `outcome`, `review` (post-hoc) or
+    /// `retro_review` (actions a demoted operation took on its own; listed most recent first).
+    pub kind: Option<String>,
     /// At most this many (default 50, at most 1,000).
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
@@ -96,10 +99,24 @@ pub async fn list_tasks(
         (Some(mine), Some(queue)) => Some(mine.into_iter().filter(|r| queue.contains(r)).collect()),
         (mine, queue) => mine.or(queue),
     };
+    let kind = match query.kind.as_deref() {
+        None => None,
+        Some(k @ ("approval" | "action" | "outcome" | "review" | "retro_review")) => {
+            Some(k.to_string())
+        }
+        Some(other) => return Err(Problem::new(
+            Kind::InvalidParameter,
+            format!(
+                "`kind` {other:?} is not one of approval, action, outcome, review, retro_review"
+            ),
+        )),
+    };
     let filter = TaskFilter {
         status,
         workflow: query.workflow,
         roles,
+        newest_first: kind.as_deref() == Some(keel_engine::retro::RETRO_KIND),
+        kind,
         limit,
     };
     Ok(Json(state.engine.tasks(&filter).await?))

@@ -172,6 +172,34 @@ pub struct WorkflowRow {
     pub source_sha256: String,
     pub file: String,
     pub deployed_at_ms: i64,
+    /// `active` (new cases may run it), `pending` (waits for a governor's approval: it
+    /// changes what decides), `rejected` (never runs).
+    pub status: String,
+    /// Who wrote the version (`change.author`), when it names one.
+    pub author: Option<String>,
+    /// The governor who approved or rejected it, with the reason and the time.
+    pub decided_by: Option<String>,
+    pub decision_reason: Option<String>,
+    pub decided_at_ms: Option<i64>,
+    /// What changed for each operation against the version serving when it was deployed
+    /// (JSON array of `{operation, what}`).
+    pub changes: String,
+}
+
+/// How a new workflow version enters service.
+#[derive(Debug, Clone)]
+pub struct NewWorkflowVersion<'a> {
+    pub name: &'a str,
+    pub label: &'a str,
+    pub source: &'a str,
+    pub sha256: &'a str,
+    pub file: &'a str,
+    pub now_ms: i64,
+    /// `active` or `pending`.
+    pub status: &'a str,
+    pub author: Option<&'a str>,
+    /// JSON array of `{operation, what}`.
+    pub changes: &'a str,
 }
 
 /// One journal entry to append.
@@ -492,49 +520,46 @@ impl Store {
     /// Records a workflow version unless the latest version of `name` has the same source hash,
     /// together with the journal entry `announce(version_no)` in the same transaction.
     /// Returns the version number in force and whether it is new.
-    #[allow(clippy::too_many_arguments)] // one deployment's columns, each named at the call
     pub async fn deploy_workflow(
         &self,
-        name: &str,
-        label: &str,
-        source: &str,
-        sha256: &str,
-        file: &str,
-        now_ms: i64,
+        new: &NewWorkflowVersion<'_>,
         announce: &(dyn Fn(i64) -> NewEntry + Sync),
     ) -> Result<(i64, bool)> {
         dispatch!(self, |pool| {
             let mut tx = pool.begin().await?;
-            let latest: Option<(i64, String)> = sqlx::query_as(
-                "SELECT version_no, source_sha256 FROM workflows WHERE name = $1 ORDER BY version_no DESC LIMIT 1",
-            )
-            .bind(name)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some((version_no, latest_sha)) = &latest {
-                if latest_sha == sha256 {
-                    return Ok((*version_no, false));
-                }
-            }
-            let version_no = latest.map_or(1, |(version_no, _)| version_no + 1);
-            sqlx::query(
-                "INSERT INTO workflows (name, version_no, label, source, source_sha256, file, deployed_at_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(name)
-            .bind(version_no)
-            .bind(label)
-            .bind(source)
-            .bind(sha256)
-            .bind(file)
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await?;
             if let Backend::Postgres(_) = self.backend {
                 sqlx::query("SELECT pg_advisory_xact_lock(7317)")
                     .execute(&mut *tx)
                     .await?;
             }
+            let latest: Option<(i64, String)> = sqlx::query_as(
+                "SELECT version_no, source_sha256 FROM workflows WHERE name = $1 ORDER BY version_no DESC LIMIT 1",
+            )
+            .bind(new.name)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some((version_no, latest_sha)) = &latest {
+                if latest_sha == new.sha256 {
+                    return Ok((*version_no, false));
+                }
+            }
+            let version_no = latest.map_or(1, |(version_no, _)| version_no + 1);
+            sqlx::query(
+                "INSERT INTO workflows (name, version_no, label, source, source_sha256, file, deployed_at_ms, status, author, changes) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            )
+            .bind(new.name)
+            .bind(version_no)
+            .bind(new.label)
+            .bind(new.source)
+            .bind(new.sha256)
+            .bind(new.file)
+            .bind(new.now_ms)
+            .bind(new.status)
+            .bind(new.author)
+            .bind(new.changes)
+            .execute(&mut *tx)
+            .await?;
             let entries = [announce(version_no)];
             insert_entries!(tx, entries);
             tx.commit().await?;
@@ -542,30 +567,79 @@ impl Store {
         })
     }
 
+    /// A governor's decision on a pending version: `status` becomes `active` or `rejected`
+    /// if the version is still pending, with `entry` in the same transaction. Returns whether
+    /// it took (false: the version is not pending any more).
+    #[allow(clippy::too_many_arguments)] // one decision's columns, each named at the call
+    pub async fn decide_workflow(
+        &self,
+        name: &str,
+        version_no: i64,
+        status: &str,
+        by: &str,
+        reason: &str,
+        at_ms: i64,
+        entry: &NewEntry,
+    ) -> Result<bool> {
+        dispatch!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            if let Backend::Postgres(_) = self.backend {
+                sqlx::query("SELECT pg_advisory_xact_lock(7317)")
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let affected = sqlx::query(
+                "UPDATE workflows SET status = $1, decided_by = $2, decision_reason = $3, decided_at_ms = $4 \
+                 WHERE name = $5 AND version_no = $6 AND status = 'pending'",
+            )
+            .bind(status)
+            .bind(by)
+            .bind(reason)
+            .bind(at_ms)
+            .bind(name)
+            .bind(version_no)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if affected != 1 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            let entries = [entry];
+            insert_entries!(tx, entries);
+            tx.commit().await?;
+            Ok(true)
+        })
+    }
+
     /// Every deployed version, oldest first.
     pub async fn workflow_versions(&self) -> Result<Vec<WorkflowRow>> {
         dispatch_read!(self, |pool| {
-            let rows: Vec<(String, i64, String, String, String, String, i64)> = sqlx::query_as(
-                "SELECT name, version_no, label, source, source_sha256, file, deployed_at_ms FROM workflows ORDER BY name, version_no",
+            let rows = sqlx::query(
+                "SELECT name, version_no, label, source, source_sha256, file, deployed_at_ms, status, author, \
+                 decided_by, decision_reason, decided_at_ms, changes FROM workflows ORDER BY name, version_no",
             )
             .fetch_all(pool)
             .await?;
-            Ok(rows
-                .into_iter()
-                .map(
-                    |(name, version_no, label, source, source_sha256, file, deployed_at_ms)| {
-                        WorkflowRow {
-                            name,
-                            version_no,
-                            label,
-                            source,
-                            source_sha256,
-                            file,
-                            deployed_at_ms,
-                        }
-                    },
-                )
-                .collect())
+            rows.iter()
+                .map(|row| {
+                    Ok(WorkflowRow {
+                        name: row.try_get(0)?,
+                        version_no: row.try_get(1)?,
+                        label: row.try_get(2)?,
+                        source: row.try_get(3)?,
+                        source_sha256: row.try_get(4)?,
+                        file: row.try_get(5)?,
+                        deployed_at_ms: row.try_get(6)?,
+                        status: row.try_get(7)?,
+                        author: row.try_get(8)?,
+                        decided_by: row.try_get(9)?,
+                        decision_reason: row.try_get(10)?,
+                        decided_at_ms: row.try_get(11)?,
+                        changes: row.try_get(12)?,
+                    })
+                })
+                .collect()
         })
     }
 
@@ -1261,7 +1335,7 @@ pub use report::{
 mod metrics;
 pub use metrics::CountedEntry;
 mod tasks;
-pub use ai::{AiCallRow, LearnerRow, SpendRow, TokenRow};
+pub use ai::{AiCallRow, LearnerRow, LearnerStatusChange, NewLearner, SpendRow, TokenRow};
 pub use tasks::{TaskFilter, TaskRow, UserRow};
 mod webhooks;
 pub use webhooks::{

@@ -359,6 +359,38 @@ ALTER TABLE calibrators ADD COLUMN reviews_seen INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX trust_outcomes_model_id ON trust_outcomes (ai_step, model, id);
 "#,
     ),
+    (
+        11,
+        r#"
+ALTER TABLE workflows ADD COLUMN status TEXT NOT NULL DEFAULT 'active';
+ALTER TABLE workflows ADD COLUMN author TEXT;
+ALTER TABLE workflows ADD COLUMN decided_by TEXT;
+ALTER TABLE workflows ADD COLUMN decision_reason TEXT;
+ALTER TABLE workflows ADD COLUMN decided_at_ms INTEGER;
+ALTER TABLE workflows ADD COLUMN changes TEXT NOT NULL DEFAULT '[]';
+CREATE TABLE learner_states (
+    workflow TEXT NOT NULL,
+    step TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    requested_by TEXT,
+    evidence TEXT NOT NULL DEFAULT '{}',
+    updated_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (workflow, step, version)
+);
+INSERT INTO learner_states (workflow, step, version, status, updated_at_ms)
+    SELECT l.workflow, l.step, l.version,
+           CASE WHEN l.version = (SELECT MAX(m.version) FROM learners m WHERE m.workflow = l.workflow AND m.step = l.step) THEN 'serving' ELSE 'retired' END,
+           l.created_at_ms
+    FROM learners l;
+CREATE TABLE learner_trained (
+    workflow TEXT NOT NULL,
+    step TEXT NOT NULL,
+    text_sha256 TEXT NOT NULL,
+    PRIMARY KEY (workflow, step, text_sha256)
+);
+"#,
+    ),
 ];
 
 /// (version, SQL) for PostgreSQL.
@@ -721,6 +753,38 @@ CREATE INDEX exceptions_raised ON exceptions (raised_at_ms);
         r#"
 ALTER TABLE calibrators ADD COLUMN reviews_seen BIGINT NOT NULL DEFAULT 0;
 CREATE INDEX trust_outcomes_model_id ON trust_outcomes (ai_step, model, id);
+"#,
+    ),
+    (
+        11,
+        r#"
+ALTER TABLE workflows ADD COLUMN status TEXT NOT NULL DEFAULT 'active';
+ALTER TABLE workflows ADD COLUMN author TEXT;
+ALTER TABLE workflows ADD COLUMN decided_by TEXT;
+ALTER TABLE workflows ADD COLUMN decision_reason TEXT;
+ALTER TABLE workflows ADD COLUMN decided_at_ms BIGINT;
+ALTER TABLE workflows ADD COLUMN changes TEXT NOT NULL DEFAULT '[]';
+CREATE TABLE learner_states (
+    workflow TEXT NOT NULL,
+    step TEXT NOT NULL,
+    version BIGINT NOT NULL,
+    status TEXT NOT NULL,
+    requested_by TEXT,
+    evidence TEXT NOT NULL DEFAULT '{}',
+    updated_at_ms BIGINT NOT NULL,
+    PRIMARY KEY (workflow, step, version)
+);
+INSERT INTO learner_states (workflow, step, version, status, updated_at_ms)
+    SELECT l.workflow, l.step, l.version,
+           CASE WHEN l.version = (SELECT MAX(m.version) FROM learners m WHERE m.workflow = l.workflow AND m.step = l.step) THEN 'serving' ELSE 'retired' END,
+           l.created_at_ms
+    FROM learners l;
+CREATE TABLE learner_trained (
+    workflow TEXT NOT NULL,
+    step TEXT NOT NULL,
+    text_sha256 TEXT NOT NULL,
+    PRIMARY KEY (workflow, step, text_sha256)
+);
 "#,
     ),
 ];

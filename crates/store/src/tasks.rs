@@ -42,6 +42,11 @@ pub struct TaskFilter {
     pub workflow: Option<String>,
     /// Only tasks one of these roles may decide (`admin` sees all).
     pub roles: Option<Vec<String>>,
+    /// Only tasks of this kind (`approval`, `review`, `retro_review`, …).
+    pub kind: Option<String>,
+    /// Most recent first: for a retro-review queue, by demotion and then by when the action
+    /// was taken (`detail.acted_at`), newest first.
+    pub newest_first: bool,
     pub limit: i64,
 }
 
@@ -221,19 +226,27 @@ impl Store {
     /// Tasks, oldest first (a queue), filtered; at most `limit` (capped at [`MAX_PAGE`]).
     pub async fn tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRow>> {
         let limit = filter.limit.clamp(1, MAX_PAGE);
+        let order = if filter.newest_first {
+            "created_at_ms DESC, id DESC"
+        } else {
+            "created_at_ms, id"
+        };
         let sql = format!(
-            "SELECT {TASK_COLUMNS} FROM tasks WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR workflow = $2) ORDER BY created_at_ms, id LIMIT $3"
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR workflow = $2) \
+             AND ($3 IS NULL OR kind = $3) ORDER BY {order} LIMIT $4"
         );
-        // Role filtering happens after the read: roles are a short list per task.
-        let over_fetch = if filter.roles.is_some() {
+        // Role filtering happens after the read: roles are a short list per task; so does the
+        // order within one demotion's retro reviews (one `created_at_ms`).
+        let over_fetch = if filter.roles.is_some() || filter.newest_first {
             MAX_PAGE * 5
         } else {
             limit
         };
-        let rows: Vec<TaskRow> = dispatch_read!(self, |pool| {
+        let mut rows: Vec<TaskRow> = dispatch_read!(self, |pool| {
             sqlx::query(&sql)
                 .bind(&filter.status)
                 .bind(&filter.workflow)
+                .bind(&filter.kind)
                 .bind(over_fetch)
                 .fetch_all(pool)
                 .await?
@@ -241,6 +254,17 @@ impl Store {
                 .map(task_from)
                 .collect::<Result<Vec<_>>>()
         })?;
+        if filter.newest_first {
+            rows.sort_by(|a, b| {
+                let acted = |t: &TaskRow| {
+                    t.detail["acted_at"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                (b.created_at_ms, acted(b), &b.id).cmp(&(a.created_at_ms, acted(a), &a.id))
+            });
+        }
         Ok(rows
             .into_iter()
             .filter(|task| match &filter.roles {

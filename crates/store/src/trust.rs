@@ -264,6 +264,18 @@ impl Store {
     /// Moves an operation's phase (or creates it) if it is still at `change.expected`, and
     /// appends `entry`; any open recommendation for it goes `stale`. Returns whether it took.
     pub async fn trust_set_phase(&self, change: &PhaseChange, entry: &NewEntry) -> Result<bool> {
+        self.trust_set_phase_with(change, std::slice::from_ref(entry))
+            .await
+    }
+
+    /// [`Store::trust_set_phase`] with several entries: the phase change's own entry first,
+    /// then what it opens (retro-review `task.created` entries, projected into `tasks` in the
+    /// same transaction). Nothing is written unless the phase change takes.
+    pub async fn trust_set_phase_with(
+        &self,
+        change: &PhaseChange,
+        entries: &[NewEntry],
+    ) -> Result<bool> {
         dispatch!(self, |pool| {
             let mut tx = pool.begin().await?;
             if let Backend::Postgres(_) = self.backend {
@@ -292,8 +304,8 @@ impl Store {
             sqlx::query("UPDATE trust_recommendations SET status = 'stale' WHERE operation = $1 AND status = 'open' AND from_phase <> $2")
                 .bind(&change.operation).bind(change.phase)
                 .execute(&mut *tx).await?;
-            let entries = [entry];
             insert_entries!(tx, entries);
+            apply_task_changes!(tx, crate::tasks::task_changes(entries.iter()));
             tx.commit().await?;
             Ok(true)
         })
@@ -333,6 +345,33 @@ impl Store {
             .fetch_all(pool)
             .await?;
             rows.iter().rev().map(outcome_from).collect()
+        })
+    }
+
+    /// The `trust.gate` entries of `workflow/step` at or after `from_at` (RFC 3339, as the
+    /// journal writes it), oldest first, at most `limit`: (seq, case id, at, data).
+    pub async fn gate_entries_since(
+        &self,
+        workflow: &str,
+        step: &str,
+        from_at: &str,
+        limit: i64,
+    ) -> Result<Vec<(i64, String, String, String)>> {
+        dispatch_read!(self, |pool| {
+            let rows: Vec<(i64, Option<String>, String, String)> = sqlx::query_as(
+                "SELECT seq, case_id, at, data FROM journal WHERE kind = 'trust.gate' \
+                 AND at >= $1 AND workflow = $2 AND step = $3 ORDER BY seq LIMIT $4",
+            )
+            .bind(from_at)
+            .bind(workflow)
+            .bind(step)
+            .bind(limit.max(1))
+            .fetch_all(pool)
+            .await?;
+            Ok(rows
+                .into_iter()
+                .filter_map(|(seq, case_id, at, data)| Some((seq, case_id?, at, data)))
+                .collect())
         })
     }
 

@@ -120,13 +120,32 @@ fn update(id: &str, expected_version: i64, status: &str) -> CaseWrite {
     }
 }
 
+fn version(
+    label: &'static str,
+    source: &'static str,
+    sha256: &'static str,
+    now_ms: i64,
+) -> keel_store::NewWorkflowVersion<'static> {
+    keel_store::NewWorkflowVersion {
+        name: "wf",
+        label,
+        source,
+        sha256,
+        file: "wf.yaml",
+        now_ms,
+        status: "active",
+        author: None,
+        changes: "[]",
+    }
+}
+
 #[tokio::test]
 async fn migrations_are_idempotent_and_workflow_versions_count_up() {
     for backend in backends("migrate").await {
         let store = &backend.store;
         assert_eq!(
             store
-                .deploy_workflow("wf", "1", "a", "sha-a", "wf.yaml", 1, &|_| entry(
+                .deploy_workflow(&version("1", "a", "sha-a", 1), &|_| entry(
                     "-",
                     "workflow.deployed"
                 ))
@@ -138,7 +157,7 @@ async fn migrations_are_idempotent_and_workflow_versions_count_up() {
         );
         assert_eq!(
             store
-                .deploy_workflow("wf", "1", "a", "sha-a", "wf.yaml", 2, &|_| entry(
+                .deploy_workflow(&version("1", "a", "sha-a", 2), &|_| entry(
                     "-",
                     "workflow.deployed"
                 ))
@@ -148,7 +167,7 @@ async fn migrations_are_idempotent_and_workflow_versions_count_up() {
         );
         assert_eq!(
             store
-                .deploy_workflow("wf", "2", "b", "sha-b", "wf.yaml", 3, &|_| entry(
+                .deploy_workflow(&version("2", "b", "sha-b", 3), &|_| entry(
                     "-",
                     "workflow.deployed"
                 ))

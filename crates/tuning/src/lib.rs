@@ -20,6 +20,7 @@
 pub mod calibration;
 pub mod drift;
 pub mod interval;
+pub mod noninferiority;
 pub mod random;
 pub mod special;
 pub mod sprt;

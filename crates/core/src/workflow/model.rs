@@ -40,14 +40,14 @@ pub struct Workflow {
     pub source_sha256: String,
 }
 
-/// `change: { author: ana, approved_by: bob, reference: CHG-1234 }`: recorded with every
-/// trust reset this version causes; the author may not approve its operations' promotions.
+/// `change: { author: ana, reference: CHG-1234 }`: recorded with the version and with every
+/// trust reset it causes. The author may not approve the version (a version that changes what
+/// decides waits for a governor's approval in Keel, never in the file) nor its operations'
+/// promotions.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChangeRecord {
     pub author: String,
-    #[serde(default)]
-    pub approved_by: Option<String>,
     #[serde(default)]
     pub reference: Option<String>,
 }

@@ -7,7 +7,7 @@
 //! version: "3"                     # required; free text (numbers are taken as written)
 //! description: Approve invoices    # optional
 //! sla: 2d                          # optional; deadline from case creation
-//! change: { author: ana, approved_by: bob, reference: CHG-1234 }   # optional; change control
+//! change: { author: ana, reference: CHG-1234 }   # optional; approval is given in Keel
 //! on_failure: exception            # default: a failed step parks the case on an exception
 //!                                  # for a person; `fail` ends the case `failed` instead
 //! input:                           # required: the input JSON Schema, inline …
@@ -306,6 +306,15 @@ impl Checker<'_> {
         };
         let change = match fields.get("change") {
             None => Some(None),
+            Some(n) if self.json(n).is_some_and(|v| v.get("approved_by").is_some()) => {
+                self.error(
+                    "invalid-value",
+                    n.span,
+                    "`change.approved_by` cannot be written by the version's author".to_string(),
+                    "remove it: a version that changes what decides waits for a governor who is not its author, who approves it in Keel (`keel workflow approve NAME VERSION --reason …`)".to_string(),
+                );
+                None
+            }
             Some(n) => match self
                 .json(n)
                 .map(serde_json::from_value::<super::model::ChangeRecord>)
@@ -325,8 +334,7 @@ impl Checker<'_> {
                         "invalid-value",
                         n.span,
                         format!("`change` is not a change record: {error}"),
-                        "write `change: { author: ana, approved_by: bob, reference: CHG-1234 }`"
-                            .to_string(),
+                        "write `change: { author: ana, reference: CHG-1234 }`".to_string(),
                     );
                     None
                 }
