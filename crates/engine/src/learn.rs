@@ -38,8 +38,8 @@ use serde_json::{json, Value};
 use crate::tokens::Caller;
 use crate::{canonical_data, rfc3339_ms, Engine, Inner};
 
-/// How learners learn from people's decisions and how a challenger is tested (`[learning]`
-/// of `keel.toml`).
+/// How learners learn from people's decisions and how a challenger is tested: `[learning]` of
+/// `keel.toml` (the defaults without one).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LearningOptions {
     /// People's approvals and corrections of `classify` proposals teach the step's learner.
@@ -61,6 +61,23 @@ pub struct LearningOptions {
     /// `false` only where a deployment opts out (one person trying Keel): every version
     /// serves at once, and its entry says the test was off.
     pub test: bool,
+}
+
+impl LearningOptions {
+    /// From `[learning]` of keel.toml.
+    pub fn from_config(config: &keel_ai::config::LearningConfig) -> LearningOptions {
+        LearningOptions {
+            from_reviews: config.from_reviews,
+            from_reviews_off: config.from_reviews_off.clone(),
+            batch: config.batch,
+            holdout: config.holdout,
+            margin: config.margin,
+            alpha: config.alpha,
+            min_evaluation: config.min_evaluation,
+            test: config.challenger_test,
+            ..LearningOptions::default()
+        }
+    }
 }
 
 impl Default for LearningOptions {
@@ -627,7 +644,7 @@ impl Engine {
 
     /// The step's reviewed outcomes that no version trained on: (text, label), newest first.
     async fn evaluation_set(&self, workflow: &str, step: &str) -> Result<Vec<(String, String)>> {
-        let options = &self.inner.options.learning;
+        let options = &self.inner.learning;
         let trained: HashSet<String> = self
             .inner
             .store
@@ -667,7 +684,7 @@ impl Engine {
         labels: &[String],
         examples: &[(String, String)],
     ) -> Result<Evaluation> {
-        let options = &self.inner.options.learning;
+        let options = &self.inner.learning;
         let store = &self.inner.store;
         let evaluation = |result: &str, evidence: Value| Evaluation {
             workflow: workflow.to_string(),
@@ -981,7 +998,7 @@ impl Engine {
         cursor: Option<(String, Option<String>, String)>,
     ) -> Result<Learned> {
         let store = &self.inner.store;
-        let test = self.inner.options.learning.test;
+        let test = self.inner.learning.test;
         let learned = {
             let slot = self.inner.learners.slot(workflow, step);
             let mut copy = slot.lock().await;
@@ -1061,7 +1078,7 @@ impl Engine {
 /// The `classify` steps that may learn from reviews: (workflow, step), for steps whose route
 /// has a local learner tier.
 fn teachable_steps(inner: &Inner) -> Vec<(String, String)> {
-    let options = &inner.options.learning;
+    let options = &inner.learning;
     let Some(runtime) = &inner.options.ai else {
         return Vec::new();
     };
@@ -1098,7 +1115,7 @@ fn teachable_steps(inner: &Inner) -> Vec<(String, String)> {
 /// People's reviewed outcomes become challengers, one batch at a time per step.
 async fn learn_from_reviews(engine: &Engine) -> Result<()> {
     let inner = &engine.inner;
-    let options = inner.options.learning.clone();
+    let options = inner.learning.clone();
     for (workflow, step) in teachable_steps(inner) {
         let key = format!("learn-from-reviews/{workflow}/{step}");
         loop {

@@ -137,11 +137,6 @@ pub struct Options {
     pub trust_interval: Duration,
     /// How often monitored features are observed and tested for drift.
     pub drift_interval: Duration,
-    /// Whether a workflow version that changes what decides waits for a governor's approval
-    /// (`[change_control] review` of `keel.toml`; on unless a deployment opts out).
-    pub change_review: bool,
-    /// How learners learn from people's decisions and how challengers are tested.
-    pub learning: learn::LearningOptions,
 }
 
 impl Default for Options {
@@ -160,8 +155,6 @@ impl Default for Options {
             telemetry: telemetry::Options::default(),
             trust_interval: Duration::from_secs(10),
             drift_interval: Duration::from_secs(60),
-            change_review: true,
-            learning: learn::LearningOptions::default(),
         }
     }
 }
@@ -187,6 +180,11 @@ pub(crate) struct Inner {
     pub webhooks: webhooks::Handle,
     /// The engine's copy of each learner it updates online, one lock per learner.
     pub learners: learn::Learners,
+    /// `[learning]` of keel.toml: teaching from reviews, the challengers' test.
+    pub learning: learn::LearningOptions,
+    /// `[change_control] review` of keel.toml: whether a version that changes what decides
+    /// waits for a governor (on unless a deployment opts out).
+    pub change_review: bool,
     pub tokens: tokens::TokenCache,
     pub telemetry: telemetry::Telemetry,
     /// Every operation's trust phase, as this node knows it.
@@ -257,6 +255,16 @@ impl Engine {
                 "took back leases this node held before it stopped"
             );
         }
+        let learning = options
+            .ai
+            .as_ref()
+            .map_or_else(learn::LearningOptions::default, |ai| {
+                learn::LearningOptions::from_config(&ai.config().learning)
+            });
+        let change_review = options
+            .ai
+            .as_ref()
+            .is_none_or(|ai| ai.config().change_control.review);
         let inner = Arc::new(Inner {
             store: store.clone(),
             registry: Registry::load(&store).await?,
@@ -267,6 +275,8 @@ impl Engine {
             ai_log,
             webhooks,
             learners: learn::Learners::default(),
+            learning,
+            change_review,
             tokens: tokens::TokenCache::default(),
             telemetry,
             trust: trust::TrustBook::default(),
@@ -347,7 +357,7 @@ impl Engine {
                 &self.inner.store,
                 dir,
                 self.now_ms(),
-                self.inner.options.change_review,
+                self.inner.change_review,
             )
             .await?;
         for deployed in &report.deployed {
@@ -380,7 +390,7 @@ impl Engine {
                 source,
                 file,
                 self.now_ms(),
-                self.inner.options.change_review,
+                self.inner.change_review,
             )
             .await?;
         if deployed.status == registry::Status::Active {

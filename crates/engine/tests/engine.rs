@@ -934,8 +934,11 @@ async fn without_models_an_ai_step_parks_the_case_on_an_exception() {
 }
 
 /// TRIAGE with `small` as the built-in learner: no model but the local one.
+/// The learner as the only model. These tests are about how versions are stored and swapped
+/// in, so every version serves at once (`challenger_test = "off"`); the challengers' test is
+/// shown end to end in the API's `trust_loop` test.
 fn local_learner_toml() -> Option<String> {
-    Some("[models.small]\nprovider = \"local\"\n".to_string())
+    Some("[models.small]\nprovider = \"local\"\n[learning]\nchallenger_test = \"off\"\n".to_string())
 }
 
 fn labelled(pairs: &[(&str, &str)]) -> Vec<(String, String)> {

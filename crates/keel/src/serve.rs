@@ -89,23 +89,14 @@ pub async fn start_engine(
     let store = keel_store::Store::open(&url)
         .await
         .with_context(|| format!("cannot open the database {url}"))?;
-    let (change_review, learning) = ai.as_ref().map_or_else(
-        || (true, keel_engine::learn::LearningOptions::default()),
-        |runtime| {
-            let config = runtime.config();
-            (
-                config.change_control.review,
-                learning_options(&config.learning),
-            )
-        },
-    );
-    if !change_review {
+    if ai
+        .as_ref()
+        .is_some_and(|runtime| !runtime.config().change_control.review)
+    {
         tracing::warn!("[change_control] review = \"off\" in keel.toml: workflow versions that change what decides go live without a governor's approval (the monthly review says so)");
     }
     let options = Options {
         node_id: node_id(&data.data_dir)?,
-        change_review,
-        learning,
         lease,
         max_in_flight,
         data_dir: data.data_dir.clone(),
@@ -120,23 +111,6 @@ pub async fn start_engine(
     };
     let engine = Engine::start(store, options, Arc::new(SystemClock)).await?;
     Ok((engine, lock))
-}
-
-/// The engine's learning options from `[learning]` of keel.toml.
-fn learning_options(
-    config: &keel_ai::config::LearningConfig,
-) -> keel_engine::learn::LearningOptions {
-    keel_engine::learn::LearningOptions {
-        from_reviews: config.from_reviews,
-        from_reviews_off: config.from_reviews_off.clone(),
-        batch: config.batch,
-        holdout: config.holdout,
-        margin: config.margin,
-        alpha: config.alpha,
-        min_evaluation: config.min_evaluation,
-        test: config.challenger_test,
-        ..keel_engine::learn::LearningOptions::default()
-    }
 }
 
 /// One `keel serve` per SQLite data directory: a second one would fight over leases.

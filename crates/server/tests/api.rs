@@ -715,6 +715,8 @@ mod reports;
 mod tasks;
 #[path = "api/trust.rs"]
 mod trust;
+#[path = "api/trust_loop.rs"]
+mod trust_loop;
 #[path = "api/webhooks.rs"]
 mod webhooks;
 
@@ -751,8 +753,13 @@ async fn spawn_learning_app() -> TestApp {
         .await
         .unwrap();
     let config =
-        keel_ai::config::Config::parse("keel.toml", "[models.learner]\nprovider = \"local\"\n")
-            .unwrap();
+        // These tests are about storing and swapping versions: every version serves at once.
+        // The challengers' test is shown in `trust_loop`.
+        keel_ai::config::Config::parse(
+            "keel.toml",
+            "[models.learner]\nprovider = \"local\"\n[learning]\nchallenger_test = \"off\"\n",
+        )
+        .unwrap();
     let engine_options = Options {
         data_dir: dir.path().to_path_buf(),
         node_id: "test-node".into(),
@@ -832,7 +839,7 @@ async fn posted_examples_raise_the_version_and_change_predictions() {
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(
         response.json::<Value>().await.unwrap(),
-        json!({"version": 1, "examples": 6})
+        json!({"version": 1, "examples": 6, "status": "serving"})
     );
     let before = app.triage("my subscription renewal").await;
     assert_eq!(before["outcome"], "technical", "{before:#}");
@@ -852,7 +859,7 @@ async fn posted_examples_raise_the_version_and_change_predictions() {
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(
         response.json::<Value>().await.unwrap(),
-        json!({"version": 2, "examples": 11})
+        json!({"version": 2, "examples": 11, "status": "serving"})
     );
     let after = app.triage("my subscription renewal").await;
     assert_eq!(after["outcome"], "billing", "{after:#}");
