@@ -1,4 +1,5 @@
-//! How well a classifier did on labelled examples: accuracy, log-loss and the confusion matrix.
+//! How well a classifier did on labelled examples: accuracy, log-loss, calibration (expected
+//! calibration error over fixed confidence bins) and the confusion matrix.
 
 use std::fmt;
 
@@ -15,10 +16,62 @@ pub struct Evaluation {
     pub accuracy: f64,
     /// Mean of `-ln p(true label)`, each probability clipped to 1e-15; 0 when `n` is 0.
     pub log_loss: f64,
+    /// Expected calibration error: the answers are put in [`CALIBRATION_BINS`] bins of equal
+    /// width by their confidence (the probability of the predicted label), and
+    /// `ece = Σ n_bin / n × |accuracy_bin − mean confidence_bin|`. 0 is perfectly honest
+    /// confidence; 0 when `n` is 0.
+    pub ece: f64,
+    /// The bins that hold answers, lowest confidence first.
+    pub calibration: Vec<CalibrationBin>,
     /// Every label met (true or predicted), sorted.
     pub labels: Vec<String>,
     /// `confusion[true][predicted]`, indexed like `labels`.
     pub confusion: Vec<Vec<u64>>,
+}
+
+/// Bins of [`Evaluation::ece`]: `[0, 0.1)`, `[0.1, 0.2)`, … `[0.9, 1]`.
+pub const CALIBRATION_BINS: usize = 10;
+
+/// The answers whose confidence fell in `[lower, upper)` (the last bin also holds 1).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CalibrationBin {
+    pub lower: f64,
+    pub upper: f64,
+    pub n: u64,
+    /// Mean confidence of the bin's answers.
+    pub confidence: f64,
+    /// Fraction of them that were right.
+    pub accuracy: f64,
+}
+
+/// Confidence (probability of the predicted label) and whether the prediction was right, per
+/// bin: answers, sum of confidences, right answers.
+#[derive(Debug, Clone, Copy, Default)]
+struct BinTotals {
+    n: u64,
+    confidence: f64,
+    correct: u64,
+}
+
+fn calibration(bins: &[BinTotals; CALIBRATION_BINS], n: u64) -> (f64, Vec<CalibrationBin>) {
+    let mut ece = 0.0;
+    let mut shown = Vec::new();
+    for (index, bin) in bins.iter().enumerate() {
+        if bin.n == 0 {
+            continue;
+        }
+        let confidence = bin.confidence / bin.n as f64;
+        let accuracy = bin.correct as f64 / bin.n as f64;
+        ece += bin.n as f64 / n as f64 * (accuracy - confidence).abs();
+        shown.push(CalibrationBin {
+            lower: index as f64 / CALIBRATION_BINS as f64,
+            upper: (index + 1) as f64 / CALIBRATION_BINS as f64,
+            n: bin.n,
+            confidence,
+            accuracy,
+        });
+    }
+    (ece, shown)
 }
 
 impl Evaluation {
@@ -40,6 +93,7 @@ impl Evaluation {
         };
         let mut confusion = vec![vec![0u64; labels.len()]; labels.len()];
         let (mut n, mut correct, mut loss) = (0u64, 0u64, 0.0f64);
+        let mut bins = [BinTotals::default(); CALIBRATION_BINS];
         for (truth, probabilities) in outcomes {
             let mut best: Option<&(String, f64)> = None;
             for candidate in probabilities {
@@ -53,25 +107,37 @@ impl Evaluation {
                 .map_or(0.0, |(_, probability)| *probability);
             n += 1;
             loss -= truth_probability.max(MIN_PROBABILITY).ln();
+            let mut right = false;
             if let (Some(row), Some(column)) =
                 (index(truth), best.and_then(|(label, _)| index(label)))
             {
                 confusion[row][column] += 1;
-                correct += u64::from(row == column);
+                right = row == column;
             }
+            correct += u64::from(right);
+            // Clamped: a classifier's probabilities are not checked to lie within [0, 1].
+            let confidence = best.map_or(0.0, |(_, probability)| probability.clamp(0.0, 1.0));
+            let bin = &mut bins
+                [((confidence * CALIBRATION_BINS as f64) as usize).min(CALIBRATION_BINS - 1)];
+            bin.n += 1;
+            bin.confidence += confidence;
+            bin.correct += u64::from(right);
         }
+        let (ece, calibration) = calibration(&bins, n);
         let mean = |total: f64| if n == 0 { 0.0 } else { total / n as f64 };
         Evaluation {
             n,
             accuracy: mean(correct as f64),
             log_loss: mean(loss),
+            ece,
+            calibration,
             labels,
             confusion,
         }
     }
 
-    /// A plain-text report: the headline numbers, then the confusion matrix with true labels
-    /// as rows and predicted labels as columns.
+    /// A plain-text report: the headline numbers, the calibration bins, then the confusion
+    /// matrix with true labels as rows and predicted labels as columns.
     pub fn to_table(&self) -> String {
         let corner = "true \\ predicted";
         let first_width = self
@@ -95,9 +161,21 @@ impl Evaluation {
             })
             .collect();
         let mut out = format!(
-            "examples  {}\naccuracy  {:.4}\nlog loss  {:.4}\n\n{corner:<first_width$}",
-            self.n, self.accuracy, self.log_loss
+            "examples  {}\naccuracy  {:.4}\nlog loss  {:.4}\nece       {:.4} ({CALIBRATION_BINS} \
+             equal-width confidence bins)\n\n",
+            self.n, self.accuracy, self.log_loss, self.ece
         );
+        if !self.calibration.is_empty() {
+            out.push_str("confidence  examples  mean confidence  accuracy\n");
+            for bin in &self.calibration {
+                out.push_str(&format!(
+                    "{:.1}-{:.1}     {:>8}  {:>15.4}  {:>8.4}\n",
+                    bin.lower, bin.upper, bin.n, bin.confidence, bin.accuracy
+                ));
+            }
+            out.push('\n');
+        }
+        out.push_str(&format!("{corner:<first_width$}"));
         for (label, width) in self.labels.iter().zip(&widths) {
             out.push_str(&format!("  {label:>width$}"));
         }

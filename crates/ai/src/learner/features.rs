@@ -4,7 +4,7 @@
 
 use super::{floor_char_boundary, LearnerOptions, Scratch};
 
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+pub(super) const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 /// Salts that give each kind of feature its own hash family, so that a word and an n-gram
 /// with the same bytes land in different buckets.
@@ -19,7 +19,7 @@ const PADDING: usize = 8;
 
 /// FNV-1a, 64 bits, one byte at a time: stable across platforms, fast on short inputs.
 #[inline]
-fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
+pub(super) fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
     for &byte in bytes {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(FNV_PRIME);

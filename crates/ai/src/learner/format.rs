@@ -1,14 +1,21 @@
 //! The byte format of a stored learner: [`Learner::to_bytes`] and [`Learner::from_bytes`].
+//!
+//! Version 2 added the temperature (`f32`, after the example count); version 1 bytes still
+//! load, with temperature 1 (their answers are unchanged). Only the newest version is written.
 
 use sha2::{Digest, Sha256};
 
 use super::{
     validate_label, Error, Learner, LearnerOptions, CHECKSUM_BYTES, FORMAT_VERSION, MAGIC,
-    MAX_LABEL_BYTES,
+    MAX_LABEL_BYTES, MAX_TEMPERATURE, MIN_TEMPERATURE,
 };
 
+/// The oldest format version [`Learner::from_bytes`] reads.
+const OLDEST_FORMAT_VERSION: u16 = 1;
+
 impl Learner {
-    /// The model as bytes: magic, format version, options, counters, labels, biases, then only
+    /// The model as bytes: magic, format version, options, counters, temperature, labels,
+    /// biases, then only
     /// the buckets that training touched (gap-encoded index, count, one `f32` per class), and
     /// the SHA-256 of everything before. Continuing to train a model read back gives the same
     /// bytes as never having stored it.
@@ -28,6 +35,7 @@ impl Learner {
         out.extend_from_slice(&(options.max_text_bytes as u64).to_le_bytes());
         out.extend_from_slice(&self.version.to_le_bytes());
         out.extend_from_slice(&self.examples_seen.to_le_bytes());
+        out.extend_from_slice(&self.temperature.to_le_bytes());
         put_varint(&mut out, classes as u64);
         for label in &self.classes {
             put_varint(&mut out, label.len() as u64);
@@ -55,7 +63,7 @@ impl Learner {
     }
 
     /// Reads [`Learner::to_bytes`] back, checking the magic bytes, the checksum, the format
-    /// version and every value against its bounds.
+    /// version (1 to [`FORMAT_VERSION`]) and every value against its bounds.
     pub fn from_bytes(bytes: &[u8]) -> Result<Learner, Error> {
         if bytes.len() < MAGIC.len() || bytes[..MAGIC.len()] != MAGIC {
             return Err(Error::NotALearner);
@@ -72,13 +80,13 @@ impl Learner {
             position: MAGIC.len(),
         };
         let found = reader.u16()?;
-        if found != FORMAT_VERSION {
+        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&found) {
             return Err(Error::UnsupportedFormatVersion {
                 found,
                 supported: FORMAT_VERSION,
             });
         }
-        let learner = read_learner(&mut reader)?;
+        let learner = read_learner(&mut reader, found)?;
         if reader.position != body.len() {
             return Err(Error::Corrupt(format!(
                 "{} unexpected bytes after the weights",
@@ -89,7 +97,7 @@ impl Learner {
     }
 }
 
-fn read_learner(reader: &mut Reader<'_>) -> Result<Learner, Error> {
+fn read_learner(reader: &mut Reader<'_>, format_version: u16) -> Result<Learner, Error> {
     let options = LearnerOptions {
         buckets_log2: reader.u8()?,
         char_ngrams: (reader.u8()?, reader.u8()?),
@@ -109,6 +117,15 @@ fn read_learner(reader: &mut Reader<'_>) -> Result<Learner, Error> {
     let mut learner = Learner::empty(options);
     learner.version = reader.u64()?;
     learner.examples_seen = reader.u64()?;
+    if format_version >= 2 {
+        let temperature = reader.f32()?;
+        if !(MIN_TEMPERATURE..=MAX_TEMPERATURE).contains(&temperature) {
+            return Err(Error::Corrupt(format!(
+                "the temperature is {temperature}, expected {MIN_TEMPERATURE}..={MAX_TEMPERATURE}"
+            )));
+        }
+        learner.temperature = temperature;
+    }
     let classes = reader.length(options.class_limit(), "labels")?;
     for _ in 0..classes {
         let length = reader.length(MAX_LABEL_BYTES, "label bytes")?;
