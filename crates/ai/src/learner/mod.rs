@@ -237,6 +237,9 @@ impl LearnerOptions {
     }
 }
 
+/// A labelled text: `(text, label)`.
+type Example = (String, String);
+
 /// What [`Learner::train`] did.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Training {
@@ -445,10 +448,10 @@ impl Learner {
         mut progress: impl FnMut(usize),
     ) -> Result<Training, Error> {
         self.check_labels(examples)?;
-        let (held_out, learnt_first): (Vec<&(String, String)>, Vec<&(String, String)>) =
+        let (held_out, learnt_first): (Vec<&Example>, Vec<&Example>) =
             examples.iter().partition(|(text, _)| is_held_out(text));
         let fit = held_out.len() >= MIN_HELD_OUT;
-        let (first, last): (Vec<&(String, String)>, Vec<&(String, String)>) = if fit {
+        let (first, last): (Vec<&Example>, Vec<&Example>) = if fit {
             (learnt_first, held_out)
         } else {
             (examples.iter().collect(), Vec::new())
@@ -501,7 +504,7 @@ impl Learner {
     /// not know yet are left out), or `None` when fewer than two labels are known or no
     /// example is left. The loss is convex in `1/T`: its derivative, `Σ (E_q[z] - z_label)`,
     /// grows with `1/T`, so bisection finds the minimum within the bounds.
-    fn fit_temperature(&self, examples: &[&(String, String)]) -> Option<FittedTemperature> {
+    fn fit_temperature(&self, examples: &[&Example]) -> Option<FittedTemperature> {
         if self.classes.len() < 2 {
             return None;
         }

@@ -662,8 +662,10 @@ fn synthetic_topics(classes: usize, count: usize, seed: u64) -> Vec<(String, Str
         .collect()
 }
 
+type Examples = Vec<(String, String)>;
+
 /// Every fifth example is for testing, the rest for training.
-fn split(examples: Vec<(String, String)>) -> (Vec<(String, String)>, Vec<(String, String)>) {
+fn split(examples: Examples) -> (Examples, Examples) {
     let (test, train): (Vec<_>, Vec<_>) = examples
         .into_iter()
         .enumerate()
