@@ -350,7 +350,8 @@ fn describe_temperature(training: &Training) -> String {
             training.temperature, training.held_out
         ),
         _ => format!(
-            "{:.3}, from online updates (fewer than {} examples held out: too few to fit)",
+            "{:.3}, from online updates (not fitted: fewer than {} examples held out, or \
+             fewer than two labels)",
             training.temperature,
             keel_ai::learner::MIN_HELD_OUT
         ),
