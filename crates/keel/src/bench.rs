@@ -21,7 +21,9 @@ pub enum BenchCommand {
     Engine(EngineArgs),
     /// Journal appends, full verification and inclusion proofs at N entries.
     Ledger(LedgerArgs),
-    /// The built-in learner on one thread: predictions/s and updates/s against the floors.
+    /// The built-in learner on one thread: predictions/s and updates/s against the floors,
+    /// and accuracy, log-loss and calibration (ECE) on every fifth example after training on
+    /// the others.
     Learner(LearnerArgs),
     /// The latency the gateway adds to /v1/chat/completions (Keel minus direct) at fixed
     /// request rates, the highest rate sustained and RSS; `--litellm` measures LiteLLM too.
@@ -656,6 +658,31 @@ fn bench_learner(args: &LearnerArgs) -> anyhow::Result<ExitCode> {
         (
             "model bytes",
             report.model_bytes.to_string(),
+            "-".to_string(),
+        ),
+        (
+            "test examples",
+            report.test_examples.to_string(),
+            "-".to_string(),
+        ),
+        (
+            "test accuracy",
+            format!("{:.4}", report.test_accuracy),
+            "-".to_string(),
+        ),
+        (
+            "test log loss",
+            format!("{:.4}", report.test_log_loss),
+            "-".to_string(),
+        ),
+        (
+            "test ECE (10 bins)",
+            format!("{:.4}", report.test_ece),
+            "-".to_string(),
+        ),
+        (
+            "temperature",
+            format!("{:.3}", report.temperature),
             "-".to_string(),
         ),
     ];

@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use keel_ai::learner::{evaluate, Learner};
+use keel_ai::learner::{evaluate, Learner, Training};
 use keel_engine::learn::{self, Actor, NewVersion};
 use keel_store::Store;
 use serde_json::json;
@@ -25,12 +25,15 @@ use crate::DataArgs;
 #[derive(Subcommand, Debug)]
 pub enum LearnerCommand {
     /// Train (or keep training) the learner of WORKFLOW's STEP from a JSONL file of
-    /// {"text": ..., "label": ...} lines. Continues from the latest stored version and stores
-    /// the result as the next version (journal entry `learner.trained`). A running
-    /// `keel serve` loads stored learners at start: restart it to use the new version.
+    /// {"text": ..., "label": ...} lines. Continues from the latest stored version, fits the
+    /// temperature of its confidence on one example in ten (held out by a hash of the text,
+    /// then learnt too), and stores the result as the next version (journal entry
+    /// `learner.trained`). A running `keel serve` loads stored learners at start: restart it
+    /// to use the new version.
     Train(TrainArgs),
     /// Evaluate the latest stored version of WORKFLOW's STEP learner on a labelled JSONL file:
-    /// accuracy, log-loss and the confusion matrix.
+    /// accuracy, log-loss, expected calibration error (10 equal-width confidence bins) with
+    /// the bins, and the confusion matrix.
     Eval(EvalArgs),
     /// List the stored versions of WORKFLOW's STEP learner, newest first, with their status:
     /// challenger (waits for its test), serving, retired, failed (kept, never served).
@@ -91,9 +94,6 @@ pub struct VersionsArgs {
     #[arg(long)]
     pub json: bool,
 }
-
-/// Examples per `update_batch` call while training (the progress bar moves per batch).
-const BATCH: usize = 100;
 
 pub async fn run(command: LearnerCommand) -> anyhow::Result<ExitCode> {
     match command {
@@ -291,7 +291,7 @@ async fn train(args: &TrainArgs) -> anyhow::Result<ExitCode> {
     let previous = latest_learner(&store, &args.data, &args.workflow, &args.step).await?;
     let previous_version = previous.as_ref().map(|(version, _)| *version);
     let mut learner = previous.map_or_else(Learner::default, |(_, learner)| learner);
-    fit(&mut learner, &examples, !args.json)?;
+    let training = fit(&mut learner, &examples, !args.json)?;
     let accuracy = evaluate(&learner, &examples).accuracy;
     let source = format!(
         "cli:{}",
@@ -309,7 +309,12 @@ async fn train(args: &TrainArgs) -> anyhow::Result<ExitCode> {
             kind: "learner.challenger",
             source: &source,
             batch: examples.len(),
-            extra: json!({"training_accuracy": accuracy, "built_on": previous_version}),
+            extra: json!({
+                "training_accuracy": accuracy,
+                "temperature": training.temperature,
+                "held_out": training.held_out,
+                "built_on": previous_version,
+            }),
             actor: cli_actor(),
             now_ms: now_ms(),
             texts: examples.iter().map(|(text, _)| text.as_str()).collect(),
@@ -330,6 +335,10 @@ async fn train(args: &TrainArgs) -> anyhow::Result<ExitCode> {
             "trained_now": examples.len(),
             "classes": learner.classes(),
             "training_accuracy": accuracy,
+            "temperature": training.temperature,
+            "held_out": training.held_out,
+            "held_out_log_loss_before": training.held_out_log_loss_before,
+            "held_out_log_loss_after": training.held_out_log_loss_after,
             "database": args.data.database_url(),
         });
         println!("{report}");
@@ -343,6 +352,7 @@ async fn train(args: &TrainArgs) -> anyhow::Result<ExitCode> {
         println!("examples seen      {}", learner.examples_seen());
         println!("classes            {}", learner.classes().join(", "));
         println!("training accuracy  {accuracy:.4}");
+        println!("temperature        {}", describe_temperature(&training));
         eprintln!(
             "stored as a challenger: a running `keel serve` tests it against the serving version on reviewed outcomes it did not train on, and serves it only if it is non-inferior (`keel learner versions` shows the result)"
         );
@@ -350,8 +360,32 @@ async fn train(args: &TrainArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Trains `learner` on `examples` in batches, with a progress bar on a terminal.
-fn fit(learner: &mut Learner, examples: &[(String, String)], show: bool) -> anyhow::Result<()> {
+/// The fitted temperature and what it was fitted on, for people.
+fn describe_temperature(training: &Training) -> String {
+    match (
+        training.held_out_log_loss_before,
+        training.held_out_log_loss_after,
+    ) {
+        (Some(before), Some(after)) => format!(
+            "{:.3}, fitted on {} held-out examples (their log loss {before:.4} -> {after:.4})",
+            training.temperature, training.held_out
+        ),
+        _ => format!(
+            "{:.3}, from online updates (not fitted: fewer than {} examples held out, or \
+             fewer than two labels)",
+            training.temperature,
+            keel_ai::learner::MIN_HELD_OUT
+        ),
+    }
+}
+
+/// Trains and calibrates `learner` on `examples` ([`Learner::train`]), with a progress bar on
+/// a terminal.
+fn fit(
+    learner: &mut Learner,
+    examples: &[(String, String)],
+    show: bool,
+) -> anyhow::Result<Training> {
     let bar = if std::io::stderr().is_terminal() && show {
         let bar = ProgressBar::new(examples.len() as u64);
         bar.set_style(
@@ -364,16 +398,15 @@ fn fit(learner: &mut Learner, examples: &[(String, String)], show: bool) -> anyh
     } else {
         None
     };
-    for batch in examples.chunks(BATCH) {
-        learner.update_batch(batch)?;
+    let training = learner.train(examples, |done| {
         if let Some(bar) = &bar {
-            bar.inc(batch.len() as u64);
+            bar.set_position(done as u64);
         }
-    }
+    })?;
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    Ok(())
+    Ok(training)
 }
 
 async fn eval(args: &EvalArgs) -> anyhow::Result<ExitCode> {
@@ -403,9 +436,15 @@ async fn eval(args: &EvalArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         let mut report = serde_json::to_value(&evaluation)?;
         report["version"] = json!(version);
+        report["temperature"] = json!(learner.temperature());
         println!("{report}");
     } else {
-        println!("{}/{} version {version}", args.workflow, args.step);
+        println!(
+            "{}/{} version {version}, temperature {:.3}",
+            args.workflow,
+            args.step,
+            learner.temperature()
+        );
         print!("{}", evaluation.to_table());
     }
     Ok(ExitCode::SUCCESS)
