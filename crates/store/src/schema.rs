@@ -359,6 +359,20 @@ ALTER TABLE calibrators ADD COLUMN reviews_seen INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX trust_outcomes_model_id ON trust_outcomes (ai_step, model, id);
 "#,
     ),
+    (
+        11,
+        r#"
+ALTER TABLE drift_results ADD COLUMN windows TEXT NOT NULL DEFAULT 'time';
+ALTER TABLE drift_results ADD COLUMN streak INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE drift_results ADD COLUMN streak_to_ms INTEGER;
+ALTER TABLE drift_results ADD COLUMN alerting INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE drift_results ADD COLUMN recovered INTEGER NOT NULL DEFAULT 0;
+UPDATE drift_results SET streak = drifted, alerting = drifted,
+    streak_to_ms = CASE WHEN drifted = 1 THEN current_to_ms END;
+DROP INDEX drift_observations_window;
+CREATE INDEX drift_observations_newest ON drift_observations (workflow, feature, at_ms, case_id);
+"#,
+    ),
 ];
 
 /// (version, SQL) for PostgreSQL.
@@ -721,6 +735,20 @@ CREATE INDEX exceptions_raised ON exceptions (raised_at_ms);
         r#"
 ALTER TABLE calibrators ADD COLUMN reviews_seen BIGINT NOT NULL DEFAULT 0;
 CREATE INDEX trust_outcomes_model_id ON trust_outcomes (ai_step, model, id);
+"#,
+    ),
+    (
+        11,
+        r#"
+ALTER TABLE drift_results ADD COLUMN windows TEXT NOT NULL DEFAULT 'time';
+ALTER TABLE drift_results ADD COLUMN streak BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE drift_results ADD COLUMN streak_to_ms BIGINT;
+ALTER TABLE drift_results ADD COLUMN alerting BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE drift_results ADD COLUMN recovered BIGINT NOT NULL DEFAULT 0;
+UPDATE drift_results SET streak = drifted, alerting = drifted,
+    streak_to_ms = CASE WHEN drifted = 1 THEN current_to_ms END;
+DROP INDEX drift_observations_window;
+CREATE INDEX drift_observations_newest ON drift_observations (workflow, feature, at_ms, case_id);
 "#,
     ),
 ];

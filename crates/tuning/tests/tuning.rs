@@ -1089,7 +1089,12 @@ const SIMULATED: [Simulated; 8] = [
 ];
 
 /// The fraction of `windows` seeded window pairs of `sizes` that `simulated` flags.
-fn simulated_rate(simulated: &Simulated, sizes: (usize, usize), windows: u64, drifted: bool) -> f64 {
+fn simulated_rate(
+    simulated: &Simulated,
+    sizes: (usize, usize),
+    windows: u64,
+    drifted: bool,
+) -> f64 {
     let options = Options {
         method: Some(simulated.method),
         ..Options::default()
@@ -1156,7 +1161,10 @@ fn a_real_shift_in_100_rows_is_detected_in_most_windows() {
             weak.push(format!("{}: {power}", simulated.name));
         }
     }
-    assert!(weak.is_empty(), "detected in fewer than 80% of windows: {weak:?}");
+    assert!(
+        weak.is_empty(),
+        "detected in fewer than 80% of windows: {weak:?}"
+    );
 }
 
 /// The chi-square critical value for upper tail `alpha`, by bisection on the survival function.

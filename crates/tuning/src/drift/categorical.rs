@@ -209,7 +209,10 @@ mod tests {
         // A category empty in both samples is left out; one category is no test.
         let result = chi_square_homogeneity(&[10, 0, 20], &[20, 0, 10]).unwrap();
         assert_eq!(result.dof, 1);
-        assert_eq!(chi_square_homogeneity(&[5, 0], &[7, 0]).unwrap().p_value, 1.0);
+        assert_eq!(
+            chi_square_homogeneity(&[5, 0], &[7, 0]).unwrap().p_value,
+            1.0
+        );
         assert!(chi_square_homogeneity(&[0, 0], &[1, 0]).is_err());
     }
 

@@ -62,7 +62,6 @@ pub mod permutation;
 pub use categorical::{
     chi_square, chi_square_homogeneity, z_test, ChiSquare, ZTest, CHI_SQUARE_SUM_TOLERANCE,
 };
-pub use permutation::{Calibration, FALSE_ALARM_RATE, PERMUTATIONS};
 pub use distance::{
     binned_proportions, jensen_shannon_distance, psi, psi_from_proportions, wasserstein_distance,
     wasserstein_normalised, Binned, Binning, NormalisedWasserstein, HISTOGRAM_MIN_UNIQUE,
@@ -70,6 +69,7 @@ pub use distance::{
 };
 pub use kolmogorov::kstwo_sf;
 pub use ks::{ks_2samp, KsResult, PValueMethod, MAX_EXACT_SAMPLE};
+pub use permutation::{Calibration, FALSE_ALARM_RATE, PERMUTATIONS};
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -550,7 +550,10 @@ mod tests {
         assert_eq!(evidently_method(&numeric(&many), 100), Method::Ks);
         assert_eq!(evidently_method(&numeric(&few), 3), Method::ChiSquare);
         assert_eq!(evidently_method(&numeric(&binary), 2), Method::ZTest);
-        assert_eq!(evidently_method(&numeric(&large), 2000), Method::Wasserstein);
+        assert_eq!(
+            evidently_method(&numeric(&large), 2000),
+            Method::Wasserstein
+        );
         assert_eq!(evidently_method(&numeric(&large), 4), Method::JensenShannon);
     }
 

@@ -126,9 +126,9 @@ pub(crate) fn wasserstein(
     let current_rows = pooled.len().saturating_sub(reference_rows);
     check_sizes(reference_rows, current_rows)?;
     // A sum of mixed bits: the same whatever the order of the rows.
-    let hash = pooled
-        .iter()
-        .fold(0_u64, |hash, value| hash.wrapping_add(mix64((value + 0.0).to_bits())));
+    let hash = pooled.iter().fold(0_u64, |hash, value| {
+        hash.wrapping_add(mix64((value + 0.0).to_bits()))
+    });
     let mut rng = SplitMix64::new(mix64(SEED ^ hash));
     let (scaled_reference, scaled_current) = scaled_sizes(reference_rows, current_rows);
     let mut values = pooled.to_vec();
