@@ -1115,14 +1115,15 @@ fn simulated_rate(
 /// at every size pair, with the default (calibrated) thresholds. Prints the measured rates
 /// (`cargo test -p keel-tuning --test tuning false_alarm -- --nocapture`).
 ///
-/// The bound is the stated 5% plus two binomial standard errors of the estimate (0.49 points
-/// at 2,000 windows, so 5.97%; 3.1 points at the quick default of 200): a method whose real
-/// rate is 5% passes, one whose rate is well above it (Evidently's fixed thresholds gave 16%
-/// to 50% at these sizes) fails.
+/// The bound is the stated 5% plus three binomial standard errors of the estimate (0.49
+/// points at 2,000 windows, so 6.46%; 4.6 points at the quick default of 200): three, not two,
+/// because 32 rates are checked at once, and a method whose real rate is 5% should pass all of
+/// them; one whose rate is well above it (Evidently's fixed thresholds gave 16% to 50% at
+/// these sizes) fails. Measured at 2,000 windows: 0.0% to 5.8%.
 #[test]
 fn false_alarms_stay_at_five_percent_for_every_method_and_window_sizes() {
     let windows = simulated_windows();
-    let allowed = 0.05 + 2.0 * (0.05 * 0.95 / windows as f64).sqrt();
+    let allowed = 0.05 + 3.0 * (0.05 * 0.95 / windows as f64).sqrt();
     let mut failures = Vec::new();
     for simulated in &SIMULATED {
         for sizes in SIZE_PAIRS {
