@@ -8,6 +8,8 @@
 //!                                    # starts (default 28 days; or `{ hours: N }`, or `28d`)
 //!   current: { days: 7 }             # the current window, ending now (default 7 days)
 //!   min_rows: 100                    # fewer rows in either window: no test (default 100)
+//!   persistence: 2                   # drifted results in a row, each over new data,
+//!                                    # before `drift.alert` (default 2; 1 to 10)
 //!   retention: 90d                   # how long observations are kept; at least reference
 //!                                    # + current (default: see below; or `{ days: N }`)
 //!   on_drift: alert                  # or `demote`: also withdraw trust one phase from
@@ -17,11 +19,29 @@
 //!     - { name: sender_domain, expr: "input.sender_domain", kind: categorical }
 //!     - { name: label, expr: "output.label", step: classify }     # over an `ai` step's
 //!     - { name: confidence, expr: "confidence", step: classify }  # accepted proposal
-//!       # optional: method: ks|wasserstein|chisquare|ztest|jensenshannon|psi, threshold: 0.1
+//!       # optional: method: ks|wasserstein|chi_square|z_test|jensen_shannon|psi, threshold: 0.1
 //! ```
 //!
+//! **Row-count windows** give a first result as soon as the rows are there, instead of after
+//! the 7 days of the default current window: `reference: { rows: 200 }` and
+//! `current: { rows: 50 }` compare a feature's newest 50 values with the 200 before them
+//! (both windows count rows, or both count time). Cases on which the feature's expression
+//! failed are not values and do not count. `min_rows` then defaults to the smaller window (at
+//! most 100), so the first test runs once 50 + 50 values are in, and `retention` defaults to
+//! [`ROW_WINDOW_RETENTION_MS`] (90 days): rows older than that are gone, so a feature that
+//! sees fewer values than both windows in that time needs a longer `retention`.
+//!
+//! **Persistence.** One drifted result is not an alert: a feature alerts (journals
+//! `drift.alert` and, with `on_drift: demote`, demotes) only when `persistence` consecutive
+//! results drifted, each one's current window starting at or after the end of the previous
+//! counted one, so that each is a new look at new data rather than the same rows evaluated
+//! again a minute later. A result with no drift ends the run (and journals `drift.recovered`
+//! if the feature had alerted); a result that could not test (too few rows, an error) neither
+//! extends nor ends it.
+//!
 //! A feature's kind is inferred from its first value (number → numeric, string or bool →
-//! categorical) unless `kind:` says.
+//! categorical) unless `kind:` says. Method names are written one way everywhere
+//! (configuration, API, journal, CLI): `keel_tuning::drift::Method::name`.
 //!
 //! Retention: the engine deletes observations older than `retention`. By default that is both
 //! windows and as much again, but at least 7 days more than the windows
@@ -50,6 +70,15 @@ pub const MAX_FEATURE_NAME_CHARS: usize = 64;
 pub const MAX_CATEGORY_CHARS: usize = 256;
 /// Bounds of `min_rows`.
 pub const MIN_ROWS_RANGE: (u64, u64) = (1, 100_000);
+/// Default `min_rows` (and, for row windows, its most).
+pub const DEFAULT_MIN_ROWS: u64 = 100;
+/// Bounds of a row-count window (the engine reads at most 100,000 rows per window).
+pub const ROW_WINDOW_RANGE: (u64, u64) = (10, 100_000);
+/// Default `retention` with row-count windows: 90 days.
+pub const ROW_WINDOW_RETENTION_MS: u64 = 90 * DAY_MS;
+/// Bounds of `persistence`, and its default.
+pub const PERSISTENCE_RANGE: (u32, u32) = (1, 10);
+pub const DEFAULT_PERSISTENCE: u32 = 2;
 const HOUR_MS: u64 = 3_600_000;
 const DAY_MS: u64 = 24 * HOUR_MS;
 /// Bounds of either window: one hour to 366 days.
@@ -65,39 +94,54 @@ const FIELDS: &[&str] = &[
     "reference",
     "current",
     "min_rows",
+    "persistence",
     "retention",
     "on_drift",
     "features",
 ];
 const FEATURE_FIELDS: &[&str] = &["name", "expr", "kind", "step", "method", "threshold"];
-/// Method names as written in the file (both spellings of the compound ones).
-const METHODS: &[(&str, Method)] = &[
-    ("ks", Method::Ks),
-    ("wasserstein", Method::Wasserstein),
-    ("chisquare", Method::ChiSquare),
-    ("chi_square", Method::ChiSquare),
-    ("ztest", Method::ZTest),
-    ("z_test", Method::ZTest),
-    ("jensenshannon", Method::JensenShannon),
-    ("jensen_shannon", Method::JensenShannon),
-    ("psi", Method::Psi),
-];
 
 /// A checked `monitor:` section.
 #[derive(Debug, Clone)]
 pub struct Monitor {
     /// Length of the reference window, which ends where the current one starts.
-    pub reference: DurationMs,
-    /// Length of the current window, which ends now.
-    pub current: DurationMs,
+    pub reference: WindowLength,
+    /// Length of the current window, which ends now. Of the same kind as `reference`.
+    pub current: WindowLength,
     /// Fewer rows than this in either window: the feature is not tested.
     pub min_rows: u64,
+    /// Consecutive drifted results (each over a new current window) before an alert.
+    pub persistence: u32,
     /// How long observations are kept; at least `reference + current`, what an evaluation
     /// reads back.
     pub retention: DurationMs,
     pub on_drift: OnDrift,
     /// 1 to [`MAX_FEATURES`], names unique.
     pub features: Vec<Feature>,
+}
+
+/// How long a window is: a time span, or a number of the feature's newest values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowLength {
+    Duration(DurationMs),
+    Rows(u64),
+}
+
+impl WindowLength {
+    pub fn rows(self) -> Option<u64> {
+        match self {
+            WindowLength::Rows(rows) => Some(rows),
+            WindowLength::Duration(_) => None,
+        }
+    }
+
+    pub fn duration(self) -> Option<DurationMs> {
+        match self {
+            WindowLength::Duration(duration) => Some(duration),
+            WindowLength::Rows(_) => None,
+        }
+    }
 }
 
 /// What a drift alert does besides being journaled (and so reaching webhooks).
@@ -171,16 +215,23 @@ pub struct Windows {
 }
 
 impl Monitor {
-    /// The windows of an evaluation at `now_ms`.
-    pub fn windows(&self, now_ms: i64) -> Windows {
-        let current = i64::try_from(self.current.0).unwrap_or(i64::MAX);
-        let reference = i64::try_from(self.reference.0).unwrap_or(i64::MAX);
+    /// The time windows of an evaluation at `now_ms`; `None` for row-count windows, whose
+    /// bounds are the times of the rows they hold.
+    pub fn windows(&self, now_ms: i64) -> Option<Windows> {
+        let (reference, current) = self.reference.duration().zip(self.current.duration())?;
+        let current = i64::try_from(current.0).unwrap_or(i64::MAX);
+        let reference = i64::try_from(reference.0).unwrap_or(i64::MAX);
         let current_from_ms = now_ms.saturating_sub(current);
-        Windows {
+        Some(Windows {
             reference_from_ms: current_from_ms.saturating_sub(reference),
             current_from_ms,
             current_to_ms: now_ms,
-        }
+        })
+    }
+
+    /// Both windows' row counts, when they are row-count windows.
+    pub fn row_windows(&self) -> Option<(u64, u64)> {
+        self.reference.rows().zip(self.current.rows())
     }
 
     /// How long results are kept: [`RESULT_RETENTION_MS`], or `retention` when longer, so no
@@ -267,6 +318,14 @@ pub fn default_retention(reference: DurationMs, current: DurationMs) -> Duration
     DurationMs(windows.saturating_add(windows.max(MIN_RETENTION_MARGIN_MS)))
 }
 
+/// The `min_rows` of a monitor without one: 100, or the smaller row window if less.
+pub fn default_min_rows(reference: WindowLength, current: WindowLength) -> u64 {
+    match (reference.rows(), current.rows()) {
+        (Some(reference), Some(current)) => reference.min(current).min(DEFAULT_MIN_ROWS),
+        _ => DEFAULT_MIN_ROWS,
+    }
+}
+
 /// `duration` as a workflow file writes it, largest unit first (`35d`, `1d12h`, `90s`).
 fn duration_text(duration: DurationMs) -> String {
     const UNITS: [(&str, u64); 5] = [
@@ -299,12 +358,9 @@ pub fn is_feature_name(name: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
-/// The name a method is written with (the first spelling of [`METHODS`]).
+/// The name a method is written with, everywhere (`chi_square`, `jensen_shannon`, ...).
 pub fn method_name(method: Method) -> &'static str {
-    METHODS
-        .iter()
-        .find(|(_, m)| *m == method)
-        .map_or("ks", |(name, _)| name)
+    method.name()
 }
 
 fn is_p_value(method: Method) -> bool {
@@ -323,20 +379,31 @@ impl Checker<'_> {
         let errors = self.error_count();
         let reference = match fields.get("reference") {
             Some(n) => self.window(n, "`monitor.reference`"),
-            None => Some(DurationMs(28 * DAY_MS)),
+            None => Some(WindowLength::Duration(DurationMs(28 * DAY_MS))),
         };
         let current = match fields.get("current") {
             Some(n) => self.window(n, "`monitor.current`"),
-            None => Some(DurationMs(7 * DAY_MS)),
+            None => Some(WindowLength::Duration(DurationMs(7 * DAY_MS))),
         };
-        let min_rows = match fields.get("min_rows") {
-            Some(n) => self.min_rows(n),
-            None => Some(100),
+        let windows = match (reference, current) {
+            (Some(reference), Some(current)) => self.same_kind(node, reference, current),
+            _ => None,
         };
-        let windows = reference.zip(current);
+        let min_rows = match (fields.get("min_rows"), windows) {
+            (Some(n), _) => self.min_rows(n, windows),
+            (None, Some((reference, current))) => Some(default_min_rows(reference, current)),
+            (None, None) => None,
+        };
+        let persistence = match fields.get("persistence") {
+            Some(n) => self.persistence(n),
+            None => Some(DEFAULT_PERSISTENCE),
+        };
         let retention = match (fields.get("retention"), windows) {
             (Some(n), _) => self.retention(n, windows),
-            (None, Some((reference, current))) => Some(default_retention(reference, current)),
+            (None, Some((WindowLength::Duration(reference), WindowLength::Duration(current)))) => {
+                Some(default_retention(reference, current))
+            }
+            (None, Some(_)) => Some(DurationMs(ROW_WINDOW_RETENTION_MS)),
             (None, None) => None,
         };
         let on_drift = match fields.get("on_drift") {
@@ -356,10 +423,12 @@ impl Checker<'_> {
             },
         };
         let features = fields.get("features").and_then(|n| self.features(n, steps));
+        let (reference, current) = windows?;
         let monitor = Monitor {
-            reference: reference?,
-            current: current?,
+            reference,
+            current,
             min_rows: min_rows?,
+            persistence: persistence?,
             retention: retention?,
             on_drift: on_drift?,
             features: features?,
@@ -367,8 +436,14 @@ impl Checker<'_> {
         (self.error_count() == errors).then_some(monitor)
     }
 
-    /// `{ days: N }`, `{ hours: N }` or a duration such as `28d`, from one hour to 366 days.
-    fn window(&mut self, node: &Node, what: &str) -> Option<DurationMs> {
+    /// `{ rows: N }`, or `{ days: N }`, `{ hours: N }` or a duration such as `28d`, from one
+    /// hour to 366 days.
+    fn window(&mut self, node: &Node, what: &str) -> Option<WindowLength> {
+        if let Value::Map(entries) = &node.value {
+            if entries.iter().any(|(key, _)| key.as_str() == Some("rows")) {
+                return self.row_window(node, what).map(WindowLength::Rows);
+            }
+        }
         let duration = self.length(node, what)?;
         let (low, high) = WINDOW_RANGE_MS;
         if duration.0 < low || duration.0 > high {
@@ -376,11 +451,75 @@ impl Checker<'_> {
                 "out-of-range",
                 node.span,
                 format!("{what} is outside 1 hour to 366 days"),
-                "a window is `{ days: 1 }` to `{ days: 366 }`, or `{ hours: N }`".to_string(),
+                "a window is `{ days: 1 }` to `{ days: 366 }`, `{ hours: N }`, or a row count such as `{ rows: 200 }`".to_string(),
             );
             return None;
         }
-        Some(duration)
+        Some(WindowLength::Duration(duration))
+    }
+
+    /// `{ rows: N }`, N within [`ROW_WINDOW_RANGE`].
+    fn row_window(&mut self, node: &Node, what: &str) -> Option<u64> {
+        let fields = self.fields(node, what, node.span, &["rows"], &["rows"])?;
+        let rows = fields.get("rows")?;
+        let (low, high) = ROW_WINDOW_RANGE;
+        match rows.value {
+            Value::Int(n) if (low as i64..=high as i64).contains(&n) => u64::try_from(n).ok(),
+            Value::Int(n) => {
+                self.error(
+                    "out-of-range",
+                    rows.span,
+                    format!("{what} of {n} rows is outside {low}..={high}"),
+                    "e.g. `reference: { rows: 200 }` and `current: { rows: 50 }`".to_string(),
+                );
+                None
+            }
+            _ => {
+                self.wrong_type(rows, what, "a whole number of rows");
+                None
+            }
+        }
+    }
+
+    /// Both windows count rows, or both count time.
+    fn same_kind(
+        &mut self,
+        node: &Node,
+        reference: WindowLength,
+        current: WindowLength,
+    ) -> Option<(WindowLength, WindowLength)> {
+        if reference.rows().is_some() == current.rows().is_some() {
+            return Some((reference, current));
+        }
+        self.error(
+            "invalid-value",
+            node.span,
+            "`monitor.reference` and `monitor.current` must both be row counts or both be durations".to_string(),
+            "e.g. `reference: { rows: 200 }` with `current: { rows: 50 }`, or `reference: { days: 28 }` with `current: { days: 7 }`".to_string(),
+        );
+        None
+    }
+
+    fn persistence(&mut self, node: &Node) -> Option<u32> {
+        let (low, high) = PERSISTENCE_RANGE;
+        match node.value {
+            Value::Int(n) if (i64::from(low)..=i64::from(high)).contains(&n) => {
+                u32::try_from(n).ok()
+            }
+            Value::Int(_) => {
+                self.error(
+                    "out-of-range",
+                    node.span,
+                    format!("`monitor.persistence` is outside {low}..={high}"),
+                    format!("the number of consecutive drifted results before an alert; {DEFAULT_PERSISTENCE} is the default, 1 alerts on the first"),
+                );
+                None
+            }
+            _ => {
+                self.wrong_type(node, "`monitor.persistence`", "a whole number");
+                None
+            }
+        }
     }
 
     /// `monitor.retention`: a length no shorter than both windows (`windows`, when they
@@ -388,7 +527,7 @@ impl Checker<'_> {
     fn retention(
         &mut self,
         node: &Node,
-        windows: Option<(DurationMs, DurationMs)>,
+        windows: Option<(WindowLength, WindowLength)>,
     ) -> Option<DurationMs> {
         let what = "`monitor.retention`";
         let retention = self.length(node, what)?;
@@ -402,6 +541,10 @@ impl Checker<'_> {
             return None;
         }
         let (reference, current) = windows?;
+        let (Some(reference), Some(current)) = (reference.duration(), current.duration()) else {
+            // Row windows: any retention up to the most; rows older than it are not read.
+            return Some(retention);
+        };
         let minimum = DurationMs(reference.0.saturating_add(current.0));
         if retention < minimum {
             self.error(
@@ -457,10 +600,14 @@ impl Checker<'_> {
         })
     }
 
-    fn min_rows(&mut self, node: &Node) -> Option<u64> {
+    fn min_rows(
+        &mut self,
+        node: &Node,
+        windows: Option<(WindowLength, WindowLength)>,
+    ) -> Option<u64> {
         let (low, high) = MIN_ROWS_RANGE;
-        match node.value {
-            Value::Int(n) if (low as i64..=high as i64).contains(&n) => u64::try_from(n).ok(),
+        let min_rows = match node.value {
+            Value::Int(n) if (low as i64..=high as i64).contains(&n) => u64::try_from(n).ok()?,
             Value::Int(_) => {
                 self.error(
                     "out-of-range",
@@ -468,13 +615,26 @@ impl Checker<'_> {
                     format!("`monitor.min_rows` is outside {low}..={high}"),
                     "below this many rows in either window a feature is not tested; 100 is the default".to_string(),
                 );
-                None
+                return None;
             }
             _ => {
                 self.wrong_type(node, "`monitor.min_rows`", "a whole number");
-                None
+                return None;
+            }
+        };
+        let smaller = windows.and_then(|(reference, current)| reference.rows().zip(current.rows()));
+        if let Some(smaller) = smaller.map(|(reference, current)| reference.min(current)) {
+            if min_rows > smaller {
+                self.error(
+                    "out-of-range",
+                    node.span,
+                    format!("`monitor.min_rows` {min_rows} is more than the smaller row window ({smaller} rows), so no feature would ever be tested"),
+                    format!("write at most `min_rows: {smaller}`, or leave it out for the default ({})", smaller.min(DEFAULT_MIN_ROWS)),
+                );
+                return None;
             }
         }
+        Some(min_rows)
     }
 
     fn features(&mut self, node: &Node, steps: Option<&[Step]>) -> Option<Vec<Feature>> {
@@ -658,17 +818,10 @@ impl Checker<'_> {
 
     fn method_of(&mut self, node: &Node, kind: Option<FeatureKind>) -> Option<Method> {
         let text = self.string(node, "`method`")?;
-        let Some((_, method)) = METHODS.iter().find(|(name, _)| *name == text) else {
-            let names = [
-                "ks",
-                "wasserstein",
-                "chisquare",
-                "ztest",
-                "jensenshannon",
-                "psi",
-            ];
-            let hint = match closest(&text, names) {
-                Some(near) => format!("did you mean `{near}`?"),
+        let Some(method) = Method::from_name(&text) else {
+            let names: Vec<&str> = Method::ALL.iter().map(|m| m.name()).collect();
+            let hint = match closest(&text, names.iter().copied()) {
+                Some(near) => format!("did you mean `{near}`? methods: {}", names.join(", ")),
                 None => format!("methods: {}", names.join(", ")),
             };
             self.error(
@@ -686,11 +839,11 @@ impl Checker<'_> {
                 "invalid-value",
                 node.span,
                 format!("`{text}` needs numeric values, and this feature is categorical"),
-                "use chisquare, ztest, jensenshannon or psi for categories".to_string(),
+                "use chi_square, z_test, jensen_shannon or psi for categories".to_string(),
             );
             return None;
         }
-        Some(*method)
+        Some(method)
     }
 
     fn threshold(&mut self, node: &Node, method: Option<Method>) -> Option<f64> {
@@ -745,15 +898,22 @@ mod tests {
 
     #[test]
     fn defaults_and_kinds() {
-        let monitor = check("  features:\n    - { name: body_length, expr: \"size(input.text)\" }\n    - { name: label, expr: output.label, step: judge, method: chisquare, threshold: 0.01 }\n").unwrap();
-        assert_eq!(monitor.reference, DurationMs(28 * DAY_MS));
-        assert_eq!(monitor.current, DurationMs(7 * DAY_MS));
+        let monitor = check("  features:\n    - { name: body_length, expr: \"size(input.text)\" }\n    - { name: label, expr: output.label, step: judge, method: chi_square, threshold: 0.01 }\n").unwrap();
+        assert_eq!(
+            monitor.reference,
+            WindowLength::Duration(DurationMs(28 * DAY_MS))
+        );
+        assert_eq!(
+            monitor.current,
+            WindowLength::Duration(DurationMs(7 * DAY_MS))
+        );
         assert_eq!(monitor.min_rows, 100);
+        assert_eq!(monitor.persistence, 2);
         assert_eq!(monitor.on_drift, OnDrift::Alert);
         assert_eq!(monitor.input_features().count(), 1);
         assert_eq!(monitor.step_features("judge").count(), 1);
         assert_eq!(monitor.features[1].method, Some(Method::ChiSquare));
-        let windows = monitor.windows(100 * DAY_MS as i64);
+        let windows = monitor.windows(100 * DAY_MS as i64).unwrap();
         assert_eq!(windows.current_from_ms, 93 * DAY_MS as i64);
         assert_eq!(windows.reference_from_ms, 65 * DAY_MS as i64);
     }
@@ -761,8 +921,14 @@ mod tests {
     #[test]
     fn windows_in_hours_and_durations() {
         let monitor = check("  reference: 14d\n  current: { hours: 12 }\n  min_rows: 5\n  on_drift: demote\n  features: [{ name: n, expr: input.n }]\n").unwrap();
-        assert_eq!(monitor.reference, DurationMs(14 * DAY_MS));
-        assert_eq!(monitor.current, DurationMs(12 * HOUR_MS));
+        assert_eq!(
+            monitor.reference,
+            WindowLength::Duration(DurationMs(14 * DAY_MS))
+        );
+        assert_eq!(
+            monitor.current,
+            WindowLength::Duration(DurationMs(12 * HOUR_MS))
+        );
         assert_eq!(monitor.on_drift, OnDrift::Demote);
     }
 
@@ -795,11 +961,11 @@ mod tests {
         let cutoffs = set.retention_cutoffs(now_ms);
         assert_eq!(cutoffs.observations_before_ms, now_ms - 90 * DAY_MS as i64);
         assert_eq!(cutoffs.results_before_ms, now_ms - 400 * DAY_MS as i64);
-        assert!(cutoffs.observations_before_ms <= set.windows(now_ms).reference_from_ms);
+        assert!(cutoffs.observations_before_ms <= set.windows(now_ms).unwrap().reference_from_ms);
         let cutoffs = exact.retention_cutoffs(now_ms);
         assert_eq!(
             cutoffs.observations_before_ms,
-            exact.windows(now_ms).reference_from_ms,
+            exact.windows(now_ms).unwrap().reference_from_ms,
             "retention equal to both windows keeps exactly the reference window's start"
         );
 
@@ -892,6 +1058,16 @@ mod tests {
                 "invalid-value",
             ),
             (
+                "  persistence: 0\n  features: [{ name: a, expr: input.a }]\n",
+                15,
+                "out-of-range",
+            ),
+            (
+                "  current: { rows: 5 }\n  reference: { rows: 50 }\n  features: [{ name: a, expr: input.a }]\n",
+                15,
+                "out-of-range",
+            ),
+            (
                 "  retention: { days: 4000 }\n  features: [{ name: a, expr: input.a }]\n",
                 15,
                 "out-of-range",
@@ -911,6 +1087,44 @@ mod tests {
                 "{monitor}: {problems:?}"
             );
         }
+    }
+
+    #[test]
+    fn row_windows_persistence_and_method_names() {
+        let rows = check("  reference: { rows: 200 }\n  current: { rows: 50 }\n  persistence: 3\n  features: [{ name: n, expr: input.n, method: jensen_shannon }]\n").unwrap();
+        assert_eq!(rows.row_windows(), Some((200, 50)));
+        assert_eq!(rows.windows(0), None);
+        assert_eq!(rows.min_rows, 50, "the smaller window");
+        assert_eq!(rows.persistence, 3);
+        assert_eq!(rows.retention, DurationMs(ROW_WINDOW_RETENTION_MS));
+        assert_eq!(rows.features[0].method, Some(Method::JensenShannon));
+        let large = check("  reference: { rows: 5000 }\n  current: { rows: 1000 }\n  min_rows: 300\n  retention: 30d\n  features: [{ name: n, expr: input.n }]\n").unwrap();
+        assert_eq!(
+            (large.min_rows, large.retention),
+            (300, DurationMs(30 * DAY_MS))
+        );
+        let default = check("  reference: { rows: 5000 }\n  current: { rows: 1000 }\n  features: [{ name: n, expr: input.n }]\n").unwrap();
+        assert_eq!(default.min_rows, 100);
+
+        let problems = check("  reference: { rows: 200 }\n  current: { days: 7 }\n  features: [{ name: n, expr: input.n }]\n").unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].2.contains("both be row counts"), "{problems:?}");
+        let problems = check("  reference: { rows: 200 }\n  current: { rows: 50 }\n  min_rows: 60\n  features: [{ name: n, expr: input.n }]\n").unwrap_err();
+        assert_eq!(problems[0].0, 17);
+        assert!(
+            problems[0].2.contains("smaller row window (50 rows)"),
+            "{problems:?}"
+        );
+        // One spelling of each method; the others are refused with the valid names.
+        let problems =
+            check("  features: [{ name: n, expr: input.n, method: chisquare }]\n").unwrap_err();
+        assert_eq!(problems[0].2, "unknown drift method `chisquare`");
+        let checked = check_str(&format!("{HEAD}monitor:\n  features: [{{ name: n, expr: input.n, method: jensenshannon }}]\n"), "t.yaml", None);
+        let hint = checked.diagnostics[0].hint.clone().unwrap_or_default();
+        assert!(
+            hint.contains("ks, wasserstein, chi_square, z_test, jensen_shannon, psi"),
+            "{hint}"
+        );
     }
 
     #[test]

@@ -8,16 +8,22 @@
 //!   row without a value: it counts as a failure in the results. Observations start when a
 //!   monitor is deployed; entries read before that are not revisited.
 //! - **Evaluation** (every `drift_interval` on the holder of the `drift-monitor` lease, and
-//!   `Engine::evaluate_drift_once`): per feature, the newest 100,000 rows of the reference
-//!   window (`[now − current − reference, now − current)`) and of the current one (`[now −
-//!   current, now]`) go to `keel_tuning::drift::detect`, which chooses the test as Evidently
-//!   does unless the feature names one. Every result is stored; fewer than `min_rows` rows in
-//!   either window is `insufficient_data`, never drift.
-//! - **Alerts.** A feature that drifts when its previous result did not journals `drift.alert`
-//!   (a workflow-level entry, actor `system`/`drift-monitor`) in the same transaction as the
-//!   result, so webhooks subscribed to `drift.alert` receive it. With `on_drift: demote`,
-//!   every operation of the workflow above phase 1 also moves down one phase (`trust.demoted`,
-//!   trigger `drift`, the alerting results as evidence).
+//!   `Engine::evaluate_drift_once`): per feature, with time windows the newest 100,000 rows of
+//!   the reference window (`[now − current − reference, now − current)`) and of the current
+//!   one (`[now − current, now]`); with row windows (`{ rows: N }`) the feature's newest
+//!   `current` values and the `reference` values before them. Both go to
+//!   `keel_tuning::drift::detect` with its calibrated defaults (the test chosen from both
+//!   windows' sizes, a 5% false-alarm rate at any sizes) unless the feature names a method or
+//!   threshold. Every result is stored; fewer than `min_rows` rows in either window is
+//!   `insufficient_data`, never drift.
+//! - **Alerts.** A feature alerts once `monitor.persistence` (default 2) consecutive results
+//!   drifted, each over a current window that starts at or after the end of the previous
+//!   counted one (`keel_store::alert_transition`): `drift.alert` (a workflow-level entry, actor
+//!   `system`/`drift-monitor`) is journaled in the same transaction as the result, so webhooks
+//!   subscribed to it receive it. With `on_drift: demote`, every operation of the workflow
+//!   above phase 1 then moves down one phase (`trust.demoted`, trigger `drift`, the alerting
+//!   results as evidence); a single drifted window never demotes. The first result without
+//!   drift after an alert journals `drift.recovered`, once.
 //! - **Retention.** After its evaluation, at most once per [`RETENTION_PERIOD_MS`] of the
 //!   engine clock (the turn is kept in the store, so it holds across nodes and restarts), a
 //!   workflow's observations older than `monitor.retention` and its results older than the
@@ -30,9 +36,12 @@ use std::time::Duration;
 
 use keel_core::case::{millis_to_datetime, CaseState};
 use keel_core::expr::Activation;
-use keel_core::monitor::{Feature, FeatureKind, Monitor, Observation, OnDrift, Windows};
+use keel_core::monitor::{
+    Feature, FeatureKind, Monitor, Observation, OnDrift, WindowLength, Windows,
+};
 use keel_core::workflow::Workflow;
 use keel_store::{DriftObservation, DriftResultRow, JournalRow, NewEntry};
+use keel_tuning::drift::Method;
 use keel_tuning::drift::{detect, Options as DriftOptions, Values};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -67,6 +76,8 @@ pub struct DriftPass {
     pub features_evaluated: usize,
     /// `workflow/feature` of every new alert.
     pub alerts: Vec<String>,
+    /// `workflow/feature` of every feature that recovered from an alert.
+    pub recovered: Vec<String>,
     /// Operations demoted by those alerts.
     pub demoted: Vec<String>,
     /// Observations and results deleted by retention.
@@ -98,22 +109,44 @@ impl FeatureConfig {
     }
 }
 
+/// A monitor's windows and alert settings, for the API.
+#[derive(Debug, Clone, Serialize)]
+pub struct MonitorConfig {
+    /// `{"duration": ms}` or `{"rows": n}`.
+    pub reference: WindowLength,
+    pub current: WindowLength,
+    pub min_rows: u64,
+    pub persistence: u32,
+    pub on_drift: OnDrift,
+}
+
+impl MonitorConfig {
+    fn of(monitor: &Monitor) -> MonitorConfig {
+        MonitorConfig {
+            reference: monitor.reference,
+            current: monitor.current,
+            min_rows: monitor.min_rows,
+            persistence: monitor.persistence,
+            on_drift: monitor.on_drift,
+        }
+    }
+}
+
 /// One feature's configuration and its newest results.
 #[derive(Debug, Clone, Serialize)]
 pub struct FeatureHistory {
     pub workflow: String,
     pub feature: String,
+    /// The latest version's monitor (`None` when it has none).
+    pub monitor: Option<MonitorConfig>,
     /// `None` when the latest version no longer monitors the feature.
     pub config: Option<FeatureConfig>,
     /// Newest first, at most [`HISTORY_RESULTS`].
     pub results: Vec<DriftResultRow>,
 }
 
-fn method_name(method: keel_tuning::drift::Method) -> String {
-    match serde_json::to_value(method) {
-        Ok(Value::String(name)) => name,
-        _ => format!("{method:?}"),
-    }
+fn method_name(method: Method) -> String {
+    method.name().to_string()
 }
 
 pub(crate) async fn run(inner: Arc<Inner>) {
@@ -169,35 +202,22 @@ pub(crate) async fn evaluate(inner: &Inner) -> Result<DriftPass> {
         let Some(monitor) = &workflow.monitor else {
             continue;
         };
-        let windows = monitor.windows(now);
         let mut alerted = Vec::new();
         for feature in &monitor.features {
-            let reference = inner
+            let result = evaluate_feature(inner, name, monitor, feature, now).await?;
+            let alert = drift_entry("drift.alert", monitor, &result);
+            let recovered = drift_entry("drift.recovered", monitor, &result);
+            let stored = inner
                 .store
-                .drift_window(
-                    name,
-                    &feature.name,
-                    windows.reference_from_ms,
-                    windows.current_from_ms,
-                    MAX_WINDOW_ROWS,
-                )
+                .drift_insert_result(&result, monitor.persistence, &alert, &recovered)
                 .await?;
-            let current = inner
-                .store
-                .drift_window(
-                    name,
-                    &feature.name,
-                    windows.current_from_ms,
-                    windows.current_to_ms.saturating_add(1),
-                    MAX_WINDOW_ROWS,
-                )
-                .await?;
-            let result = assess(name, monitor, feature, windows, &reference, &current);
-            let alert = alert_entry(monitor, &result);
-            let stored = inner.store.drift_insert_result(&result, &alert).await?;
             pass.features_evaluated += 1;
+            if stored.recovered {
+                tracing::info!(workflow = %name, feature = %feature.name, "drift recovered");
+                pass.recovered.push(format!("{name}/{}", feature.name));
+            }
             if stored.alerted {
-                tracing::warn!(workflow = %name, feature = %feature.name, method = ?stored.method, value = ?stored.value, "drift alert");
+                tracing::warn!(workflow = %name, feature = %feature.name, method = ?stored.method, value = ?stored.value, streak = stored.alert_state.streak, "drift alert");
                 pass.alerts.push(format!("{name}/{}", feature.name));
                 alerted.push(stored);
             }
@@ -219,10 +239,94 @@ pub(crate) async fn evaluate(inner: &Inner) -> Result<DriftPass> {
             }
         }
     }
-    if !pass.alerts.is_empty() {
+    if !pass.alerts.is_empty() || !pass.recovered.is_empty() {
         inner.journal_written.notify_one();
     }
     Ok(pass)
+}
+
+/// Reads one feature's windows at `now` and tests them.
+async fn evaluate_feature(
+    inner: &Inner,
+    workflow: &str,
+    monitor: &Monitor,
+    feature: &Feature,
+    now: i64,
+) -> Result<DriftResultRow> {
+    if let Some(windows) = monitor.windows(now) {
+        let reference = inner
+            .store
+            .drift_window(
+                workflow,
+                &feature.name,
+                windows.reference_from_ms,
+                windows.current_from_ms,
+                MAX_WINDOW_ROWS,
+            )
+            .await?;
+        let current = inner
+            .store
+            .drift_window(
+                workflow,
+                &feature.name,
+                windows.current_from_ms,
+                windows.current_to_ms.saturating_add(1),
+                MAX_WINDOW_ROWS,
+            )
+            .await?;
+        let mut result = assess(workflow, monitor, feature, windows, &reference, &current);
+        result.windows = "time".to_string();
+        return Ok(result);
+    }
+    let (reference_rows, current_rows) = monitor.row_windows().unwrap_or((0, 0));
+    let limit = i64::try_from(reference_rows.saturating_add(current_rows))
+        .unwrap_or(i64::MAX)
+        .min(2 * MAX_WINDOW_ROWS);
+    let newest = inner
+        .store
+        .drift_newest_values(workflow, &feature.name, limit)
+        .await?;
+    let (windows, current, reference) = split_rows(&newest, current_rows, now);
+    let failed = inner
+        .store
+        .drift_failed_count(
+            workflow,
+            &feature.name,
+            windows.reference_from_ms,
+            now.saturating_add(1),
+        )
+        .await?;
+    let mut result = assess(workflow, monitor, feature, windows, &reference, &current);
+    result.failed_rows += failed;
+    result.windows = "rows".to_string();
+    Ok(result)
+}
+
+/// Row windows: the newest `current_rows` of `newest` (newest first) are the current window,
+/// the rest the reference. The bounds are the times of the oldest row of each (the current
+/// window ends at `now`); with no rows at all both start at `now`.
+fn split_rows(
+    newest: &[(i64, Option<f64>, Option<String>)],
+    current_rows: u64,
+    now: i64,
+) -> (Windows, Vec<Row>, Vec<Row>) {
+    let split = usize::try_from(current_rows)
+        .unwrap_or(usize::MAX)
+        .min(newest.len());
+    let (current, reference) = newest.split_at(split);
+    let rows = |part: &[(i64, Option<f64>, Option<String>)]| -> Vec<Row> {
+        part.iter()
+            .map(|(_, number, category)| (*number, category.clone()))
+            .collect()
+    };
+    let oldest = |part: &[(i64, Option<f64>, Option<String>)]| part.last().map(|(at, _, _)| *at);
+    let current_from_ms = oldest(current).unwrap_or(now);
+    let windows = Windows {
+        reference_from_ms: oldest(reference).unwrap_or(current_from_ms),
+        current_from_ms,
+        current_to_ms: now,
+    };
+    (windows, rows(current), rows(reference))
 }
 
 /// Deletes `workflow`'s rows past retention, if its turn is due at `now` (once per
@@ -496,6 +600,9 @@ fn assess(
         threshold: feature.threshold,
         drifted: false,
         alerted: false,
+        recovered: false,
+        alert_state: Default::default(),
+        windows: "time".to_string(),
         reference_rows: 0,
         current_rows: 0,
         failed_rows: (reference.len() + current.len()) as i64,
@@ -524,6 +631,7 @@ fn assess(
     let options = DriftOptions {
         method: feature.method,
         threshold: feature.threshold,
+        ..DriftOptions::default()
     };
     match detect(&reference, &current, &options) {
         Ok(result) => {
@@ -542,8 +650,9 @@ fn assess(
     row
 }
 
-/// The `drift.alert` entry for `result` (appended only if the feature starts drifting).
-fn alert_entry(monitor: &Monitor, result: &DriftResultRow) -> NewEntry {
+/// The `drift.alert` or `drift.recovered` entry for `result` (appended only if the store's
+/// alert transition says so).
+fn drift_entry(kind: &str, monitor: &Monitor, result: &DriftResultRow) -> NewEntry {
     let (data, data_sha256) = canonical_data(&json!({
         "workflow": result.workflow,
         "feature": result.feature,
@@ -552,7 +661,10 @@ fn alert_entry(monitor: &Monitor, result: &DriftResultRow) -> NewEntry {
         "parameters": result.parameters,
         "value": result.value,
         "threshold": result.threshold,
+        "drifted": result.drifted,
         "on_drift": monitor.on_drift,
+        "persistence": monitor.persistence,
+        "windows": result.windows,
         "reference": {
             "from": rfc3339_ms(result.reference_from_ms),
             "to": rfc3339_ms(result.current_from_ms),
@@ -567,7 +679,7 @@ fn alert_entry(monitor: &Monitor, result: &DriftResultRow) -> NewEntry {
     }));
     NewEntry {
         at: rfc3339_ms(result.evaluated_at_ms),
-        kind: "drift.alert".to_string(),
+        kind: kind.to_string(),
         actor_type: "system".to_string(),
         actor_id: DRIFT_ACTOR.to_string(),
         case_id: None,
@@ -654,6 +766,7 @@ impl Engine {
         Ok(Some(FeatureHistory {
             workflow: workflow.to_string(),
             feature: feature.to_string(),
+            monitor: definition.monitor.as_ref().map(MonitorConfig::of),
             config,
             results,
         }))

@@ -1,6 +1,10 @@
 //! `keel drift [--workflow W]` and `keel drift show WORKFLOW/FEATURE`, over the HTTP API as
 //! the user of `--token` / `KEEL_TOKEN`: the latest drift test of every monitored feature,
-//! or one feature's configuration and last 30 results.
+//! or one feature's configuration and last 30 results. Each result shows its method (spelled
+//! as in the configuration: `ks`, `wasserstein`, `chi_square`, `z_test`, `jensen_shannon`,
+//! `psi`), whether it drifted, whether it alerted (`alert`), recovered (`recovered`) or is
+//! part of an alert still open (`alerting`), its streak of drifted windows, and both windows'
+//! rows and time bounds.
 
 use std::process::ExitCode;
 
@@ -70,6 +74,17 @@ pub async fn run(args: DriftArgs) -> anyhow::Result<ExitCode> {
                 println!("{body}");
             } else {
                 let config = &body["config"];
+                let monitor = &body["monitor"];
+                if !monitor.is_null() {
+                    println!(
+                        "windows: reference {}  current {}  min_rows {}  persistence {}  on_drift {}",
+                        window_text(&monitor["reference"]),
+                        window_text(&monitor["current"]),
+                        or_dash(&monitor["min_rows"]),
+                        or_dash(&monitor["persistence"]),
+                        or_dash(&monitor["on_drift"]),
+                    );
+                }
                 if config.is_null() {
                     println!("{}: no longer monitored", text(&body["feature"]));
                 } else {
@@ -109,19 +124,17 @@ fn print_results(rows: &Value, first_column_is_feature: bool) {
         ">VALUE",
         ">THRESHOLD",
         "DRIFTED",
-        ">ROWS (REF/CUR)",
+        "ALERT",
+        ">STREAK",
+        "REFERENCE (ROWS FROM..TO)",
+        "CURRENT (ROWS FROM..TO)",
         ">FAILED",
     ]);
     for row in rows {
         let label = if first_column_is_feature {
             format!("{}/{}", text(&row["workflow"]), text(&row["feature"]))
         } else {
-            row["evaluated_at_ms"]
-                .as_i64()
-                .map(keel_core::case::millis_to_datetime)
-                .map_or("-".to_string(), |t| {
-                    t.format("%Y-%m-%d %H:%M:%S").to_string()
-                })
+            time_text(&row["evaluated_at_ms"])
         };
         let method = match text(&row["status"]) {
             "tested" => text(&row["method"]).to_string(),
@@ -132,17 +145,68 @@ fn print_results(rows: &Value, first_column_is_feature: bool) {
             ("tested", _) => "no",
             _ => "-",
         };
+        let alert = if row["alerted"] == true {
+            "alert"
+        } else if row["recovered"] == true {
+            "recovered"
+        } else if row["alerting"] == true {
+            "alerting"
+        } else {
+            "-"
+        };
         table.row([
             label,
             method,
             number(&row["value"]),
             number(&row["threshold"]),
             drifted.to_string(),
-            format!("{}/{}", row["reference_rows"], row["current_rows"]),
+            alert.to_string(),
+            cell(&row["streak"]),
+            bounds(
+                &row["reference_rows"],
+                &row["reference_from_ms"],
+                &row["current_from_ms"],
+            ),
+            bounds(
+                &row["current_rows"],
+                &row["current_from_ms"],
+                &row["current_to_ms"],
+            ),
             cell(&row["failed_rows"]),
         ]);
     }
     table.print();
+}
+
+/// `rows  from..to` of one window.
+fn bounds(rows: &Value, from_ms: &Value, to_ms: &Value) -> String {
+    format!(
+        "{} {}..{}",
+        cell(rows),
+        time_text(from_ms),
+        time_text(to_ms)
+    )
+}
+
+fn time_text(ms: &Value) -> String {
+    ms.as_i64()
+        .map(keel_core::case::millis_to_datetime)
+        .map_or("-".to_string(), |t| {
+            t.format("%Y-%m-%d %H:%M:%S").to_string()
+        })
+}
+
+/// A configured window: `{"rows": 200}` → `200 rows`, `{"duration": ms}` → `7d`.
+fn window_text(window: &Value) -> String {
+    if let Some(rows) = window["rows"].as_u64() {
+        return format!("{rows} rows");
+    }
+    match window["duration"].as_u64() {
+        Some(ms) if ms % 86_400_000 == 0 => format!("{}d", ms / 86_400_000),
+        Some(ms) if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        Some(ms) => format!("{ms}ms"),
+        None => "-".to_string(),
+    }
 }
 
 fn number(value: &Value) -> String {

@@ -7,9 +7,13 @@
 //! - `drift_cursor`: the last journal `seq` the observer has read. Observations and the new
 //!   cursor are written in one transaction, guarded by the cursor's old value, so two
 //!   observers never record the same page twice and a crash loses nothing.
-//! - `drift_results`: every test, with its method, parameters and value. A result and its
-//!   `drift.alert` entry are written in one transaction that first reads the previous result
-//!   of the feature: an alert is journaled only when a feature starts to drift.
+//! - `drift_results`: every test, with its method, parameters and value, and the feature's
+//!   alert state after it (`streak`, `streak_to_ms`, `alerting`). A result and its journal
+//!   entry are written in one transaction that first reads the previous result of the
+//!   feature; [`alert_transition`] decides: `drift.alert` once `persistence` consecutive
+//!   drifted results (each over a current window starting at or after the end of the previous
+//!   counted one) are in, `drift.recovered` at the first result without drift after an alert.
+//!   Each is journaled once per episode.
 //! - Retention: `drift_prune_observations` and `drift_prune_results` delete one workflow's rows
 //!   older than a cutoff, feature by feature (each feature's rows are one range of the
 //!   existing `(workflow, feature, …)` indexes, so no index is added), at most
@@ -72,6 +76,72 @@ pub struct DriftObservation {
     pub value_cat: Option<String>,
 }
 
+/// A feature's alert state after one result (kept on the result row).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct AlertState {
+    /// Consecutive drifted results over new current windows (0 after a result without drift).
+    pub streak: i64,
+    /// Where the current window of the last result counted in `streak` ended; the next counts
+    /// only if its current window starts at or after this.
+    pub streak_to_ms: Option<i64>,
+    /// Whether the feature has alerted and not yet recovered.
+    pub alerting: bool,
+}
+
+/// What one result does to a feature's alert state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AlertTransition {
+    pub state: AlertState,
+    /// Journal `drift.alert`: the streak just reached `persistence`.
+    pub alerted: bool,
+    /// Journal `drift.recovered`: the first result without drift after an alert.
+    pub recovered: bool,
+}
+
+/// The alert state after `result`, from the state after the feature's previous result. A
+/// result that did not test (`insufficient_data`, `error`) changes nothing; one that tested
+/// without drift ends the streak (and recovers an alerting feature); a drifted one extends the
+/// streak if its current window is new (starts at or after where the last counted one ended)
+/// and alerts when the streak reaches `persistence` (at least 1).
+pub fn alert_transition(
+    previous: AlertState,
+    result: &DriftResultRow,
+    persistence: u32,
+) -> AlertTransition {
+    let unchanged = AlertTransition {
+        state: previous,
+        alerted: false,
+        recovered: false,
+    };
+    if result.status != "tested" {
+        return unchanged;
+    }
+    if !result.drifted {
+        return AlertTransition {
+            state: AlertState::default(),
+            alerted: false,
+            recovered: previous.alerting,
+        };
+    }
+    let new_window = previous
+        .streak_to_ms
+        .is_none_or(|to_ms| result.current_from_ms >= to_ms);
+    if !new_window {
+        return unchanged;
+    }
+    let streak = previous.streak + 1;
+    let alerted = !previous.alerting && streak >= i64::from(persistence.max(1));
+    AlertTransition {
+        state: AlertState {
+            streak,
+            streak_to_ms: Some(result.current_to_ms),
+            alerting: previous.alerting || alerted,
+        },
+        alerted,
+        recovered: false,
+    }
+}
+
 /// One stored drift test of one feature.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DriftResultRow {
@@ -93,8 +163,16 @@ pub struct DriftResultRow {
     pub value: Option<f64>,
     pub threshold: Option<f64>,
     pub drifted: bool,
-    /// Whether this result journaled `drift.alert` (the feature started to drift).
+    /// Whether this result journaled `drift.alert` (the drift persisted long enough).
     pub alerted: bool,
+    /// Whether this result journaled `drift.recovered` (no drift after an alert).
+    pub recovered: bool,
+    /// The feature's alert state after this result.
+    #[serde(flatten)]
+    pub alert_state: AlertState,
+    /// `time` (the windows are spans of time) or `rows` (row counts; the bounds below are the
+    /// times of the oldest and newest rows, the current window ending at the evaluation).
+    pub windows: String,
     pub reference_rows: i64,
     pub current_rows: i64,
     /// Observations in either window without a usable value (the expression failed, or the
@@ -105,7 +183,7 @@ pub struct DriftResultRow {
     pub current_to_ms: i64,
 }
 
-const RESULT_COLUMNS: &str = "id, workflow, feature, evaluated_at_ms, status, kind, method, parameters, value, threshold, drifted, alerted, reference_rows, current_rows, failed_rows, reference_from_ms, current_from_ms, current_to_ms";
+const RESULT_COLUMNS: &str = "id, workflow, feature, evaluated_at_ms, status, kind, method, parameters, value, threshold, drifted, alerted, recovered, streak, streak_to_ms, alerting, windows, reference_rows, current_rows, failed_rows, reference_from_ms, current_from_ms, current_to_ms";
 
 fn result_from<R: Row>(row: &R) -> Result<DriftResultRow>
 where
@@ -113,6 +191,7 @@ where
     for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     for<'r> Option<f64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
     let parameters: String = row.try_get("parameters")?;
@@ -129,6 +208,13 @@ where
         threshold: row.try_get("threshold")?,
         drifted: row.try_get::<i64, _>("drifted")? != 0,
         alerted: row.try_get::<i64, _>("alerted")? != 0,
+        recovered: row.try_get::<i64, _>("recovered")? != 0,
+        alert_state: AlertState {
+            streak: row.try_get("streak")?,
+            streak_to_ms: row.try_get("streak_to_ms")?,
+            alerting: row.try_get::<i64, _>("alerting")? != 0,
+        },
+        windows: row.try_get("windows")?,
         reference_rows: row.try_get("reference_rows")?,
         current_rows: row.try_get("current_rows")?,
         failed_rows: row.try_get("failed_rows")?,
@@ -254,13 +340,61 @@ impl Store {
         })
     }
 
-    /// Stores `result` (its `id` and `alerted` are ignored) and, if it drifted while the
-    /// feature's previous result did not, appends `alert` in the same transaction. Returns
-    /// the stored row.
+    /// The newest `limit` observations of a feature that have a value (row-count windows),
+    /// newest first: (at_ms, number, category). Ties in time are ordered by case id.
+    pub async fn drift_newest_values(
+        &self,
+        workflow: &str,
+        feature: &str,
+        limit: i64,
+    ) -> Result<Vec<(i64, Option<f64>, Option<String>)>> {
+        dispatch_read!(self, |pool| {
+            Ok(sqlx::query_as(
+                "SELECT at_ms, value_num, value_cat FROM drift_observations \
+                 WHERE workflow = $1 AND feature = $2 AND (value_num IS NOT NULL OR value_cat IS NOT NULL) \
+                 ORDER BY at_ms DESC, case_id DESC LIMIT $3",
+            )
+            .bind(workflow)
+            .bind(feature)
+            .bind(limit.max(1))
+            .fetch_all(pool)
+            .await?)
+        })
+    }
+
+    /// Observations of a feature without a value (the expression failed) with
+    /// `from_ms <= at_ms < to_ms`.
+    pub async fn drift_failed_count(
+        &self,
+        workflow: &str,
+        feature: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<i64> {
+        dispatch_read!(self, |pool| {
+            Ok(sqlx::query_scalar(
+                "SELECT COUNT(*) FROM drift_observations WHERE workflow = $1 AND feature = $2 \
+                 AND at_ms >= $3 AND at_ms < $4 AND value_num IS NULL AND value_cat IS NULL",
+            )
+            .bind(workflow)
+            .bind(feature)
+            .bind(from_ms)
+            .bind(to_ms)
+            .fetch_one(pool)
+            .await?)
+        })
+    }
+
+    /// Stores `result` (its `id`, `alerted`, `recovered` and `alert_state` are ignored: they
+    /// follow from the feature's previous result by [`alert_transition`]) and appends `alert`
+    /// or `recovered` when the transition says so, in the same transaction. Returns the stored
+    /// row.
     pub async fn drift_insert_result(
         &self,
         result: &DriftResultRow,
+        persistence: u32,
         alert: &NewEntry,
+        recovered: &NewEntry,
     ) -> Result<DriftResultRow> {
         dispatch!(self, |pool| {
             let mut tx = pool.begin().await?;
@@ -270,34 +404,51 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
             }
-            let previous: Option<i64> = sqlx::query_scalar(
-                "SELECT drifted FROM drift_results WHERE workflow = $1 AND feature = $2 ORDER BY id DESC LIMIT 1",
+            let previous: Option<(i64, Option<i64>, i64)> = sqlx::query_as(
+                "SELECT streak, streak_to_ms, alerting FROM drift_results WHERE workflow = $1 AND feature = $2 ORDER BY id DESC LIMIT 1",
             )
             .bind(&result.workflow)
             .bind(&result.feature)
             .fetch_optional(&mut *tx)
             .await?;
-            let alerted = result.drifted && previous.unwrap_or(0) == 0;
+            let previous =
+                previous.map_or(AlertState::default(), |(streak, streak_to_ms, alerting)| {
+                    AlertState {
+                        streak,
+                        streak_to_ms,
+                        alerting: alerting != 0,
+                    }
+                });
+            let transition = alert_transition(previous, result, persistence);
+            let state = transition.state;
             let id: i64 = sqlx::query_scalar(
-                "INSERT INTO drift_results (workflow, feature, evaluated_at_ms, status, kind, method, parameters, value, threshold, drifted, alerted, reference_rows, current_rows, failed_rows, reference_from_ms, current_from_ms, current_to_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) RETURNING id",
+                "INSERT INTO drift_results (workflow, feature, evaluated_at_ms, status, kind, method, parameters, value, threshold, drifted, alerted, reference_rows, current_rows, failed_rows, reference_from_ms, current_from_ms, current_to_ms, recovered, streak, streak_to_ms, alerting, windows) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22) RETURNING id",
             )
             .bind(&result.workflow).bind(&result.feature).bind(result.evaluated_at_ms)
             .bind(&result.status).bind(&result.kind).bind(&result.method)
             .bind(result.parameters.to_string()).bind(result.value).bind(result.threshold)
-            .bind(i64::from(result.drifted)).bind(i64::from(alerted))
+            .bind(i64::from(result.drifted)).bind(i64::from(transition.alerted))
             .bind(result.reference_rows).bind(result.current_rows).bind(result.failed_rows)
             .bind(result.reference_from_ms).bind(result.current_from_ms).bind(result.current_to_ms)
+            .bind(i64::from(transition.recovered)).bind(state.streak).bind(state.streak_to_ms)
+            .bind(i64::from(state.alerting)).bind(&result.windows)
             .fetch_one(&mut *tx)
             .await?;
-            if alerted {
+            if transition.alerted {
                 let entries = [alert];
+                insert_entries!(tx, entries);
+            }
+            if transition.recovered {
+                let entries = [recovered];
                 insert_entries!(tx, entries);
             }
             tx.commit().await?;
             Ok(DriftResultRow {
                 id,
-                alerted,
+                alerted: transition.alerted,
+                recovered: transition.recovered,
+                alert_state: state,
                 ..result.clone()
             })
         })
@@ -437,5 +588,98 @@ impl Store {
             after = feature;
         }
         Ok(deleted)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn result(
+        status: &str,
+        drifted: bool,
+        current_from_ms: i64,
+        current_to_ms: i64,
+    ) -> DriftResultRow {
+        DriftResultRow {
+            id: 0,
+            workflow: "w".into(),
+            feature: "f".into(),
+            evaluated_at_ms: current_to_ms,
+            status: status.into(),
+            kind: None,
+            method: None,
+            parameters: Value::Null,
+            value: None,
+            threshold: None,
+            drifted,
+            alerted: false,
+            recovered: false,
+            alert_state: AlertState::default(),
+            windows: "rows".into(),
+            reference_rows: 0,
+            current_rows: 0,
+            failed_rows: 0,
+            reference_from_ms: 0,
+            current_from_ms,
+            current_to_ms,
+        }
+    }
+
+    /// Applies `results` in order with persistence 2; returns (alerted, recovered, streak).
+    fn run(results: &[DriftResultRow]) -> Vec<(bool, bool, i64)> {
+        let mut state = AlertState::default();
+        results
+            .iter()
+            .map(|r| {
+                let transition = alert_transition(state, r, 2);
+                state = transition.state;
+                (transition.alerted, transition.recovered, state.streak)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_alert_needs_two_drifted_results_over_new_windows_and_recovers_once() {
+        let steps = run(&[
+            result("tested", true, 0, 100),             // streak 1: no alert yet
+            result("tested", true, 50, 150),            // overlaps the counted window: not counted
+            result("insufficient_data", false, 0, 160), // no test: changes nothing
+            result("tested", true, 100, 200),           // new window: streak 2, alert
+            result("tested", true, 200, 300),           // still drifting: no second alert
+            result("tested", false, 300, 400),          // recovered, once
+            result("tested", false, 400, 500),
+            result("tested", true, 500, 600), // a new episode starts from 1
+        ]);
+        assert_eq!(
+            steps,
+            vec![
+                (false, false, 1),
+                (false, false, 1),
+                (false, false, 1),
+                (true, false, 2),
+                (false, false, 3),
+                (false, true, 0),
+                (false, false, 0),
+                (false, false, 1),
+            ]
+        );
+    }
+
+    #[test]
+    fn one_drifted_result_between_clean_ones_never_alerts() {
+        let steps = run(&[
+            result("tested", true, 0, 100),
+            result("tested", false, 100, 200),
+            result("tested", true, 200, 300),
+            result("tested", false, 300, 400),
+        ]);
+        assert!(steps
+            .iter()
+            .all(|(alerted, recovered, _)| !alerted && !recovered));
+        // Persistence 1 alerts on the first drifted result.
+        let first = alert_transition(AlertState::default(), &result("tested", true, 0, 1), 1);
+        assert!(first.alerted && first.state.alerting);
     }
 }

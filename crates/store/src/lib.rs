@@ -1325,7 +1325,7 @@ fn options_read(path: &str) -> Result<SqliteConnectOptions> {
 
 mod ai;
 mod drift;
-pub use drift::{DriftObservation, DriftResultRow};
+pub use drift::{alert_transition, AlertState, AlertTransition, DriftObservation, DriftResultRow};
 mod report;
 pub use report::{
     BulkCase, BulkException, BulkOutcome, BulkPattern, BulkRows, CallSummaryRow, CaseCountRow,

@@ -362,6 +362,20 @@ CREATE INDEX trust_outcomes_model_id ON trust_outcomes (ai_step, model, id);
     (
         11,
         r#"
+ALTER TABLE drift_results ADD COLUMN windows TEXT NOT NULL DEFAULT 'time';
+ALTER TABLE drift_results ADD COLUMN streak INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE drift_results ADD COLUMN streak_to_ms INTEGER;
+ALTER TABLE drift_results ADD COLUMN alerting INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE drift_results ADD COLUMN recovered INTEGER NOT NULL DEFAULT 0;
+UPDATE drift_results SET streak = drifted, alerting = drifted,
+    streak_to_ms = CASE WHEN drifted = 1 THEN current_to_ms END;
+DROP INDEX drift_observations_window;
+CREATE INDEX drift_observations_newest ON drift_observations (workflow, feature, at_ms, case_id);
+"#,
+    ),
+    (
+        12,
+        r#"
 ALTER TABLE workflows ADD COLUMN status TEXT NOT NULL DEFAULT 'active';
 ALTER TABLE workflows ADD COLUMN author TEXT;
 ALTER TABLE workflows ADD COLUMN decided_by TEXT;
@@ -757,6 +771,20 @@ CREATE INDEX trust_outcomes_model_id ON trust_outcomes (ai_step, model, id);
     ),
     (
         11,
+        r#"
+ALTER TABLE drift_results ADD COLUMN windows TEXT NOT NULL DEFAULT 'time';
+ALTER TABLE drift_results ADD COLUMN streak BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE drift_results ADD COLUMN streak_to_ms BIGINT;
+ALTER TABLE drift_results ADD COLUMN alerting BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE drift_results ADD COLUMN recovered BIGINT NOT NULL DEFAULT 0;
+UPDATE drift_results SET streak = drifted, alerting = drifted,
+    streak_to_ms = CASE WHEN drifted = 1 THEN current_to_ms END;
+DROP INDEX drift_observations_window;
+CREATE INDEX drift_observations_newest ON drift_observations (workflow, feature, at_ms, case_id);
+"#,
+    ),
+    (
+        12,
         r#"
 ALTER TABLE workflows ADD COLUMN status TEXT NOT NULL DEFAULT 'active';
 ALTER TABLE workflows ADD COLUMN author TEXT;

@@ -768,6 +768,9 @@ fn drift_result(workflow: &str, feature: &str, evaluated_at_ms: i64) -> DriftRes
         threshold: None,
         drifted: false,
         alerted: false,
+        recovered: false,
+        alert_state: Default::default(),
+        windows: "time".into(),
         reference_rows: 0,
         current_rows: 0,
         failed_rows: 0,
@@ -840,7 +843,7 @@ async fn drift_retention_deletes_old_rows_in_batches_and_keeps_the_rest_on_both_
             ("wf", "a", cutoff),
         ] {
             store
-                .drift_insert_result(&drift_result(workflow, feature, at), &alert)
+                .drift_insert_result(&drift_result(workflow, feature, at), 2, &alert, &alert)
                 .await
                 .unwrap();
         }

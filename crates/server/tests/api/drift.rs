@@ -3,6 +3,10 @@
 //! are read through the API, an alert is journaled once per start of drift, reaches a webhook
 //! subscribed to `drift.alert`, and with `on_drift: demote` withdraws trust one phase.
 //! Retention deletes old observations at most once an hour and keeps the latest results.
+//! An alert needs the drift to persist over two new windows (`persistence`), so a single
+//! drifted window neither alerts nor demotes; a feature that alerted and stops drifting
+//! journals `drift.recovered` once. Row-count windows give a first result from the first
+//! few hundred cases.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -352,13 +356,42 @@ async fn an_input_shift_alerts_once_reaches_the_webhook_and_demotes_the_workflow
             .collect()
     };
     let reference = inputs(100.0);
-    let current = inputs(115.0); // one standard deviation up
+    let current = inputs(160.0); // four standard deviations up
     let ids = m.submit_all("refunds", reference).await;
     m.completed(&ids).await;
     m.clock.advance_ms(10 * DAY_MS);
     let ids = m.submit_all("refunds", current).await;
     m.completed(&ids).await;
 
+    // One drifted window is not an alert: nothing is journaled and trust stays.
+    let pass = m.engine.evaluate_drift_once().await.unwrap();
+    assert!(
+        pass.alerts.is_empty() && pass.demoted.is_empty(),
+        "{pass:?}"
+    );
+    assert_eq!(phase(&m).await, 3, "a single drifted window never demotes");
+    assert!(m.entries("drift.alert").await.is_empty());
+    let first = &m.latest("refunds").await["amount"];
+    assert_eq!(
+        (
+            first["drifted"].as_bool(),
+            first["alerted"].as_bool(),
+            first["streak"].as_i64()
+        ),
+        (Some(true), Some(false), Some(1)),
+        "{first:#}"
+    );
+
+    // Evaluated again a minute later, the windows hold the same rows: not a second look.
+    m.clock.advance_ms(MINUTE_MS);
+    let again = m.engine.evaluate_drift_once().await.unwrap();
+    assert!(again.alerts.is_empty(), "{again:?}");
+    assert_eq!(phase(&m).await, 3);
+
+    // A week on, a new current window (new cases only) drifts too: the drift persisted.
+    m.clock.advance_ms(8 * DAY_MS);
+    let ids = m.submit_all("refunds", inputs(160.0)).await;
+    m.completed(&ids).await;
     let pass = m.engine.evaluate_drift_once().await.unwrap();
     assert_eq!(pass.alerts, vec!["refunds/amount".to_string()], "{pass:?}");
     assert_eq!(pass.demoted, vec!["refunds/pay".to_string()]);
@@ -381,9 +414,14 @@ async fn an_input_shift_alerts_once_reaches_the_webhook_and_demotes_the_workflow
             alert["reference"]["rows"].as_i64(),
             alert["current"]["rows"].as_i64()
         ),
-        (Some(100), Some(100))
+        (Some(200), Some(100)),
+        "the reference now holds the first shifted week too"
     );
-    assert_eq!(alert["on_drift"], "demote");
+    assert_eq!(
+        (alert["on_drift"].as_str(), alert["persistence"].as_i64()),
+        (Some("demote"), Some(2))
+    );
+    assert_eq!(alert["windows"], "time");
     let demoted = m.entries("trust.demoted").await;
     assert_eq!(demoted.len(), 1);
     assert_eq!(
@@ -410,7 +448,7 @@ async fn an_input_shift_alerts_once_reaches_the_webhook_and_demotes_the_workflow
             label["reference_rows"].as_i64(),
             label["current_rows"].as_i64()
         ),
-        (Some(100), Some(100))
+        (Some(200), Some(100))
     );
     assert_eq!(label["drifted"], false);
     assert!(
@@ -430,26 +468,32 @@ async fn an_input_shift_alerts_once_reaches_the_webhook_and_demotes_the_workflow
     let (status, history) = m.get("/v1/drift/refunds/amount").await;
     assert_eq!(status, StatusCode::OK, "{history}");
     assert_eq!(history["config"]["expr"], "input.amount");
+    assert_eq!(history["monitor"]["persistence"], 2);
+    assert_eq!(history["monitor"]["current"]["duration"], 7 * DAY_MS);
     let results = history["results"].as_array().unwrap();
-    assert_eq!(results.len(), 2);
+    assert_eq!(results.len(), 4);
+    let flags: Vec<(bool, bool, i64)> = results
+        .iter()
+        .map(|r| {
+            (
+                r["drifted"].as_bool().unwrap(),
+                r["alerted"].as_bool().unwrap(),
+                r["streak"].as_i64().unwrap(),
+            )
+        })
+        .collect();
     assert_eq!(
-        (
-            results[0]["drifted"].as_bool(),
-            results[0]["alerted"].as_bool()
-        ),
-        (Some(true), Some(false))
-    );
-    assert_eq!(
-        (
-            results[1]["drifted"].as_bool(),
-            results[1]["alerted"].as_bool()
-        ),
-        (Some(true), Some(true))
-    );
-    assert!(
-        results[0]["id"].as_i64() > results[1]["id"].as_i64(),
+        flags,
+        vec![
+            (true, false, 2),
+            (true, true, 2),
+            (true, false, 1),
+            (true, false, 1)
+        ],
         "newest first"
     );
+    assert!(results[0]["id"].as_i64() > results[1]["id"].as_i64());
+    assert_eq!(results[0]["alerting"], true);
 
     // The alert reached the webhook subscribed to `drift.alert`.
     for _ in 0..500 {
@@ -466,10 +510,9 @@ async fn an_input_shift_alerts_once_reaches_the_webhook_and_demotes_the_workflow
 #[tokio::test]
 async fn a_categorical_shift_is_detected_and_too_few_rows_are_not_tested() {
     let m = monitored(None, Vec::new()).await;
-    m.engine
-        .deploy_source(&intake("intake", 100), "intake.yaml")
-        .await
-        .unwrap();
+    // `persistence: 1`: the first drifted result alerts.
+    let eager = intake("intake", 100).replace("  min_rows:", "  persistence: 1\n  min_rows:");
+    m.engine.deploy_source(&eager, "intake.yaml").await.unwrap();
     m.engine
         .deploy_source(&intake("sparse", 100), "sparse.yaml")
         .await
@@ -526,6 +569,140 @@ async fn a_categorical_shift_is_detected_and_too_few_rows_are_not_tested() {
     let (status, body) = m.get("/v1/drift?workflow=nope").await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     assert_eq!(body["type"], "https://keel.dev/problems/unknown-workflow");
+}
+
+/// Row-count windows: the newest 50 values against the 200 before them.
+const ROW_WINDOWS: &str = r#"
+name: rowwin
+version: "1"
+input:
+  schema:
+    type: object
+    required: [amount]
+    properties:
+      amount: { type: number }
+monitor:
+  reference: { rows: 200 }
+  current: { rows: 50 }
+  features:
+    - { name: amount, expr: "input.amount" }
+steps:
+  - id: done
+    end: done
+"#;
+
+#[tokio::test]
+async fn row_windows_give_a_first_result_at_once_and_drift_alerts_after_persisting_then_recovers() {
+    let m = monitored(None, Vec::new()).await;
+    m.engine
+        .deploy_source(ROW_WINDOWS, "rowwin.yaml")
+        .await
+        .unwrap();
+    let mut rng = Rng(41);
+    let mut batch = |n: usize, mean: f64| -> Vec<Value> {
+        (0..n)
+            .map(|_| json!({"amount": rng.normal(mean, 15.0)}))
+            .collect()
+    };
+    // 250 cases in a few minutes: a first result, no days of waiting.
+    m.submit_all("rowwin", batch(200, 100.0)).await;
+    m.clock.advance_ms(MINUTE_MS);
+    m.submit_all("rowwin", batch(50, 100.0)).await;
+    m.clock.advance_ms(MINUTE_MS);
+    let pass = m.engine.evaluate_drift_once().await.unwrap();
+    assert!(pass.alerts.is_empty(), "{pass:?}");
+    let first = &m.latest("rowwin").await["amount"];
+    assert_eq!(
+        (
+            first["status"].as_str(),
+            first["windows"].as_str(),
+            first["method"].as_str(),
+            first["drifted"].as_bool()
+        ),
+        (Some("tested"), Some("rows"), Some("ks"), Some(false)),
+        "{first:#}"
+    );
+    assert_eq!(
+        (
+            first["reference_rows"].as_i64(),
+            first["current_rows"].as_i64()
+        ),
+        (Some(200), Some(50))
+    );
+    assert_eq!(
+        first["current_from_ms"].as_i64(),
+        Some(START_MS + MINUTE_MS),
+        "the current window starts at its oldest row"
+    );
+    assert_eq!(first["reference_from_ms"].as_i64(), Some(START_MS));
+
+    // 50 shifted values: drifted, but one window is not an alert.
+    m.submit_all("rowwin", batch(50, 160.0)).await;
+    m.clock.advance_ms(MINUTE_MS);
+    let pass = m.engine.evaluate_drift_once().await.unwrap();
+    assert!(pass.alerts.is_empty(), "{pass:?}");
+    let shifted = &m.latest("rowwin").await["amount"];
+    assert_eq!(
+        (shifted["drifted"].as_bool(), shifted["streak"].as_i64()),
+        (Some(true), Some(1)),
+        "{shifted:#}"
+    );
+    // The same rows evaluated again do not count as a second window.
+    m.clock.advance_ms(MINUTE_MS);
+    let pass = m.engine.evaluate_drift_once().await.unwrap();
+    assert!(pass.alerts.is_empty(), "{pass:?}");
+    assert_eq!(m.latest("rowwin").await["amount"]["streak"], 1);
+    assert!(m.entries("drift.alert").await.is_empty());
+
+    // 50 more shifted values: a second, new window drifts: one alert.
+    m.submit_all("rowwin", batch(50, 160.0)).await;
+    m.clock.advance_ms(MINUTE_MS);
+    let pass = m.engine.evaluate_drift_once().await.unwrap();
+    assert_eq!(pass.alerts, vec!["rowwin/amount".to_string()], "{pass:?}");
+    let alerts = m.entries("drift.alert").await;
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(
+        (alerts[0]["windows"].as_str(), alerts[0]["method"].as_str()),
+        (Some("rows"), Some("ks"))
+    );
+    assert_eq!(alerts[0]["current"]["rows"], 50);
+
+    // Back to normal (250 values, so both windows hold only them): recovered, once.
+    m.submit_all("rowwin", batch(250, 100.0)).await;
+    m.clock.advance_ms(MINUTE_MS);
+    let pass = m.engine.evaluate_drift_once().await.unwrap();
+    assert_eq!(
+        pass.recovered,
+        vec!["rowwin/amount".to_string()],
+        "{pass:?}"
+    );
+    m.clock.advance_ms(MINUTE_MS);
+    let pass = m.engine.evaluate_drift_once().await.unwrap();
+    assert!(
+        pass.recovered.is_empty() && pass.alerts.is_empty(),
+        "{pass:?}"
+    );
+    let recovered = m.entries("drift.recovered").await;
+    assert_eq!(recovered.len(), 1);
+    assert_eq!(
+        (
+            recovered[0]["feature"].as_str(),
+            recovered[0]["drifted"].as_bool()
+        ),
+        (Some("amount"), Some(false))
+    );
+    let (status, history) = m.get("/v1/drift/rowwin/amount").await;
+    assert_eq!(status, StatusCode::OK, "{history}");
+    assert_eq!(history["monitor"]["current"]["rows"], 50);
+    let results = history["results"].as_array().unwrap();
+    assert_eq!(
+        (
+            results[1]["recovered"].as_bool(),
+            results[1]["alerting"].as_bool()
+        ),
+        (Some(true), Some(false))
+    );
+    assert_eq!(m.entries("drift.alert").await.len(), 1);
 }
 
 #[tokio::test]

@@ -74,6 +74,56 @@ pub fn chi_square(observed: &[f64], expected: &[f64]) -> Result<ChiSquare, Error
     })
 }
 
+/// Pearson's chi-square test of homogeneity of two samples' counts per category, as
+/// `scipy.stats.chi2_contingency([reference, current], correction=False)`: expected counts
+/// come from the pooled proportions (row total × column total / grand total), dof = categories
+/// − 1. Unlike [`chi_square`] against the reference proportions, this accounts for the
+/// reference being a sample too, so its false-alarm rate is the nominal one at any pair of
+/// sizes. Categories empty in both samples are left out.
+pub fn chi_square_homogeneity(reference: &[u64], current: &[u64]) -> Result<ChiSquare, Error> {
+    if reference.len() != current.len() {
+        return Err(Error::Invalid {
+            what: "chi-square homogeneity",
+            detail: "the samples have different numbers of categories",
+        });
+    }
+    let reference_rows: u64 = reference.iter().sum();
+    let current_rows: u64 = current.iter().sum();
+    if reference_rows == 0 || current_rows == 0 {
+        return Err(Error::Empty {
+            what: "chi-square homogeneity sample",
+        });
+    }
+    let total = (reference_rows + current_rows) as f64;
+    let mut statistic = 0.0;
+    let mut categories = 0_u64;
+    for (r, c) in reference.iter().zip(current) {
+        let pooled = (r + c) as f64;
+        if pooled == 0.0 {
+            continue;
+        }
+        categories += 1;
+        for (observed, rows) in [(*r, reference_rows), (*c, current_rows)] {
+            let expected = rows as f64 * pooled / total;
+            statistic += (observed as f64 - expected).powi(2) / expected;
+        }
+    }
+    if categories < 2 {
+        // One category in both samples: nothing can have changed.
+        return Ok(ChiSquare {
+            statistic: 0.0,
+            dof: 0,
+            p_value: 1.0,
+        });
+    }
+    let dof = categories - 1;
+    Ok(ChiSquare {
+        statistic,
+        dof,
+        p_value: chi_square_sf(statistic, dof as f64),
+    })
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ZTest {
     /// (p_reference − p_current) / √(P(1 − P)(1/n_r + 1/n_c)), P the pooled proportion.
@@ -144,6 +194,26 @@ mod tests {
     fn mismatched_totals_are_refused() {
         assert!(chi_square(&[10.0, 20.0], &[10.0, 21.0]).is_err());
         assert!(chi_square(&[10.0], &[10.0]).is_err());
+    }
+
+    #[test]
+    fn homogeneity_is_the_contingency_table_test() {
+        // scipy.stats.chi2_contingency([[10, 20], [20, 10]], correction=False): expected 15 in
+        // every cell, statistic 4 · 25/15, dof 1 — the same as chisquare over the four cells.
+        let result = chi_square_homogeneity(&[10, 20], &[20, 10]).unwrap();
+        let cells = chi_square(&[10.0, 20.0, 20.0, 10.0], &[15.0; 4]).unwrap();
+        assert!((result.statistic - 100.0 / 15.0).abs() < 1e-12);
+        assert!((result.statistic - cells.statistic).abs() < 1e-12);
+        assert_eq!(result.dof, 1);
+        assert!((result.p_value - 0.009_823_2).abs() < 1e-6, "{result:?}");
+        // A category empty in both samples is left out; one category is no test.
+        let result = chi_square_homogeneity(&[10, 0, 20], &[20, 0, 10]).unwrap();
+        assert_eq!(result.dof, 1);
+        assert_eq!(
+            chi_square_homogeneity(&[5, 0], &[7, 0]).unwrap().p_value,
+            1.0
+        );
+        assert!(chi_square_homogeneity(&[0, 0], &[1, 0]).is_err());
     }
 
     #[test]

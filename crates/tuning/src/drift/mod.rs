@@ -1,36 +1,53 @@
 //! Two-sample drift tests for one feature: is the current sample distributed like the
 //! reference sample?
 //!
-//! [`detect`] chooses the test the way Evidently does by default. Sources: the "Data drift
-//! algorithm" page (docs.evidentlyai.com/reference/data-drift-algorithm) and Evidently's code,
+//! [`detect`] has two sets of defaults ([`Defaults`]). The statistics' values are the same in
+//! both (scipy's and Evidently's formulas, checked against reference vectors); what differs is
+//! which test is chosen and when a value counts as drift.
+//!
+//! **[`Defaults::Calibrated`]** (Keel's default) holds a stated false-alarm rate,
+//! [`FALSE_ALARM_RATE`] (5%), for every method and every pair of window sizes, including a
+//! small current window against a large reference:
+//!
+//! | smaller window | values | test | drift when |
+//! |---|---|---|---|
+//! | ≤ 1000 rows | numeric, > 5 unique | two-sample Kolmogorov–Smirnov ([`ks_2samp`]) | p ≤ 0.05 |
+//! | ≤ 1000 rows | categorical, or numeric ≤ 5 unique; > 2 unique | chi-square test of homogeneity of the two samples' counts ([`chi_square_homogeneity`], scipy's `chi2_contingency`) | p < 0.05 |
+//! | ≤ 1000 rows | same, ≤ 2 unique (binary) | two-proportion Z-test ([`z_test`]) | p < 0.05 |
+//! | both > 1000 rows | numeric, > 5 unique | Wasserstein distance / max(reference std, 0.001) ([`wasserstein_normalised`]) | ≥ calibrated threshold |
+//! | both > 1000 rows | categorical, or numeric ≤ 5 unique | Jensen–Shannon distance, natural log ([`jensen_shannon_distance`]) | ≥ calibrated threshold |
+//! | on request | any | PSI with Evidently's binning and empty-bin floor ([`psi`]) | ≥ calibrated threshold |
+//!
+//! The choice looks at *both* windows: a test with a p-value holds its rate at any size,
+//! whereas a distance's sampling noise grows as the smaller window shrinks (Evidently chooses
+//! from the reference alone, so 1,500 reference rows against 50 current ones got a distance
+//! with a fixed 0.1 threshold, which pure noise exceeds in most windows). The distances have no
+//! p-value, so their default threshold is calibrated for the two windows at hand by
+//! permutation (see [`permutation`]): the value pure noise exceeds in at most 5% of 199 seeded
+//! re-splits of the pooled rows, and never less than Evidently's 0.1, so large windows do not
+//! alert on negligible differences. The chi-square test compares both samples (a 2 × k
+//! contingency table) instead of testing the current counts against the reference
+//! proportions as if those were exact, which under no drift alarms in about 23% of windows of
+//! 600 vs 500 rows at "5%". The simulation test in `tests/tuning.rs` measures each method's
+//! false-alarm rate over thousands of seeded no-drift windows, and its power.
+//!
+//! **[`Defaults::Evidently`]** reproduces Evidently's defaults exactly, for comparison: the
+//! choice from the reference size alone, fixed thresholds, and chi-square goodness of fit
+//! against the reference proportions. Sources: the "Data drift algorithm" page
+//! (docs.evidentlyai.com/reference/data-drift-algorithm) and Evidently's code,
 //! `src/evidently/legacy/calculations/stattests/registry.py` (`_get_default_stattest`) with
 //! the tests in the same directory (`ks_stattest.py`, `chisquare_stattest.py`,
 //! `z_stattest.py`, `wasserstein_distance_norm.py`, `jensenshannon.py`, `psi.py`,
-//! `utils.py`). "Unique values" are counted over both samples pooled, as there:
+//! `utils.py`): tests up to 1000 *reference* rows, distances above, with thresholds 0.05
+//! (p-values) and 0.1 (distances).
 //!
-//! | reference rows | values | test | drift when |
-//! |---|---|---|---|
-//! | ≤ 1000 | numeric, > 5 unique | two-sample Kolmogorov–Smirnov ([`ks_2samp`]) | p ≤ 0.05 |
-//! | ≤ 1000 | categorical, or numeric ≤ 5 unique; > 2 unique | chi-square goodness of fit of current counts against reference proportions ([`chi_square`]) | p < 0.05 |
-//! | ≤ 1000 | same, ≤ 2 unique (binary) | two-proportion Z-test ([`z_test`]) | p < 0.05 |
-//! | > 1000 | numeric, > 5 unique | Wasserstein distance / max(reference std, 0.001) ([`wasserstein_normalised`]) | ≥ 0.1 |
-//! | > 1000 | categorical, or numeric ≤ 5 unique | Jensen–Shannon distance, natural log ([`jensen_shannon_distance`]) | ≥ 0.1 |
-//! | on request | any | PSI with Evidently's binning and empty-bin floor ([`psi`]) | ≥ 0.1 |
-//!
-//! The comparisons (`≤` for KS, `<` for chi-square and Z, `≥` for distances) are Evidently's.
-//! The binary case uses the Z-test, as Evidently does, rather than chi-square. The
-//! Jensen–Shannon distance uses the natural logarithm: current Evidently calls
-//! `distance.jensenshannon(p, q, base=None)`; some older versions of `jensenshannon.py`
-//! passed base 2, which gives values larger by 1/√ln 2 ≈ 1.20 (and so flags drift sooner).
-//!
-//! **Known weakness of the default chi-square, kept for parity with Evidently:** it tests the
-//! current counts against the reference *proportions* as if those were exact, but they are
-//! estimated from the reference sample. Without any drift the statistic is then about
-//! (1 + n_current / n_reference) · χ²(k − 1), so the false-alarm rate at "p < 0.05" is well
-//! above 5% when the samples are of similar size (≈ 23% for 600 vs 500 rows and four
-//! categories; the simulation test checks this figure), and close to 5% only when the current
-//! sample is much smaller than the reference. The Z-test for binary features pools both
-//! samples and does not have this problem.
+//! "Unique values" are counted over both samples pooled, as in Evidently. The comparisons
+//! (`≤` for KS, `<` for chi-square and Z, `≥` for distances) are Evidently's. The binary case
+//! uses the Z-test, as Evidently does. The Jensen–Shannon distance uses the natural
+//! logarithm: current Evidently calls `distance.jensenshannon(p, q, base=None)`; some older
+//! versions of `jensenshannon.py` passed base 2, which gives values larger by 1/√ln 2 ≈ 1.20.
+//! A threshold given in [`Options::threshold`] is used as it is, with no calibration: a fixed
+//! effect size for distances, whose false-alarm rate then depends on the window sizes.
 //!
 //! Unlike Evidently, which drops missing values, NaN or infinite values are an [`Error`] here:
 //! the caller decides how to treat missing data. Each sample holds at most
@@ -40,8 +57,11 @@ mod categorical;
 mod distance;
 mod kolmogorov;
 mod ks;
+pub mod permutation;
 
-pub use categorical::{chi_square, z_test, ChiSquare, ZTest, CHI_SQUARE_SUM_TOLERANCE};
+pub use categorical::{
+    chi_square, chi_square_homogeneity, z_test, ChiSquare, ZTest, CHI_SQUARE_SUM_TOLERANCE,
+};
 pub use distance::{
     binned_proportions, jensen_shannon_distance, psi, psi_from_proportions, wasserstein_distance,
     wasserstein_normalised, Binned, Binning, NormalisedWasserstein, HISTOGRAM_MIN_UNIQUE,
@@ -49,6 +69,7 @@ pub use distance::{
 };
 pub use kolmogorov::kstwo_sf;
 pub use ks::{ks_2samp, KsResult, PValueMethod, MAX_EXACT_SAMPLE};
+pub use permutation::{Calibration, FALSE_ALARM_RATE, PERMUTATIONS};
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -57,6 +78,9 @@ use crate::{check_finite, check_len, Error};
 
 /// Above this many reference rows Evidently switches from tests to distances.
 pub const SMALL_REFERENCE_MAX_ROWS: usize = 1000;
+/// Keel's default uses a test (with a p-value) while either window has at most this many
+/// rows, and a distance only when both have more.
+pub const SMALL_WINDOW_MAX_ROWS: usize = 1000;
 /// Numeric features with at most this many unique values are treated as categorical.
 pub const NUMERIC_AS_CATEGORICAL_MAX_UNIQUE: usize = 5;
 /// Features with at most this many unique values are binary (Z-test instead of chi-square).
@@ -102,7 +126,43 @@ pub enum Method {
 }
 
 impl Method {
-    /// Evidently's default threshold for the method.
+    /// Every method, in the order their names are listed in messages.
+    pub const ALL: [Method; 6] = [
+        Method::Ks,
+        Method::Wasserstein,
+        Method::ChiSquare,
+        Method::ZTest,
+        Method::JensenShannon,
+        Method::Psi,
+    ];
+
+    /// The one spelling of the method everywhere: configuration, API, journal, CLI.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Ks => "ks",
+            Method::Wasserstein => "wasserstein",
+            Method::ChiSquare => "chi_square",
+            Method::ZTest => "z_test",
+            Method::JensenShannon => "jensen_shannon",
+            Method::Psi => "psi",
+        }
+    }
+
+    /// The method named `name` (exactly as [`Method::name`] spells it).
+    pub fn from_name(name: &str) -> Option<Method> {
+        Method::ALL.into_iter().find(|method| method.name() == name)
+    }
+
+    /// Whether the method's value is a distance (no p-value).
+    pub fn is_distance(self) -> bool {
+        matches!(
+            self,
+            Method::Wasserstein | Method::JensenShannon | Method::Psi
+        )
+    }
+
+    /// Evidently's default threshold for the method (for a distance, also the least a
+    /// calibrated threshold can be).
     pub fn default_threshold(self) -> f64 {
         match self {
             Method::Ks | Method::ChiSquare | Method::ZTest => 0.05,
@@ -120,13 +180,27 @@ impl Method {
     }
 }
 
+/// Which defaults [`detect`] applies (see the module documentation).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Defaults {
+    /// Keel's: the method from both window sizes, chi-square of homogeneity, distance
+    /// thresholds calibrated to a 5% false-alarm rate for the window sizes.
+    #[default]
+    Calibrated,
+    /// Evidently's, exactly: the method from the reference size, fixed thresholds, chi-square
+    /// goodness of fit against the reference proportions.
+    Evidently,
+}
+
 /// Overrides for [`detect`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Options {
-    /// Force a method instead of Evidently's choice.
+    /// Force a method instead of the default choice.
     pub method: Option<Method>,
-    /// Override the method's default threshold (must be finite and > 0).
+    /// Override the method's default threshold (must be finite and > 0); used as it is.
     pub threshold: Option<f64>,
+    pub defaults: Defaults,
 }
 
 /// The outcome of [`detect`], ready to be stored as JSON.
@@ -153,12 +227,13 @@ pub fn detect(
 ) -> Result<DriftResult, Error> {
     check_values(reference, current)?;
     let unique = count_unique(reference, current);
-    let method = match options.method {
-        Some(method) => method,
-        None => default_method(reference, unique),
+    let method = match (options.method, options.defaults) {
+        (Some(method), _) => method,
+        (None, Defaults::Calibrated) => default_method(reference, current, unique),
+        (None, Defaults::Evidently) => evidently_method(reference, unique),
     };
+    let (value, mut parameters) = run(method, reference, current, unique, options.defaults)?;
     let threshold = match options.threshold {
-        None => method.default_threshold(),
         Some(threshold) if threshold.is_finite() && threshold > 0.0 => threshold,
         Some(threshold) => {
             return Err(Error::OutOfRange {
@@ -167,8 +242,13 @@ pub fn detect(
                 range: "(0, ∞)",
             })
         }
+        None if options.defaults == Defaults::Calibrated && method.is_distance() => {
+            let calibration = calibrate(method, reference, current)?;
+            parameters["calibration"] = json!(calibration);
+            calibration.threshold()
+        }
+        None => method.default_threshold(),
     };
-    let (value, parameters) = run(method, reference, current, unique)?;
     Ok(DriftResult {
         method,
         parameters,
@@ -180,9 +260,22 @@ pub fn detect(
     })
 }
 
-/// Evidently's default choice (see the module table).
-pub fn default_method(reference: &Values, unique_pooled: usize) -> Method {
-    let small = reference.len() <= SMALL_REFERENCE_MAX_ROWS;
+/// Keel's default choice (see the module table): a test while either window is small.
+pub fn default_method(reference: &Values, current: &Values, unique_pooled: usize) -> Method {
+    let smaller = reference.len().min(current.len());
+    choose(reference, smaller <= SMALL_WINDOW_MAX_ROWS, unique_pooled)
+}
+
+/// Evidently's default choice: from the reference size alone.
+pub fn evidently_method(reference: &Values, unique_pooled: usize) -> Method {
+    choose(
+        reference,
+        reference.len() <= SMALL_REFERENCE_MAX_ROWS,
+        unique_pooled,
+    )
+}
+
+fn choose(reference: &Values, small: bool, unique_pooled: usize) -> Method {
     let continuous = matches!(reference, Values::Numeric(_))
         && unique_pooled > NUMERIC_AS_CATEGORICAL_MAX_UNIQUE;
     match (small, continuous) {
@@ -194,11 +287,35 @@ pub fn default_method(reference: &Values, unique_pooled: usize) -> Method {
     }
 }
 
+/// The size-aware threshold of a distance method (see [`permutation`]).
+fn calibrate(method: Method, reference: &Values, current: &Values) -> Result<Calibration, Error> {
+    let floor = method.default_threshold();
+    if method == Method::Wasserstein {
+        let (reference, current) = numeric_pair(reference, current, "Wasserstein")?;
+        let pooled: Vec<f64> = reference.iter().chain(current).copied().collect();
+        return permutation::wasserstein(&pooled, reference.len(), floor, WASSERSTEIN_MIN_NORM);
+    }
+    let binned = binned_proportions(reference, current)?;
+    let counts = |proportions: &[f64], rows: usize| -> Vec<u64> {
+        proportions
+            .iter()
+            .map(|share| (share * rows as f64).round() as u64)
+            .collect()
+    };
+    permutation::binned(
+        method,
+        &counts(&binned.reference, reference.len()),
+        &counts(&binned.current, current.len()),
+        floor,
+    )
+}
+
 fn run(
     method: Method,
     reference: &Values,
     current: &Values,
     unique: usize,
+    defaults: Defaults,
 ) -> Result<(f64, serde_json::Value), Error> {
     match method {
         Method::Ks => {
@@ -227,6 +344,19 @@ fn run(
                 }),
             ))
         }
+        Method::ChiSquare if defaults == Defaults::Calibrated => {
+            let counts = aligned_counts(reference, current)?;
+            let result = chi_square_homogeneity(&counts.reference, &counts.current)?;
+            Ok((
+                result.p_value,
+                json!({
+                    "test": "homogeneity",
+                    "statistic": result.statistic,
+                    "dof": result.dof,
+                    "categories": counts.reference.len(),
+                }),
+            ))
+        }
         Method::ChiSquare => {
             let counts = aligned_counts(reference, current)?;
             let scale = current.len() as f64 / reference.len() as f64;
@@ -240,6 +370,7 @@ fn run(
             Ok((
                 result.p_value,
                 json!({
+                    "test": "goodness_of_fit",
                     "statistic": result.statistic,
                     "dof": result.dof,
                     "categories": observed.len(),
@@ -416,11 +547,39 @@ mod tests {
         let many: Vec<f64> = (0..100).map(f64::from).collect();
         let large: Vec<f64> = (0..2000).map(f64::from).collect();
         let binary: Vec<f64> = (0..100).map(|i| (i % 2) as f64).collect();
-        assert_eq!(default_method(&numeric(&many), 100), Method::Ks);
-        assert_eq!(default_method(&numeric(&few), 3), Method::ChiSquare);
-        assert_eq!(default_method(&numeric(&binary), 2), Method::ZTest);
-        assert_eq!(default_method(&numeric(&large), 2000), Method::Wasserstein);
-        assert_eq!(default_method(&numeric(&large), 4), Method::JensenShannon);
+        assert_eq!(evidently_method(&numeric(&many), 100), Method::Ks);
+        assert_eq!(evidently_method(&numeric(&few), 3), Method::ChiSquare);
+        assert_eq!(evidently_method(&numeric(&binary), 2), Method::ZTest);
+        assert_eq!(
+            evidently_method(&numeric(&large), 2000),
+            Method::Wasserstein
+        );
+        assert_eq!(evidently_method(&numeric(&large), 4), Method::JensenShannon);
+    }
+
+    #[test]
+    fn default_method_looks_at_both_windows() {
+        let many: Vec<f64> = (0..100).map(f64::from).collect();
+        let large: Vec<f64> = (0..2000).map(f64::from).collect();
+        let (small, large) = (numeric(&many), numeric(&large));
+        assert_eq!(default_method(&large, &small, 2000), Method::Ks);
+        assert_eq!(default_method(&small, &large, 2000), Method::Ks);
+        assert_eq!(default_method(&large, &large, 2000), Method::Wasserstein);
+        assert_eq!(default_method(&large, &small, 4), Method::ChiSquare);
+        assert_eq!(default_method(&large, &large, 4), Method::JensenShannon);
+        assert_eq!(evidently_method(&large, 2000), Method::Wasserstein);
+    }
+
+    #[test]
+    fn names_are_snake_case_and_match_serde() {
+        for method in Method::ALL {
+            assert_eq!(
+                serde_json::to_value(method).unwrap(),
+                serde_json::Value::from(method.name())
+            );
+            assert_eq!(Method::from_name(method.name()), Some(method));
+        }
+        assert_eq!(Method::from_name("chisquare"), None);
     }
 
     #[test]
@@ -436,7 +595,7 @@ mod tests {
         assert!(detect(&numeric(&[1.0]), &categories, &Options::default()).is_err());
         let forced = Options {
             method: Some(Method::Ks),
-            threshold: None,
+            ..Options::default()
         };
         assert!(detect(&categories, &categories, &forced).is_err());
     }
