@@ -35,7 +35,7 @@ steps:
       url: "http://127.0.0.1:9/refunds"
       body: { decision: "${ data.judge.output.label }" }
       approval: { roles: [reviewer] }
-      trust: { phase: 1, policy: "true", promotion: { min_reviews: 10, window: 30d, target_agreement: { phase2: 0.6, phase3: 0.7, phase4: 0.9 } } }
+      trust: { phase: 1, policy: "true", promotion: { min_reviews: 10, window: 30d, target_agreement: { phase2: 0.6, phase3: 0.7, phase4: 0.9 } }, demotion: { target_error_rate: 0.25 } }
   - id: done
     end: paid
 "#;
