@@ -2213,6 +2213,74 @@ mod tests {
 
     use super::*;
 
+    fn review(model: &str, verdict: &str, count: i64) -> ReviewCountRow {
+        ReviewCountRow {
+            operation: "refunds/pay".into(),
+            model: model.into(),
+            day: 20_400,
+            source: "pre".into(),
+            verdict: verdict.into(),
+            count,
+        }
+    }
+
+    #[test]
+    fn learner_versions_are_split_off_their_model() {
+        let rows = [review("local", "agree", 5), review("local", "corrected", 2), review("small", "agree", 3)];
+        let rows: Vec<&ReviewCountRow> = rows.iter().collect();
+        let tagged = |version: i64, verdict: &str| {
+            ("refunds/pay".to_string(), "local".to_string(), version, verdict.to_string())
+        };
+        let learner = [tagged(1, "agree"), tagged(1, "agree"), tagged(2, "corrected"), tagged(2, "agree")];
+        let out: Vec<(String, Option<i64>, i64, i64)> = accuracy_by_model(&rows, &learner, "refunds/pay")
+            .into_iter()
+            .map(|m| (m.model, m.learner_version, m.reviews, m.agreed))
+            .collect();
+        assert_eq!(
+            out,
+            [
+                ("local".to_string(), None, 3, 2),
+                ("local".to_string(), Some(1), 2, 2),
+                ("local".to_string(), Some(2), 2, 1),
+                ("small".to_string(), None, 3, 3),
+            ]
+        );
+    }
+
+    fn trust_entry(seq: i64, at: &str, kind: &str, data: Value) -> JournalRow {
+        JournalRow {
+            seq,
+            at: at.into(),
+            kind: kind.into(),
+            actor_type: "system".into(),
+            actor_id: "engine".into(),
+            case_id: None,
+            workflow: Some("refunds".into()),
+            step: Some("pay".into()),
+            task_id: None,
+            exception_id: None,
+            data: data.to_string(),
+            data_sha256: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_phase_history_keeps_the_highest_phase_of_the_month() {
+        let (window, _) = month_window("2026-11").unwrap();
+        let op = "refunds/pay";
+        let entries = [
+            trust_entry(1, "2026-10-01T00:00:00.000Z", "trust.initialised", serde_json::json!({"operation": op, "phase": 1})),
+            trust_entry(2, "2026-11-03T00:00:00.000Z", "trust.promoted", serde_json::json!({"operation": op, "from_phase": 1, "to_phase": 3})),
+            trust_entry(3, "2026-11-09T00:00:00.000Z", "trust.demoted", serde_json::json!({"operation": op, "from_phase": 3, "to_phase": 1,
+                "trigger": "critical_exception", "retro_reviews": 4, "evidence": {"kind": "wrong_action", "case_id": "c-1"}})),
+        ];
+        let history = phase_history(&entries, window, op, Some(1));
+        assert_eq!((history.at_start, history.highest, history.at_end), (Some(1), Some(3), Some(1)));
+        assert_eq!(history.changes.len(), 2);
+        assert_eq!(history.changes[1].evidence_text, "critical exception wrong_action in case c-1");
+        assert_eq!(history.changes[1].retro_reviews, Some(4));
+    }
+
     #[test]
     fn months_and_ranges_are_utc_days() {
         let (window, label) = month_window("2026-12").unwrap();
