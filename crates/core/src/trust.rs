@@ -695,8 +695,15 @@ mod tests {
         assert_eq!(reviews_to_reach(f64::NAN), None);
         for target in [0.3, 0.6, 0.9, 0.95, 0.999] {
             let n = reviews_to_reach(target).unwrap();
-            let low = |n: u64| keel_tuning::interval::wilson(n, n, keel_tuning::interval::Z_95).unwrap().low;
-            assert!(low(n) >= target && (n == 1 || low(n - 1) < target), "{target}: {n}");
+            let low = |n: u64| {
+                keel_tuning::interval::wilson(n, n, keel_tuning::interval::Z_95)
+                    .unwrap()
+                    .low
+            };
+            assert!(
+                low(n) >= target && (n == 1 || low(n - 1) < target),
+                "{target}: {n}"
+            );
         }
     }
 
@@ -707,7 +714,9 @@ mod tests {
         assert_eq!(TrustConfig::default().promotion.min_reviews, 73);
         assert_eq!(config.promotion.min_reviews, 73);
         // A lower target keeps the floor of 50; a stricter one raises it to what it needs.
-        let lower = TrustConfig::from_json(&json!({"promotion": {"target_agreement": {"phase2": 0.92}}})).unwrap();
+        let lower =
+            TrustConfig::from_json(&json!({"promotion": {"target_agreement": {"phase2": 0.92}}}))
+                .unwrap();
         assert_eq!(lower.promotion.min_reviews, 50);
         let stricter = TrustConfig::from_json(
             &json!({"promotion": {"target_agreement": {"phase2": 0.98, "phase3": 0.98, "phase4": 0.99}}}),
@@ -729,15 +738,22 @@ mod tests {
     #[test]
     fn contradicting_settings_are_problems_that_name_the_number_that_works() {
         // Phase 2's 0.40 is below 0.90, the accuracy the default SPRT (p1 = 0.10) demotes.
-        let found = problems(json!({"promotion": {"min_reviews": 80, "target_agreement": {"phase2": 0.4}}}));
+        let found = problems(
+            json!({"promotion": {"min_reviews": 80, "target_agreement": {"phase2": 0.4}}}),
+        );
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].0, "promotion.target_agreement.phase2");
         assert!(found[0].1.contains("at or below 0.900"), "{}", found[0].1);
         assert!(found[0].1.contains("e.g. 0.91"), "{}", found[0].1);
         // At the boundary: refused; just above: accepted.
-        let at = problems(json!({"promotion": {"min_reviews": 80, "target_agreement": {"phase2": 0.9}}}));
+        let at = problems(
+            json!({"promotion": {"min_reviews": 80, "target_agreement": {"phase2": 0.9}}}),
+        );
         assert_eq!(at.len(), 1, "{at:?}");
-        assert!(problems(json!({"promotion": {"min_reviews": 80, "target_agreement": {"phase2": 0.91}}})).is_empty());
+        assert!(problems(
+            json!({"promotion": {"min_reviews": 80, "target_agreement": {"phase2": 0.91}}})
+        )
+        .is_empty());
         // A looser demotion test tolerates lower targets (p0 0.3 → p1 0.6 → 0.4 demoted).
         assert!(problems(json!({"promotion": {"min_reviews": 5, "target_agreement": {"phase2": 0.5, "phase3": 0.5, "phase4": 0.5}},
             "demotion": {"target_error_rate": 0.3}})).is_empty());
@@ -745,7 +761,11 @@ mod tests {
         let found = problems(json!({"promotion": {"min_reviews": 3}}));
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].0, "promotion.min_reviews");
-        assert!(found[0].1.contains("0.439") && found[0].1.contains("at least 73"), "{}", found[0].1);
+        assert!(
+            found[0].1.contains("0.439") && found[0].1.contains("at least 73"),
+            "{}",
+            found[0].1
+        );
         assert!(problems(json!({"promotion": {"min_reviews": 73}})).is_empty());
         // A counted window must hold what the highest target needs (phase 4's 0.99: 381).
         let found = problems(json!({"promotion": {"window": {"count": 200}}}));
@@ -757,7 +777,10 @@ mod tests {
     #[test]
     fn zero_review_rates_are_refused_with_why_and_what_to_give() {
         let error = TrustConfig::from_json(&json!({"review_rates": {"phase3": 0.0}})).unwrap_err();
-        assert!(error.contains("only evidence") && error.contains("0.001") && error.contains("0.2"), "{error}");
+        assert!(
+            error.contains("only evidence") && error.contains("0.001") && error.contains("0.2"),
+            "{error}"
+        );
         let error = TrustConfig::from_json(&json!({"review_rates": {"phase4": 1.5}})).unwrap_err();
         assert!(error.contains("above 1"), "{error}");
         assert_eq!(round_above(0.9), 0.91);

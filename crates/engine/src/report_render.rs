@@ -10,7 +10,9 @@
 
 use std::fmt::Write as _;
 
-use crate::report::{Cascade, Event, ModelAccuracy, MonthlyReport, OperationReview, WorkflowReview};
+use crate::report::{
+    Cascade, Event, ModelAccuracy, MonthlyReport, OperationReview, WorkflowReview,
+};
 
 /// Series colours of the charts (distinguishable, also in grey print).
 const PALETTE: [&str; 8] = [
@@ -338,7 +340,9 @@ fn event_evidence(e: &Event) -> String {
     }
 }
 
-const EVENT_HEADER: [&str; 7] = ["At", "Subject", "Event", "Change", "By", "Evidence", "Reason"];
+const EVENT_HEADER: [&str; 7] = [
+    "At", "Subject", "Event", "Change", "By", "Evidence", "Reason",
+];
 
 fn event_cells(e: &Event) -> [String; 7] {
     [
@@ -384,8 +388,10 @@ fn change_cells(d: &crate::report::Deployment) -> [String; 8] {
     };
     [
         match &d.label {
-            Some(label) => format!("{} ({label})", d.version_no),
-            None => d.version_no.to_string(),
+            Some(label) if *label != d.version_no.to_string() => {
+                format!("{} ({label})", d.version_no)
+            }
+            _ => d.version_no.to_string(),
         },
         d.at.clone(),
         d.status.clone(),
@@ -396,7 +402,9 @@ fn change_cells(d: &crate::report::Deployment) -> [String; 8] {
             decided(&d.approved_by)
         },
         decided(&d.rejected_by),
-        d.review.clone().unwrap_or_else(|| "not recorded".to_string()),
+        d.review
+            .clone()
+            .unwrap_or_else(|| "not recorded".to_string()),
         if d.changes.is_empty() {
             "–".to_string()
         } else {

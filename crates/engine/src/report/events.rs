@@ -366,7 +366,10 @@ fn changes_text(data: &Value) -> Vec<String> {
                         .map(|items| {
                             items
                                 .iter()
-                                .map(|item| item.as_str().map_or_else(|| item.to_string(), str::to_string))
+                                .map(|item| {
+                                    item.as_str()
+                                        .map_or_else(|| item.to_string(), str::to_string)
+                                })
                                 .collect()
                         })
                         .unwrap_or_default();
@@ -473,7 +476,11 @@ mod tests {
             "Wilson bound 0.685 over 14 reviews (13 agreed)"
         );
         assert_eq!(
-            trust_evidence_text("trust.demoted", Some("manual"), &json!({"n": 2, "note": "x"})),
+            trust_evidence_text(
+                "trust.demoted",
+                Some("manual"),
+                &json!({"n": 2, "note": "x"})
+            ),
             "n 2, note x"
         );
     }

@@ -774,7 +774,12 @@ impl Sources<'_> {
     async fn change_facts(&self, window: ReportWindow) -> Result<ChangeFacts> {
         let store = self.store;
         let deployed = store
-            .report_entries("workflow.deployed", window.from_ms, window.to_ms, MAX_EVENTS)
+            .report_entries(
+                "workflow.deployed",
+                window.from_ms,
+                window.to_ms,
+                MAX_EVENTS,
+            )
             .await?;
         let until_ms = self.now_ms.max(window.to_ms).saturating_add(1);
         let mut decisions = Vec::new();
@@ -1464,7 +1469,12 @@ fn month_events(facts: &MonthFacts, window: ReportWindow, name: &str) -> Vec<Eve
         .iter()
         .filter(|e| e.at >= from && e.kind != "trust.initialised")
         .filter_map(events::trust_event)
-        .chain(facts.learner_events.iter().filter_map(events::learner_event))
+        .chain(
+            facts
+                .learner_events
+                .iter()
+                .filter_map(events::learner_event),
+        )
         .filter(|e| events::event_workflow(e) == name)
         .collect();
     out.sort_by(|a, b| a.at.cmp(&b.at));
@@ -2226,16 +2236,31 @@ mod tests {
 
     #[test]
     fn learner_versions_are_split_off_their_model() {
-        let rows = [review("local", "agree", 5), review("local", "corrected", 2), review("small", "agree", 3)];
+        let rows = [
+            review("local", "agree", 5),
+            review("local", "corrected", 2),
+            review("small", "agree", 3),
+        ];
         let rows: Vec<&ReviewCountRow> = rows.iter().collect();
         let tagged = |version: i64, verdict: &str| {
-            ("refunds/pay".to_string(), "local".to_string(), version, verdict.to_string())
+            (
+                "refunds/pay".to_string(),
+                "local".to_string(),
+                version,
+                verdict.to_string(),
+            )
         };
-        let learner = [tagged(1, "agree"), tagged(1, "agree"), tagged(2, "corrected"), tagged(2, "agree")];
-        let out: Vec<(String, Option<i64>, i64, i64)> = accuracy_by_model(&rows, &learner, "refunds/pay")
-            .into_iter()
-            .map(|m| (m.model, m.learner_version, m.reviews, m.agreed))
-            .collect();
+        let learner = [
+            tagged(1, "agree"),
+            tagged(1, "agree"),
+            tagged(2, "corrected"),
+            tagged(2, "agree"),
+        ];
+        let out: Vec<(String, Option<i64>, i64, i64)> =
+            accuracy_by_model(&rows, &learner, "refunds/pay")
+                .into_iter()
+                .map(|m| (m.model, m.learner_version, m.reviews, m.agreed))
+                .collect();
         assert_eq!(
             out,
             [
@@ -2269,15 +2294,36 @@ mod tests {
         let (window, _) = month_window("2026-11").unwrap();
         let op = "refunds/pay";
         let entries = [
-            trust_entry(1, "2026-10-01T00:00:00.000Z", "trust.initialised", serde_json::json!({"operation": op, "phase": 1})),
-            trust_entry(2, "2026-11-03T00:00:00.000Z", "trust.promoted", serde_json::json!({"operation": op, "from_phase": 1, "to_phase": 3})),
-            trust_entry(3, "2026-11-09T00:00:00.000Z", "trust.demoted", serde_json::json!({"operation": op, "from_phase": 3, "to_phase": 1,
-                "trigger": "critical_exception", "retro_reviews": 4, "evidence": {"kind": "wrong_action", "case_id": "c-1"}})),
+            trust_entry(
+                1,
+                "2026-10-01T00:00:00.000Z",
+                "trust.initialised",
+                serde_json::json!({"operation": op, "phase": 1}),
+            ),
+            trust_entry(
+                2,
+                "2026-11-03T00:00:00.000Z",
+                "trust.promoted",
+                serde_json::json!({"operation": op, "from_phase": 1, "to_phase": 3}),
+            ),
+            trust_entry(
+                3,
+                "2026-11-09T00:00:00.000Z",
+                "trust.demoted",
+                serde_json::json!({"operation": op, "from_phase": 3, "to_phase": 1,
+                "trigger": "critical_exception", "retro_reviews": 4, "evidence": {"kind": "wrong_action", "case_id": "c-1"}}),
+            ),
         ];
         let history = phase_history(&entries, window, op, Some(1));
-        assert_eq!((history.at_start, history.highest, history.at_end), (Some(1), Some(3), Some(1)));
+        assert_eq!(
+            (history.at_start, history.highest, history.at_end),
+            (Some(1), Some(3), Some(1))
+        );
         assert_eq!(history.changes.len(), 2);
-        assert_eq!(history.changes[1].evidence_text, "critical exception wrong_action in case c-1");
+        assert_eq!(
+            history.changes[1].evidence_text,
+            "critical exception wrong_action in case c-1"
+        );
         assert_eq!(history.changes[1].retro_reviews, Some(4));
     }
 

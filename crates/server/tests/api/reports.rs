@@ -999,27 +999,67 @@ async fn eventful_month() -> Reports {
             sla_breached: false,
             now_ms: created,
             entries: vec![
-                entry(created, "case.created", c, None, json!({"input": {"text": "refund"}})),
-                entry(created + 60_000, "outcome.reviewed", c, Some("pay"), reviewed),
+                entry(
+                    created,
+                    "case.created",
+                    c,
+                    None,
+                    json!({"input": {"text": "refund"}}),
+                ),
+                entry(
+                    created + 60_000,
+                    "outcome.reviewed",
+                    c,
+                    Some("pay"),
+                    reviewed,
+                ),
                 entry(created + 61_000, "case.completed", c, None, json!({})),
             ],
         };
         store.commit(&[insert]).await.unwrap();
     }
     let moves = [
-        (3, 1, 2, "trust.promoted", "gus", json!({"operation": "refunds/pay", "from_phase": 1, "to_phase": 2, "by": "gus",
+        (
+            3,
+            1,
+            2,
+            "trust.promoted",
+            "gus",
+            json!({"operation": "refunds/pay", "from_phase": 1, "to_phase": 2, "by": "gus",
             "reason": "steady for a month",
-            "evidence": {"reviews": 30, "agreements": 29, "wilson": {"low": 0.833, "high": 0.994, "point": 0.967}, "target_agreement": 0.6}})),
-        (8, 2, 3, "trust.promoted", "gus", json!({"operation": "refunds/pay", "from_phase": 2, "to_phase": 3, "by": "gus",
+            "evidence": {"reviews": 30, "agreements": 29, "wilson": {"low": 0.833, "high": 0.994, "point": 0.967}, "target_agreement": 0.6}}),
+        ),
+        (
+            8,
+            2,
+            3,
+            "trust.promoted",
+            "gus",
+            json!({"operation": "refunds/pay", "from_phase": 2, "to_phase": 3, "by": "gus",
             "reason": "phase 2 went well",
-            "evidence": {"reviews": 45, "agreements": 44, "wilson": {"low": 0.885, "high": 0.996, "point": 0.978}, "target_agreement": 0.7}})),
-        (15, 3, 2, "trust.demoted", "engine", json!({"operation": "refunds/pay", "from_phase": 3, "to_phase": 2, "by": "engine",
+            "evidence": {"reviews": 45, "agreements": 44, "wilson": {"low": 0.885, "high": 0.996, "point": 0.978}, "target_agreement": 0.7}}),
+        ),
+        (
+            15,
+            3,
+            2,
+            "trust.demoted",
+            "engine",
+            json!({"operation": "refunds/pay", "from_phase": 3, "to_phase": 2, "by": "engine",
             "trigger": "sprt", "reason": "the SPRT rejected the target error rate", "retro_reviews": 7, "since": "2026-11-14T09:01:00.000Z",
             "evidence": {"sprt_reviews": 23, "sprt": {"p0": 0.25, "p1": 0.5, "alpha": 0.05, "beta": 0.2, "errors": 13,
-                "observations": 23, "restarts": 0, "llr": 2.9, "upper_bound": 2.77, "lower_bound": -1.56, "rejected": true}}})),
-        (20, 2, 1, "trust.demoted", "engine", json!({"operation": "refunds/pay", "from_phase": 2, "to_phase": 1, "by": "engine",
+                "observations": 23, "restarts": 0, "llr": 2.9, "upper_bound": 2.77, "lower_bound": -1.56, "rejected": true}}}),
+        ),
+        (
+            20,
+            2,
+            1,
+            "trust.demoted",
+            "engine",
+            json!({"operation": "refunds/pay", "from_phase": 2, "to_phase": 1, "by": "engine",
             "trigger": "drift", "reason": "input drift on amount", "retro_reviews": 3, "since": "2026-11-19T00:00:00.000Z",
-            "evidence": {"feature": "amount", "method": "ks", "value": 0.31, "threshold": 0.05}})),
+            "evidence": {"feature": "amount", "method": "ks", "value": 0.31, "threshold": 0.05}}),
+        ),
     ];
     for (d, from, to, kind, by, data) in moves {
         let change = PhaseChange {
@@ -1047,15 +1087,27 @@ async fn eventful_month() -> Reports {
     let non_inferiority = json!({"test": "paired non-inferiority", "margin": 0.02, "alpha": 0.05, "n": 200,
         "challenger_accuracy": 0.81, "serving_accuracy": 0.93, "difference": -0.12, "lower_bound": -0.17});
     let deployed = |d: i64, version: i64, status: &str, review: &str, what: &str| {
-        let mut e = entry(day(d), "workflow.deployed", None, None, json!({"workflow": "refunds", "version_no": version,
+        let mut e = entry(
+            day(d),
+            "workflow.deployed",
+            None,
+            None,
+            json!({"workflow": "refunds", "version_no": version,
             "label": version.to_string(), "source_sha256": "0".repeat(64), "file": "refunds.yaml",
-            "status": status, "review": review, "changes": [{"operation": "refunds/pay", "what": [what]}]}));
+            "status": status, "review": review, "changes": [{"operation": "refunds/pay", "what": [what]}]}),
+        );
         e.actor_id = "deployer".into();
         e
     };
     let decided = |d: i64, kind: &str, version: i64, reason: &str| {
-        let mut e = entry(day(d), kind, None, None, json!({"workflow": "refunds", "version_no": version,
-            "author": "gail", "by": "gus", "reason": reason}));
+        let mut e = entry(
+            day(d),
+            kind,
+            None,
+            None,
+            json!({"workflow": "refunds", "version_no": version,
+            "author": "gail", "by": "gus", "reason": reason}),
+        );
         e.actor_type = "user".into();
         e.actor_id = "gus".into();
         e
@@ -1064,12 +1116,27 @@ async fn eventful_month() -> Reports {
         .append(&[
             deployed(10, 2, "pending", "required", "prompt"),
             decided(11, "workflow.approved", 2, "prompt reviewed"),
-            learner(12, "learner.challenger", "ann", json!({"workflow": "refunds", "step": "judge", "version": 2,
-                "source": "reviews", "examples": 120})),
-            learner(13, "learner.failed", "engine", json!({"workflow": "refunds", "step": "judge", "version": 2,
-                "evidence": non_inferiority})),
+            learner(
+                12,
+                "learner.challenger",
+                "ann",
+                json!({"workflow": "refunds", "step": "judge", "version": 2,
+                "source": "reviews", "examples": 120}),
+            ),
+            learner(
+                13,
+                "learner.failed",
+                "engine",
+                json!({"workflow": "refunds", "step": "judge", "version": 2,
+                "evidence": non_inferiority}),
+            ),
             deployed(22, 3, "pending", "required", "policy"),
-            decided(23, "workflow.rejected", 3, "the policy lets everything through"),
+            decided(
+                23,
+                "workflow.rejected",
+                3,
+                "the policy lets everything through",
+            ),
             deployed(27, 4, "active", "off", "hard_limits"),
         ])
         .await
@@ -1177,7 +1244,10 @@ async fn the_monthly_review_tells_promotions_a_poisoning_demotions_and_changes()
         .await
         .unwrap();
     assert!(!markdown.contains("None this month"), "{markdown}");
-    assert!(!markdown.contains("{\""), "evidence is told, not JSON: {markdown}");
+    assert!(
+        !markdown.contains("{\""),
+        "evidence is told, not JSON: {markdown}"
+    );
     insta::assert_snapshot!("monthly_review_events_markdown", markdown);
 
     let html = app
