@@ -20,6 +20,25 @@
 //!         approvers: [governor]      # who may approve promotions
 //!         changed_version_phase: down   # or 1..4: where a changed version restarts
 //! ```
+//!
+//! **Settings that cannot work are refused** ([`TrustConfig::setting_problems`], reported by
+//! `keel check` as `trust-settings` with the number that would work):
+//!
+//! - A promotion target at or below the accuracy the demotion test is built to demote. The
+//!   SPRT (`keel_tuning::sprt`) tests the error rate p0 = `target_error_rate` against the
+//!   alternative p1 = 2·p0 (capped at (1 + p0)/2): an operation at error rate p0 (accuracy
+//!   1 − p0) is kept, one at p1 (accuracy 1 − p1) is demoted with probability 1 − β. So 1 − p1
+//!   is the accuracy demotion does not tolerate, and a target at or below it would promote an
+//!   operation that the SPRT then demotes for the same accuracy: the phases would flap. (The
+//!   default target of 0.95 for phase 2 sits at 1 − p0 of the default p0 = 0.05: promoted
+//!   operations are, with 95% confidence, where the SPRT keeps them.)
+//! - A `min_reviews` below the reviews that the lowest promotion target needs even when every
+//!   review agrees (the Wilson 95% lower bound of n/n is n/(n + z²)): such a floor never binds
+//!   and misleads its reader. Without `min_reviews`, the floor is 50 or that number, whichever
+//!   is larger, which is what the engine has always effectively required.
+//! - A `window: { count: N }` too small to ever hold the reviews a target needs.
+//! - Review rates of 0 (or above 1): in phases 3 and 4 every action is automatic and sampled
+//!   post-hoc review is the only evidence; at 0 nothing could ever demote the operation.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -135,14 +154,74 @@ pub struct Promotion {
     pub target_agreement: Targets,
 }
 
+/// The floor of reviews before a promotion when `min_reviews` is not given (raised to what
+/// the lowest target needs, [`default_min_reviews`]).
+pub const DEFAULT_MIN_REVIEWS: u64 = 50;
+
 impl Default for Promotion {
     fn default() -> Self {
+        let target_agreement = Targets::default();
         Promotion {
-            min_reviews: 50,
+            min_reviews: default_min_reviews(&target_agreement),
             window: EvidenceWindow::Milliseconds(30 * 86_400_000),
-            target_agreement: Targets::default(),
+            target_agreement,
         }
     }
+}
+
+impl Targets {
+    /// The lowest of the three targets, with the phase it is the target of.
+    pub fn lowest(&self) -> (u8, f64) {
+        [(2, self.phase2), (3, self.phase3), (4, self.phase4)]
+            .into_iter()
+            .fold((2, self.phase2), |low, (phase, target)| {
+                if target < low.1 {
+                    (phase, target)
+                } else {
+                    low
+                }
+            })
+    }
+
+    /// The highest of the three targets, with the phase it is the target of.
+    pub fn highest(&self) -> (u8, f64) {
+        [(2, self.phase2), (3, self.phase3), (4, self.phase4)]
+            .into_iter()
+            .fold((2, self.phase2), |high, (phase, target)| {
+                if target > high.1 {
+                    (phase, target)
+                } else {
+                    high
+                }
+            })
+    }
+}
+
+/// `min_reviews` when it is not given: [`DEFAULT_MIN_REVIEWS`], or the reviews the lowest
+/// target needs with every one agreeing if that is more (the Wilson bound would demand them
+/// anyway, so this only makes the floor say what is true).
+pub fn default_min_reviews(targets: &Targets) -> u64 {
+    reviews_to_reach(targets.lowest().1).map_or(DEFAULT_MIN_REVIEWS, |n| n.max(DEFAULT_MIN_REVIEWS))
+}
+
+/// The smallest n at which the Wilson 95% lower bound of n agreements in n reviews reaches
+/// `target`: no promotion to that target can happen with fewer reviews. `None` for a target
+/// outside (0, 1) or one that needs more than `keel_tuning::interval::MAX_REVIEWS_NEEDED`.
+pub fn reviews_to_reach(target: f64) -> Option<u64> {
+    use keel_tuning::interval::{wilson, MAX_REVIEWS_NEEDED, Z_95};
+    if !(target > 0.0 && target < 1.0) {
+        return None;
+    }
+    // n/(n + z²) ≥ target ⇔ n ≥ target·z²/(1 − target): start just below and step up, so
+    // that the answer agrees with the interval the engine computes.
+    let estimate = (target * Z_95 * Z_95 / (1.0 - target)).floor();
+    let start = if estimate.is_finite() && estimate >= 3.0 {
+        (estimate as u64).saturating_sub(2)
+    } else {
+        1
+    };
+    (start..=MAX_REVIEWS_NEEDED)
+        .find(|n| wilson(*n, *n, Z_95).is_ok_and(|interval| interval.low >= target))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -292,9 +371,7 @@ impl TrustConfig {
                 (4, config.review_rates.phase4),
             ] {
                 if !(MIN_REVIEW_RATE..=1.0).contains(&rate) {
-                    return Err(format!(
-                        "`trust.review_rates.phase{phase}` is {rate}; give {MIN_REVIEW_RATE} to 1 (review never stops)"
-                    ));
+                    return Err(review_rate_problem(phase, rate));
                 }
             }
         }
@@ -332,6 +409,120 @@ impl TrustConfig {
             };
         }
         Ok(config)
+    }
+}
+
+/// Why a review rate outside [`MIN_REVIEW_RATE`, 1] is refused, and what to give instead.
+fn review_rate_problem(phase: u8, rate: f64) -> String {
+    let why = match phase {
+        2 => "phase 2 approves what its policy allows without a person, and sampled review is the only evidence about those actions",
+        _ => "in this phase every action is automatic and sampled post-hoc review is the only evidence: at 0 nothing could ever demote the operation",
+    };
+    let default = ReviewRates::default().of(phase);
+    if rate > 1.0 {
+        format!("`trust.review_rates.phase{phase}` is {rate}, above 1 (every action); give {MIN_REVIEW_RATE} to 1, e.g. the default {default}")
+    } else {
+        format!("`trust.review_rates.phase{phase}` is {rate}: {why}; give at least {MIN_REVIEW_RATE} (review never stops), e.g. the default {default}")
+    }
+}
+
+/// A `trust:` setting that parses but cannot work as intended: where it is (the keys under
+/// `trust`), what is wrong and the number that would work.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SettingProblem {
+    /// Keys from `trust` down to the setting, e.g. `["promotion", "min_reviews"]`.
+    pub path: Vec<&'static str>,
+    pub message: String,
+    pub hint: String,
+}
+
+/// The accuracy the demotion test is built to demote: 1 − p1, where p1 is the SPRT's
+/// alternative error rate (`keel_tuning::sprt::default_alternative` of `target_error_rate`).
+pub fn demoted_accuracy(demotion: &Demotion) -> f64 {
+    1.0 - keel_tuning::sprt::default_alternative(demotion.target_error_rate)
+}
+
+/// A round number strictly above `floor` and below 1: the next hundredth, or thousandth, …
+fn round_above(floor: f64) -> f64 {
+    let mut step = 0.01;
+    for _ in 0..6 {
+        let above = ((floor / step + 1e-9).floor() + 1.0) * step;
+        if above < 1.0 {
+            return (above / step).round() * step;
+        }
+        step /= 10.0;
+    }
+    floor
+}
+
+impl TrustConfig {
+    /// The settings that contradict each other (see the module documentation); empty when
+    /// the configuration can work.
+    pub fn setting_problems(&self) -> Vec<SettingProblem> {
+        let mut problems = self.target_problems();
+        problems.extend(self.review_count_problems());
+        problems
+    }
+
+    /// Promotion targets at or below the accuracy the SPRT demotes.
+    fn target_problems(&self) -> Vec<SettingProblem> {
+        let demotion = self.demotion;
+        let floor = demoted_accuracy(&demotion);
+        let targets = self.promotion.target_agreement;
+        [(2, "phase2", targets.phase2), (3, "phase3", targets.phase3), (4, "phase4", targets.phase4)]
+            .into_iter()
+            .filter(|(_, _, target)| *target <= floor + 1e-12)
+            .map(|(phase, key, target)| SettingProblem {
+                path: vec!["promotion", "target_agreement", key],
+                message: format!(
+                    "the target to enter phase {phase} is {target}, at or below {floor:.3}, the accuracy the demotion test is built to demote (its alternative error rate {:.3} = 2 × target_error_rate {}): an operation could be promoted for an accuracy the SPRT then demotes it for",
+                    1.0 - floor,
+                    demotion.target_error_rate
+                ),
+                hint: format!(
+                    "give a target above {floor:.3}, e.g. {}; the SPRT keeps operations at accuracy {:.3} (1 − target_error_rate) and demotes those at {floor:.3}",
+                    round_above(floor),
+                    1.0 - demotion.target_error_rate
+                ),
+            })
+            .collect()
+    }
+
+    /// `min_reviews` and a counted window too small for the targets' Wilson bounds.
+    fn review_count_problems(&self) -> Vec<SettingProblem> {
+        let promotion = self.promotion;
+        let mut problems = Vec::new();
+        let (low_phase, low_target) = promotion.target_agreement.lowest();
+        if let Some(needed) = reviews_to_reach(low_target) {
+            if promotion.min_reviews < needed {
+                let n = promotion.min_reviews;
+                let bound = keel_tuning::interval::wilson(n, n, keel_tuning::interval::Z_95)
+                    .map_or(0.0, |interval| interval.low);
+                problems.push(SettingProblem {
+                    path: vec!["promotion", "min_reviews"],
+                    message: format!(
+                        "`min_reviews` is {n}, but even with all {n} reviews agreeing the Wilson 95% lower bound is {bound:.3}, below the lowest promotion target {low_target} (phase {low_phase}): no promotion can happen before {needed} reviews, so this floor never applies"
+                    ),
+                    hint: format!("set `min_reviews` to at least {needed}"),
+                });
+            }
+        }
+        if let EvidenceWindow::Count(count) = promotion.window {
+            let (high_phase, high_target) = promotion.target_agreement.highest();
+            let needed = reviews_to_reach(high_target)
+                .unwrap_or(u64::MAX)
+                .max(promotion.min_reviews);
+            if count < needed {
+                problems.push(SettingProblem {
+                    path: vec!["promotion", "window", "count"],
+                    message: format!(
+                        "the promotion window holds the last {count} reviews, but entering phase {high_phase} (target {high_target}) needs at least {needed} reviews in it even when every one agrees: the operation could never reach phase {high_phase}"
+                    ),
+                    hint: format!("give `window: {{ count: {needed} }}` or more"),
+                });
+            }
+        }
+        problems
     }
 }
 
@@ -413,6 +604,9 @@ fn promotion_from(value: &Value) -> Result<Promotion, String> {
             return Err("`trust.promotion.target_agreement` values must be in (0, 1)".into());
         }
     }
+    if !fields.contains_key("min_reviews") {
+        promotion.min_reviews = default_min_reviews(&promotion.target_agreement);
+    }
     Ok(promotion)
 }
 
@@ -487,5 +681,109 @@ mod tests {
             let error = TrustConfig::from_json(&bad).unwrap_err();
             assert!(error.contains(needle), "{bad}: {error}");
         }
+    }
+
+    #[test]
+    fn reviews_to_reach_is_the_first_n_whose_wilson_bound_of_n_of_n_reaches_the_target() {
+        // n/(n + z²) ≥ t ⇔ n ≥ t·z²/(1 − t), z² = 3.8415.
+        assert_eq!(reviews_to_reach(0.95), Some(73));
+        assert_eq!(reviews_to_reach(0.97), Some(125));
+        assert_eq!(reviews_to_reach(0.99), Some(381));
+        assert_eq!(reviews_to_reach(0.5), Some(4));
+        assert_eq!(reviews_to_reach(0.01), Some(1));
+        assert_eq!(reviews_to_reach(1.0), None);
+        assert_eq!(reviews_to_reach(f64::NAN), None);
+        for target in [0.3, 0.6, 0.9, 0.95, 0.999] {
+            let n = reviews_to_reach(target).unwrap();
+            let low = |n: u64| {
+                keel_tuning::interval::wilson(n, n, keel_tuning::interval::Z_95)
+                    .unwrap()
+                    .low
+            };
+            assert!(
+                low(n) >= target && (n == 1 || low(n - 1) < target),
+                "{target}: {n}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_defaults_have_no_setting_problems_and_say_the_floor_they_mean() {
+        let config = TrustConfig::from_json(&json!({})).unwrap();
+        assert!(config.setting_problems().is_empty());
+        assert_eq!(TrustConfig::default().promotion.min_reviews, 73);
+        assert_eq!(config.promotion.min_reviews, 73);
+        // A lower target keeps the floor of 50; a stricter one raises it to what it needs.
+        let lower =
+            TrustConfig::from_json(&json!({"promotion": {"target_agreement": {"phase2": 0.92}}}))
+                .unwrap();
+        assert_eq!(lower.promotion.min_reviews, 50);
+        let stricter = TrustConfig::from_json(
+            &json!({"promotion": {"target_agreement": {"phase2": 0.98, "phase3": 0.98, "phase4": 0.99}}}),
+        )
+        .unwrap();
+        assert_eq!(stricter.promotion.min_reviews, 189);
+        assert!(stricter.setting_problems().is_empty());
+    }
+
+    fn problems(trust: Value) -> Vec<(String, String)> {
+        TrustConfig::from_json(&trust)
+            .unwrap()
+            .setting_problems()
+            .into_iter()
+            .map(|p| (p.path.join("."), format!("{} / {}", p.message, p.hint)))
+            .collect()
+    }
+
+    #[test]
+    fn contradicting_settings_are_problems_that_name_the_number_that_works() {
+        // Phase 2's 0.40 is below 0.90, the accuracy the default SPRT (p1 = 0.10) demotes.
+        let found = problems(
+            json!({"promotion": {"min_reviews": 80, "target_agreement": {"phase2": 0.4}}}),
+        );
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].0, "promotion.target_agreement.phase2");
+        assert!(found[0].1.contains("at or below 0.900"), "{}", found[0].1);
+        assert!(found[0].1.contains("e.g. 0.91"), "{}", found[0].1);
+        // At the boundary: refused; just above: accepted.
+        let at = problems(
+            json!({"promotion": {"min_reviews": 80, "target_agreement": {"phase2": 0.9}}}),
+        );
+        assert_eq!(at.len(), 1, "{at:?}");
+        assert!(problems(
+            json!({"promotion": {"min_reviews": 80, "target_agreement": {"phase2": 0.91}}})
+        )
+        .is_empty());
+        // A looser demotion test tolerates lower targets (p0 0.3 → p1 0.6 → 0.4 demoted).
+        assert!(problems(json!({"promotion": {"min_reviews": 5, "target_agreement": {"phase2": 0.5, "phase3": 0.5, "phase4": 0.5}},
+            "demotion": {"target_error_rate": 0.3}})).is_empty());
+        // min_reviews 3 cannot reach 0.95 (3/3 has a lower bound of 0.439): 73 can.
+        let found = problems(json!({"promotion": {"min_reviews": 3}}));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].0, "promotion.min_reviews");
+        assert!(
+            found[0].1.contains("0.439") && found[0].1.contains("at least 73"),
+            "{}",
+            found[0].1
+        );
+        assert!(problems(json!({"promotion": {"min_reviews": 73}})).is_empty());
+        // A counted window must hold what the highest target needs (phase 4's 0.99: 381).
+        let found = problems(json!({"promotion": {"window": {"count": 200}}}));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].0, "promotion.window.count");
+        assert!(found[0].1.contains("count: 381"), "{}", found[0].1);
+    }
+
+    #[test]
+    fn zero_review_rates_are_refused_with_why_and_what_to_give() {
+        let error = TrustConfig::from_json(&json!({"review_rates": {"phase3": 0.0}})).unwrap_err();
+        assert!(
+            error.contains("only evidence") && error.contains("0.001") && error.contains("0.2"),
+            "{error}"
+        );
+        let error = TrustConfig::from_json(&json!({"review_rates": {"phase4": 1.5}})).unwrap_err();
+        assert!(error.contains("above 1"), "{error}");
+        assert_eq!(round_above(0.9), 0.91);
+        assert_eq!(round_above(0.995), 0.996);
     }
 }

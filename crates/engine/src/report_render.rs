@@ -10,7 +10,9 @@
 
 use std::fmt::Write as _;
 
-use crate::report::{Cascade, MonthlyReport, OperationReview, WorkflowReview};
+use crate::report::{
+    Cascade, Event, ModelAccuracy, MonthlyReport, OperationReview, WorkflowReview,
+};
 
 /// Series colours of the charts (distinguishable, also in grey print).
 const PALETTE: [&str; 8] = [
@@ -127,9 +129,10 @@ pub fn markdown(report: &MonthlyReport) -> String {
     );
     let _ = writeln!(
         out,
-        "Period {} to {} (UTC), generated {}.\n",
+        "Period {} to {} (UTC), figures as of {}, generated {}.\n",
         md(&report.period.from),
         md(&report.period.to),
+        md(&report.as_of),
         md(&report.generated_at)
     );
     out.push_str("## Summary\n\n");
@@ -147,6 +150,8 @@ pub fn markdown(report: &MonthlyReport) -> String {
             "Saved",
             "Exceptions",
             "Drift alerts",
+            "Promotions",
+            "Demotions",
         ],
         &[vec![
             s.cases.to_string(),
@@ -160,6 +165,8 @@ pub fn markdown(report: &MonthlyReport) -> String {
             money_opt(s.saved_usd),
             s.exceptions.to_string(),
             s.drift_alerts.to_string(),
+            s.promotions.to_string(),
+            s.demotions.to_string(),
         ]],
     );
     out.push_str("## Recommendations\n\n");
@@ -246,40 +253,6 @@ fn markdown_workflow(out: &mut String, w: &WorkflowReview, cascades: &[Cascade])
         out.push_str("### Operations\n\n");
         let rows: Vec<Vec<String>> = w.operations.iter().map(operation_cells).collect();
         md_table(out, &OPERATION_HEADER, &rows);
-        let changes: Vec<Vec<String>> = w
-            .operations
-            .iter()
-            .flat_map(|o| o.phase.changes.iter().map(move |c| (o, c)))
-            .map(|(o, c)| {
-                vec![
-                    md(&c.at),
-                    md(&o.operation),
-                    md(&c.kind),
-                    format!("{} → {}", phase(c.from_phase), phase(c.to_phase)),
-                    md(&c.by),
-                    md(c.trigger.as_deref().unwrap_or("")),
-                    md(c.reason.as_deref().unwrap_or("")),
-                    md(&c.evidence.to_string()),
-                ]
-            })
-            .collect();
-        if !changes.is_empty() {
-            out.push_str("### Trust changes\n\n");
-            md_table(
-                out,
-                &[
-                    "At",
-                    "Operation",
-                    "Event",
-                    "Phase",
-                    "By",
-                    "Trigger",
-                    "Reason",
-                    "Evidence",
-                ],
-                &changes,
-            );
-        }
         let models: Vec<Vec<String>> = w
             .operations
             .iter()
@@ -288,11 +261,11 @@ fn markdown_workflow(out: &mut String, w: &WorkflowReview, cascades: &[Cascade])
                 let ece = o
                     .calibration_by_model
                     .iter()
-                    .find(|c| c.model == m.model)
+                    .find(|c| c.model == m.model && m.learner_version.is_none())
                     .map_or_else(|| "–".to_string(), |c| format!("{:.3}", c.ece));
                 vec![
                     md(&o.operation),
-                    md(&m.model),
+                    md(&model_name(m)),
                     m.reviews.to_string(),
                     pct(m.agreement),
                     interval(m.wilson_low, m.wilson_high),
@@ -306,7 +279,7 @@ fn markdown_workflow(out: &mut String, w: &WorkflowReview, cascades: &[Cascade])
                 out,
                 &[
                     "Operation",
-                    "Model",
+                    "Model (version)",
                     "Reviews",
                     "Agreement",
                     "95% Wilson",
@@ -316,6 +289,8 @@ fn markdown_workflow(out: &mut String, w: &WorkflowReview, cascades: &[Cascade])
             );
         }
     }
+    markdown_events(out, w);
+    markdown_change_control(out, w);
     let own: Vec<&Cascade> = cascades
         .iter()
         .filter(|c| c.workflow == w.workflow)
@@ -331,9 +306,133 @@ fn markdown_workflow(out: &mut String, w: &WorkflowReview, cascades: &[Cascade])
     markdown_exceptions(out, w);
 }
 
+/// `local v3` for a learner version, the model's name otherwise.
+fn model_name(m: &ModelAccuracy) -> String {
+    match m.learner_version {
+        Some(version) => format!("{} v{version}", m.model),
+        None => m.model.clone(),
+    }
+}
+
+/// `2 → 3` for a phase change, `v4` for a learner version.
+fn event_change(e: &Event) -> String {
+    match (e.from_phase, e.to_phase, e.version) {
+        (None, None, Some(version)) => format!("v{version}"),
+        (None, None, None) => String::new(),
+        (from, to, _) => format!("{} → {}", phase(from), phase(to)),
+    }
+}
+
+/// The event's kind without its prefix, with a demotion's trigger: `demoted (sprt)`.
+fn event_kind(e: &Event) -> String {
+    let kind = e.kind.replace("trust.", "").replace('.', " ");
+    match &e.trigger {
+        Some(trigger) => format!("{kind} ({trigger})"),
+        None => kind,
+    }
+}
+
+/// A demotion's retro-review count after its evidence.
+fn event_evidence(e: &Event) -> String {
+    match e.retro_reviews {
+        Some(n) => format!("{}; {n} retro-review tasks opened", e.evidence_text),
+        None => e.evidence_text.clone(),
+    }
+}
+
+const EVENT_HEADER: [&str; 7] = [
+    "At", "Subject", "Event", "Change", "By", "Evidence", "Reason",
+];
+
+fn event_cells(e: &Event) -> [String; 7] {
+    [
+        e.at.clone(),
+        e.subject.clone(),
+        event_kind(e),
+        event_change(e),
+        e.by.clone(),
+        event_evidence(e),
+        e.reason.clone().unwrap_or_default(),
+    ]
+}
+
+fn markdown_events(out: &mut String, w: &WorkflowReview) {
+    if w.events.is_empty() {
+        return;
+    }
+    out.push_str("### Events\n\n");
+    let rows: Vec<Vec<String>> = w
+        .events
+        .iter()
+        .map(|e| event_cells(e).iter().map(|c| md(c)).collect())
+        .collect();
+    md_table(out, &EVENT_HEADER, &rows);
+}
+
+const CHANGE_HEADER: [&str; 8] = [
+    "Version",
+    "Deployed",
+    "Status",
+    "Author",
+    "Approved by",
+    "Rejected by",
+    "Review",
+    "Changes",
+];
+
+fn change_cells(d: &crate::report::Deployment) -> [String; 8] {
+    let decided = |who: &Option<String>| match (who, &d.decided_at) {
+        (Some(who), Some(at)) => format!("{who} ({})", at.get(..10).unwrap_or(at)),
+        (Some(who), None) => who.clone(),
+        (None, _) => "–".to_string(),
+    };
+    [
+        match &d.label {
+            Some(label) if *label != d.version_no.to_string() => {
+                format!("{} ({label})", d.version_no)
+            }
+            _ => d.version_no.to_string(),
+        },
+        d.at.clone(),
+        d.status.clone(),
+        d.author.clone().unwrap_or_else(|| "–".to_string()),
+        if d.rejected_by.is_some() {
+            "–".to_string()
+        } else {
+            decided(&d.approved_by)
+        },
+        decided(&d.rejected_by),
+        d.review
+            .clone()
+            .unwrap_or_else(|| "not recorded".to_string()),
+        if d.changes.is_empty() {
+            "–".to_string()
+        } else {
+            d.changes.join("; ")
+        },
+    ]
+}
+
+fn markdown_change_control(out: &mut String, w: &WorkflowReview) {
+    let control = &w.change_control;
+    if control.deployments.is_empty() {
+        return;
+    }
+    out.push_str("### Change control\n\n");
+    if let Some(note) = &control.unreviewed {
+        let _ = writeln!(out, "**{}**\n", md(note));
+    }
+    let rows: Vec<Vec<String>> = control
+        .deployments
+        .iter()
+        .map(|d| change_cells(d).iter().map(|c| md(c)).collect())
+        .collect();
+    md_table(out, &CHANGE_HEADER, &rows);
+}
+
 const OPERATION_HEADER: [&str; 11] = [
     "Operation",
-    "Phase (start → end)",
+    "Phase (start → highest → end)",
     "Auto",
     "Task",
     "Reviews",
@@ -372,7 +471,12 @@ fn promotion_cell(o: &OperationReview) -> String {
 fn operation_cells(o: &OperationReview) -> Vec<String> {
     vec![
         md(&o.operation),
-        format!("{} → {}", phase(o.phase.at_start), phase(o.phase.at_end)),
+        format!(
+            "{} → {} → {}",
+            phase(o.phase.at_start),
+            phase(o.phase.highest),
+            phase(o.phase.at_end)
+        ),
         o.decisions.auto.to_string(),
         o.decisions.task.to_string(),
         o.accuracy.reviews.to_string(),
@@ -643,7 +747,9 @@ pub fn html(report: &MonthlyReport) -> String {
         .text(&report.period.from)
         .raw(" to ")
         .text(&report.period.to)
-        .raw(" (UTC), generated ")
+        .raw(" (UTC), figures as of ")
+        .text(&report.as_of)
+        .raw(", generated ")
         .text(&report.generated_at)
         .raw(".</p>\n");
     html_summary(&mut h, report);
@@ -677,6 +783,8 @@ fn html_summary(h: &mut Html, report: &MonthlyReport) {
         ("Saved by cascades", money_opt(s.saved_usd)),
         ("Exceptions", s.exceptions.to_string()),
         ("Drift alerts", s.drift_alerts.to_string()),
+        ("Promotions", s.promotions.to_string()),
+        ("Demotions", s.demotions.to_string()),
     ];
     h.raw("<h2 id=\"summary\">Summary</h2>\n<div class=\"cards\">\n");
     for (name, value) in cards {
@@ -764,9 +872,9 @@ fn html_workflow(h: &mut Html, w: &WorkflowReview, cascades: &[Cascade]) {
             h.raw("</tr>\n");
         }
         h.raw("</table>\n");
-        html_changes(h, w);
         html_models(h, w);
     }
+    html_changes(h, w);
     let own: Vec<&Cascade> = cascades
         .iter()
         .filter(|c| c.workflow == w.workflow)
@@ -793,40 +901,32 @@ fn html_workflow(h: &mut Html, w: &WorkflowReview, cascades: &[Cascade]) {
 }
 
 fn html_changes(h: &mut Html, w: &WorkflowReview) {
-    let changes: Vec<_> = w
-        .operations
-        .iter()
-        .flat_map(|o| o.phase.changes.iter().map(move |c| (o, c)))
-        .collect();
-    if changes.is_empty() {
+    if !w.events.is_empty() {
+        h.raw("<h3>Events</h3>\n<table>\n").header(&EVENT_HEADER);
+        for event in &w.events {
+            h.raw("<tr>");
+            for cell in event_cells(event) {
+                h.cell(&cell);
+            }
+            h.raw("</tr>\n");
+        }
+        h.raw("</table>\n");
+    }
+    let control = &w.change_control;
+    if control.deployments.is_empty() {
         return;
     }
-    h.raw("<h3>Trust changes</h3>\n<table>\n").header(&[
-        "At",
-        "Operation",
-        "Event",
-        "Phase",
-        "By",
-        "Trigger",
-        "Reason",
-        "Evidence",
-    ]);
-    for (operation, change) in changes {
-        h.raw("<tr>")
-            .cell(&change.at)
-            .cell(&operation.operation)
-            .cell(&change.kind)
-            .cell(&format!(
-                "{} → {}",
-                phase(change.from_phase),
-                phase(change.to_phase)
-            ))
-            .cell(&change.by)
-            .cell(change.trigger.as_deref().unwrap_or(""))
-            .cell(change.reason.as_deref().unwrap_or(""))
-            .raw("<td><details><summary>evidence</summary><pre>")
-            .text(&serde_json::to_string_pretty(&change.evidence).unwrap_or_default())
-            .raw("</pre></details></td></tr>\n");
+    h.raw("<h3>Change control</h3>\n");
+    if let Some(note) = &control.unreviewed {
+        h.raw("<p><strong>").text(note).raw("</strong></p>\n");
+    }
+    h.raw("<table>\n").header(&CHANGE_HEADER);
+    for deployment in &control.deployments {
+        h.raw("<tr>");
+        for cell in change_cells(deployment) {
+            h.cell(&cell);
+        }
+        h.raw("</tr>\n");
     }
     h.raw("</table>\n");
 }
@@ -834,7 +934,7 @@ fn html_changes(h: &mut Html, w: &WorkflowReview) {
 fn html_models(h: &mut Html, w: &WorkflowReview) {
     h.raw("<h3>Accuracy per model</h3>\n<table>\n").header(&[
         "Operation",
-        "Model",
+        "Model (version)",
         "Reviews",
         "Agreement",
         "95% Wilson",
@@ -845,11 +945,11 @@ fn html_models(h: &mut Html, w: &WorkflowReview) {
             let ece = operation
                 .calibration_by_model
                 .iter()
-                .find(|c| c.model == model.model)
+                .find(|c| c.model == model.model && model.learner_version.is_none())
                 .map_or_else(|| "–".to_string(), |c| format!("{:.3}", c.ece));
             h.raw("<tr>")
                 .cell(&operation.operation)
-                .cell(&model.model)
+                .cell(&model_name(model))
                 .number_cell(&model.reviews.to_string())
                 .number_cell(&pct(model.agreement))
                 .number_cell(&interval(model.wilson_low, model.wilson_high))
@@ -1154,6 +1254,8 @@ fn chart_trust(h: &mut Html, report: &MonthlyReport) {
     svg_open(h, "chart-trust", "Trust phase over time");
     let ticks: Vec<(f64, String)> = (1..=4).map(|p| (p as f64, format!("phase {p}"))).collect();
     axes(h, &frame, &ticks, &day_ticks(report.period.days));
+    // The series end at the report's `as of`: a month still running stops at now.
+    let end = day_offset(report, &report.as_of).clamp(0.0, days);
     let mut legend = Vec::new();
     for (index, operation) in operations(report).into_iter().take(MAX_SERIES).enumerate() {
         let mut points: Vec<(f64, f64)> = Vec::new();
@@ -1167,7 +1269,7 @@ fn chart_trust(h: &mut Html, report: &MonthlyReport) {
             .iter()
             .filter(|c| c.kind != "recommended")
         {
-            let x = day_offset(report, &change.at).clamp(0.0, days);
+            let x = day_offset(report, &change.at).clamp(0.0, end);
             if let Some(p) = current {
                 points.push((x, p as f64));
             }
@@ -1177,7 +1279,7 @@ fn chart_trust(h: &mut Html, report: &MonthlyReport) {
             }
         }
         if let Some(p) = current {
-            points.push((days, p as f64));
+            points.push((end, p as f64));
         }
         // Offset series slightly so that operations in the same phase stay visible.
         let nudge = index as f64 * 0.04;

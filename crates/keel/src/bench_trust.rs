@@ -42,7 +42,7 @@ fn workflow(index: usize) -> String {
     );
     for op in 0..OPERATIONS_PER_WORKFLOW {
         steps.push_str(&format!(
-            "  - id: act{op}\n    action:\n      method: POST\n      url: \"http://127.0.0.1:9/x\"\n      body: {{ label: \"${{data.judge.output.label}}\" }}\n      trust: {{ phase: 2, promotion: {{ min_reviews: 50, window: 30d }} }}\n"
+            "  - id: act{op}\n    action:\n      method: POST\n      url: \"http://127.0.0.1:9/x\"\n      body: {{ label: \"${{data.judge.output.label}}\" }}\n      trust: {{ phase: 2, promotion: {{ min_reviews: 73, window: 30d }} }}\n"
         ));
     }
     steps.push_str("  - id: done\n    end: ok\n");

@@ -662,6 +662,40 @@ impl Store {
         })
     }
 
+    /// Journal entries of `kind` recorded in `[from_ms, to_ms)` whose data contains `needle`
+    /// (a plain substring, e.g. `"learner_version"` with its quotes), oldest first, at most
+    /// `limit`. For fields that only some entries of a kind carry: the few that do are read
+    /// without parsing the rest.
+    pub async fn report_entries_containing(
+        &self,
+        kind: &str,
+        needle: &str,
+        from_ms: i64,
+        to_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<JournalRow>> {
+        // The same substring test in each dialect (PostgreSQL's `data` is TEXT as well).
+        let position = match &self.backend {
+            Backend::Sqlite { .. } => "INSTR(data, $4)",
+            Backend::Postgres(_) => "STRPOS(data, $4)",
+        };
+        let sql = format!(
+            "SELECT {JOURNAL_COLUMNS} FROM journal WHERE kind = $1 AND at >= $2 AND at < $3 \
+             AND {position} > 0 ORDER BY at, seq LIMIT $5"
+        );
+        dispatch_read!(self, |pool| {
+            let rows = sqlx::query(&sql)
+                .bind(kind)
+                .bind(rfc3339(from_ms))
+                .bind(rfc3339(to_ms))
+                .bind(needle)
+                .bind(limit.max(1))
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(journal_row).collect()
+        })
+    }
+
     /// Writes `rows` as given in one transaction: no projections, no pattern events, no
     /// ledger leaves (the sequencer adds those later if an engine runs). For benchmarks that
     /// need a large, realistic database quickly; never for real cases.

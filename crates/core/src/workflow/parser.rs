@@ -131,6 +131,7 @@ pub const CODES: &[&str] = &[
     "invalid-calendar",
     "missing-calendar",
     "ungated-operation",
+    "trust-settings",
 ];
 
 const TOP_FIELDS: &[&str] = &[

@@ -1337,7 +1337,17 @@ impl Checker<'_> {
                     let span = fields.key_span("trust").unwrap_or(node.span);
                     self.ungated.push((id.to_string(), span));
                 }
-                Some(Box::new(config))
+                let problems = config.setting_problems();
+                for problem in &problems {
+                    let span = setting_span(node, &problem.path);
+                    self.error(
+                        "trust-settings",
+                        span,
+                        format!("step `{id}`: {}", problem.message),
+                        problem.hint.clone(),
+                    );
+                }
+                problems.is_empty().then(|| Box::new(config))
             }
             Err(message) => {
                 self.error(
@@ -1407,4 +1417,20 @@ pub(crate) fn classify_schema(labels: &[String]) -> serde_json::Value {
         "required": ["label"],
         "additionalProperties": false
     })
+}
+
+/// Where a `trust:` setting is written: the value at `path` under the `trust` node, or the
+/// deepest mapping on the way that is written (a default is reported where it would go).
+fn setting_span(trust: &Node, path: &[&str]) -> Span {
+    let mut node = trust;
+    for key in path {
+        let Value::Map(entries) = &node.value else {
+            break;
+        };
+        match entries.iter().find(|(k, _)| k.as_str() == Some(key)) {
+            Some((_, value)) => node = value,
+            None => break,
+        }
+    }
+    node.span
 }

@@ -35,7 +35,7 @@ steps:
       url: "http://127.0.0.1:9/refunds"
       body: { decision: "${ data.judge.output.label }" }
       approval: { roles: [reviewer] }
-      trust: { phase: 1, policy: "true", promotion: { min_reviews: 10, window: 30d, target_agreement: { phase2: 0.6, phase3: 0.7, phase4: 0.9 } } }
+      trust: { phase: 1, policy: "true", promotion: { min_reviews: 10, window: 30d, target_agreement: { phase2: 0.6, phase3: 0.7, phase4: 0.9 } }, demotion: { target_error_rate: 0.25 } }
   - id: done
     end: paid
 "#;
@@ -932,4 +932,391 @@ async fn promotion_standing_uses_the_operations_window_as_of_the_report() {
         dec["promotion"]["eligible"],
         dec["promotion"]["wilson_low"].as_f64().unwrap() >= 0.7 && in_window >= 10
     );
+}
+
+// ------------------------------------------------------------------ a month of trust events
+
+/// November 2026 of `refunds/pay` with everything the review must tell: a promotion to 2 and
+/// one to 3, a learner challenger that failed its non-inferiority test (a poisoned update, kept
+/// and not served), an SPRT demotion 3 → 2 and a drift demotion 2 → 1 with their retro-review
+/// counts, reviews of two models (the local learner's tagged with its version, older ones not)
+/// and change control: one version approved, one rejected, one live unreviewed.
+async fn eventful_month() -> Reports {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = dir.path().join("keel.db").display().to_string();
+    let store = keel_store::Store::open(&sqlite).await.unwrap();
+    let clock = Arc::new(ManualClock::new(DEPLOYED_MS));
+    let options = Options {
+        data_dir: dir.path().to_path_buf(),
+        node_id: "test-node".into(),
+        trust_interval: Duration::from_secs(3_600),
+        drift_interval: Duration::from_secs(3_600),
+        ..Default::default()
+    };
+    let engine = Engine::start(store.clone(), options, clock.clone())
+        .await
+        .unwrap();
+    engine.deploy_source(REFUNDS, "refunds.yaml").await.unwrap();
+    let day = |d: i64| NOVEMBER_MS + (d - 1) * DAY_MS + 9 * HOUR_MS;
+    // Reviewed outcomes: (day, model, learner version, verdict).
+    let outcomes: [(i64, &str, Option<i64>, &str); 12] = [
+        (2, "local", None, "agree"),
+        (2, "local", None, "corrected"),
+        (4, "local", Some(1), "agree"),
+        (5, "local", Some(1), "agree"),
+        (6, "local", Some(1), "agree"),
+        (9, "local", Some(1), "agree"),
+        (14, "local", Some(1), "corrected"),
+        (14, "local", Some(1), "rejected"),
+        (16, "small", None, "agree"),
+        (17, "small", None, "agree"),
+        (18, "small", None, "agree"),
+        (21, "small", None, "corrected"),
+    ];
+    for (i, (d, model, version, verdict)) in outcomes.into_iter().enumerate() {
+        let id = format!("case-{i:02}");
+        let c = Some(id.as_str());
+        let mut reviewed = json!({"operation": "refunds/pay", "task_id": format!("{id}.pay.1"),
+            "source": "pre", "verdict": verdict, "phase": 1, "model": model, "confidence": 0.9});
+        if let Some(version) = version {
+            reviewed["learner_version"] = json!(version);
+        }
+        let created = day(d);
+        let insert = CaseWrite {
+            case_id: id.clone(),
+            workflow: "refunds".into(),
+            workflow_version: 1,
+            mode: WriteMode::Insert {
+                idempotency_key: None,
+            },
+            status: "completed".into(),
+            current_step: None,
+            state: "{}".into(),
+            runnable_at_ms: None,
+            lease_owner: None,
+            lease_until_ms: None,
+            sla_due_ms: None,
+            sla_breached: false,
+            now_ms: created,
+            entries: vec![
+                entry(
+                    created,
+                    "case.created",
+                    c,
+                    None,
+                    json!({"input": {"text": "refund"}}),
+                ),
+                entry(
+                    created + 60_000,
+                    "outcome.reviewed",
+                    c,
+                    Some("pay"),
+                    reviewed,
+                ),
+                entry(created + 61_000, "case.completed", c, None, json!({})),
+            ],
+        };
+        store.commit(&[insert]).await.unwrap();
+    }
+    let moves = [
+        (
+            3,
+            1,
+            2,
+            "trust.promoted",
+            "gus",
+            json!({"operation": "refunds/pay", "from_phase": 1, "to_phase": 2, "by": "gus",
+            "reason": "steady for a month",
+            "evidence": {"reviews": 30, "agreements": 29, "wilson": {"low": 0.833, "high": 0.994, "point": 0.967}, "target_agreement": 0.6}}),
+        ),
+        (
+            8,
+            2,
+            3,
+            "trust.promoted",
+            "gus",
+            json!({"operation": "refunds/pay", "from_phase": 2, "to_phase": 3, "by": "gus",
+            "reason": "phase 2 went well",
+            "evidence": {"reviews": 45, "agreements": 44, "wilson": {"low": 0.885, "high": 0.996, "point": 0.978}, "target_agreement": 0.7}}),
+        ),
+        (
+            15,
+            3,
+            2,
+            "trust.demoted",
+            "engine",
+            json!({"operation": "refunds/pay", "from_phase": 3, "to_phase": 2, "by": "engine",
+            "trigger": "sprt", "reason": "the SPRT rejected the target error rate", "retro_reviews": 7, "since": "2026-11-14T09:01:00.000Z",
+            "evidence": {"sprt_reviews": 23, "sprt": {"p0": 0.25, "p1": 0.5, "alpha": 0.05, "beta": 0.2, "errors": 13,
+                "observations": 23, "restarts": 0, "llr": 2.9, "upper_bound": 2.77, "lower_bound": -1.56, "rejected": true}}}),
+        ),
+        (
+            20,
+            2,
+            1,
+            "trust.demoted",
+            "engine",
+            json!({"operation": "refunds/pay", "from_phase": 2, "to_phase": 1, "by": "engine",
+            "trigger": "drift", "reason": "input drift on amount", "retro_reviews": 3, "since": "2026-11-19T00:00:00.000Z",
+            "evidence": {"feature": "amount", "method": "ks", "value": 0.31, "threshold": 0.05}}),
+        ),
+    ];
+    for (d, from, to, kind, by, data) in moves {
+        let change = PhaseChange {
+            operation: "refunds/pay".into(),
+            workflow: "refunds".into(),
+            step: "pay".into(),
+            expected: Some(from),
+            phase: to,
+            at_ms: day(d),
+            promoted: kind == "trust.promoted",
+            workflow_version: Some(1),
+            config_sha256: None,
+        };
+        let mut journaled = entry(day(d), kind, None, Some("pay"), data);
+        journaled.actor_type = if by == "engine" { "system" } else { "user" }.into();
+        journaled.actor_id = by.into();
+        assert!(store.trust_set_phase(&change, &journaled).await.unwrap());
+    }
+    let learner = |d: i64, kind: &str, actor: &str, data: Value| {
+        let mut e = entry(day(d), kind, None, Some("judge"), data);
+        e.actor_type = "user".into();
+        e.actor_id = actor.into();
+        e
+    };
+    let non_inferiority = json!({"test": "paired non-inferiority", "margin": 0.02, "alpha": 0.05, "n": 200,
+        "challenger_accuracy": 0.81, "serving_accuracy": 0.93, "difference": -0.12, "lower_bound": -0.17});
+    let deployed = |d: i64, version: i64, status: &str, review: &str, what: &str| {
+        let mut e = entry(
+            day(d),
+            "workflow.deployed",
+            None,
+            None,
+            json!({"workflow": "refunds", "version_no": version,
+            "label": version.to_string(), "source_sha256": "0".repeat(64), "file": "refunds.yaml",
+            "status": status, "review": review, "changes": [{"operation": "refunds/pay", "what": [what]}]}),
+        );
+        e.actor_id = "deployer".into();
+        e
+    };
+    let decided = |d: i64, kind: &str, version: i64, reason: &str| {
+        let mut e = entry(
+            day(d),
+            kind,
+            None,
+            None,
+            json!({"workflow": "refunds", "version_no": version,
+            "author": "gail", "by": "gus", "reason": reason}),
+        );
+        e.actor_type = "user".into();
+        e.actor_id = "gus".into();
+        e
+    };
+    store
+        .append(&[
+            deployed(10, 2, "pending", "required", "prompt"),
+            decided(11, "workflow.approved", 2, "prompt reviewed"),
+            learner(
+                12,
+                "learner.challenger",
+                "ann",
+                json!({"workflow": "refunds", "step": "judge", "version": 2,
+                "source": "reviews", "examples": 120}),
+            ),
+            learner(
+                13,
+                "learner.failed",
+                "engine",
+                json!({"workflow": "refunds", "step": "judge", "version": 2,
+                "evidence": non_inferiority}),
+            ),
+            deployed(22, 3, "pending", "required", "policy"),
+            decided(
+                23,
+                "workflow.rejected",
+                3,
+                "the policy lets everything through",
+            ),
+            deployed(27, 4, "active", "off", "hard_limits"),
+        ])
+        .await
+        .unwrap();
+    clock.advance_ms(ASKED_MS - DEPLOYED_MS);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(keel_server::serve(
+        listener,
+        engine.clone(),
+        ServerOptions::default(),
+        std::future::pending(),
+    ));
+    Reports {
+        base,
+        engine,
+        _dir: dir,
+    }
+}
+
+#[tokio::test]
+async fn the_monthly_review_tells_promotions_a_poisoning_demotions_and_changes() {
+    let app = eventful_month().await;
+    let report: Value = app
+        .get_as("auditor", "/v1/reports/monthly?month=2026-11")
+        .await
+        .json()
+        .await
+        .unwrap();
+    check_shape(&report);
+    let workflow = &report["workflows"][0];
+    let operation = &workflow["operations"][0];
+    // 1 → 3 → 1: the phase it reached is not hidden by where it ended.
+    assert_eq!(
+        (
+            &operation["phase"]["at_start"],
+            &operation["phase"]["highest"],
+            &operation["phase"]["at_end"]
+        ),
+        (&json!(1), &json!(3), &json!(1))
+    );
+    assert_eq!(report["summary"]["promotions"], 2);
+    assert_eq!(report["summary"]["demotions"], 2);
+    // Learner versions are not mixed: local v1 apart from untagged local reviews.
+    let by_model: Vec<(String, Value, i64)> = operation["accuracy_by_model"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["model"].as_str().unwrap().to_string(),
+                m["learner_version"].clone(),
+                m["reviews"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        by_model,
+        [
+            ("local".to_string(), Value::Null, 2),
+            ("local".to_string(), json!(1), 6),
+            ("small".to_string(), Value::Null, 4)
+        ]
+    );
+    let kinds: Vec<&str> = workflow["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "trust.promoted",
+            "trust.promoted",
+            "learner.challenger",
+            "learner.failed",
+            "trust.demoted",
+            "trust.demoted"
+        ]
+    );
+    let investigate: Vec<&Value> = report["recommendations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] == "investigate_demotion")
+        .collect();
+    assert_eq!(investigate.len(), 2);
+    assert!(investigate[0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("7 retro-review tasks"));
+    let control = &workflow["change_control"];
+    assert_eq!(control["deployments"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        control["unreviewed"],
+        "changes were not reviewed: change control is off in keel.toml"
+    );
+    insta::assert_json_snapshot!("monthly_review_events", report);
+
+    let markdown = app
+        .get_as("auditor", "/v1/reports/monthly?month=2026-11&format=md")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(!markdown.contains("None this month"), "{markdown}");
+    assert!(
+        !markdown.contains("{\""),
+        "evidence is told, not JSON: {markdown}"
+    );
+    insta::assert_snapshot!("monthly_review_events_markdown", markdown);
+
+    let html = app
+        .get_as("auditor", "/v1/reports/monthly?month=2026-11&format=html")
+        .await
+        .text()
+        .await
+        .unwrap();
+    well_formed(&html);
+    for needle in [
+        "SPRT: 13 wrong of 23 reviews since promotion: error rate ≥ 0.500 rather than 0.250",
+        "Wilson bound 0.885 ≥ 0.700 over 45 reviews (44 agreed)",
+        "v2 kept, not served: paired non-inferiority over 200 cases",
+        "1 → 3 → 1",
+        "local v1",
+        "changes were not reviewed: change control is off in keel.toml",
+        "Investigate the demotion of",
+        "<h3>Change control</h3>",
+    ] {
+        assert!(html.contains(needle), "the HTML review shows {needle:?}");
+    }
+}
+
+/// The review of a month still running stops at now: its `as of` is now, and the trust
+/// chart's series end there rather than at the month's last day.
+#[tokio::test]
+async fn the_review_of_the_current_month_stops_at_now() {
+    let app = reports().await;
+    let december: Value = app
+        .get_as("auditor", "/v1/reports/monthly?month=2026-12")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(december["as_of"], "2026-12-02T00:00:00.000Z");
+    let november: Value = app
+        .get_as("auditor", "/v1/reports/monthly?month=2026-11")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(november["as_of"], "2026-12-01T00:00:00.000Z");
+    let html = app
+        .get_as("auditor", "/v1/reports/monthly?month=2026-12&format=html")
+        .await
+        .text()
+        .await
+        .unwrap();
+    let trust_chart = &html[html.find("chart-trust").unwrap()..];
+    let trust_chart = &trust_chart[..trust_chart.find("</svg>").unwrap()];
+    let points = trust_chart
+        .split("points=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no series in {trust_chart}"));
+    let last_x: f64 = points
+        .split_whitespace()
+        .last()
+        .and_then(|p| p.split(',').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let first_x: f64 = points
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.split(',').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    // One day of 31: the series spans about a 31st of the axis, not all of it.
+    assert!(last_x - first_x < 60.0, "{points}");
 }

@@ -48,7 +48,7 @@ steps:
         hard_limits: "input.amount > 5000"
         review_rates: {{ phase2: 1.0, phase3: 1.0, phase4: 0.5 }}
         promotion: {{ min_reviews: 5, window: 30d, target_agreement: {{ phase2: 0.5, phase3: 0.5, phase4: 0.5 }} }}
-        demotion: {{ target_error_rate: 0.2, alpha: 0.05, beta: 0.25 }}
+        demotion: {{ target_error_rate: 0.3, alpha: 0.05, beta: 0.25 }}
   - id: done
     end: {{ outcome: paid }}
 "#
@@ -57,7 +57,7 @@ steps:
 
 /// `refunds` version 1 at phase 3 (policy `input.amount < 100`) with `trust.critical: condition`.
 fn refunds_critical(condition: &str) -> String {
-    let demotion = "        demotion: { target_error_rate: 0.2, alpha: 0.05, beta: 0.25 }\n";
+    let demotion = "        demotion: { target_error_rate: 0.3, alpha: 0.05, beta: 0.25 }\n";
     let source = refunds("1", 3, "input.amount < 100");
     assert!(source.contains(demotion));
     source.replace(
@@ -426,8 +426,8 @@ async fn the_sprt_demotes_on_a_run_of_corrections_and_a_governor_can_demote_by_h
         t.wait_status(&case_id, "completed").await;
         reviews.push(t.task(&case_id, "review").await);
     }
-    // Each review corrects the action: four errors in a row against a 20% target error rate
-    // (H1 40%, α 5%, β 25%): each adds ln 2 to the log-likelihood ratio, which passes
+    // Each review corrects the action: four errors in a row against a 30% target error rate
+    // (H1 60%, α 5%, β 25%): each adds ln 2 to the log-likelihood ratio, which passes
     // ln(0.75/0.05) = 2.71 at the fourth (3 ln 2 = 2.08 does not).
     for (i, review) in reviews.iter().enumerate() {
         t.decide(

@@ -28,6 +28,10 @@ use keel_store::Store;
 
 use crate::{rfc3339_ms, Engine, Error, Result};
 
+mod events;
+
+pub use events::{ChangeControl, Deployment, Event, UNREVIEWED};
+
 const DAY_MS: i64 = 86_400_000;
 /// The longest period a cost report covers.
 pub const MAX_PERIOD_DAYS: i64 = 366;
@@ -217,6 +221,9 @@ pub struct MonthlyReport {
     pub month: String,
     pub period: Period,
     pub generated_at: String,
+    /// The moment the figures describe: the month's end, or now for the current month.
+    /// Charts stop here.
+    pub as_of: String,
     pub summary: Summary,
     pub workflows: Vec<WorkflowReview>,
     pub recommendations: Vec<Recommendation>,
@@ -241,6 +248,8 @@ pub struct Summary {
     pub agreement: Option<f64>,
     pub exceptions: i64,
     pub drift_alerts: usize,
+    pub promotions: usize,
+    pub demotions: usize,
     pub recommendations: usize,
 }
 
@@ -255,6 +264,10 @@ pub struct WorkflowReview {
     pub sla: Sla,
     pub exceptions: ExceptionSummary,
     pub drift_alerts: Vec<DriftAlert>,
+    /// Trust and learner events of the month, oldest first, evidence in words.
+    pub events: Vec<Event>,
+    /// Versions deployed in the month, who wrote and who approved or rejected them.
+    pub change_control: ChangeControl,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -317,6 +330,8 @@ pub struct PromotionStanding {
 pub struct PhaseHistory {
     /// The phase in force when the month began (`None`: the operation did not exist yet).
     pub at_start: Option<i64>,
+    /// The highest phase the operation was in at any moment of the month.
+    pub highest: Option<i64>,
     pub at_end: Option<i64>,
     /// The phase now.
     pub current: Option<i64>,
@@ -334,6 +349,10 @@ pub struct PhaseEvent {
     pub trigger: Option<String>,
     pub by: String,
     pub reason: Option<String>,
+    /// The evidence as a sentence.
+    pub evidence_text: String,
+    /// Demotions: how many retro-review tasks the demotion opened.
+    pub retro_reviews: Option<i64>,
     pub evidence: Value,
 }
 
@@ -360,6 +379,9 @@ pub struct Accuracy {
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelAccuracy {
     pub model: String,
+    /// The local learner's version when the proposals came from one (`None`: another model,
+    /// or reviews recorded before versions were).
+    pub learner_version: Option<i64>,
     pub reviews: i64,
     pub agreed: i64,
     pub agreement: Option<f64>,
@@ -477,7 +499,7 @@ pub struct DriftAlert {
 /// Something to do, with the figures that suggest it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Recommendation {
-    /// `promote`, `drop_tier`, `reorder_tiers` or `accuracy_falling`.
+    /// `investigate_demotion`, `promote`, `drop_tier`, `reorder_tiers` or `accuracy_falling`.
     pub kind: &'static str,
     pub workflow: String,
     /// The operation or `ai` step concerned (`workflow/step`).
@@ -732,6 +754,68 @@ impl Sources<'_> {
         Ok(events)
     }
 
+    /// The learner's events of the window, oldest first.
+    async fn learner_events(&self, window: ReportWindow) -> Result<Vec<JournalRow>> {
+        let mut events = Vec::new();
+        for kind in events::LEARNER_KINDS {
+            events.extend(
+                self.store
+                    .report_entries(kind, window.from_ms, window.to_ms, MAX_EVENTS)
+                    .await?,
+            );
+        }
+        events.sort_by(|a, b| (&a.at, a.seq).cmp(&(&b.at, b.seq)));
+        Ok(events)
+    }
+
+    /// Versions deployed in the window, the approvals and rejections of versions from the
+    /// window's start up to now (a version deployed on the 31st may be approved on the 1st),
+    /// and who wrote and approved each deployed version by its `change:` block.
+    async fn change_facts(&self, window: ReportWindow) -> Result<ChangeFacts> {
+        let store = self.store;
+        let deployed = store
+            .report_entries(
+                "workflow.deployed",
+                window.from_ms,
+                window.to_ms,
+                MAX_EVENTS,
+            )
+            .await?;
+        let until_ms = self.now_ms.max(window.to_ms).saturating_add(1);
+        let mut decisions = Vec::new();
+        for kind in ["workflow.approved", "workflow.rejected"] {
+            decisions.extend(
+                store
+                    .report_entries(kind, window.from_ms, until_ms, MAX_EVENTS)
+                    .await?,
+            );
+        }
+        decisions.sort_by(|a, b| (&a.at, a.seq).cmp(&(&b.at, b.seq)));
+        let mut authors = BTreeMap::new();
+        if !deployed.is_empty() {
+            let wanted: BTreeSet<(String, i64)> = deployed
+                .iter()
+                .filter_map(events::deployed_version)
+                .collect();
+            for row in store.workflow_versions().await? {
+                let key = (row.name.clone(), row.version_no);
+                if !wanted.contains(&key) {
+                    continue;
+                }
+                let base = std::path::Path::new(&row.file).parent();
+                let checked = keel_core::workflow::check_str(&row.source, &row.file, base);
+                if let Some(change) = checked.workflow.and_then(|w| w.change) {
+                    authors.insert(key, (change.author, change.approved_by));
+                }
+            }
+        }
+        Ok(ChangeFacts {
+            deployed,
+            decisions,
+            authors,
+        })
+    }
+
     /// The operational review of the UTC month `YYYY-MM` (default: this month so far).
     pub async fn monthly_report(&self, month: Option<&str>) -> Result<MonthlyReport> {
         let month = month.map_or_else(|| month_of(self.now_ms), str::to_string);
@@ -753,7 +837,24 @@ impl Sources<'_> {
         let open = store.trust_recommendations(Some("open"), None).await?;
         let as_of_ms = self.now_ms.min(window.to_ms);
         let promotion_windows = self.promotion_windows(&operations, as_of_ms).await?;
+        let learner_events = self.learner_events(window).await?;
+        let learner_reviews = store
+            .report_entries_containing(
+                "outcome.reviewed",
+                "\"learner_version\"",
+                window.from_ms,
+                window.to_ms,
+                MAX_EVENTS,
+            )
+            .await?
+            .iter()
+            .filter_map(events::learner_review)
+            .collect();
+        let changes = self.change_facts(window).await?;
         let facts = MonthFacts {
+            learner_events,
+            learner_reviews,
+            changes,
             costs,
             gates,
             gated_cases,
@@ -1223,6 +1324,19 @@ struct MonthFacts {
     /// Each operation's reviews in its promotion window as of `as_of_ms`.
     promotion_windows: BTreeMap<String, WindowEvidence>,
     as_of_ms: i64,
+    /// `learner.*` entries of the month, oldest first.
+    learner_events: Vec<JournalRow>,
+    /// Reviewed outcomes of learner proposals: (operation, model, learner version, verdict).
+    learner_reviews: Vec<(String, String, i64, String)>,
+    changes: ChangeFacts,
+}
+
+/// What change control did in the month.
+struct ChangeFacts {
+    deployed: Vec<JournalRow>,
+    decisions: Vec<JournalRow>,
+    /// (workflow, version) → (author, approved_by) from the version's `change:` block.
+    authors: BTreeMap<(String, i64), (String, Option<String>)>,
 }
 
 /// (reviews, agreed) in an operation's promotion window.
@@ -1246,6 +1360,9 @@ fn build_monthly(
         .collect();
     let mut recommendations = Vec::new();
     for review in &workflows {
+        recommendations.extend(demotions(review));
+    }
+    for review in &workflows {
         recommendations.extend(promotions(facts, review));
         recommendations.extend(falling_accuracy(review));
     }
@@ -1256,6 +1373,7 @@ fn build_monthly(
         month: month.to_string(),
         period: period(window),
         generated_at: rfc3339_ms(sources.now_ms),
+        as_of: rfc3339_ms(facts.as_of_ms),
         summary: summary(&workflows, &costs, recommendations.len()),
         workflows,
         recommendations,
@@ -1275,6 +1393,14 @@ fn workflow_names(facts: &MonthFacts) -> BTreeSet<String> {
     names.extend(facts.gates.iter().map(|g| g.workflow.clone()));
     names.extend(facts.operations.iter().map(|o| o.workflow.clone()));
     names.extend(facts.costs.exceptions.iter().map(|e| e.workflow.clone()));
+    names.extend(
+        facts
+            .changes
+            .deployed
+            .iter()
+            .filter_map(events::deployed_version)
+            .map(|(workflow, _)| workflow),
+    );
     names.extend(
         facts
             .costs
@@ -1320,8 +1446,39 @@ fn summary(workflows: &[WorkflowReview], costs: &CostReport, recommendations: us
         agreement: ratio(agreed, reviews),
         exceptions: total(|w| w.exceptions.raised),
         drift_alerts: workflows.iter().map(|w| w.drift_alerts.len()).sum(),
+        promotions: events_of(workflows, "trust.promoted"),
+        demotions: events_of(workflows, "trust.demoted"),
         recommendations,
     }
+}
+
+fn events_of(workflows: &[WorkflowReview], kind: &str) -> usize {
+    workflows
+        .iter()
+        .flat_map(|w| &w.events)
+        .filter(|e| e.kind == kind)
+        .count()
+}
+
+/// The trust events of the month (`trust.initialised` left out: it is where an operation
+/// starts, not something that happened to it) and the learner's, of one workflow.
+fn month_events(facts: &MonthFacts, window: ReportWindow, name: &str) -> Vec<Event> {
+    let from = rfc3339_ms(window.from_ms);
+    let mut out: Vec<Event> = facts
+        .trust_events
+        .iter()
+        .filter(|e| e.at >= from && e.kind != "trust.initialised")
+        .filter_map(events::trust_event)
+        .chain(
+            facts
+                .learner_events
+                .iter()
+                .filter_map(events::learner_event),
+        )
+        .filter(|e| events::event_workflow(e) == name)
+        .collect();
+    out.sort_by(|a, b| a.at.cmp(&b.at));
+    out
 }
 
 fn workflow_review(
@@ -1364,6 +1521,13 @@ fn workflow_review(
         sla,
         exceptions: exception_summary(facts, name),
         drift_alerts: drift_alerts(&facts.drift, name),
+        events: month_events(facts, window, name),
+        change_control: events::change_control(
+            name,
+            &facts.changes.deployed,
+            &facts.changes.decisions,
+            &facts.changes.authors,
+        ),
     }
 }
 
@@ -1599,7 +1763,7 @@ fn operation_review(
         phase,
         decisions,
         accuracy: accuracy(&reviews),
-        accuracy_by_model: accuracy_by_model(&reviews),
+        accuracy_by_model: accuracy_by_model(&reviews, &facts.learner_reviews, &operation),
         accuracy_by_day: accuracy_by_day(&reviews),
         first_half: half(true),
         second_half: half(false),
@@ -1724,23 +1888,56 @@ fn agreement<'r>(rows: impl Iterator<Item = &'r ReviewCountRow>) -> Agreement {
     out
 }
 
-fn accuracy_by_model(reviews: &[&ReviewCountRow]) -> Vec<ModelAccuracy> {
+/// Accuracy per model and, for a local learner, per learner version: the learner's reviews
+/// (from the journal's `outcome.reviewed` entries that name a version) are split off their
+/// model's count, so two versions of a learner are never mixed in one figure.
+fn accuracy_by_model(
+    reviews: &[&ReviewCountRow],
+    learner_reviews: &[(String, String, i64, String)],
+    operation: &str,
+) -> Vec<ModelAccuracy> {
     let models: BTreeSet<&str> = reviews.iter().map(|r| r.model.as_str()).collect();
-    models
-        .into_iter()
-        .map(|model| {
-            let counts = agreement(reviews.iter().filter(|r| r.model == model).copied());
-            let (low, high) = wilson(counts.agreed, counts.reviews);
-            ModelAccuracy {
-                model: if model.is_empty() { "(none)" } else { model }.to_string(),
-                reviews: counts.reviews,
-                agreed: counts.agreed,
-                agreement: counts.agreement,
-                wilson_low: low,
-                wilson_high: high,
-            }
-        })
-        .collect()
+    let mut out = Vec::new();
+    for model in models {
+        let counts = agreement(reviews.iter().filter(|r| r.model == model).copied());
+        // (version → (reviews, agreed)) of this model's learner reviews.
+        let mut versions: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
+        for (_, _, version, verdict) in learner_reviews
+            .iter()
+            .filter(|(op, m, _, _)| op == operation && m == model)
+        {
+            let entry = versions.entry(*version).or_default();
+            entry.0 += 1;
+            entry.1 += i64::from(verdict == "agree");
+        }
+        let split_reviews: i64 = versions.values().map(|(n, _)| n).sum();
+        let split_agreed: i64 = versions.values().map(|(_, a)| a).sum();
+        let rest = (
+            (counts.reviews - split_reviews).max(0),
+            (counts.agreed - split_agreed).max(0),
+        );
+        let name = if model.is_empty() { "(none)" } else { model };
+        if rest.0 > 0 || versions.is_empty() {
+            out.push(model_accuracy(name, None, rest.0, rest.1.min(rest.0)));
+        }
+        for (version, (n, agreed)) in versions {
+            out.push(model_accuracy(name, Some(version), n, agreed));
+        }
+    }
+    out
+}
+
+fn model_accuracy(model: &str, version: Option<i64>, reviews: i64, agreed: i64) -> ModelAccuracy {
+    let (low, high) = wilson(agreed, reviews);
+    ModelAccuracy {
+        model: model.to_string(),
+        learner_version: version,
+        reviews,
+        agreed,
+        agreement: ratio(agreed, reviews),
+        wilson_low: low,
+        wilson_high: high,
+    }
 }
 
 fn accuracy_by_day(reviews: &[&ReviewCountRow]) -> Vec<DayAccuracy> {
@@ -1823,45 +2020,88 @@ fn phase_history(
         ..PhaseHistory::default()
     };
     for entry in events {
-        let data: Value = serde_json::from_str(&entry.data).unwrap_or(Value::Null);
-        if data["operation"].as_str() != Some(operation) {
+        let Some(event) = events::trust_event(entry) else {
+            continue;
+        };
+        if event.subject != operation {
             continue;
         }
-        let kind = entry.kind.trim_start_matches("trust.").to_string();
-        let to_phase = if kind == "initialised" {
-            data["phase"].as_i64()
-        } else {
-            data["to_phase"].as_i64()
-        };
-        let moves = kind != "recommended";
+        let moves = event.kind != "trust.recommended";
         if entry.at < from {
             if moves {
-                history.at_start = to_phase;
+                history.at_start = event.to_phase;
             }
             continue;
         }
         if moves {
-            history.at_end = to_phase;
+            history.at_end = event.to_phase;
+            history.highest = history.highest.max(event.to_phase);
         }
-        let text = |key: &str| data[key].as_str().map(str::to_string);
         history.changes.push(PhaseEvent {
-            at: entry.at.clone(),
-            from_phase: data["from_phase"].as_i64(),
-            to_phase,
-            trigger: text("trigger"),
-            by: text("by").unwrap_or_else(|| entry.actor_id.clone()),
-            reason: text("reason"),
-            evidence: data.get("evidence").cloned().unwrap_or(Value::Null),
-            kind,
+            at: event.at,
+            kind: event.kind.trim_start_matches("trust.").to_string(),
+            from_phase: event.from_phase,
+            to_phase: event.to_phase,
+            trigger: event.trigger,
+            by: event.by,
+            reason: event.reason,
+            evidence_text: event.evidence_text,
+            retro_reviews: event.retro_reviews,
+            evidence: event.evidence,
         });
     }
     if history.at_end.is_none() {
         history.at_end = history.at_start;
     }
+    history.highest = history.highest.max(history.at_start).max(history.at_end);
     history
 }
 
 // ---------------------------------------------------------------------------------- advice
+
+/// One `investigate_demotion` per demotion of the month: what demoted it, and the
+/// retro-review tasks it opened over the automatic decisions since the last good evidence.
+fn demotions(review: &WorkflowReview) -> Vec<Recommendation> {
+    review
+        .events
+        .iter()
+        .filter(|e| e.kind == "trust.demoted")
+        .map(|event| {
+            let phases = format!(
+                "from phase {} to {}",
+                event.from_phase.map_or_else(|| "?".to_string(), |p| p.to_string()),
+                event.to_phase.map_or_else(|| "?".to_string(), |p| p.to_string())
+            );
+            let retro = match (event.retro_reviews, event.since.as_deref()) {
+                (Some(n), Some(since)) => format!(
+                    "{n} retro-review task{} re-check its automatic decisions since {since}; work through them",
+                    if n == 1 { "" } else { "s" }
+                ),
+                (Some(n), None) => format!(
+                    "{n} retro-review task{} re-check its automatic decisions; work through them",
+                    if n == 1 { "" } else { "s" }
+                ),
+                _ => "no retro-review count was recorded: check its automatic decisions since its last good evidence".to_string(),
+            };
+            Recommendation {
+                kind: "investigate_demotion",
+                workflow: review.workflow.clone(),
+                subject: event.subject.clone(),
+                message: format!(
+                    "Investigate the demotion of `{}` {phases} on {} ({}; {}): {retro}, and find the cause before it is promoted again.",
+                    event.subject,
+                    event.at.get(..10).unwrap_or(&event.at),
+                    event.trigger.as_deref().unwrap_or("trigger not recorded"),
+                    event.evidence_text,
+                ),
+                evidence: serde_json::json!({ "at": event.at, "from_phase": event.from_phase,
+                    "to_phase": event.to_phase, "trigger": event.trigger, "by": event.by,
+                    "retro_reviews": event.retro_reviews, "since": event.since,
+                    "evidence": event.evidence }),
+            }
+        })
+        .collect()
+}
 
 fn promotions(facts: &MonthFacts, review: &WorkflowReview) -> Vec<Recommendation> {
     let mut out = Vec::new();
@@ -1982,6 +2222,110 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    fn review(model: &str, verdict: &str, count: i64) -> ReviewCountRow {
+        ReviewCountRow {
+            operation: "refunds/pay".into(),
+            model: model.into(),
+            day: 20_400,
+            source: "pre".into(),
+            verdict: verdict.into(),
+            count,
+        }
+    }
+
+    #[test]
+    fn learner_versions_are_split_off_their_model() {
+        let rows = [
+            review("local", "agree", 5),
+            review("local", "corrected", 2),
+            review("small", "agree", 3),
+        ];
+        let rows: Vec<&ReviewCountRow> = rows.iter().collect();
+        let tagged = |version: i64, verdict: &str| {
+            (
+                "refunds/pay".to_string(),
+                "local".to_string(),
+                version,
+                verdict.to_string(),
+            )
+        };
+        let learner = [
+            tagged(1, "agree"),
+            tagged(1, "agree"),
+            tagged(2, "corrected"),
+            tagged(2, "agree"),
+        ];
+        let out: Vec<(String, Option<i64>, i64, i64)> =
+            accuracy_by_model(&rows, &learner, "refunds/pay")
+                .into_iter()
+                .map(|m| (m.model, m.learner_version, m.reviews, m.agreed))
+                .collect();
+        assert_eq!(
+            out,
+            [
+                ("local".to_string(), None, 3, 2),
+                ("local".to_string(), Some(1), 2, 2),
+                ("local".to_string(), Some(2), 2, 1),
+                ("small".to_string(), None, 3, 3),
+            ]
+        );
+    }
+
+    fn trust_entry(seq: i64, at: &str, kind: &str, data: Value) -> JournalRow {
+        JournalRow {
+            seq,
+            at: at.into(),
+            kind: kind.into(),
+            actor_type: "system".into(),
+            actor_id: "engine".into(),
+            case_id: None,
+            workflow: Some("refunds".into()),
+            step: Some("pay".into()),
+            task_id: None,
+            exception_id: None,
+            data: data.to_string(),
+            data_sha256: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_phase_history_keeps_the_highest_phase_of_the_month() {
+        let (window, _) = month_window("2026-11").unwrap();
+        let op = "refunds/pay";
+        let entries = [
+            trust_entry(
+                1,
+                "2026-10-01T00:00:00.000Z",
+                "trust.initialised",
+                serde_json::json!({"operation": op, "phase": 1}),
+            ),
+            trust_entry(
+                2,
+                "2026-11-03T00:00:00.000Z",
+                "trust.promoted",
+                serde_json::json!({"operation": op, "from_phase": 1, "to_phase": 3}),
+            ),
+            trust_entry(
+                3,
+                "2026-11-09T00:00:00.000Z",
+                "trust.demoted",
+                serde_json::json!({"operation": op, "from_phase": 3, "to_phase": 1,
+                "trigger": "critical_exception", "retro_reviews": 4, "evidence": {"kind": "wrong_action", "case_id": "c-1"}}),
+            ),
+        ];
+        let history = phase_history(&entries, window, op, Some(1));
+        assert_eq!(
+            (history.at_start, history.highest, history.at_end),
+            (Some(1), Some(3), Some(1))
+        );
+        assert_eq!(history.changes.len(), 2);
+        assert_eq!(
+            history.changes[1].evidence_text,
+            "critical exception wrong_action in case c-1"
+        );
+        assert_eq!(history.changes[1].retro_reviews, Some(4));
+    }
 
     #[test]
     fn months_and_ranges_are_utc_days() {
