@@ -606,7 +606,10 @@ impl Engine {
         Ok(done)
     }
 
-    /// Tests the challengers of one learner, oldest first, under the learner's lock.
+    /// Tests the challengers of one learner under the learner's lock, newest first: the
+    /// newest holds every batch before it, so when it passes, the older challengers are
+    /// superseded (`retired`); when it fails, the next newest is tested; an inconclusive test
+    /// waits for more reviewed outcomes.
     async fn test_learner(&self, workflow: &str, step: &str) -> Result<Vec<Evaluation>> {
         let slot = self.inner.learners.slot(workflow, step);
         let _guard = slot.lock().await;
@@ -620,12 +623,13 @@ impl Engine {
             .filter(|row| row.status == "challenger")
             .map(|row| row.version)
             .collect();
-        challengers.sort_unstable();
+        challengers.sort_unstable_by(|a, b| b.cmp(a));
         let Ok(labels) = self.classify_labels(workflow, step) else {
             return Ok(done); // the workflow no longer has this step: nothing to test against
         };
         let mut set: Option<Vec<(String, String)>> = None;
-        for version in challengers {
+        let mut remaining = challengers.into_iter();
+        for version in remaining.by_ref() {
             if set.is_none() {
                 set = Some(self.evaluation_set(workflow, step).await?);
             }
@@ -633,10 +637,45 @@ impl Engine {
             let evaluation = self
                 .test_one(workflow, step, version, &labels, examples)
                 .await?;
-            let stop = evaluation.result == "waiting";
+            let result = evaluation.result.clone();
             done.push(evaluation);
-            if stop {
-                break; // a newer challenger would wait for the same outcomes
+            match result.as_str() {
+                "failed" => continue,
+                "promoted" => break,
+                _ => return Ok(done), // waiting: the older ones would wait for the same outcomes
+            }
+        }
+        // Older challengers than a promoted one are superseded: the promoted one holds them.
+        if done.last().is_some_and(|e| e.result == "promoted") {
+            let newer = done.last().map_or(0, |e| e.version);
+            for version in remaining {
+                let now = self.now_ms();
+                let entry = plain_entry(
+                    now,
+                    "learner.superseded",
+                    &Actor {
+                        actor_type: "system".into(),
+                        actor_id: "learning".into(),
+                    },
+                    workflow,
+                    step,
+                    &json!({ "workflow": workflow, "step": step, "version": version, "by_version": newer }),
+                );
+                self.inner
+                    .store
+                    .set_learner_status(
+                        &LearnerStatusChange {
+                            workflow,
+                            step,
+                            version,
+                            expected: "challenger",
+                            status: "retired",
+                            evidence: &json!({ "superseded_by": newer }).to_string(),
+                            now_ms: now,
+                        },
+                        &entry,
+                    )
+                    .await?;
             }
         }
         Ok(done)
@@ -729,9 +768,16 @@ impl Engine {
             "test": noninferiority::TEST_NAME, "margin": result.margin, "alpha": result.alpha,
             "n": result.n, "challenger_accuracy": result.challenger_accuracy,
             "serving_accuracy": result.serving_accuracy, "difference": result.difference,
-            "lower_bound": result.lower_bound, "challenger_only": result.challenger_only,
-            "serving_only": result.serving_only,
+            "lower_bound": result.lower_bound, "upper_bound": result.upper_bound,
+            "challenger_only": result.challenger_only, "serving_only": result.serving_only,
+            "verdict": result.verdict,
         });
+        // Inconclusive: wait for more reviewed outcomes, unless the set is as large as it
+        // gets (then a challenger that cannot show it is non-inferior fails).
+        let full = examples.len() >= options.max_evaluation;
+        if result.verdict == noninferiority::Verdict::Inconclusive && !full {
+            return Ok(evaluation("waiting", evidence));
+        }
         let previous = serving_row.as_ref().map(|r| r.version);
         let (status, kind, word) = if result.non_inferior {
             ("serving", "learner.promoted", "promoted")

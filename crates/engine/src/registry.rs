@@ -86,7 +86,7 @@ impl Registry {
         let registry = Registry::default();
         for row in store.workflow_versions().await? {
             let base = Path::new(&row.file).parent().map(Path::to_path_buf);
-            match workflow::parse_str(&row.source, &row.file, base.as_deref()) {
+            match workflow::parse_stored(&row.source, &row.file, base.as_deref()) {
                 Ok(definition) => registry.insert(
                     row.name,
                     row.version_no,

@@ -938,7 +938,9 @@ async fn without_models_an_ai_step_parks_the_case_on_an_exception() {
 /// in, so every version serves at once (`challenger_test = "off"`); the challengers' test is
 /// shown end to end in the API's `trust_loop` test.
 fn local_learner_toml() -> Option<String> {
-    Some("[models.small]\nprovider = \"local\"\n[learning]\nchallenger_test = \"off\"\n".to_string())
+    Some(
+        "[models.small]\nprovider = \"local\"\n[learning]\nchallenger_test = \"off\"\n".to_string(),
+    )
 }
 
 fn labelled(pairs: &[(&str, &str)]) -> Vec<(String, String)> {

@@ -104,12 +104,14 @@ pub async fn list_tasks(
         Some(k @ ("approval" | "action" | "outcome" | "review" | "retro_review")) => {
             Some(k.to_string())
         }
-        Some(other) => return Err(Problem::new(
-            Kind::InvalidParameter,
-            format!(
+        Some(other) => {
+            return Err(Problem::new(
+                Kind::InvalidParameter,
+                format!(
                 "`kind` {other:?} is not one of approval, action, outcome, review, retro_review"
             ),
-        )),
+            ))
+        }
     };
     let filter = TaskFilter {
         status,

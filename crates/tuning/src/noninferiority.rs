@@ -4,15 +4,26 @@
 //!
 //! With `b` examples only the challenger got right, `c` only the serving model got right, and
 //! `n` examples in all, the difference in accuracy is `d = (b − c) / n` with the Wald variance
-//! of a paired difference, `((b + c) / n − d²) / n`. The lower one-sided confidence bound at
-//! level `1 − α`, made more conservative by a continuity correction of `1 / n`, is
-//! `d − z₁₋α · sd − 1/n`. The challenger is non-inferior when that bound is above `−margin`:
-//! with probability at least `1 − α` (approximately) it is at most `margin` less accurate.
+//! of a paired difference, `((b + c) / n − d²) / n`. The one-sided bounds at level `1 − α` are
+//! `d ∓ z₁₋α · sd`. The challenger is **non-inferior** when the lower bound is above
+//! `−margin` (with probability about `1 − α` it is at most `margin` less accurate),
+//! **inferior** when the upper bound is below `−margin` (it is worse by more than the margin,
+//! with the same confidence), and the test is **inconclusive** otherwise: more evidence is
+//! needed.
 
 use serde::Serialize;
 
 /// The stated test, for records and reports.
-pub const TEST_NAME: &str = "paired non-inferiority (Wald, continuity-corrected)";
+pub const TEST_NAME: &str = "paired non-inferiority (Wald, one-sided)";
+
+/// What the evidence says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    NonInferior,
+    Inferior,
+    Inconclusive,
+}
 
 /// The result of a test, with everything needed to recompute it.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -28,9 +39,12 @@ pub struct NonInferiority {
     pub difference: f64,
     /// The lower confidence bound of the difference.
     pub lower_bound: f64,
+    /// The upper confidence bound of the difference.
+    pub upper_bound: f64,
     pub margin: f64,
     pub alpha: f64,
     pub non_inferior: bool,
+    pub verdict: Verdict,
 }
 
 /// Why a test cannot run.
@@ -75,7 +89,15 @@ pub fn test(
     let difference = (b as f64 - c as f64) / nf;
     let variance = (((b + c) as f64 / nf) - difference * difference).max(0.0) / nf;
     let z = normal_quantile(1.0 - alpha);
-    let lower_bound = difference - z * variance.sqrt() - 1.0 / nf;
+    let lower_bound = difference - z * variance.sqrt();
+    let upper_bound = difference + z * variance.sqrt();
+    let verdict = if lower_bound > -margin {
+        Verdict::NonInferior
+    } else if upper_bound < -margin {
+        Verdict::Inferior
+    } else {
+        Verdict::Inconclusive
+    };
     Ok(NonInferiority {
         n,
         challenger_only: b,
@@ -84,9 +106,11 @@ pub fn test(
         serving_accuracy: serving_right as f64 / nf,
         difference,
         lower_bound,
+        upper_bound,
         margin,
         alpha,
-        non_inferior: lower_bound > -margin,
+        non_inferior: verdict == Verdict::NonInferior,
+        verdict,
     })
 }
 
@@ -158,18 +182,24 @@ mod tests {
         // 200 examples: the serving model right on 190; the poisoned one on 4.
         let poisoned = (0..200).map(|i| (i < 4, i < 190));
         let result = test(poisoned, 0.02, 0.05).unwrap();
-        assert!(!result.non_inferior, "{result:?}");
+        assert_eq!(result.verdict, Verdict::Inferior, "{result:?}");
         assert!(result.difference < -0.9);
-        // The same predictions: no discordant pair, the bound is −1/n.
+        // The same predictions: no discordant pair.
         let same = (0..200).map(|i| (i < 190, i < 190));
         let result = test(same, 0.02, 0.05).unwrap();
         assert!(result.non_inferior, "{result:?}");
+        // Two discordant pairs either way in 40: cannot tell yet.
+        let few = (0..40).map(|i| (i != 0 && i != 1, i != 2 && i != 3));
+        assert_eq!(
+            test(few, 0.02, 0.05).unwrap().verdict,
+            Verdict::Inconclusive
+        );
         // Better on 10 more examples: passes.
         let better = (0..200).map(|i| (i < 195, i < 185));
         assert!(test(better, 0.02, 0.05).unwrap().non_inferior);
-        // Worse by 5 points on 200: fails a 2-point margin.
-        let worse = (0..200).map(|i| (i < 180, i < 190));
-        assert!(!test(worse, 0.02, 0.05).unwrap().non_inferior);
+        // Worse by 10 points on 400: inferior beyond a 2-point margin.
+        let worse = (0..400).map(|i| (i < 340, i < 380));
+        assert_eq!(test(worse, 0.02, 0.05).unwrap().verdict, Verdict::Inferior);
     }
 
     #[test]

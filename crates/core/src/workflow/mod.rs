@@ -15,7 +15,7 @@ pub(crate) mod yaml;
 pub use diagnostic::{Diagnostic, Severity};
 pub use duration::parse_duration;
 pub use model::*;
-pub use parser::{check_file, check_str, parse_file, parse_str, Checked, CODES};
+pub use parser::{check_file, check_str, parse_file, parse_stored, parse_str, Checked, CODES};
 
 /// The reference workflow of the benchmark: validate → decide → switch → set → action → end.
 /// Its action posts to `${input.callback}`, so the benchmark points it at its own server.

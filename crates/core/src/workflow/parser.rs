@@ -132,7 +132,11 @@ pub const CODES: &[&str] = &[
     "missing-calendar",
     "ungated-operation",
     "trust-settings",
+    "change-approval",
 ];
+
+/// Findings that do not stop a stored version from loading ([`parse_stored`]).
+const LENIENT_WHEN_STORED: &[&str] = &["trust-settings", "change-approval"];
 
 const TOP_FIELDS: &[&str] = &[
     "name",
@@ -185,6 +189,22 @@ pub fn check_file(path: &Path) -> Checked {
 
 /// Checks workflow text; `base_dir` is where relative schema files are looked up.
 pub fn check_str(source: &str, file: &str, base_dir: Option<&Path>) -> Checked {
+    check(source, file, base_dir, false)
+}
+
+/// Parses a version stored by an earlier deployment. The rules a new version must pass have
+/// grown (trust settings that cannot work are refused; `change.approved_by` is no longer
+/// written in the file); a version already stored was accepted under the rules of its day
+/// and cases may still run on it, so those two findings are warnings here, not errors.
+pub fn parse_stored(
+    source: &str,
+    file: &str,
+    base_dir: Option<&Path>,
+) -> Result<Workflow, Vec<Diagnostic>> {
+    into_result(check(source, file, base_dir, true))
+}
+
+fn check(source: &str, file: &str, base_dir: Option<&Path>, stored: bool) -> Checked {
     let mut checker = Checker {
         file,
         source,
@@ -192,11 +212,14 @@ pub fn check_str(source: &str, file: &str, base_dir: Option<&Path>) -> Checked {
         diagnostics: Vec::new(),
         extra_variables: &[],
         ungated: Vec::new(),
+        stored,
     };
     let workflow = checker.workflow();
     let mut diagnostics = checker.diagnostics;
     diagnostics.sort_by_key(|d| (d.line, d.column));
-    let failed = diagnostics.iter().any(Diagnostic::is_error);
+    let failed = diagnostics
+        .iter()
+        .any(|d| d.is_error() && !(stored && LENIENT_WHEN_STORED.contains(&d.code)));
     Checked {
         workflow: if failed { None } else { workflow },
         diagnostics,
@@ -309,12 +332,19 @@ impl Checker<'_> {
             None => Some(None),
             Some(n) if self.json(n).is_some_and(|v| v.get("approved_by").is_some()) => {
                 self.error(
-                    "invalid-value",
+                    "change-approval",
                     n.span,
                     "`change.approved_by` cannot be written by the version's author".to_string(),
                     "remove it: a version that changes what decides waits for a governor who is not its author, who approves it in Keel (`keel workflow approve NAME VERSION --reason …`)".to_string(),
                 );
-                None
+                // A stored version keeps its author; the self-written approval is dropped.
+                self.json(n)
+                    .filter(|_| self.stored)
+                    .and_then(|mut v| {
+                        v.as_object_mut()?.remove("approved_by");
+                        serde_json::from_value::<super::model::ChangeRecord>(v).ok()
+                    })
+                    .map(Some)
             }
             Some(n) => match self
                 .json(n)

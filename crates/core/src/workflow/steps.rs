@@ -1347,7 +1347,7 @@ impl Checker<'_> {
                         problem.hint.clone(),
                     );
                 }
-                problems.is_empty().then(|| Box::new(config))
+                (problems.is_empty() || self.stored).then(|| Box::new(config))
             }
             Err(message) => {
                 self.error(

@@ -28,6 +28,10 @@ pub(crate) struct Checker<'a> {
     pub extra_variables: &'static [&'static str],
     /// Steps declared `trust: { gate: none }`, with the position of their `trust` key.
     pub ungated: Vec<(String, Span)>,
+    /// Parsing a version stored before today's rules ([`super::parse_stored`]): rules added
+    /// since (trust settings that cannot work, `change.approved_by`) must not strand the
+    /// cases that run it.
+    pub stored: bool,
 }
 
 /// How an expression's value is used: conditions must be bools.

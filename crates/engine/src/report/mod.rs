@@ -802,10 +802,11 @@ impl Sources<'_> {
                 if !wanted.contains(&key) {
                     continue;
                 }
-                let base = std::path::Path::new(&row.file).parent();
-                let checked = keel_core::workflow::check_str(&row.source, &row.file, base);
-                if let Some(change) = checked.workflow.and_then(|w| w.change) {
-                    authors.insert(key, (change.author, change.approved_by));
+                // The author as stored with the version (`change.author`); the approver only
+                // from a governor's decision in Keel.
+                if let Some(author) = row.author.clone() {
+                    let approver = row.decided_by.clone().filter(|_| row.status == "active");
+                    authors.insert(key, (author, approver));
                 }
             }
         }

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 const REFUNDS: &str = r#"
 name: refunds
 version: "1"
-change: { author: gail, approved_by: gus }
+change: { author: gail }
 input: { schema: { type: object } }
 steps:
   - id: judge

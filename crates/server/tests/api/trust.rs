@@ -17,7 +17,7 @@ fn refunds(version: &str, start_phase: u8, policy: &str) -> String {
         r#"
 name: refunds
 version: "{version}"
-change: {{ author: gail, approved_by: gus, reference: CHG-{version} }}
+change: {{ author: gail, reference: CHG-{version} }}
 input:
   schema:
     type: object
@@ -83,7 +83,6 @@ async fn trust_with(source: &str, tweak: impl FnOnce(&mut keel_engine::Options))
     let upstream = upstream().await;
     let dir = tempfile::tempdir().unwrap();
     let (engine, base) = start_with(&dir, &keel_toml(&upstream.base_url, ""), tweak).await;
-    engine.deploy_source(source, "refunds.yaml").await.unwrap();
     let store = engine.store();
     let mut tokens = BTreeMap::new();
     for (name, role) in [
@@ -103,17 +102,40 @@ async fn trust_with(source: &str, tweak: impl FnOnce(&mut keel_engine::Options))
         tokens.insert(name, secret);
     }
     let (callback, _) = crate::tasks::receiver().await;
-    Trust {
+    let t = Trust {
         base,
         engine,
         client: reqwest::Client::new(),
         tokens,
         callback,
         _dir: dir,
-    }
+    };
+    t.deploy(source).await;
+    t
 }
 
 impl Trust {
+    /// Deploys a version; one that waits for a governor (it starts above phase 1, or changes
+    /// an operation) is approved by gus, who did not write it.
+    async fn deploy(&self, source: &str) -> keel_engine::registry::Deployed {
+        let deployed = self.engine.deploy(source, "refunds.yaml").await.unwrap();
+        if deployed.status == keel_engine::registry::Status::Pending {
+            let (status, body) = self
+                .call(
+                    "gus",
+                    reqwest::Method::POST,
+                    &format!(
+                        "/v1/workflows/refunds/versions/{}/approve",
+                        deployed.version_no
+                    ),
+                    Some(json!({"reason": "reviewed"})),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+        deployed
+    }
+
     async fn call(
         &self,
         who: &str,
@@ -506,17 +528,22 @@ async fn a_changed_version_restarts_the_operation_one_phase_down_recording_autho
     let t = trust(&refunds("1", 3, "input.amount < 100")).await;
     assert_eq!(t.operation().await["phase"], 3);
     // The same configuration under a new label changes nothing.
-    t.engine
-        .deploy_source(&refunds("2", 3, "input.amount < 100"), "refunds.yaml")
-        .await
-        .unwrap();
+    let same = t.deploy(&refunds("2", 3, "input.amount < 100")).await;
+    assert_eq!(
+        same.status,
+        keel_engine::registry::Status::Active,
+        "no approval needed"
+    );
     assert_eq!(t.operation().await["phase"], 3);
     assert!(t.trust_entries("trust.demoted").await.is_empty());
-    // A changed policy: one phase down, with who wrote and who approved the version.
-    t.engine
-        .deploy_source(&refunds("3", 3, "input.amount < 200"), "refunds.yaml")
-        .await
-        .unwrap();
+    // A changed policy waits for a governor (gus approves in `deploy`); then one phase down,
+    // with who wrote and who approved the version.
+    let changed = t.deploy(&refunds("3", 3, "input.amount < 200")).await;
+    assert_eq!(changed.status, keel_engine::registry::Status::Pending);
+    assert_eq!(
+        changed.changes,
+        [json!({"operation": "refunds/pay", "what": ["policy"]})]
+    );
     assert_eq!(t.operation().await["phase"], 2);
     let entry = &t.trust_entries("trust.demoted").await[0];
     assert_eq!(entry["trigger"], "change");

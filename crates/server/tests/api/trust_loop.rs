@@ -29,16 +29,44 @@ use serde_json::{json, Value};
 use crate::gateway::{keel_toml, start_with, upstream};
 
 const BILLING: &[&str] = &[
-    "invoice", "refund", "charge", "payment", "card", "billing", "paid", "price", "receipt",
-    "subscription", "vat", "bank",
+    "invoice",
+    "refund",
+    "charge",
+    "payment",
+    "card",
+    "billing",
+    "paid",
+    "price",
+    "receipt",
+    "subscription",
+    "vat",
+    "bank",
 ];
 const TECHNICAL: &[&str] = &[
     "crash", "error", "login", "server", "bug", "timeout", "install", "update", "password",
     "screen", "sync", "offline",
 ];
 const FILLER: &[&str] = &[
-    "please", "help", "my", "the", "account", "today", "again", "since", "yesterday", "team",
-    "hello", "thanks", "urgent", "issue", "problem", "still", "with", "for", "our", "office",
+    "please",
+    "help",
+    "my",
+    "the",
+    "account",
+    "today",
+    "again",
+    "since",
+    "yesterday",
+    "team",
+    "hello",
+    "thanks",
+    "urgent",
+    "issue",
+    "problem",
+    "still",
+    "with",
+    "for",
+    "our",
+    "office",
 ];
 
 /// A small seeded generator (xorshift64*), so every run sees the same tickets.
@@ -123,8 +151,8 @@ steps:
         policy: "true"
         approvers: [governor]
         review_rates: {{ phase2: 0.5, phase3: 0.3, phase4: 0.05 }}
-        promotion: {{ min_reviews: 40, window: 30d, target_agreement: {{ phase2: 0.9, phase3: 0.9, phase4: 0.95 }} }}
-        demotion: {{ target_error_rate: 0.05, alpha: 0.05, beta: 0.2 }}
+        promotion: {{ min_reviews: 40, window: 30d, target_agreement: {{ phase2: 0.85, phase3: 0.85, phase4: 0.9 }} }}
+        demotion: {{ target_error_rate: 0.1, alpha: 0.05, beta: 0.2 }}
   - id: done
     end: {{ outcome: routed }}
 "#
@@ -147,7 +175,13 @@ struct Team {
 }
 
 impl Team {
-    async fn call(&self, who: &str, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    async fn call(
+        &self,
+        who: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let mut request = self
             .client
             .request(method, format!("{}{path}", self.base))
@@ -169,7 +203,12 @@ impl Team {
     async fn submit(&mut self, text: String, label: &'static str) -> Value {
         let input = json!({ "text": text, "callback": self.callback });
         let (status, body) = self
-            .call("opal", Method::POST, "/v1/workflows/mail/cases", Some(input))
+            .call(
+                "opal",
+                Method::POST,
+                "/v1/workflows/mail/cases",
+                Some(input),
+            )
             .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         let id = body["case_id"].as_str().unwrap().to_string();
@@ -204,7 +243,12 @@ impl Team {
 
     async fn open_tasks(&self, kind: &str) -> Vec<Value> {
         let body = self
-            .ok("ann", Method::GET, &format!("/v1/tasks?kind={kind}&limit=1000"), None)
+            .ok(
+                "ann",
+                Method::GET,
+                &format!("/v1/tasks?kind={kind}&limit=1000"),
+                None,
+            )
             .await;
         body.as_array().unwrap().clone()
     }
@@ -235,7 +279,8 @@ impl Team {
     }
 
     async fn phase(&self) -> i64 {
-        self.ok("ann", Method::GET, "/v1/trust/mail/route", None).await["phase"]
+        self.ok("ann", Method::GET, "/v1/trust/mail/route", None)
+            .await["phase"]
             .as_i64()
             .unwrap()
     }
@@ -255,21 +300,55 @@ impl Team {
     /// Accuracy of the serving learner on `set`.
     async fn serving_accuracy(&self, set: &[(String, &str)]) -> (i64, f64) {
         let rows = self.engine.store().serving_learners().await.unwrap();
-        let row = rows.iter().find(|r| r.workflow == "mail").expect("a serving learner");
+        let row = rows
+            .iter()
+            .find(|r| r.workflow == "mail")
+            .expect("a serving learner");
         let learner = keel_ai::learner::Learner::from_bytes(&row.model).unwrap();
         (row.version, accuracy(&learner, set))
     }
 
     /// Promotes the open recommendation: the author is refused, gus approves.
     async fn promote(&mut self, step: &'static str) {
-        let pass = self.engine.evaluate_trust_once().await.unwrap();
-        assert_eq!(pass.recommended, ["mail/route"], "{step}: a recommendation");
+        self.engine.evaluate_trust_once().await.unwrap();
+        let open = self
+            .ok(
+                "ann",
+                Method::GET,
+                "/v1/trust/recommendations?status=open",
+                None,
+            )
+            .await;
+        let operation = self
+            .ok("ann", Method::GET, "/v1/trust/mail/route", None)
+            .await;
+        assert!(
+            open.as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["operation"] == "mail/route"),
+            "{step}: a recommendation: {operation:#}"
+        );
         let (status, refused) = self
-            .call("gail", Method::POST, "/v1/trust/mail/route/promote", Some(json!({"reason": "mine"})))
+            .call(
+                "gail",
+                Method::POST,
+                "/v1/trust/mail/route/promote",
+                Some(json!({"reason": "mine"})),
+            )
             .await;
-        assert_eq!(status, StatusCode::FORBIDDEN, "the author may not promote: {refused}");
-        self.ok("gus", Method::POST, "/v1/trust/mail/route/promote", Some(json!({"reason": "the evidence holds"})))
-            .await;
+        assert_eq!(
+            status,
+            StatusCode::FORBIDDEN,
+            "the author may not promote: {refused}"
+        );
+        self.ok(
+            "gus",
+            Method::POST,
+            "/v1/trust/mail/route/promote",
+            Some(json!({"reason": "the evidence holds"})),
+        )
+        .await;
         self.decisions.push((step, 2));
     }
 }
@@ -292,7 +371,7 @@ async fn team() -> Team {
     let dir = tempfile::tempdir().unwrap();
     let toml = keel_toml(
         &upstream.base_url,
-        "[learning]\nbatch = 20\nholdout = 4\nmin_evaluation = 20\n",
+        "[learning]\nbatch = 20\nholdout = 5\nmin_evaluation = 20\n",
     );
     let (engine, base) = start_with(&dir, &toml, |options| {
         // Passes are driven by the test.
@@ -308,7 +387,9 @@ async fn team() -> Team {
         ("opal", "operator"),
     ] {
         let roles = vec![role.to_string()];
-        assert!(keel_engine::tasks::add_user(store, name, &roles, None, 0).await.unwrap());
+        assert!(keel_engine::tasks::add_user(store, name, &roles, None, 0)
+            .await
+            .unwrap());
         let (secret, _) = keel_engine::tokens::create_token(store, name, name, &[], None, 0)
             .await
             .unwrap();
@@ -336,40 +417,82 @@ async fn the_trust_loop_holds_from_first_version_to_demotion_and_change_control(
         .deploy(&workflow("1", "{{ input.text }}"), "mail.yaml")
         .await
         .unwrap();
-    assert_eq!(deployed.status.as_str(), "active", "a first version at phase 1 needs no approval");
+    assert_eq!(
+        deployed.status.as_str(),
+        "active",
+        "a first version at phase 1 needs no approval"
+    );
     let mut rng = Rng(0x5eed_cafe_f00d_1234);
     let test_set: Vec<(String, &str)> = (0..400).map(|_| ticket(&mut rng)).collect();
 
     // 1. The first version: a challenger with nothing to be tested on.
     let seed: Vec<(String, &str)> = (0..6).map(|_| ticket(&mut rng)).collect();
-    let examples: Vec<Value> = seed.iter().map(|(text, label)| json!({"text": text, "label": label})).collect();
+    let examples: Vec<Value> = seed
+        .iter()
+        .map(|(text, label)| json!({"text": text, "label": label}))
+        .collect();
     let learned = t
-        .ok("opal", Method::POST, "/v1/learners/mail/triage/examples", Some(json!({"examples": examples})))
+        .ok(
+            "opal",
+            Method::POST,
+            "/v1/learners/mail/triage/examples",
+            Some(json!({"examples": examples})),
+        )
         .await;
     assert_eq!(learned["status"], "challenger", "{learned}");
     let challenger = t.entries("learner.challenger").await;
-    assert_eq!(challenger[0].0, "opal", "the actor of a learner entry is who caused it");
+    assert_eq!(
+        challenger[0].0, "opal",
+        "the actor of a learner entry is who caused it"
+    );
     let (status, body) = t
-        .call("gus", Method::POST, "/v1/learners/mail/triage/versions/1/approve", Some(json!({"reason": "x"})))
+        .call(
+            "gus",
+            Method::POST,
+            "/v1/learners/mail/triage/versions/1/approve",
+            Some(json!({"reason": "x"})),
+        )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "nothing asked yet: {body}");
-    t.ok("opal", Method::POST, "/v1/learners/mail/triage/versions/1/force", Some(json!({"reason": "bootstrap from six labelled tickets"})))
-        .await;
+    t.ok(
+        "opal",
+        Method::POST,
+        "/v1/learners/mail/triage/versions/1/force",
+        Some(json!({"reason": "bootstrap from six labelled tickets"})),
+    )
+    .await;
     let (status, body) = t
-        .call("opal", Method::POST, "/v1/learners/mail/triage/versions/1/approve", Some(json!({"reason": "mine"})))
+        .call(
+            "opal",
+            Method::POST,
+            "/v1/learners/mail/triage/versions/1/approve",
+            Some(json!({"reason": "mine"})),
+        )
         .await;
-    assert_eq!(status, StatusCode::FORBIDDEN, "an operator cannot approve: {body}");
-    t.ok("gail", Method::POST, "/v1/learners/mail/triage/versions/1/approve", Some(json!({"reason": "a first version in phase 1: every answer is reviewed"})))
-        .await;
-    t.decisions.push(("1. first learner version (ask + approve)", 2));
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "an operator cannot approve: {body}"
+    );
+    t.ok(
+        "gail",
+        Method::POST,
+        "/v1/learners/mail/triage/versions/1/approve",
+        Some(json!({"reason": "a first version in phase 1: every answer is reviewed"})),
+    )
+    .await;
+    t.decisions
+        .push(("1. first learner version (ask + approve)", 2));
     let (first_version, first_accuracy) = t.serving_accuracy(&test_set).await;
     assert_eq!(first_version, 1);
 
     // 2. Phase 1: every proposal is decided by ann; her decisions teach.
-    let mut all_labelled: Vec<(String, String)> =
-        seed.iter().map(|(t, l)| (t.clone(), l.to_string())).collect();
+    let mut all_labelled: Vec<(String, String)> = seed
+        .iter()
+        .map(|(t, l)| (t.clone(), l.to_string()))
+        .collect();
     let mut reviewed = 0;
-    for _ in 0..8 {
+    for _ in 0..14 {
         for _ in 0..20 {
             let (text, label) = ticket(&mut rng);
             all_labelled.push((text.clone(), label.to_string()));
@@ -382,25 +505,42 @@ async fn the_trust_loop_holds_from_first_version_to_demotion_and_change_control(
     }
     t.decisions.push(("2. phase 1 reviews", reviewed));
     let promoted = t.entries("learner.promoted").await;
-    assert!(promoted.len() >= 2, "reviews became served versions: {promoted:?}");
+    assert!(
+        promoted.len() >= 2,
+        "reviews became served versions: {promoted:?}"
+    );
     let from_reviews: Vec<_> = t
         .entries("learner.challenger")
         .await
         .into_iter()
-        .filter(|(_, d)| d["source"].as_str().unwrap_or_default().starts_with("reviews:"))
+        .filter(|(_, d)| {
+            d["source"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("reviews:")
+        })
         .collect();
-    assert!(from_reviews.len() >= 4, "batches of reviews: {}", from_reviews.len());
+    assert!(
+        from_reviews.len() >= 4,
+        "batches of reviews: {}",
+        from_reviews.len()
+    );
     let (served, taught_accuracy) = t.serving_accuracy(&test_set).await;
     let mut everything = keel_ai::learner::Learner::default();
     everything.update_batch(&all_labelled).unwrap();
     let full_accuracy = accuracy(&everything, &test_set);
-    eprintln!("learner: v1 {first_accuracy:.3}; after reviews v{served} {taught_accuracy:.3}; trained on every label {full_accuracy:.3}");
-    assert!(taught_accuracy > first_accuracy, "{taught_accuracy} > {first_accuracy}");
+    let failed = t.entries("learner.failed").await.len();
+    eprintln!("learner: v1 {first_accuracy:.3}; after reviews v{served} {taught_accuracy:.3} ({} challengers from reviews, {failed} failed); trained on every label {full_accuracy:.3}", from_reviews.len());
+    assert!(
+        taught_accuracy > first_accuracy,
+        "{taught_accuracy} > {first_accuracy}"
+    );
     assert!(
         taught_accuracy >= full_accuracy - 0.02,
         "taught by reviews {taught_accuracy:.3} vs trained on every label {full_accuracy:.3}"
     );
-    t.promote("2. promotion to phase 2 (refused author + governor)").await;
+    t.promote("2. promotion to phase 2 (refused author + governor)")
+        .await;
     assert_eq!(t.phase().await, 2);
 
     // 3. Phase 2 → 3 on sampled post-hoc reviews.
@@ -412,7 +552,14 @@ async fn the_trust_loop_holds_from_first_version_to_demotion_and_change_control(
         }
         t.settle().await;
         reviewed += t.review_all("review").await;
-        if !t.engine.evaluate_trust_only().await.unwrap().recommended.is_empty() {
+        if !t
+            .engine
+            .evaluate_trust_only()
+            .await
+            .unwrap()
+            .recommended
+            .is_empty()
+        {
             break;
         }
     }
@@ -425,21 +572,47 @@ async fn the_trust_loop_holds_from_first_version_to_demotion_and_change_control(
     let poison: Vec<Value> = (0..200)
         .map(|_| {
             let (text, label) = ticket(&mut rng);
-            let wrong = if label == "billing" { "technical" } else { "billing" };
+            let wrong = if label == "billing" {
+                "technical"
+            } else {
+                "billing"
+            };
             json!({"text": text, "label": wrong})
         })
         .collect();
     let learned = t
-        .ok("opal", Method::POST, "/v1/learners/mail/triage/examples", Some(json!({"examples": poison})))
+        .ok(
+            "opal",
+            Method::POST,
+            "/v1/learners/mail/triage/examples",
+            Some(json!({"examples": poison})),
+        )
         .await;
     assert_eq!(learned["status"], "failed", "{learned}");
     let failed = t.entries("learner.failed").await;
     let evidence = &failed.last().unwrap().1["evidence"];
-    assert!(evidence["challenger_accuracy"].as_f64().unwrap() < 0.5, "{evidence}");
-    assert!(evidence["test"].as_str().unwrap().starts_with("paired non-inferiority"), "{evidence}");
+    assert!(
+        evidence["challenger_accuracy"].as_f64().unwrap() < 0.5,
+        "{evidence}"
+    );
+    assert!(
+        evidence["test"]
+            .as_str()
+            .unwrap()
+            .starts_with("paired non-inferiority"),
+        "{evidence}"
+    );
     let (after_version, after_accuracy) = t.serving_accuracy(&test_set).await;
-    assert_eq!((after_version, after_accuracy), (before_version, before_accuracy), "the poisoned version never serves");
-    assert_eq!(t.phase().await, 3, "a failed challenger changes nothing the operation does");
+    assert_eq!(
+        (after_version, after_accuracy),
+        (before_version, before_accuracy),
+        "the poisoned version never serves"
+    );
+    assert_eq!(
+        t.phase().await,
+        3,
+        "a failed challenger changes nothing the operation does"
+    );
     t.decisions.push(("4. poisoned update", 0));
 
     // 5. Drift: billing words now mean a technical fault. Reviews correct; the SPRT demotes.
@@ -459,7 +632,10 @@ async fn the_trust_loop_holds_from_first_version_to_demotion_and_change_control(
         }
     }
     assert!(demoted, "the evidence turned and trust was withdrawn");
-    t.decisions.push(("5. drifted stream: post-hoc reviews until the demotion", reviewed));
+    t.decisions.push((
+        "5. drifted stream: post-hoc reviews until the demotion",
+        reviewed,
+    ));
     let demotion = t
         .entries("trust.demoted")
         .await
@@ -469,24 +645,44 @@ async fn the_trust_loop_holds_from_first_version_to_demotion_and_change_control(
         .expect("a demotion on evidence");
     let retro = t.open_tasks("retro_review").await;
     assert!(!retro.is_empty(), "unreviewed automatic actions are listed");
-    assert_eq!(demotion["retro_reviews"].as_u64().unwrap() as usize, retro.len(), "{demotion}");
+    assert_eq!(
+        demotion["retro_reviews"].as_u64().unwrap() as usize,
+        retro.len(),
+        "{demotion}"
+    );
     let reviewed_cases: HashSet<String> = t
         .entries("outcome.reviewed")
         .await
         .into_iter()
-        .filter_map(|(_, d)| d["task_id"].as_str().map(|id| id.split('.').next().unwrap().to_string()))
+        .filter_map(|(_, d)| {
+            d["task_id"]
+                .as_str()
+                .map(|id| id.split('.').next().unwrap().to_string())
+        })
         .collect();
     let since = demotion["since"].as_str().unwrap().to_string();
     let mut previous_acted = String::from("9999");
     for task in &retro {
         let case_id = task["case_id"].as_str().unwrap();
-        assert!(!reviewed_cases.contains(case_id), "a reviewed action is not retro-reviewed: {task}");
+        assert!(
+            !reviewed_cases.contains(case_id),
+            "a reviewed action is not retro-reviewed: {task}"
+        );
         let acted = task["detail"]["acted_at"].as_str().unwrap().to_string();
-        assert!(acted >= since, "after the last good evidence: {acted} < {since}");
+        assert!(
+            acted >= since,
+            "after the last good evidence: {acted} < {since}"
+        );
         assert!(acted <= previous_acted, "most recent first");
         previous_acted = acted;
-        assert!(task["detail"]["action"]["url"].as_str().is_some(), "the rendered request: {task}");
-        assert_eq!(task["detail"]["action"]["body"]["queue"], task["detail"]["proposals"]["triage"]["output"]["label"]);
+        assert!(
+            task["detail"]["action"]["url"].as_str().is_some(),
+            "the rendered request: {task}"
+        );
+        assert_eq!(
+            task["detail"]["action"]["body"]["queue"],
+            task["detail"]["proposals"]["triage"]["output"]["label"]
+        );
     }
     // Every unreviewed automatic action after the last good evidence is in the queue.
     let gates = t.entries("trust.gate").await;
@@ -503,7 +699,10 @@ async fn the_trust_loop_holds_from_first_version_to_demotion_and_change_control(
         .filter(|id| !reviewed_cases.contains(id))
         .collect();
     assert!(gates.len() > expected.len());
-    let listed: HashSet<String> = retro.iter().map(|t| t["case_id"].as_str().unwrap().to_string()).collect();
+    let listed: HashSet<String> = retro
+        .iter()
+        .map(|t| t["case_id"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(listed, expected);
     // A retro review that finds the action wrong raises `wrong_action` for remediation.
     let first = &retro[0];
@@ -524,7 +723,9 @@ async fn the_trust_loop_holds_from_first_version_to_demotion_and_change_control(
         .expect("a retro review is evidence");
     assert_eq!(retro_review["verdict"], "corrected");
     let raised = t.entries("exception.raised").await;
-    assert!(raised.iter().any(|(_, d)| d["kind"] == "wrong_action" && d["task_id"] == first["id"]));
+    assert!(raised
+        .iter()
+        .any(|(_, d)| d["kind"] == "wrong_action" && d["task_id"] == first["id"]));
     t.decisions.push(("5. one retro review", 1));
 
     // 6. Change control: a changed prompt waits for a governor who is not its author.
@@ -536,18 +737,38 @@ async fn the_trust_loop_holds_from_first_version_to_demotion_and_change_control(
         .unwrap();
     assert_eq!(pending.status.as_str(), "pending");
     assert_eq!(pending.changes[0]["operation"], "mail/route");
-    assert!(pending.changes[0]["what"].as_array().unwrap().contains(&json!("prompt")));
+    assert!(pending.changes[0]["what"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("prompt")));
     let (text, label) = ticket(&mut rng);
     let submitted = t.submit(text, label).await;
-    assert_eq!(submitted["workflow_version"], 1, "cases keep running on the serving version");
+    assert_eq!(
+        submitted["workflow_version"], 1,
+        "cases keep running on the serving version"
+    );
     let (status, body) = t
-        .call("gail", Method::POST, "/v1/workflows/mail/versions/2/approve", Some(json!({"reason": "mine"})))
+        .call(
+            "gail",
+            Method::POST,
+            "/v1/workflows/mail/versions/2/approve",
+            Some(json!({"reason": "mine"})),
+        )
         .await;
-    assert_eq!(status, StatusCode::FORBIDDEN, "the author cannot approve: {body}");
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "the author cannot approve: {body}"
+    );
     let refusals = t.entries("workflow.decision_refused").await;
     assert_eq!(refusals.len(), 1);
     let approved = t
-        .ok("gus", Method::POST, "/v1/workflows/mail/versions/2/approve", Some(json!({"reason": "reviewed the prompt change"})))
+        .ok(
+            "gus",
+            Method::POST,
+            "/v1/workflows/mail/versions/2/approve",
+            Some(json!({"reason": "reviewed the prompt change"})),
+        )
         .await;
     assert_eq!(approved["status"], "active");
     let (text, label) = ticket(&mut rng);
@@ -560,7 +781,10 @@ async fn the_trust_loop_holds_from_first_version_to_demotion_and_change_control(
         .map(|(_, d)| d)
         .find(|d| d["trigger"] == "change")
         .expect("change control moved the operation");
-    assert_eq!((change["author"].as_str(), change["approved_by"].as_str()), (Some("gail"), Some("gus")));
+    assert_eq!(
+        (change["author"].as_str(), change["approved_by"].as_str()),
+        (Some("gail"), Some("gus"))
+    );
     assert_eq!(t.phase().await, (phase_before - 1).max(1));
     let rejected_version = t
         .engine
@@ -568,14 +792,31 @@ async fn the_trust_loop_holds_from_first_version_to_demotion_and_change_control(
         .await
         .unwrap();
     assert_eq!(rejected_version.status.as_str(), "pending");
-    t.ok("gus", Method::POST, "/v1/workflows/mail/versions/3/reject", Some(json!({"reason": "not needed"})))
-        .await;
+    t.ok(
+        "gus",
+        Method::POST,
+        "/v1/workflows/mail/versions/3/reject",
+        Some(json!({"reason": "not needed"})),
+    )
+    .await;
     let (text, label) = ticket(&mut rng);
-    assert_eq!(t.submit(text, label).await["workflow_version"], 2, "a rejected version never runs");
-    let versions = t.ok("ann", Method::GET, "/v1/workflows/mail/versions", None).await;
-    let statuses: Vec<&str> = versions.as_array().unwrap().iter().map(|v| v["status"].as_str().unwrap()).collect();
+    assert_eq!(
+        t.submit(text, label).await["workflow_version"],
+        2,
+        "a rejected version never runs"
+    );
+    let versions = t
+        .ok("ann", Method::GET, "/v1/workflows/mail/versions", None)
+        .await;
+    let statuses: Vec<&str> = versions
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["status"].as_str().unwrap())
+        .collect();
     assert_eq!(statuses, ["active", "active", "rejected"]);
-    t.decisions.push(("6. change control (refused author, approve, reject)", 3));
+    t.decisions
+        .push(("6. change control (refused author, approve, reject)", 3));
 
     eprintln!("human decisions per step:");
     for (step, count) in &t.decisions {
