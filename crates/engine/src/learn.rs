@@ -732,6 +732,12 @@ impl Engine {
             result: result.to_string(),
             evidence,
         };
+        if !options.test {
+            // The deployment opted out (`challenger_test = "off"`): the newest version serves.
+            return self
+                .promote_untested(workflow, step, version, evaluation)
+                .await;
+        }
         if examples.len() < options.min_evaluation {
             return Ok(evaluation(
                 "waiting",
@@ -828,6 +834,58 @@ impl Engine {
             );
         }
         Ok(evaluation(word, evidence))
+    }
+
+    /// Serves `version` without a test, where the deployment turned the test off.
+    async fn promote_untested(
+        &self,
+        workflow: &str,
+        step: &str,
+        version: i64,
+        evaluation: impl Fn(&str, Value) -> Evaluation,
+    ) -> Result<Evaluation> {
+        let Some(row) = self
+            .inner
+            .store
+            .learner_model(workflow, step, version)
+            .await?
+        else {
+            return Ok(evaluation("waiting", json!({ "missing": version })));
+        };
+        let evidence = json!({ "test": "off" });
+        let now = self.now_ms();
+        let entry = plain_entry(
+            now,
+            "learner.promoted",
+            &Actor {
+                actor_type: "system".into(),
+                actor_id: "learning".into(),
+            },
+            workflow,
+            step,
+            &json!({ "workflow": workflow, "step": step, "version": version, "evidence": evidence }),
+        );
+        let took = self
+            .inner
+            .store
+            .set_learner_status(
+                &LearnerStatusChange {
+                    workflow,
+                    step,
+                    version,
+                    expected: "challenger",
+                    status: "serving",
+                    evidence: &evidence.to_string(),
+                    now_ms: now,
+                },
+                &entry,
+            )
+            .await?;
+        if took {
+            self.inner.journal_written.notify_one();
+            self.serve(workflow, step, version, load(&row)?);
+        }
+        Ok(evaluation("promoted", evidence))
     }
 
     /// Makes `learner` (stored `version`) the one the AI runtime answers with.

@@ -283,6 +283,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     } else {
         tracing::warn!(dir = %args.workflows.display(), "no workflows directory; pass --workflows DIR");
     }
+    // Challengers stored while no server ran (`keel learner train`) are tested now, not at
+    // the first trust pass.
+    match engine.test_challengers().await {
+        Ok(tested) => {
+            for evaluation in tested {
+                tracing::info!(workflow = %evaluation.workflow, step = %evaluation.step,
+                    version = evaluation.version, result = %evaluation.result, "learner challenger tested");
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "testing learner challengers failed; the trust pass retries")
+        }
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| {

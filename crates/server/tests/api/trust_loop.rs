@@ -645,6 +645,14 @@ async fn the_trust_loop_holds_from_first_version_to_demotion_and_change_control(
         .expect("a demotion on evidence");
     let retro = t.open_tasks("retro_review").await;
     assert!(!retro.is_empty(), "unreviewed automatic actions are listed");
+    eprintln!(
+        "demotion ({}, phase {} → {}): {} retro-review tasks since {}",
+        demotion["trigger"],
+        demotion["from_phase"],
+        demotion["to_phase"],
+        retro.len(),
+        demotion["since"]
+    );
     assert_eq!(
         demotion["retro_reviews"].as_u64().unwrap() as usize,
         retro.len(),
@@ -817,6 +825,63 @@ async fn the_trust_loop_holds_from_first_version_to_demotion_and_change_control(
     assert_eq!(statuses, ["active", "active", "rejected"]);
     t.decisions
         .push(("6. change control (refused author, approve, reject)", 3));
+
+    // 7. The monthly review tells what happened.
+    let month = chrono::Utc::now().format("%Y-%m").to_string();
+    let review = t
+        .ok(
+            "gus",
+            Method::GET,
+            &format!("/v1/reports/monthly?month={month}"),
+            None,
+        )
+        .await;
+    let mail = review["workflows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["workflow"] == "mail")
+        .expect("the workflow is reviewed");
+    let operation = &mail["operations"][0];
+    assert_eq!(
+        operation["phase"]["highest"], 3,
+        "the highest phase reached: {:#}",
+        operation["phase"]
+    );
+    let kinds: Vec<&str> = mail["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    for kind in [
+        "trust.promoted",
+        "trust.demoted",
+        "learner.failed",
+        "learner.promoted",
+    ] {
+        assert!(kinds.contains(&kind), "{kind} in {kinds:?}");
+    }
+    let investigate = review["recommendations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["kind"] == "investigate_demotion" && r["evidence"]["trigger"] != "change")
+        .expect("investigate the demotion");
+    assert_eq!(
+        investigate["evidence"]["retro_reviews"],
+        demotion["retro_reviews"]
+    );
+    let versions: HashSet<i64> = operation["accuracy_by_model"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["learner_version"].as_i64())
+        .collect();
+    assert!(
+        versions.len() >= 2,
+        "accuracy per learner version: {versions:?}"
+    );
 
     eprintln!("human decisions per step:");
     for (step, count) in &t.decisions {
