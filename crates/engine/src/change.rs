@@ -123,22 +123,21 @@ impl Engine {
             }));
         };
         let changes: Value = serde_json::from_str(&row.changes).unwrap_or(Value::Null);
-        let refused = |error: ChangeError| (error, changes.clone());
         let check = (|| {
             if row.status != "pending" {
-                return Err(refused(ChangeError::NotPending {
+                return Err(ChangeError::NotPending {
                     name: name.to_string(),
                     version,
                     status: row.status.clone(),
-                }));
+                });
             }
             let serving = inner.registry.latest(name);
             if let Some((serving_no, _)) = serving.as_ref().filter(|(v, _)| *v > version) {
-                return Err(refused(ChangeError::Superseded {
+                return Err(ChangeError::Superseded {
                     name: name.to_string(),
                     version,
                     serving: *serving_no,
-                }));
+                });
             }
             let roles = approver_roles(
                 &definition,
@@ -151,26 +150,26 @@ impl Engine {
                     .iter()
                     .any(|r| needed.contains(r) || r == "admin")
             }) {
-                return Err(refused(ChangeError::Forbidden(format!(
+                return Err(ChangeError::Forbidden(format!(
                     "deciding on this version needs one of the roles {missing:?} for each changed operation; `{}` has {:?}",
                     caller.subject, caller.roles
-                ))));
+                )));
             }
             if reason.trim().is_empty() {
-                return Err(refused(ChangeError::Invalid("give a --reason".into())));
+                return Err(ChangeError::Invalid("give a --reason".into()));
             }
             if approve {
                 match &row.author {
                     None => {
-                        return Err(refused(ChangeError::Forbidden(format!(
+                        return Err(ChangeError::Forbidden(format!(
                             "version {version} of `{name}` names no author, so four eyes cannot be checked: add `change: {{ author: NAME }}` to the file and deploy it again"
-                        ))))
+                        )))
                     }
                     Some(author) if *author == caller.subject => {
-                        return Err(refused(ChangeError::Forbidden(format!(
+                        return Err(ChangeError::Forbidden(format!(
                             "`{}` wrote version {version} of `{name}`; another governor must approve it",
                             caller.subject
-                        ))))
+                        )))
                     }
                     Some(_) => {}
                 }
@@ -178,7 +177,7 @@ impl Engine {
             Ok(())
         })();
         let now = inner.clock.now_ms();
-        if let Err((error, changes)) = check {
+        if let Err(error) = check {
             let entry = workflow_entry(
                 now,
                 "workflow.decision_refused",

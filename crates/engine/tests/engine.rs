@@ -1036,7 +1036,7 @@ async fn online_learning_stores_a_version_per_batch_and_the_cascade_answers_with
             .collect::<Vec<_>>(),
         [(2, 11), (1, 6)]
     );
-    let entries = journal_of_kind(&engine, "learner.updated").await;
+    let entries = journal_of_kind(&engine, "learner.challenger").await;
     assert_eq!(entries.len(), 2);
     assert_eq!(entries[1]["version"], 2);
     assert_eq!(entries[1]["batch"], 5);
@@ -1192,7 +1192,9 @@ async fn learning_refuses_what_it_cannot_use_and_stores_nothing() {
         assert!(expected(&error), "{error:?}");
     }
     assert!(engine.learners().await.unwrap().is_empty());
-    assert!(journal_of_kind(&engine, "learner.updated").await.is_empty());
+    assert!(journal_of_kind(&engine, "learner.challenger")
+        .await
+        .is_empty());
 }
 
 #[tokio::test]

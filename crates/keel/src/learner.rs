@@ -1,8 +1,9 @@
-//! `keel learner train|eval|versions`: trains the built-in learner of one `ai` step from
-//! labelled JSONL, measures it, and lists its versions. Models live in the database, one
-//! version per training run or update batch, each announced in the journal; a running
-//! `keel serve` loads the latest versions at start and learns online from labelled outcomes
-//! (`POST /v1/learners/{workflow}/{step}/examples`).
+//! `keel learner train|eval|versions|force|approve|reject`: trains the built-in learner of one
+//! `ai` step from labelled JSONL, measures it, and lists its versions. Models live in the
+//! database, one version per training run or update batch, each announced in the journal and
+//! a challenger until a running `keel serve` shows it non-inferior to the serving version;
+//! the server also learns from labelled examples (`POST /v1/learners/{workflow}/{step}/examples`)
+//! and from people's reviews.
 //!
 //! Learners used to be files, DATA_DIR/learners/WORKFLOW/STEP.bin: such a file is imported once
 //! as version 1 (source `file`) when no version of its learner is stored yet.
@@ -25,11 +26,12 @@ use crate::DataArgs;
 #[derive(Subcommand, Debug)]
 pub enum LearnerCommand {
     /// Train (or keep training) the learner of WORKFLOW's STEP from a JSONL file of
-    /// {"text": ..., "label": ...} lines. Continues from the latest stored version, fits the
-    /// temperature of its confidence on one example in ten (held out by a hash of the text,
-    /// then learnt too), and stores the result as the next version (journal entry
-    /// `learner.trained`). A running `keel serve` loads stored learners at start: restart it
-    /// to use the new version.
+    /// {"text": ..., "label": ...} lines. Continues from the newest version that did not fail
+    /// its test, fits the temperature of its confidence on one example in ten (held out by a
+    /// hash of the text, then learnt too), and stores the result as the next version, a
+    /// challenger (journal entry `learner.challenger`): a running `keel serve` tests it
+    /// against the serving version on reviewed outcomes it did not train on and serves it only
+    /// if it is non-inferior.
     Train(TrainArgs),
     /// Evaluate the latest stored version of WORKFLOW's STEP learner on a labelled JSONL file:
     /// accuracy, log-loss, expected calibration error (10 equal-width confidence bins) with

@@ -135,9 +135,6 @@ pub const CODES: &[&str] = &[
     "change-approval",
 ];
 
-/// Findings that do not stop a stored version from loading ([`parse_stored`]).
-const LENIENT_WHEN_STORED: &[&str] = &["trust-settings", "change-approval"];
-
 const TOP_FIELDS: &[&str] = &[
     "name",
     "version",
@@ -217,9 +214,7 @@ fn check(source: &str, file: &str, base_dir: Option<&Path>, stored: bool) -> Che
     let workflow = checker.workflow();
     let mut diagnostics = checker.diagnostics;
     diagnostics.sort_by_key(|d| (d.line, d.column));
-    let failed = diagnostics
-        .iter()
-        .any(|d| d.is_error() && !(stored && LENIENT_WHEN_STORED.contains(&d.code)));
+    let failed = diagnostics.iter().any(Diagnostic::is_error);
     Checked {
         workflow: if failed { None } else { workflow },
         diagnostics,
@@ -331,7 +326,7 @@ impl Checker<'_> {
         let change = match fields.get("change") {
             None => Some(None),
             Some(n) if self.json(n).is_some_and(|v| v.get("approved_by").is_some()) => {
-                self.error(
+                self.error_unless_stored(
                     "change-approval",
                     n.span,
                     "`change.approved_by` cannot be written by the version's author".to_string(),
@@ -651,6 +646,41 @@ mod tests {
             "  - id: x\n    validate: {{ assert: [\"output.a > 1\"] }}\n{end}"
         ))
         .contains(&"unknown-variable"));
+    }
+
+    #[test]
+    fn a_stored_version_accepted_under_older_rules_still_loads() {
+        let source = r#"
+name: old
+version: "1"
+change: { author: ana, approved_by: ana, reference: CHG-1 }
+input: { schema: { type: object } }
+steps:
+  - id: judge
+    ai: { task: classify, labels: [a, b], prompt: "{{ input.x }}", route: [{ model: m }] }
+  - id: act
+    action:
+      method: POST
+      url: "https://example.com/${data.judge.output.label}"
+      trust: { phase: 1, promotion: { min_reviews: 3, target_agreement: { phase2: 0.4 } } }
+  - id: done
+    end: ok
+"#;
+        let fresh = check_str(source, "old.yaml", None);
+        assert!(fresh.workflow.is_none(), "a new version is refused");
+        let codes: Vec<&str> = fresh.diagnostics.iter().map(|d| d.code).collect();
+        assert!(
+            codes.contains(&"change-approval") && codes.contains(&"trust-settings"),
+            "{codes:?}"
+        );
+        let stored = parse_stored(source, "old.yaml", None).expect("a stored version loads");
+        let change = stored.change.expect("its change record");
+        assert_eq!(
+            change.author, "ana",
+            "the author is kept, the self-written approval dropped"
+        );
+        // Anything else that is wrong still refuses a stored version.
+        assert!(parse_stored(&source.replace("steps:", "stepz:"), "old.yaml", None).is_err());
     }
 
     #[test]

@@ -1340,7 +1340,7 @@ impl Checker<'_> {
                 let problems = config.setting_problems();
                 for problem in &problems {
                     let span = setting_span(node, &problem.path);
-                    self.error(
+                    self.error_unless_stored(
                         "trust-settings",
                         span,
                         format!("step `{id}`: {}", problem.message),

@@ -127,6 +127,22 @@ impl<'a> Checker<'a> {
         ));
     }
 
+    /// An error for a new version; a warning when loading a stored one that was accepted
+    /// under the rules of its day (see `parse_stored`).
+    pub fn error_unless_stored(
+        &mut self,
+        code: &'static str,
+        span: Span,
+        message: String,
+        hint: impl Into<Option<String>>,
+    ) {
+        if self.stored {
+            self.warning(code, span, message, hint);
+        } else {
+            self.error(code, span, message, hint);
+        }
+    }
+
     pub fn error_count(&self) -> usize {
         self.diagnostics.iter().filter(|d| d.is_error()).count()
     }
