@@ -428,6 +428,10 @@ pub enum ForceError {
     Forbidden(String),
     #[error("{0}")]
     Invalid(String),
+    /// The version's state does not allow it (it serves already, a request is open or none
+    /// is, it changed meanwhile).
+    #[error("{0}")]
+    Conflict(String),
 }
 
 /// Whether case `case_id` is kept for evaluation (never taught from reviews).
@@ -931,12 +935,12 @@ impl Engine {
             return Ok(Err(ForceError::Invalid("give a --reason".into())));
         }
         if row.status == "serving" {
-            return Ok(Err(ForceError::Invalid(format!(
+            return Ok(Err(ForceError::Conflict(format!(
                 "version {version} serves already"
             ))));
         }
         if row.requested_by.is_some() {
-            return Ok(Err(ForceError::Invalid(format!(
+            return Ok(Err(ForceError::Conflict(format!(
                 "version {version} has a request open already; a governor approves or rejects it"
             ))));
         }
@@ -956,7 +960,7 @@ impl Engine {
             .set_learner_request(workflow, step, version, Some(&caller.subject), &entry)
             .await?;
         if !took {
-            return Ok(Err(ForceError::Invalid(format!(
+            return Ok(Err(ForceError::Conflict(format!(
                 "version {version} changed meanwhile; look again with `keel learner versions`"
             ))));
         }
@@ -989,7 +993,7 @@ impl Engine {
             }));
         };
         let Some(requested_by) = row.requested_by.clone() else {
-            return Ok(Err(ForceError::Invalid(format!(
+            return Ok(Err(ForceError::Conflict(format!(
                 "nobody asked to serve version {version}: `keel learner force` asks first"
             ))));
         };
@@ -1057,7 +1061,7 @@ impl Engine {
             )
             .await?;
         if !took {
-            return Ok(Err(ForceError::Invalid(format!(
+            return Ok(Err(ForceError::Conflict(format!(
                 "version {version} changed meanwhile; look again with `keel learner versions`"
             ))));
         }

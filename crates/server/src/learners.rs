@@ -236,7 +236,8 @@ pub async fn list_versions(
     security(("keel_token" = [])),
     responses(
         (status = 200, description = "Requested: waits for a governor", body = Value),
-        (status = 400, description = "No reason, or the version serves or has a request open", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 400, description = "No reason", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "The version serves already or has a request open", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "Not an operator", body = ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "No such version", body = ProblemBody, content_type = "application/problem+json"),
     )
@@ -267,7 +268,8 @@ pub async fn force_version(
     security(("keel_token" = [])),
     responses(
         (status = 200, description = "The version serves", body = Value),
-        (status = 400, description = "No reason, or no request open", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 400, description = "No reason", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "No request is open, or the version changed meanwhile", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "Not an approver, or the one who asked", body = ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "No such version", body = ProblemBody, content_type = "application/problem+json"),
     )
@@ -298,7 +300,8 @@ pub async fn approve_version(
     security(("keel_token" = [])),
     responses(
         (status = 200, description = "Rejected: the version keeps its status", body = Value),
-        (status = 400, description = "No reason, or no request open", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 400, description = "No reason", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "No request is open, or the version changed meanwhile", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "Not an approver", body = ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "No such version", body = ProblemBody, content_type = "application/problem+json"),
     )
@@ -330,6 +333,9 @@ fn forced(result: Result<Value, learn::ForceError>) -> Result<Json<Value>, Probl
         }
         Err(learn::ForceError::Invalid(message)) => {
             Err(Problem::new(Kind::InvalidParameter, message))
+        }
+        Err(learn::ForceError::Conflict(message)) => {
+            Err(Problem::new(Kind::VersionConflict, message))
         }
     }
 }

@@ -60,6 +60,8 @@ pub enum Kind {
     UnknownOperation,
     /// No such workflow or learner version.
     UnknownVersion,
+    /// The version's state does not allow the decision (not pending, superseded, no request).
+    VersionConflict,
     TrustForbidden,
     InvalidTrustChange,
     /// The exception is already resolved.
@@ -103,6 +105,7 @@ impl Kind {
             Kind::UnknownException => "unknown-exception",
             Kind::UnknownOperation => "unknown-operation",
             Kind::UnknownVersion => "unknown-version",
+            Kind::VersionConflict => "version-conflict",
             Kind::TrustForbidden => "trust-forbidden",
             Kind::InvalidTrustChange => "invalid-trust-change",
             Kind::ExceptionClosed => "exception-closed",
@@ -141,6 +144,7 @@ impl Kind {
             Kind::UnknownException => "No such exception",
             Kind::UnknownOperation => "No such operation",
             Kind::UnknownVersion => "No such version",
+            Kind::VersionConflict => "The version's state does not allow this",
             Kind::TrustForbidden => "Not allowed to change this operation's trust",
             Kind::InvalidTrustChange => "The trust change cannot be made",
             Kind::ExceptionClosed => "The exception is already resolved",
@@ -175,6 +179,7 @@ impl Kind {
             Kind::TaskClosed => StatusCode::CONFLICT,
             Kind::UnknownException => StatusCode::NOT_FOUND,
             Kind::UnknownOperation | Kind::UnknownVersion => StatusCode::NOT_FOUND,
+            Kind::VersionConflict => StatusCode::CONFLICT,
             Kind::TrustForbidden => StatusCode::FORBIDDEN,
             Kind::InvalidTrustChange => StatusCode::UNPROCESSABLE_ENTITY,
             Kind::ExceptionClosed => StatusCode::CONFLICT,

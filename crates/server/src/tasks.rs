@@ -16,6 +16,29 @@ use crate::extract::{ApiPath, ApiQuery, JsonBody};
 use crate::problem::{Kind, Problem, ProblemBody};
 use crate::AppState;
 
+/// The kinds of task.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskKind {
+    Approval,
+    Action,
+    Outcome,
+    Review,
+    RetroReview,
+}
+
+impl TaskKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            TaskKind::Approval => "approval",
+            TaskKind::Action => "action",
+            TaskKind::Outcome => "outcome",
+            TaskKind::Review => "review",
+            TaskKind::RetroReview => "retro_review",
+        }
+    }
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct TaskQuery {
@@ -27,9 +50,10 @@ pub struct TaskQuery {
     pub mine: bool,
     /// Only tasks that the roles working this exception-desk queue may decide.
     pub queue: Option<String>,
-    /// Only tasks of this kind: `approval`, `action` (an AI-influenced action), `outcome`, `review` (post-hoc) or
-    /// `retro_review` (actions a demoted operation took on its own; listed most recent first).
-    pub kind: Option<String>,
+    /// Only tasks of this kind: `approval`, `action` (an AI-influenced action), `outcome`,
+    /// `review` (post-hoc) or `retro_review` (actions a demoted operation took on its own;
+    /// listed most recent first).
+    pub kind: Option<TaskKind>,
     /// At most this many (default 50, at most 1,000).
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
@@ -99,20 +123,7 @@ pub async fn list_tasks(
         (Some(mine), Some(queue)) => Some(mine.into_iter().filter(|r| queue.contains(r)).collect()),
         (mine, queue) => mine.or(queue),
     };
-    let kind = match query.kind.as_deref() {
-        None => None,
-        Some(k @ ("approval" | "action" | "outcome" | "review" | "retro_review")) => {
-            Some(k.to_string())
-        }
-        Some(other) => {
-            return Err(Problem::new(
-                Kind::InvalidParameter,
-                format!(
-                "`kind` {other:?} is not one of approval, action, outcome, review, retro_review"
-            ),
-            ))
-        }
-    };
+    let kind = query.kind.map(|k| k.as_str().to_string());
     let filter = TaskFilter {
         status,
         workflow: query.workflow,

@@ -64,7 +64,8 @@ pub async fn list_workflows(
 /// A governor's decision on a pending version: `{"reason": "…"}`.
 #[derive(Debug, serde::Deserialize, ToSchema)]
 pub struct VersionDecisionBody {
-    /// Why: kept in the journal with the decision.
+    /// Why: kept in the journal with the decision (not blank).
+    #[schema(min_length = 1, pattern = "\\S")]
     pub reason: String,
 }
 
@@ -124,7 +125,7 @@ pub async fn list_versions(
         (status = 400, description = "No reason", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "Not an approver, or the version's author, or no author named (journaled)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "No such version", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 422, description = "The version is not pending, or a newer one serves", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "The version is not pending, or a newer one serves", body = ProblemBody, content_type = "application/problem+json"),
     )
 )]
 pub async fn approve_version(
@@ -155,7 +156,7 @@ pub async fn approve_version(
         (status = 400, description = "No reason", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "Not an approver (journaled)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "No such version", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 422, description = "The version is not pending", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "The version is not pending", body = ProblemBody, content_type = "application/problem+json"),
     )
 )]
 pub async fn reject_version(
@@ -182,7 +183,7 @@ fn decided(result: Result<VersionDecided, ChangeError>) -> Result<Json<VersionDe
         Err(ChangeError::Forbidden(message)) => Err(Problem::new(Kind::TrustForbidden, message)),
         Err(ChangeError::Invalid(message)) => Err(Problem::new(Kind::InvalidParameter, message)),
         Err(error @ (ChangeError::NotPending { .. } | ChangeError::Superseded { .. })) => {
-            Err(Problem::new(Kind::InvalidTrustChange, error.to_string()))
+            Err(Problem::new(Kind::VersionConflict, error.to_string()))
         }
     }
 }

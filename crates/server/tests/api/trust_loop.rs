@@ -453,7 +453,7 @@ async fn the_trust_loop_holds_from_first_version_to_demotion_and_change_control(
             Some(json!({"reason": "x"})),
         )
         .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "nothing asked yet: {body}");
+    assert_eq!(status, StatusCode::CONFLICT, "nothing asked yet: {body}");
     t.ok(
         "opal",
         Method::POST,
