@@ -209,7 +209,8 @@ pub async fn import_file(
     }
     let learner =
         Learner::from_bytes(&bytes).with_context(|| format!("cannot load {}", path.display()))?;
-    // A file learner served before learners moved into the database: it keeps serving.
+    // A file dropped into the data directory is a change like any other: a challenger,
+    // tested before it serves.
     let version = learn::save_version(
         store,
         NewVersion {
@@ -223,7 +224,7 @@ pub async fn import_file(
             actor,
             now_ms: now_ms(),
             texts: Vec::new(),
-            status: "serving",
+            status: "challenger",
             cursor: None,
         },
     )

@@ -352,18 +352,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Imports old DATA_DIR/learners/WORKFLOW/STEP.bin files whose learners have no stored version
-/// yet, and hands them to the AI runtime (the engine loaded the stored ones at start).
+/// yet, as challengers: like every new version they serve only after their test (run once the
+/// workflows are deployed).
 async fn import_learner_files(engine: &Engine, data_dir: &Path) {
     let actor = keel_engine::learn::Actor {
         actor_type: "system".into(),
         actor_id: "serve".into(),
     };
-    for (workflow, step, learner) in
-        crate::learner::import_files(engine.store(), data_dir, &actor).await
+    for (workflow, step, _) in crate::learner::import_files(engine.store(), data_dir, &actor).await
     {
-        if let Some(runtime) = engine.ai() {
-            runtime.set_learner(&workflow, &step, learner);
-        }
+        tracing::info!(%workflow, %step, "learner file imported as a challenger");
     }
 }
 

@@ -774,3 +774,84 @@ async fn calibrators_keep_refitting_once_a_model_has_more_reviews_than_a_fit_use
     assert_eq!((second[0].pairs, second[0].reviews_seen), (50_000, 50_125));
     assert_eq!(t.trust_entries("calibration.fitted").await.len(), 2);
 }
+
+#[tokio::test]
+async fn a_version_that_ungates_an_operation_or_names_no_author_cannot_slip_through() {
+    let t = trust(&refunds("1", 1, "input.amount < 100")).await;
+    // Declaring the action ungated removes an operation: that is a change to what decides.
+    let ungated = refunds("2", 1, "input.amount < 100").replace(
+        "      approval: { roles: [reviewer] }\n      trust:\n        phase: 1\n",
+        "      approval: { roles: [reviewer] }\n      trust:\n        gate: none\n        reason: \"a test of change control\"\n        phase: 1\n",
+    );
+    assert_ne!(
+        ungated,
+        refunds("2", 1, "input.amount < 100"),
+        "the test edits the file"
+    );
+    let deployed = t.engine.deploy(&ungated, "refunds.yaml").await.unwrap();
+    assert_eq!(deployed.status, keel_engine::registry::Status::Pending);
+    assert_eq!(
+        deployed.changes,
+        [json!({"operation": "refunds/pay", "what": ["removed"]})]
+    );
+    // New cases still run the gated version.
+    let case_id = t.submit(50.0).await;
+    t.task(&case_id, "action").await;
+    assert_eq!(t.engine.case(&case_id).await.unwrap().workflow_version, 1);
+    // A version that names no author cannot be approved: four eyes cannot be checked.
+    let anonymous = refunds("3", 1, "input.amount < 150")
+        .replace("change: { author: gail, reference: CHG-3 }\n", "");
+    assert!(
+        !anonymous.contains("change:"),
+        "the test removes the change record"
+    );
+    let deployed = t.engine.deploy(&anonymous, "refunds.yaml").await.unwrap();
+    assert_eq!(deployed.status, keel_engine::registry::Status::Pending);
+    let (status, body) = t
+        .call(
+            "gus",
+            reqwest::Method::POST,
+            &format!(
+                "/v1/workflows/refunds/versions/{}/approve",
+                deployed.version_no
+            ),
+            Some(json!({"reason": "looks fine"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("names no author"),
+        "{body}"
+    );
+    // A reviewer is no governor.
+    let (status, _) = t
+        .call(
+            "ann",
+            reqwest::Method::POST,
+            "/v1/workflows/refunds/versions/2/approve",
+            Some(json!({"reason": "looks fine"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // Approving the older pending version once it is decided is a conflict, not a change.
+    let (status, _) = t
+        .call(
+            "gus",
+            reqwest::Method::POST,
+            "/v1/workflows/refunds/versions/2/reject",
+            Some(json!({"reason": "keep the gate"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = t
+        .call(
+            "gus",
+            reqwest::Method::POST,
+            "/v1/workflows/refunds/versions/2/approve",
+            Some(json!({"reason": "changed my mind"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let refused = t.trust_entries("workflow.decision_refused").await;
+    assert_eq!(refused.len(), 2, "{refused:?}");
+}
