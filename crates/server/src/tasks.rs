@@ -53,6 +53,7 @@ pub struct TaskQuery {
     /// Only tasks of this kind: `approval`, `action` (an AI-influenced action), `outcome`,
     /// `review` (post-hoc) or `retro_review` (actions a demoted operation took on its own;
     /// listed most recent first).
+    #[param(inline)]
     pub kind: Option<TaskKind>,
     /// At most this many (default 50, at most 1,000).
     #[param(minimum = 1, maximum = 1000)]

@@ -544,6 +544,31 @@ async fn the_openapi_document_lists_every_path_and_docs_render() {
     let expected: BTreeSet<&str> = PATHS.iter().copied().collect();
     assert_eq!(listed, expected);
     assert!(document["components"]["schemas"]["ProblemBody"].is_object());
+    // Every reference resolves: generated clients fail on a dangling `$ref`.
+    fn refs<'a>(value: &'a Value, out: &mut Vec<&'a str>) {
+        match value {
+            Value::Object(map) => {
+                if let Some(Value::String(target)) = map.get("$ref") {
+                    out.push(target);
+                }
+                map.values().for_each(|v| refs(v, out));
+            }
+            Value::Array(items) => items.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+    let mut targets = Vec::new();
+    refs(&document, &mut targets);
+    assert!(!targets.is_empty());
+    for target in targets {
+        let name = target
+            .strip_prefix("#/components/schemas/")
+            .unwrap_or_else(|| panic!("unexpected reference {target}"));
+        assert!(
+            document["components"]["schemas"][name].is_object(),
+            "dangling reference {target}"
+        );
+    }
     assert!(document["components"]["schemas"]["CaseDetail"].is_object());
     assert!(
         document["paths"]["/metrics"]["get"]["responses"]["200"]["content"]

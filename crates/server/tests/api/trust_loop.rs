@@ -615,6 +615,17 @@ async fn the_trust_loop_holds_from_first_version_to_demotion_and_change_control(
     );
     t.decisions.push(("4. poisoned update", 0));
 
+    // Phase 3 works: sampled reviews agree (the last good evidence is among them).
+    let mut reviewed = 0;
+    for _ in 0..20 {
+        let (text, label) = ticket(&mut rng);
+        t.submit(text, label).await;
+    }
+    t.settle().await;
+    reviewed += t.review_all("review").await;
+    assert_eq!(t.phase().await, 3);
+    t.decisions.push(("4. phase 3 post-hoc reviews", reviewed));
+
     // 5. Drift: billing words now mean a technical fault. Reviews correct; the SPRT demotes.
     let mut reviewed = 0;
     let mut demoted = false;
