@@ -381,6 +381,10 @@ pub async fn load_into_runtime(
 #[derive(Default)]
 pub(crate) struct Learners {
     slots: std::sync::Mutex<HashMap<(String, String), Slot>>,
+    /// Per learner, what its last test waited on: (newest challenger, newest reviewed
+    /// outcome). While neither changes, a waiting challenger is not tested again, so a pass
+    /// does not re-read the evaluation set's cases for nothing.
+    waited: std::sync::Mutex<HashMap<(String, String), (i64, i64)>>,
 }
 
 /// One learner's lock and the engine's copy of it (`None` until first used).
@@ -631,6 +635,27 @@ impl Engine {
         let Ok(labels) = self.classify_labels(workflow, step) else {
             return Ok(done); // the workflow no longer has this step: nothing to test against
         };
+        let Some(&newest) = challengers.first() else {
+            return Ok(done);
+        };
+        let newest_outcome = self
+            .inner
+            .store
+            .newest_labelled_outcomes(&format!("{workflow}/{step}"), 1)
+            .await?
+            .first()
+            .map_or(0, |(id, _, _)| *id);
+        let key = (workflow.to_string(), step.to_string());
+        let waited = |learners: &Learners| {
+            learners
+                .waited
+                .lock()
+                .map(|w| w.get(&key).copied())
+                .unwrap_or(None)
+        };
+        if waited(&self.inner.learners) == Some((newest, newest_outcome)) {
+            return Ok(done); // nothing new to test on since the last test waited
+        }
         let mut set: Option<Vec<(String, String)>> = None;
         let mut remaining = challengers.into_iter();
         for version in remaining.by_ref() {
@@ -646,7 +671,13 @@ impl Engine {
             match result.as_str() {
                 "failed" => continue,
                 "promoted" => break,
-                _ => return Ok(done), // waiting: the older ones would wait for the same outcomes
+                _ => {
+                    // Waiting: the older ones would wait for the same outcomes.
+                    if let Ok(mut w) = self.inner.learners.waited.lock() {
+                        w.insert(key, (newest, newest_outcome));
+                    }
+                    return Ok(done);
+                }
             }
         }
         // Older challengers than a promoted one are superseded: the promoted one holds them.
