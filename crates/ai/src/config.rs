@@ -817,6 +817,49 @@ mod tests {
     use super::*;
 
     #[test]
+    fn change_control_and_learning_parse_and_bad_values_are_refused() {
+        let config = Config::parse("keel.toml", "").unwrap();
+        assert!(config.change_control.review, "review is on by default");
+        assert_eq!(config.learning, LearningConfig::default());
+        let config = Config::parse(
+            "keel.toml",
+            "[change_control]\nreview = \"off\"\n[learning]\nbatch = 50\nholdout = 4\nmargin = 0.01\nalpha = 0.01\nmin_evaluation = 100\nchallenger_test = \"off\"\n[learning.steps.\"mail/triage\"]\nfrom_reviews = false\n",
+        )
+        .unwrap();
+        assert!(!config.change_control.review);
+        assert_eq!(
+            (
+                config.learning.batch,
+                config.learning.holdout,
+                config.learning.min_evaluation
+            ),
+            (50, 4, 100)
+        );
+        assert!(!config.learning.challenger_test);
+        assert!(config.learning.from_reviews_off.contains("mail/triage"));
+        for (toml, words) in [
+            ("[change_control]\nreview = \"maybe\"\n", "\"required\""),
+            ("[learning]\nbatch = 0\n", "from 1 to 1000"),
+            ("[learning]\nholdout = 1\n", "from 2 to 100"),
+            ("[learning]\nmargin = 0.7\n", "below 0.5"),
+            ("[learning]\nalpha = 0.5\n", "at most 0.2"),
+            ("[learning]\nmin_evaluation = 3\n", "from 10"),
+            ("[learning]\nchallenger_test = \"no\"\n", "\"on\""),
+            (
+                "[learning.steps.\"triage\"]\nfrom_reviews = false\n",
+                "WORKFLOW/STEP",
+            ),
+            ("[learning]\nbatchsize = 3\n", "unknown field"),
+        ] {
+            let errors = Config::parse("keel.toml", toml).unwrap_err();
+            assert!(
+                errors.iter().any(|e| e.message.contains(words)),
+                "{toml}: {errors:?}"
+            );
+        }
+    }
+
+    #[test]
     fn a_full_file_parses() {
         let config = Config::parse(
             "keel.toml",
