@@ -110,12 +110,7 @@ impl Engine {
         reason: &str,
     ) -> Result<std::result::Result<VersionDecided, ChangeError>> {
         let inner = &self.inner;
-        let row = inner
-            .store
-            .workflow_versions()
-            .await?
-            .into_iter()
-            .find(|r| r.name == name && r.version_no == version);
+        let row = inner.store.workflow_version(name, version).await?;
         let (Some(row), Some(definition)) = (row, inner.registry.version(name, version)) else {
             return Ok(Err(ChangeError::UnknownVersion {
                 name: name.to_string(),

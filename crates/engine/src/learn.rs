@@ -207,6 +207,14 @@ impl Actor {
         }
     }
 
+    /// The learning pass: tests of challengers, batches taught from reviews.
+    fn learning() -> Actor {
+        Actor {
+            actor_type: "system".into(),
+            actor_id: "learning".into(),
+        }
+    }
+
     /// The person or token behind an API call.
     pub fn caller(caller: &Caller) -> Actor {
         Actor {
@@ -684,33 +692,16 @@ impl Engine {
         if done.last().is_some_and(|e| e.result == "promoted") {
             let newer = done.last().map_or(0, |e| e.version);
             for version in remaining {
-                let now = self.now_ms();
-                let entry = plain_entry(
-                    now,
-                    "learner.superseded",
-                    &Actor {
-                        actor_type: "system".into(),
-                        actor_id: "learning".into(),
-                    },
+                self.settle_challenger(
                     workflow,
                     step,
-                    &json!({ "workflow": workflow, "step": step, "version": version, "by_version": newer }),
-                );
-                self.inner
-                    .store
-                    .set_learner_status(
-                        &LearnerStatusChange {
-                            workflow,
-                            step,
-                            version,
-                            expected: "challenger",
-                            status: "retired",
-                            evidence: &json!({ "superseded_by": newer }).to_string(),
-                            now_ms: now,
-                        },
-                        &entry,
-                    )
-                    .await?;
+                    version,
+                    ("retired", "learner.superseded"),
+                    json!({ "by_version": newer }),
+                    &json!({ "superseded_by": newer }),
+                    None,
+                )
+                .await?;
             }
         }
         Ok(done)
@@ -825,38 +816,18 @@ impl Engine {
         } else {
             ("failed", "learner.failed", "failed")
         };
-        let now = self.now_ms();
-        let entry = plain_entry(
-            now,
-            kind,
-            &Actor {
-                actor_type: "system".into(),
-                actor_id: "learning".into(),
-            },
-            workflow,
-            step,
-            &json!({ "workflow": workflow, "step": step, "version": version,
-                "previous_version": previous, "evidence": evidence }),
-        );
-        let took = store
-            .set_learner_status(
-                &LearnerStatusChange {
-                    workflow,
-                    step,
-                    version,
-                    expected: "challenger",
-                    status,
-                    evidence: &evidence.to_string(),
-                    now_ms: now,
-                },
-                &entry,
+        let took = self
+            .settle_challenger(
+                workflow,
+                step,
+                version,
+                (status, kind),
+                json!({ "previous_version": previous }),
+                &evidence,
+                result.non_inferior.then_some(challenger),
             )
             .await?;
         if took {
-            self.inner.journal_written.notify_one();
-            if result.non_inferior {
-                self.serve(workflow, step, version, challenger);
-            }
             tracing::info!(
                 workflow,
                 step,
@@ -888,18 +859,43 @@ impl Engine {
             return Ok(evaluation("waiting", json!({ "missing": version })));
         };
         let evidence = json!({ "test": "off" });
-        let now = self.now_ms();
-        let entry = plain_entry(
-            now,
-            "learner.promoted",
-            &Actor {
-                actor_type: "system".into(),
-                actor_id: "learning".into(),
-            },
+        self.settle_challenger(
             workflow,
             step,
-            &json!({ "workflow": workflow, "step": step, "version": version, "evidence": evidence }),
-        );
+            version,
+            ("serving", "learner.promoted"),
+            json!({}),
+            &evidence,
+            Some(load(&row)?),
+        )
+        .await?;
+        Ok(evaluation("promoted", evidence))
+    }
+
+    /// Moves challenger `version` to `status` (its stored evidence `evidence`) with the
+    /// learning pass's entry `kind` (`data` plus the version, and the evidence of a test);
+    /// `serving` is the learner to answer with when the version now serves. Returns whether it took (false: it was no longer a challenger).
+    #[allow(clippy::too_many_arguments)] // one decision's parts, each named at the call
+    async fn settle_challenger(
+        &self,
+        workflow: &str,
+        step: &str,
+        version: i64,
+        (status, kind): (&str, &str),
+        mut data: Value,
+        evidence: &Value,
+        serving: Option<Learner>,
+    ) -> Result<bool> {
+        let now = self.now_ms();
+        if let Value::Object(fields) = &mut data {
+            fields.insert("workflow".into(), json!(workflow));
+            fields.insert("step".into(), json!(step));
+            fields.insert("version".into(), json!(version));
+            if status != "retired" {
+                fields.insert("evidence".into(), evidence.clone());
+            }
+        }
+        let entry = plain_entry(now, kind, &Actor::learning(), workflow, step, &data);
         let took = self
             .inner
             .store
@@ -909,7 +905,7 @@ impl Engine {
                     step,
                     version,
                     expected: "challenger",
-                    status: "serving",
+                    status,
                     evidence: &evidence.to_string(),
                     now_ms: now,
                 },
@@ -918,9 +914,11 @@ impl Engine {
             .await?;
         if took {
             self.inner.journal_written.notify_one();
-            self.serve(workflow, step, version, load(&row)?);
+            if let Some(learner) = serving {
+                self.serve(workflow, step, version, learner);
+            }
         }
-        Ok(evaluation("promoted", evidence))
+        Ok(took)
     }
 
     /// Makes `learner` (stored `version`) the one the AI runtime answers with.
@@ -940,17 +938,9 @@ impl Engine {
         caller: &Caller,
         reason: &str,
     ) -> Result<std::result::Result<Value, ForceError>> {
-        let Some(row) = self
-            .inner
-            .store
-            .learner_model(workflow, step, version)
-            .await?
-        else {
-            return Ok(Err(ForceError::UnknownVersion {
-                workflow: workflow.to_string(),
-                step: step.to_string(),
-                version,
-            }));
+        let row = match self.stored_version(workflow, step, version).await? {
+            Ok(row) => row,
+            Err(error) => return Ok(Err(error)),
         };
         if !caller
             .roles
@@ -1011,17 +1001,9 @@ impl Engine {
     ) -> Result<std::result::Result<Value, ForceError>> {
         let slot = self.inner.learners.slot(workflow, step);
         let _guard = slot.lock().await;
-        let Some(row) = self
-            .inner
-            .store
-            .learner_model(workflow, step, version)
-            .await?
-        else {
-            return Ok(Err(ForceError::UnknownVersion {
-                workflow: workflow.to_string(),
-                step: step.to_string(),
-                version,
-            }));
+        let row = match self.stored_version(workflow, step, version).await? {
+            Ok(row) => row,
+            Err(error) => return Ok(Err(error)),
         };
         let Some(requested_by) = row.requested_by.clone() else {
             return Ok(Err(ForceError::Conflict(format!(
@@ -1099,6 +1081,25 @@ impl Engine {
         self.inner.journal_written.notify_one();
         self.serve(workflow, step, version, load(&row)?);
         Ok(Ok(data))
+    }
+
+    /// One stored version with its model, or the refusal that names it unknown.
+    async fn stored_version(
+        &self,
+        workflow: &str,
+        step: &str,
+        version: i64,
+    ) -> Result<std::result::Result<keel_store::LearnerRow, ForceError>> {
+        Ok(self
+            .inner
+            .store
+            .learner_model(workflow, step, version)
+            .await?
+            .ok_or_else(|| ForceError::UnknownVersion {
+                workflow: workflow.to_string(),
+                step: step.to_string(),
+                version,
+            }))
     }
 
     /// The approver roles of the operations that `workflow/step` (an `ai` step) influences.

@@ -97,9 +97,17 @@ pub async fn bench_trust(args: &TrustArgs) -> anyhow::Result<Figures> {
     }
     let dir = tempfile::tempdir()?;
     let store = Store::open(&dir.path().join("keel.sqlite").display().to_string()).await?;
+    // A bench deployment has no governor: its operations start in phase 2 without waiting
+    // for an approval (the documented opt-out of change control).
+    let config = keel_ai::config::Config::parse("bench", "[change_control]\nreview = \"off\"\n")
+        .map_err(|errors| anyhow::anyhow!("bench configuration: {errors:?}"))?;
     let options = Options {
         node_id: "bench".into(),
         data_dir: dir.path().to_path_buf(),
+        ai: Some(Arc::new(keel_ai::cascade::Runtime::new(
+            config,
+            reqwest::Client::new(),
+        ))),
         // The bench runs the pass itself.
         trust_interval: std::time::Duration::from_secs(86_400),
         ..Options::default()

@@ -614,13 +614,39 @@ impl Store {
 
     /// Every deployed version, oldest first.
     pub async fn workflow_versions(&self) -> Result<Vec<WorkflowRow>> {
-        dispatch_read!(self, |pool| {
-            let rows = sqlx::query(
-                "SELECT name, version_no, label, source, source_sha256, file, deployed_at_ms, status, author, \
-                 decided_by, decision_reason, decided_at_ms, changes FROM workflows ORDER BY name, version_no",
+        self.workflow_rows("", None).await
+    }
+
+    /// One deployed version.
+    pub async fn workflow_version(
+        &self,
+        name: &str,
+        version_no: i64,
+    ) -> Result<Option<WorkflowRow>> {
+        Ok(self
+            .workflow_rows(
+                "WHERE name = $1 AND version_no = $2",
+                Some((name, version_no)),
             )
-            .fetch_all(pool)
-            .await?;
+            .await?
+            .pop())
+    }
+
+    async fn workflow_rows(
+        &self,
+        condition: &str,
+        key: Option<(&str, i64)>,
+    ) -> Result<Vec<WorkflowRow>> {
+        let sql = format!(
+            "SELECT name, version_no, label, source, source_sha256, file, deployed_at_ms, status, author, \
+             decided_by, decision_reason, decided_at_ms, changes FROM workflows {condition} ORDER BY name, version_no"
+        );
+        dispatch_read!(self, |pool| {
+            let mut query = sqlx::query(&sql);
+            if let Some((name, version_no)) = key {
+                query = query.bind(name).bind(version_no);
+            }
+            let rows = query.fetch_all(pool).await?;
             rows.iter()
                 .map(|row| {
                     Ok(WorkflowRow {

@@ -792,22 +792,19 @@ impl Sources<'_> {
         }
         decisions.sort_by(|a, b| (&a.at, a.seq).cmp(&(&b.at, b.seq)));
         let mut authors = BTreeMap::new();
-        if !deployed.is_empty() {
-            let wanted: BTreeSet<(String, i64)> = deployed
-                .iter()
-                .filter_map(events::deployed_version)
-                .collect();
-            for row in store.workflow_versions().await? {
-                let key = (row.name.clone(), row.version_no);
-                if !wanted.contains(&key) {
-                    continue;
-                }
-                // The author as stored with the version (`change.author`); the approver only
-                // from a governor's decision in Keel.
-                if let Some(author) = row.author.clone() {
-                    let approver = row.decided_by.clone().filter(|_| row.status == "active");
-                    authors.insert(key, (author, approver));
-                }
+        let wanted: BTreeSet<(String, i64)> = deployed
+            .iter()
+            .filter_map(events::deployed_version)
+            .collect();
+        for (name, version_no) in wanted {
+            let Some(row) = store.workflow_version(&name, version_no).await? else {
+                continue;
+            };
+            // The author as stored with the version (`change.author`); the approver only from
+            // a governor's decision in Keel.
+            if let Some(author) = row.author {
+                let approver = row.decided_by.filter(|_| row.status == "active");
+                authors.insert((name, version_no), (author, approver));
             }
         }
         Ok(ChangeFacts {
